@@ -1,0 +1,112 @@
+// Package shard is a node's memory: an in-memory, immutable-per-item copy of
+// (a share of) a directory tree, primed in parallel when the node starts,
+// kept current by a file watcher, and bounded by a hard memory budget.
+//
+// It imports no Caddy package. The root package glues it to Caddy: it builds
+// a Config from the handler's JSON, calls Start when the server starts (not
+// in `caddy validate`), keeps the Store alive across reloads and serves HTTP
+// from the Items it gets here.
+package shard
+
+import (
+	"errors"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Item is one file: its metadata and, when resident, its bytes.
+//
+// An Item is immutable and safe to share between goroutines: a change on
+// storage makes a new Item that replaces the old one in the Store, so a
+// request that holds an Item never sees a mix of old and new bytes.
+type Item struct {
+	// Path is the item's slash-separated path relative to the root, with a
+	// leading slash: "/css/site.css".
+	Path string
+
+	// Size is the length of the content in bytes.
+	Size int64
+
+	// ModTime is the file's modification time on storage.
+	ModTime time.Time
+
+	// ContentType is the MIME type: from the extension, else sniffed from
+	// the first 512 bytes (as http.DetectContentType does).
+	ContentType string
+
+	// ETag is a strong entity tag, quoted, derived from a hash of the
+	// content only: the same on every machine that holds the same bytes.
+	ETag string
+
+	// Body holds the content when the item is resident in memory; nil when
+	// it is not (over budget, or not primed yet): read it with Store.Open.
+	Body []byte
+
+	// Variants are the precompressed siblings (x.css.br, x.css.gz,
+	// x.css.zst) of this item, in the Store's preference order. They are
+	// never items of their own.
+	Variants []Variant
+
+	// Version is the hex content hash the ETag is built from; it names
+	// this version of the item in versioned keys ("path@version").
+	Version string
+}
+
+// Variant is a precompressed encoding of an Item, stored beside it on disk.
+// Immutable, like Item.
+type Variant struct {
+	// Encoding is the Content-Encoding token: "br", "gzip" or "zstd".
+	Encoding string
+
+	// Size is the length of the compressed bytes.
+	Size int64
+
+	// ModTime is the sibling file's modification time.
+	ModTime time.Time
+
+	// ETag is a strong entity tag of the compressed bytes.
+	ETag string
+
+	// Body holds the compressed bytes when resident; nil when not.
+	Body []byte
+}
+
+// Resident reports whether the item's bytes are held in memory.
+func (it *Item) Resident() bool { return it.Body != nil || it.Size == 0 }
+
+// Config configures a Store.
+type Config struct {
+	// Root is the directory whose files the store holds. Required.
+	Root string
+
+	// Memory is the hard budget, in bytes, for item bodies (and their
+	// variants) held in memory. 0 means no limit.
+	Memory int64
+
+	// Precompressed lists the encodings whose sibling files are attached to
+	// the items they compress, in order of preference: "br" (.br), "zstd"
+	// (.zst), "gzip" (.gz). Siblings of encodings not listed are ordinary
+	// items.
+	Precompressed []string
+
+	// Owns reports whether this node owns the item at path (for the
+	// cluster). Items it does not own are neither primed nor watched.
+	// nil means the node owns everything.
+	Owns func(path string) bool
+
+	// Workers is the number of files read in parallel while priming.
+	// 0 means a sensible default.
+	Workers int
+
+	// Rescan is how often the tree is walked again to catch changes the
+	// file watcher missed (or to replace it on filesystems that do not
+	// notify). 0 means a sensible default.
+	Rescan time.Duration
+
+	// Logger receives progress and warnings. nil means no logs.
+	Logger *zap.Logger
+}
+
+// ErrNotFound is returned for a path that names no item.
+var ErrNotFound = errors.New("shard: not found")
