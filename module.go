@@ -1,0 +1,419 @@
+package shardcache
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/encode"
+
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// DefaultMemory is the memory budget of a handler that sets none: 1 GiB.
+const DefaultMemory = 1 << 30
+
+// Handler serves a directory from RAM. When the server starts, it reads the
+// files under Root into memory in parallel ("priming"), up to a hard memory
+// budget, and from then on answers GET and HEAD requests from memory with the
+// same semantics as Caddy's `file_server`: Range and multi-range requests,
+// conditional requests (`If-None-Match`, `If-Modified-Since`, `If-Range`, ...),
+// precompressed sidecar files chosen by `Accept-Encoding`, index files and
+// canonical trailing-slash redirects.
+//
+// The ETag is a strong validator built from a hash of the content, so it is
+// the same on every machine that holds the same bytes (file_server's is
+// built from the modification time and size).
+//
+// Until priming has finished, a request for a file not yet in memory is
+// answered from storage. Files that do not fit in the budget are served
+// from storage on every request without being held. Files created, changed
+// or removed under Root are picked up within about a second (a file watcher,
+// backed by a periodic rescan).
+//
+// Two sites (or two handlers) with the same root, budget and precompressed
+// list share one copy in memory, and a config reload that keeps them keeps
+// the primed memory: nothing is read again.
+type Handler struct {
+	// The directory whose files are served. Required. Placeholders are not
+	// supported: the directory is read once, when the server starts.
+	Root string `json:"root,omitempty"`
+
+	// The hard limit, in bytes, on the file contents held in memory
+	// (precompressed siblings included). Files that do not fit are served
+	// from storage. Default: 1 GiB.
+	Memory int64 `json:"memory,omitempty"`
+
+	// The names of files to serve when a directory is requested, in order
+	// of preference. Default: `["index.html"]`.
+	IndexNames []string `json:"index_names,omitempty"`
+
+	// The encodings whose precompressed sidecar files (`x.css.br`,
+	// `x.css.zst`, `x.css.gz`) are attached to the file they compress and
+	// served to clients that accept them. Their order is the server's
+	// preference when the client's `Accept-Encoding` weighs them equally.
+	// Supported: `br`, `zstd`, `gzip`. Default: none (sidecars are served
+	// as ordinary files, as file_server does).
+	Precompressed []string `json:"precompressed,omitempty"`
+
+	// If true, a request for a path that names no file is passed to the
+	// next handler instead of being answered with 404.
+	PassThru bool `json:"pass_thru,omitempty"`
+
+	store  *shard.Store
+	key    string // the usage pool key of store
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.shardcache",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up h: defaults, then the shared store. It reads no file
+// (it also runs for `caddy validate`); the shardcache app starts priming
+// when the server starts.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Memory == 0 {
+		h.Memory = DefaultMemory
+	}
+	if h.IndexNames == nil {
+		h.IndexNames = []string{"index.html"}
+	}
+	if err := h.Validate(); err != nil {
+		return err
+	}
+
+	appVal, err := ctx.App("shardcache")
+	if err != nil {
+		return fmt.Errorf("loading shardcache app: %v", err)
+	}
+	app := appVal.(*App)
+
+	cfg := shard.Config{
+		Root:          h.Root,
+		Memory:        h.Memory,
+		Precompressed: h.Precompressed,
+		// The store outlives this config (usage pool), so it logs to the
+		// process's default logger rather than to this config's.
+		Logger: caddy.Log().Named("shardcache"),
+	}
+	key := fmt.Sprintf("store|%s|%d|%s", cfg.Root, cfg.Memory, strings.Join(cfg.Precompressed, ","))
+	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		s, err := shard.New(cfg)
+		if err != nil {
+			return nil, err
+		}
+		return storeRef{s}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("root %q: %v", h.Root, err)
+	}
+	h.key = key
+	h.store = val.(storeRef).Store
+	app.addStore(h.store)
+	return nil
+}
+
+// Validate checks h's configuration. It does not change h.
+func (h *Handler) Validate() error {
+	if h.Root == "" {
+		return errors.New("root is required")
+	}
+	if h.Memory < 0 {
+		return fmt.Errorf("memory %d: must not be negative", h.Memory)
+	}
+	seen := map[string]bool{}
+	for _, enc := range h.Precompressed {
+		if _, ok := encodingSuffix[enc]; !ok {
+			return fmt.Errorf("precompressed %q: unsupported encoding (supported: br, zstd, gzip)", enc)
+		}
+		if seen[enc] {
+			return fmt.Errorf("precompressed %q: listed twice", enc)
+		}
+		seen[enc] = true
+	}
+	for _, name := range h.IndexNames {
+		if name == "" || strings.Contains(name, "/") {
+			return fmt.Errorf("index %q: must be a file name", name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases h's reference to the shared store; the store is closed
+// when no config uses it any more.
+func (h *Handler) Cleanup() error {
+	if h.store == nil {
+		return nil
+	}
+	_, err := stores.Delete(h.key)
+	h.store = nil
+	return err
+}
+
+// encodingSuffix maps the supported Content-Encodings to their sidecar
+// file suffixes.
+var encodingSuffix = map[string]string{"br": ".br", "zstd": ".zst", "gzip": ".gz"}
+
+// stores keeps primed stores alive across config reloads, keyed by
+// everything that decides their contents.
+var stores = caddy.NewUsagePool()
+
+// storeRef lets a *shard.Store live in a caddy.UsagePool.
+type storeRef struct{ *shard.Store }
+
+func (r storeRef) Destruct() error { return r.Close() }
+
+// ServeHTTP serves the file the request names from memory (or, when it is
+// not held, from storage).
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	reqPath := r.URL.Path
+	if strings.IndexByte(reqPath, 0) >= 0 {
+		return caddyhttp.Error(http.StatusBadRequest, errors.New("NUL byte in path"))
+	}
+	name := cleanPath(reqPath)
+
+	it, isDir, err := h.store.Lookup(name)
+	implicitIndex := false
+	if err == nil && isDir {
+		it = nil
+		for _, index := range h.IndexNames {
+			ip := path.Join(name, index)
+			iit, iisDir, ierr := h.store.Lookup(ip)
+			if ierr == nil && !iisDir {
+				it, name, implicitIndex = iit, ip, true
+				break
+			}
+		}
+		if it == nil {
+			return h.notFound(w, r, next)
+		}
+	} else if err != nil {
+		if errors.Is(err, shard.ErrNotFound) {
+			return h.notFound(w, r, next)
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+
+	// Canonical URIs, as file_server does: a directory's index is served at
+	// a path with a trailing slash, a file at one without. Only when the
+	// last path element was not rewritten, to never cause redirect loops.
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok &&
+		path.Base(orig.URL.Path) == path.Base(reqPath) {
+		if implicitIndex && !strings.HasSuffix(orig.URL.Path, "/") {
+			return redirect(w, r, orig.URL.Path+"/")
+		} else if !implicitIndex && strings.HasSuffix(orig.URL.Path, "/") {
+			return redirect(w, r, orig.URL.Path[:len(orig.URL.Path)-1])
+		}
+	}
+
+	hdr := w.Header()
+	// file_server always adds this to file responses, compressed or not, so
+	// that caches key on it.
+	hdr["Vary"] = append(hdr["Vary"], "Accept-Encoding")
+
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		// In an error route we are writing an error page: don't repeat
+		// the error.
+		if _, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error); !ok {
+			hdr["Allow"] = allowGetHead
+			return caddyhttp.Error(http.StatusMethodNotAllowed, nil)
+		}
+	}
+
+	return h.serveItem(w, r, it, name)
+}
+
+var allowGetHead = []string{"GET, HEAD"}
+
+// serveItem writes it (or its best precompressed variant) to w.
+func (h *Handler) serveItem(w http.ResponseWriter, r *http.Request, it *shard.Item, name string) error {
+	hdr := w.Header()
+
+	encoding, etag, body, size := "", it.ETag, it.Body, it.Size
+	if len(it.Variants) > 0 && len(r.Header["Accept-Encoding"]) > 0 {
+	pick:
+		for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {
+			for i := range it.Variants {
+				if v := &it.Variants[i]; v.Encoding == ae {
+					encoding, etag, body, size = v.Encoding, v.ETag, v.Body, v.Size
+					break pick
+				}
+			}
+		}
+	}
+
+	// Let an ETag set by an earlier handler win, as file_server does.
+	if _, set := hdr["Etag"]; !set {
+		hdr["Etag"] = []string{etag}
+	}
+	if _, set := hdr["Content-Type"]; !set {
+		if it.ContentType != "" {
+			hdr["Content-Type"] = []string{it.ContentType}
+		} else {
+			hdr["Content-Type"] = nil // never let net/http sniff
+		}
+	}
+	if encoding != "" {
+		hdr["Content-Encoding"] = []string{encoding}
+	}
+
+	modTime := it.ModTime
+	if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
+		modTime = time.Time{}
+	}
+
+	statusOverride := errorStatus(r)
+
+	// The fast path: a plain GET or HEAD of a body held in memory goes out
+	// in one write, with no parsing of conditional or Range headers.
+	if body != nil || size == 0 {
+		if statusOverride == 0 && plainRequest(r) {
+			hdr["Accept-Ranges"] = acceptRangesBytes
+			if !modTime.IsZero() {
+				hdr["Last-Modified"] = []string{modTime.UTC().Format(http.TimeFormat)}
+			}
+			hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+			w.WriteHeader(http.StatusOK)
+			if r.Method != http.MethodHead {
+				_, _ = w.Write(body)
+			}
+			return nil
+		}
+		if encoding != "" && r.Header.Get("Range") == "" {
+			// net/http does not set Content-Length when Content-Encoding
+			// is set (caddyserver/caddy#7040); file_server sets it too.
+			hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+		}
+		http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, bytes.NewReader(body))
+		return nil
+	}
+
+	// Not held in memory: serve it from storage.
+	f, err := h.store.Open(it, encoding)
+	if err != nil {
+		if errors.Is(err, shard.ErrChanged) {
+			// The file changed between lookup and open: look again.
+			nit, isDir, lerr := h.store.Lookup(it.Path)
+			if lerr == nil && !isDir && nit != it {
+				return h.serveItem(w, r, nit, name)
+			}
+		}
+		return caddyhttp.Error(http.StatusInternalServerError, err)
+	}
+	defer f.Close()
+	if encoding != "" && r.Header.Get("Range") == "" {
+		hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+	}
+	http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, f)
+	return nil
+}
+
+var acceptRangesBytes = []string{"bytes"}
+
+// plainRequest reports whether r carries none of the headers that make
+// http.ServeContent do more than send the whole body.
+func plainRequest(r *http.Request) bool {
+	h := r.Header
+	return len(h["Range"]) == 0 &&
+		len(h["If-None-Match"]) == 0 &&
+		len(h["If-Modified-Since"]) == 0 &&
+		len(h["If-Match"]) == 0 &&
+		len(h["If-Unmodified-Since"]) == 0
+}
+
+func (h *Handler) notFound(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.PassThru {
+		return next.ServeHTTP(w, r)
+	}
+	return caddyhttp.Error(http.StatusNotFound, nil)
+}
+
+// cleanPath turns a request path into the store's form: slash-rooted,
+// without "." or ".." elements, without a trailing slash (except "/").
+// path.Clean resolves ".." lexically against the root, so no request path
+// can name anything outside it; storage access itself goes through os.Root
+// as a second line of defence.
+func cleanPath(p string) string {
+	if p == "" || p[0] != '/' {
+		p = "/" + p
+	}
+	// Fast path: most request paths are already clean.
+	if !strings.Contains(p, "/.") && !strings.Contains(p, "//") && (len(p) == 1 || p[len(p)-1] != '/') {
+		return p
+	}
+	return path.Clean(p)
+}
+
+// redirect sends a permanent redirect to toPath on the same origin, keeping
+// the query string, exactly as file_server's canonical-URI redirects do.
+func redirect(w http.ResponseWriter, r *http.Request, toPath string) error {
+	for strings.HasPrefix(toPath, "//") {
+		toPath = strings.TrimPrefix(toPath, "/") // no open redirects
+	}
+	if r.URL.RawQuery != "" {
+		toPath += "?" + r.URL.RawQuery
+	}
+	http.Redirect(w, r, toPath, http.StatusPermanentRedirect)
+	return nil
+}
+
+// errorStatus returns the status of the error being handled when the
+// handler runs in an error route (to serve an error page), else 0.
+func errorStatus(r *http.Request) int {
+	reqErr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
+	if !ok {
+		return 0
+	}
+	var herr caddyhttp.HandlerError
+	if errors.As(reqErr, &herr) && herr.StatusCode > 0 {
+		return herr.StatusCode
+	}
+	return http.StatusInternalServerError
+}
+
+// overrideStatus wraps w so that a 200 from http.ServeContent becomes code,
+// when code is not 0.
+func overrideStatus(w http.ResponseWriter, code int) http.ResponseWriter {
+	if code == 0 {
+		return w
+	}
+	return statusWriter{ResponseWriter: w, code: code}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s statusWriter) WriteHeader(int) { s.ResponseWriter.WriteHeader(s.code) }
+
+func (s statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
