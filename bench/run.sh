@@ -1,0 +1,465 @@
+#!/usr/bin/env bash
+# bench/run.sh: shardcache against Caddy's respond and file_server, over
+# HTTP and HTTPS, for 1 KiB, 64 KiB and 1 MiB bodies; then the priming rate
+# of a 1 GiB tree. See bench/README.md.
+#
+#   bench/run.sh [-d secs] [-w secs] [-c conns] [-r repeats] [-p] [-s] [-P] [-G size]
+set -euo pipefail
+
+DUR=5          # seconds measured per cell
+WARM=1         # seconds of warm-up before each cell
+CONNS=32       # wrk connections (one wrk thread)
+REPEATS=1      # measure every cell this many times, keep the best
+PROFILE=0      # -p: CPU profile of the server during an extra 1 KiB run
+PLUMBING=0     # -s: stock Caddy only, no shardcache column (to test the script)
+PRIME=1        # -P: skip the priming measurement
+PRIME_SIZE=1GiB
+SERVER_CPU=1
+CLIENT_CPU=0
+
+usage() {
+	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+	cat <<EOF
+  -d secs     measured duration of each wrk run (default $DUR)
+  -w secs     warm-up before each run (default $WARM)
+  -c conns    wrk connections (default $CONNS)
+  -r n        repeat every measurement n times and keep the best (default 1)
+  -p          also profile the server (CPU, via the admin endpoint) during
+              an extra 1 KiB HTTP run of shardcache and of respond; the
+              profiles and their top lists go to bench/out/
+  -s          plumbing test: stock Caddy only, shardcache not built
+  -P          skip the priming measurement
+  -G size     size of the priming tree (default $PRIME_SIZE; e.g. 256MiB)
+EOF
+}
+
+while getopts "d:w:c:r:psPG:h" opt; do
+	case $opt in
+	d) DUR=$OPTARG ;;
+	w) WARM=$OPTARG ;;
+	c) CONNS=$OPTARG ;;
+	r) REPEATS=$OPTARG ;;
+	p) PROFILE=1 ;;
+	s) PLUMBING=1 ;;
+	P) PRIME=0 ;;
+	G) PRIME_SIZE=$OPTARG ;;
+	h) usage; exit 0 ;;
+	*) usage >&2; exit 2 ;;
+	esac
+done
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$BENCH")
+OUT=$BENCH/out
+mkdir -p "$OUT"
+STAMP=$(date +%Y%m%d-%H%M%S)
+
+for tool in go wrk taskset curl jq sha256sum ss; do
+	command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
+done
+if [ "$(nproc)" -lt 2 ]; then
+	echo "run.sh: needs 2 CPUs (server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU)" >&2
+	exit 1
+fi
+
+TMP=$(mktemp -d /tmp/shardbench.XXXXXX)
+PIDS=()
+
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+
+# --- ports -----------------------------------------------------------------
+
+declare -A TAKEN=()
+# freeport VAR: set VAR to a loopback TCP port nothing listens on.
+freeport() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 30000))
+		[ -z "${TAKEN[$p]:-}" ] || continue
+		if ss -Htan "sport = :$p" | grep -q .; then continue; fi
+		TAKEN[$p]=1
+		printf -v "$1" '%d' "$p"
+		return
+	done
+}
+
+# --- build -----------------------------------------------------------------
+
+BUILD=(go build -trimpath -tags nobadger,nomysql,nopgx)
+mkdir -p "$TMP/bin"
+log "building stock Caddy (bench/stockcaddy) and ours (./cmd/caddy): CGO_ENABLED=0 ${BUILD[*]}"
+(cd "$REPO" && CGO_ENABLED=0 "${BUILD[@]}" -o "$TMP/bin/caddy-stock" ./bench/stockcaddy)
+if [ "$PLUMBING" = 1 ]; then
+	cp "$TMP/bin/caddy-stock" "$TMP/bin/caddy-ours"
+else
+	if ! (cd "$REPO" && CGO_ENABLED=0 "${BUILD[@]}" -o "$TMP/bin/caddy-ours" ./cmd/caddy); then
+		log "run.sh: ./cmd/caddy does not build (use -s to test the script with stock Caddy only)"
+		exit 1
+	fi
+fi
+(cd "$REPO" && go build -o "$TMP/bin/gentree" ./bench/gentree)
+STOCK=$TMP/bin/caddy-stock
+OURS=$TMP/bin/caddy-ours
+
+# --- trees -----------------------------------------------------------------
+
+TREE=$TMP/tree
+"$TMP/bin/gentree" -bench "$TREE"
+SIZES=(1k 64k 1m)
+declare -A BYTES=([1k]=1024 [64k]=65536 [1m]=1048576)
+declare -A LABEL=([1k]="1 KiB" [64k]="64 KiB" [1m]="1 MiB")
+declare -A SUM=()
+for s in "${SIZES[@]}"; do
+	SUM[$s]=$(sha256sum <"$TREE/b/$s.txt" | cut -d' ' -f1)
+done
+NFILES=$(find "$TREE" -type f | wc -l)
+
+# --- Caddy -----------------------------------------------------------------
+
+# globals PORT: <global options> with admin on $1.
+globals() {
+	cat <<EOF
+{
+	admin 127.0.0.1:$1
+	persist_config off
+	skip_install_trust
+	auto_https disable_redirects
+	servers {
+		protocols h1 h2
+	}
+}
+EOF
+}
+
+# startcaddy NAME BIN CADDYFILE ADMINPORT: run Caddy pinned to the server
+# CPU with its own HOME and XDG dirs; sets CADDY_PID and CADDY_LOG.
+startcaddy() {
+	local name=$1 bin=$2 cf=$3 admin=$4 i
+	local home=$TMP/home-$name
+	mkdir -p "$home/data" "$home/config"
+	CADDY_LOG=$TMP/$name.log
+	CADDY_T0=$(date +%s.%N)
+	HOME=$home XDG_DATA_HOME=$home/data XDG_CONFIG_HOME=$home/config \
+		taskset -c "$SERVER_CPU" "$bin" run --adapter caddyfile --config "$cf" \
+		>"$CADDY_LOG" 2>&1 </dev/null &
+	CADDY_PID=$!
+	PIDS+=("$CADDY_PID")
+	for i in $(seq 1 200); do
+		if curl -sf -o /dev/null "http://127.0.0.1:$admin/config/"; then
+			return 0
+		fi
+		if ! kill -0 "$CADDY_PID" 2>/dev/null; then break; fi
+		sleep 0.05
+	done
+	log "run.sh: Caddy ($name) did not start; its log:"
+	tail -n 30 "$CADDY_LOG" >&2
+	exit 1
+}
+
+stopcaddy() {
+	local pid=$1 i
+	kill "$pid" 2>/dev/null || true
+	for i in $(seq 1 100); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -9 "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	local keep=() p
+	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+	PIDS=("${keep[@]}")
+}
+
+# waitprimed LOG SECS: wait for the store's "primed" log line; prints it.
+waitprimed() {
+	local logf=$1 secs=$2 i line
+	for i in $(seq 1 $((secs * 20))); do
+		line=$(grep -a '"msg"' "$logf" 2>/dev/null | jq -c 'select((.msg // "") | test("primed"; "i"))' 2>/dev/null | head -n 1 || true)
+		if [ -n "$line" ]; then
+			printf '%s\n' "$line"
+			return 0
+		fi
+		sleep 0.05
+	done
+	return 1
+}
+
+# body snippet for respond: each size inlined as a heredoc, with an explicit
+# Content-Length (net/http would chunk the larger bodies otherwise).
+{
+	echo "(bodies) {"
+	for s in "${SIZES[@]}"; do
+		echo "	handle /b/$s.txt {"
+		echo "		header Content-Length ${BYTES[$s]}"
+		echo "		respond <<BENCHBODY"
+		cat "$TREE/b/$s.txt"
+		echo
+		echo "BENCHBODY 200"
+		echo "	}"
+	done
+	echo "	respond 404"
+	echo "}"
+} >"$TMP/bodies.caddy"
+
+declare -A PORT=()
+freeport A_OURS
+freeport A_STOCK
+freeport A_PRIME
+for srv in respond file_server shardcache stock; do
+	for proto in http https; do
+		freeport "P_${srv}_$proto"
+		v="P_${srv}_$proto"
+		PORT[$srv/$proto]=${!v}
+	done
+done
+freeport P_PRIME
+
+site() { # site PROTO PORT: opening line of a site block
+	if [ "$1" = https ]; then
+		printf 'https://127.0.0.1:%s {\n\ttls internal\n' "$2"
+	else
+		printf 'http://127.0.0.1:%s {\n' "$2"
+	fi
+}
+
+{
+	globals "$A_OURS"
+	cat "$TMP/bodies.caddy"
+	for proto in http https; do
+		site "$proto" "${PORT[respond/$proto]}"
+		printf '\timport bodies\n}\n'
+		site "$proto" "${PORT[file_server/$proto]}"
+		printf '\troot * %s\n\tfile_server\n}\n' "$TREE"
+		if [ "$PLUMBING" = 0 ]; then
+			site "$proto" "${PORT[shardcache/$proto]}"
+			printf '\tshardcache {\n\t\troot %s\n\t\tmemory 256MiB\n\t}\n}\n' "$TREE"
+		fi
+	done
+} >"$TMP/ours.caddy"
+
+{
+	globals "$A_STOCK"
+	for proto in http https; do
+		site "$proto" "${PORT[stock/$proto]}"
+		printf '\troot * %s\n\tfile_server\n}\n' "$TREE"
+	done
+} >"$TMP/stock.caddy"
+
+url() { # url SERVER PROTO SIZE
+	echo "$2://127.0.0.1:${PORT[$1/$2]}/b/$3.txt"
+}
+
+# check SERVER PROTO SIZE: the server must send exactly the file's bytes,
+# with status 200 and a Content-Length.
+check() {
+	local u hdr body code cl sum
+	u=$(url "$@")
+	hdr=$TMP/check.hdr
+	body=$TMP/check.body
+	code=$(curl -sk --http1.1 -D "$hdr" -o "$body" -w '%{http_code}' "$u" || echo 000)
+	cl=$(tr -d '\r' <"$hdr" | awk -F': ' 'tolower($1)=="content-length"{print $2}')
+	sum=$(sha256sum <"$body" | cut -d' ' -f1)
+	if [ "$code" != 200 ] || [ "$cl" != "${BYTES[$3]}" ] || [ "$sum" != "${SUM[$3]}" ]; then
+		log "run.sh: $u: status $code, Content-Length '${cl}', body $(stat -c %s "$body") bytes, sha256 ${sum:0:12} (want 200, ${BYTES[$3]}, ${SUM[$3]:0:12})"
+		return 1
+	fi
+}
+
+# --- measuring ---------------------------------------------------------------
+
+declare -A RPS=() MBS=() NOTE=()
+
+# tomib: MiB/s from wrk's Transfer/sec ("12.34MB", 1024-based units).
+tomib() {
+	awk -v t="$1" 'BEGIN {
+		n = t + 0; u = t; sub(/^[0-9.]+/, "", u)
+		f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1/1024 : 1/1048576
+		printf "%.1f", n * f
+	}'
+}
+
+# measure SERVER PROTO SIZE: warm up, run wrk, keep the best req/s.
+measure() {
+	local srv=$1 proto=$2 size=$3 u res rps mbs errs key
+	key=$srv/$proto/$size
+	u=$(url "$srv" "$proto" "$size")
+	taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARM}s" "$u" >/dev/null
+	res=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$u")
+	printf '== %s %s\n%s\n' "$key" "$u" "$res" >>"$OUT/wrk-$STAMP.txt"
+	rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$res")
+	mbs=$(tomib "$(awk '/^Transfer\/sec:/ {print $2}' <<<"$res")")
+	errs=$(awk '/Non-2xx or 3xx responses:/ {print "non-2xx " $NF} /Socket errors:/ {print}' <<<"$res" | paste -sd' ')
+	if [ -n "$errs" ]; then NOTE[$key]="$errs"; fi
+	if [ -z "${RPS[$key]:-}" ] || awk -v a="$rps" -v b="${RPS[$key]}" 'BEGIN {exit !(a > b)}'; then
+		RPS[$key]=$rps
+		MBS[$key]=$mbs
+	fi
+	log "  $(printf '%-26s %10.0f req/s %9s MiB/s' "$key" "$rps" "$mbs")${errs:+  !! $errs}"
+}
+
+PROTOS=(http https)
+
+log "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
+log "tree: $NFILES files; wrk -t1 -c$CONNS -d${DUR}s after ${WARM}s warm-up, best of $REPEATS"
+
+SERVERS=(respond file_server)
+[ "$PLUMBING" = 1 ] || SERVERS+=(shardcache)
+SERVERS+=(stock)
+
+# Both processes run side by side on the server CPU (the idle one costs
+# nothing), so that stock Caddy's file_server is measured interleaved with
+# the others, under the same conditions.
+log "measuring (stock = stock Caddy's file_server): ${SERVERS[*]}"
+startcaddy stock "$STOCK" "$TMP/stock.caddy" "$A_STOCK"
+STOCK_PID=$CADDY_PID
+startcaddy ours "$OURS" "$TMP/ours.caddy" "$A_OURS"
+OURS_PID=$CADDY_PID
+OURS_LOG=$CADDY_LOG
+if [ "$PLUMBING" = 0 ]; then
+	if line=$(waitprimed "$OURS_LOG" 60); then
+		log "  store: $line"
+	else
+		log "  run.sh: no \"primed\" log line after 60 s; measuring anyway"
+	fi
+fi
+for proto in "${PROTOS[@]}"; do
+	for srv in "${SERVERS[@]}"; do
+		for s in "${SIZES[@]}"; do
+			# the internal CA's certificates may take a moment
+			for i in $(seq 1 50); do check "$srv" "$proto" "$s" 2>/dev/null && break; sleep 0.1; done
+			check "$srv" "$proto" "$s"
+		done
+	done
+done
+for r in $(seq 1 "$REPEATS"); do
+	for proto in "${PROTOS[@]}"; do
+		for s in "${SIZES[@]}"; do
+			for srv in "${SERVERS[@]}"; do
+				measure "$srv" "$proto" "$s"
+			done
+		done
+	done
+done
+stopcaddy "$STOCK_PID"
+
+if [ "$PROFILE" = 1 ]; then
+	for srv in "${SERVERS[@]}"; do
+		case $srv in file_server | stock) continue ;; esac
+		prof=$OUT/cpu-$srv-1k-$STAMP.pprof
+		secs=$((DUR > 2 ? DUR - 1 : 1))
+		curl -s -o "$prof" "http://127.0.0.1:$A_OURS/debug/pprof/profile?seconds=$secs" &
+		cpid=$!
+		PIDS+=("$cpid")
+		sleep 0.2
+		taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "$(url "$srv" http 1k)" >/dev/null
+		wait "$cpid" || true
+		(cd "$REPO" && go tool pprof -top -nodecount=40 "$OURS" "$prof") >"$OUT/cpu-$srv-1k-$STAMP.top" 2>&1 || true
+		log "profile of $srv at 1 KiB over HTTP: $prof (top list: ${prof%.pprof}.top)"
+	done
+fi
+stopcaddy "$OURS_PID"
+
+# --- priming -------------------------------------------------------------------
+
+PRIME_LINE="priming: skipped"
+if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
+	ptotal=$(numfmt --from=iec-i "$PRIME_SIZE")
+	log "priming: writing a $PRIME_SIZE tree"
+	PT=$TMP/prime
+	"$TMP/bin/gentree" -prime "$PT" -total "$ptotal" >"$TMP/prime.gen"
+	pfiles=$(awk '{print $1}' "$TMP/prime.gen")
+	find "$PT" -type f -print0 | xargs -0 cat >/dev/null # warm the page cache
+	{
+		globals "$A_PRIME"
+		printf 'http://127.0.0.1:%s {\n\tshardcache {\n\t\troot %s\n\t\tmemory 2GiB\n\t}\n}\n' "$P_PRIME" "$PT"
+	} >"$TMP/prime.caddy"
+	startcaddy prime "$OURS" "$TMP/prime.caddy" "$A_PRIME"
+	if line=$(waitprimed "$CADDY_LOG" 120); then
+		t_ready=$(jq -r '.ts' <<<"$line")
+		rss=$(awk '/^VmRSS:/ {printf "%.0f", $2/1024}' "/proc/$CADDY_PID/status")
+		log "  store: $line"
+		# The store's own figures, by whichever names it logs them.
+		PRIME_LINE=$(jq -r --argjson t0 "$CADDY_T0" --arg files "$pfiles" --arg rss "$rss" --arg total "$ptotal" '
+			def num($k): [.[$k] // empty | tonumber? // empty] | first;
+			def secs($v): if $v == null then null
+				elif ($v | type) == "number" then (if $v > 1e6 then $v / 1e9 else $v end)
+				else ($v | tostring | if test("ms$") then (sub("ms$"; "") | tonumber / 1000)
+					elif test("µs$") then (sub("µs$"; "") | tonumber / 1e6)
+					elif test("s$") then (sub("s$"; "") | tonumber) else null end) end;
+			(num("bytes") // num("size") // ($total | tonumber)) as $b
+			| (secs(.duration // .took // .elapsed)) as $d
+			| (num("files") // num("items") // ($files | tonumber)) as $n
+			| "priming: \($n) files, \($b / 1048576 | floor) MiB"
+			  + (if $d then " in \($d * 1000 | floor / 1000) s = \($b / 1048576 / $d | floor) MiB/s (store)" else "" end)
+			  + "; ready \((.ts - $t0) * 1000 | floor / 1000) s after exec; server RSS \($rss) MiB"
+		' <<<"$line")
+	else
+		PRIME_LINE="priming: no \"primed\" log line within 120 s"
+		tail -n 5 "$CADDY_LOG" >&2
+	fi
+	stopcaddy "$CADDY_PID"
+	rm -rf "$PT"
+fi
+
+# --- table -----------------------------------------------------------------------
+
+ratio() { # ratio A B
+	if [ -z "$1" ] || [ -z "$2" ]; then echo "-"; return; fi
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+}
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
+fmt() { if [ -n "${1:-}" ]; then printf '%.0f' "$1"; else echo "-"; fi; }
+
+{
+	echo "shardcache bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
+	echo "$(go version | cut -d' ' -f3), Caddy $("$OURS" version | cut -d' ' -f1), CGO_ENABLED=0 ${BUILD[*]:1}"
+	echo "wrk -t1 -c$CONNS -d${DUR}s (after ${WARM}s warm-up, best of $REPEATS) on CPU $CLIENT_CPU; server on CPU $SERVER_CPU; $NFILES files in the tree"
+	echo
+	printf '%-7s %-5s | %9s %9s %9s | %7s %7s %7s | %6s %6s | %9s %6s | %s\n' \
+		size proto respond file_srv shardcch "MiB/s r" "MiB/s f" "MiB/s s" "s/resp" "s/fs" "stock fs" "fs/stk" "targets"
+	printf -- '-%.0s' $(seq 1 132); echo
+	for proto in "${PROTOS[@]}"; do
+		for s in "${SIZES[@]}"; do
+			r=${RPS[respond/$proto/$s]:-}
+			f=${RPS[file_server/$proto/$s]:-}
+			c=${RPS[shardcache/$proto/$s]:-}
+			k=${RPS[stock/$proto/$s]:-}
+			sr=$(ratio "$c" "$r")
+			sf=$(ratio "$c" "$f")
+			case $s in
+			1k) tgt=("0.9 resp" "3 fs") ;;
+			64k) tgt=("1.5 fs") ;;
+			1m) tgt=("1.0 fs") ;;
+			esac
+			verdict=""
+			for t in "${tgt[@]}"; do
+				want=${t% *}
+				if [ "${t#* }" = resp ]; then got=$sr; else got=$sf; fi
+				if [ "$got" = "-" ]; then v="n/a"; elif ge "$got" "$want"; then v=met; else v=MISSED; fi
+				verdict+="≥${want}×${t#* } $v; "
+			done
+			printf '%-7s %-5s | %9s %9s %9s | %7s %7s %7s | %6s %6s | %9s %6s | %s\n' \
+				"${LABEL[$s]}" "$proto" "$(fmt "$r")" "$(fmt "$f")" "$(fmt "$c")" \
+				"${MBS[respond/$proto/$s]:--}" "${MBS[file_server/$proto/$s]:--}" "${MBS[shardcache/$proto/$s]:--}" \
+				"$sr" "$sf" "$(fmt "$k")" "$(ratio "$f" "$k")" "${verdict%; }"
+		done
+	done
+	echo
+	echo "$PRIME_LINE"
+	for key in "${!NOTE[@]}"; do
+		echo "!! $key: ${NOTE[$key]}"
+	done
+} | tee "$OUT/table-$STAMP.txt"
