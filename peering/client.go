@@ -1,0 +1,367 @@
+package peering
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	weakrand "math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/zap"
+)
+
+// peer is a configured peer and our one connection to it.
+type peer struct {
+	name string
+	addr string
+
+	conn     atomic.Pointer[quic.Conn] // nil while down
+	ready    atomic.Bool
+	lastSeen atomic.Int64 // unix nanos
+}
+
+func (p *peer) state() PeerState {
+	s := PeerState{Name: p.name, Addr: p.addr, Up: p.conn.Load() != nil, Ready: p.ready.Load()}
+	if ns := p.lastSeen.Load(); ns != 0 {
+		s.LastSeen = time.Unix(0, ns)
+	}
+	return s
+}
+
+func (p *peer) seen() { p.lastSeen.Store(time.Now().UnixNano()) }
+
+// dialLoop keeps one connection to p: it dials, runs the control session
+// until the connection dies, and dials again with exponential backoff
+// (capped at maxBackoff) while the peer is unreachable.
+func (n *Node) dialLoop(p *peer) {
+	defer n.wg.Done()
+	log := n.log.With(zap.String("peer", p.name), zap.String("peer_addr", p.addr))
+	backoff := minBackoff
+	failures := 0
+	for n.ctx.Err() == nil {
+		conn, err := n.dial(p)
+		if err != nil {
+			if n.ctx.Err() != nil {
+				return
+			}
+			failures++
+			if failures == 1 {
+				log.Warn("dialling peer failed; retrying", zap.Error(err))
+			} else {
+				log.Debug("dialling peer failed", zap.Error(err), zap.Int("attempt", failures))
+			}
+			// ±20% jitter so that restarted nodes do not dial in step.
+			d := time.Duration(float64(backoff) * (0.8 + 0.4*weakrand.Float64()))
+			select {
+			case <-time.After(d):
+			case <-n.ctx.Done():
+				return
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff, failures = minBackoff, 0
+		n.session(p, conn, log)
+	}
+}
+
+func (n *Node) dial(p *peer) (*quic.Conn, error) {
+	addr, err := net.ResolveUDPAddr("udp", p.addr)
+	if err != nil {
+		return nil, fmt.Errorf("resolving %s: %w", p.addr, err)
+	}
+	qc := *n.qconf
+	qc.MaxIncomingStreams = -1 // the acceptor never opens streams to us
+	return n.tr.Dial(n.ctx, addr, n.cfg.TLS.ClientConfig(p.name), &qc)
+}
+
+// session runs the control stream of a fresh connection to p: HELLO both
+// ways, then the peer's snapshot and updates, turned into Events. It
+// returns when the connection dies, and leaves p down.
+func (n *Node) session(p *peer, conn *quic.Conn, log *zap.Logger) {
+	stop := context.AfterFunc(n.ctx, func() { conn.CloseWithError(CloseShutdown, "shutting down") })
+	defer stop()
+	err := n.runSession(p, conn, log)
+	wasUp := p.conn.Swap(nil) != nil
+	p.ready.Store(false)
+	p.seen()
+	code, msg := CloseGone, "connection lost"
+	if errors.Is(err, errProtocol) {
+		code, msg = CloseProtocolError, err.Error()
+	} else if errors.Is(err, errBadIdentity) {
+		code, msg = CloseBadIdentity, err.Error()
+	}
+	conn.CloseWithError(code, msg)
+	if n.ctx.Err() != nil {
+		return
+	}
+	if wasUp {
+		log.Warn("peer down", zap.Error(err))
+		n.emit(Event{Kind: EventDown, Peer: p.name})
+	} else {
+		log.Warn("peer session failed", zap.Error(err))
+	}
+}
+
+var errBadIdentity = errors.New("peering: peer identity mismatch")
+
+func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.StreamTimeout)
+	str, err := conn.OpenStreamSync(ctx)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("opening control stream: %w", err)
+	}
+	b, err := appendHello(nil, &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer})
+	if err != nil {
+		return err
+	}
+	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
+	if _, err := str.Write(b); err != nil {
+		return fmt.Errorf("sending hello: %w", err)
+	}
+	buf := make([]byte, MaxFrameSize)
+	t, payload, err := readFrame(str, buf)
+	if err != nil {
+		return fmt.Errorf("reading hello: %w", err)
+	}
+	if t != frameHello {
+		return errUnexpected
+	}
+	h, err := decodeHello(payload)
+	if err != nil {
+		return err
+	}
+	if h.Name != p.name {
+		return fmt.Errorf("%w: dialled %q, hello from %q", errBadIdentity, p.name, h.Name)
+	}
+	str.SetDeadline(time.Time{})
+
+	p.ready.Store(h.Ready)
+	p.seen()
+	p.conn.Store(conn)
+	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer))
+	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready})
+
+	var snap []GroupTOC // being received; nil once complete
+	snapIdx := map[string]int{}
+	inSnapshot := true
+	for {
+		t, payload, err := readFrame(str, buf)
+		if err != nil {
+			return err
+		}
+		p.seen()
+		switch t {
+		case frameReady:
+			r, err := decodeReady(payload)
+			if err != nil {
+				return err
+			}
+			if r != p.ready.Swap(r) {
+				n.emit(Event{Kind: EventReady, Peer: p.name, Ready: r})
+			}
+		case frameTOC:
+			group, items, err := decodeItems(payload)
+			if err != nil {
+				return err
+			}
+			if !inSnapshot {
+				return errUnexpected
+			}
+			i, ok := snapIdx[group]
+			if !ok {
+				i = len(snap)
+				snapIdx[group] = i
+				snap = append(snap, GroupTOC{Group: group})
+			}
+			snap[i].Items = append(snap[i].Items, items...)
+		case frameTOCEnd:
+			if !inSnapshot || len(payload) != 0 {
+				return errUnexpected
+			}
+			inSnapshot = false
+			n.emit(Event{Kind: EventSnapshot, Peer: p.name, Snapshot: snap})
+			snap, snapIdx = nil, nil
+		case frameUpsert:
+			group, items, err := decodeItems(payload)
+			if err != nil {
+				return err
+			}
+			if inSnapshot {
+				return errUnexpected
+			}
+			n.emit(Event{Kind: EventDelta, Peer: p.name, Delta: Delta{Group: group, Upserts: items}})
+		case frameDelete:
+			group, paths, err := decodeDeletes(payload)
+			if err != nil {
+				return err
+			}
+			if inSnapshot {
+				return errUnexpected
+			}
+			n.emit(Event{Kind: EventDelta, Peer: p.name, Delta: Delta{Group: group, Deletes: paths}})
+		default:
+			// Unknown control frames are skipped: a newer peer may send
+			// messages this version does not know.
+		}
+	}
+}
+
+// bufPool holds small buffers for request and response frames.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// Fetch asks the peer named peerName for the item req names and returns its
+// metadata and body. The body is freshly allocated and the caller's to keep.
+//
+// Fetch gives up at ctx's deadline or after Config.FetchTimeout, whichever
+// comes first, and when ctx is cancelled; it then cancels the stream with
+// ErrCodeCanceled. It fails at once with ErrPeerDown when the peer has no
+// live connection. Errors from the peer are *Error values: test them with
+// errors.Is(err, ErrNotFound) and the like.
+func (n *Node) Fetch(ctx context.Context, peerName string, req Request) (Meta, []byte, error) {
+	p := n.peers[peerName]
+	if p == nil {
+		return Meta{}, nil, fmt.Errorf("peering: unknown peer %q", peerName)
+	}
+	conn := p.conn.Load()
+	if conn == nil {
+		if n.ctx.Err() != nil {
+			return Meta{}, nil, ErrClosed
+		}
+		return Meta{}, nil, ErrPeerDown
+	}
+	meta, body, err := n.fetch(ctx, conn, &req)
+	if err != nil {
+		return Meta{}, nil, fmt.Errorf("fetching %s %s from %s: %w", req.Group, req.Path, peerName, err)
+	}
+	p.seen()
+	return meta, body, nil
+}
+
+func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta, _ []byte, err error) {
+	if err := ctx.Err(); err != nil {
+		return Meta{}, nil, err
+	}
+	deadline := time.Now().Add(n.cfg.FetchTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	b, err := appendGet((*bp)[:0], req)
+	if err != nil {
+		return Meta{}, nil, err
+	}
+
+	str, err := conn.OpenStream()
+	if err != nil {
+		// Over the peer's stream limit: wait for a slot, within the deadline.
+		octx, cancel := context.WithDeadline(ctx, deadline)
+		str, err = conn.OpenStreamSync(octx)
+		cancel()
+		if err != nil {
+			return Meta{}, nil, n.fetchError(ctx, err)
+		}
+	}
+	str.SetDeadline(deadline)
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { abort(str, ErrCodeCanceled) })
+		defer stop()
+	}
+	defer func() {
+		if err != nil {
+			abort(str, ErrCodeCanceled)
+			err = n.fetchError(ctx, err)
+		}
+	}()
+
+	if _, err := str.Write(b); err != nil {
+		return Meta{}, nil, err
+	}
+	if err := str.Close(); err != nil {
+		return Meta{}, nil, err
+	}
+	t, payload, err := readFrame(str, (*bp)[:cap(*bp)])
+	if err != nil {
+		return Meta{}, nil, err
+	}
+	if cap(payload) > cap(*bp) {
+		*bp = payload[:0] // keep the larger buffer
+	}
+	if t != frameResponse {
+		return Meta{}, nil, ErrBadRequest
+	}
+	status, meta, err := decodeResponse(payload)
+	if err != nil {
+		return Meta{}, nil, ErrBadRequest
+	}
+	if status != ErrCodeNoError {
+		return Meta{}, nil, codeError(status)
+	}
+	if meta.Size > n.cfg.MaxBodySize {
+		abort(str, ErrCodeTooLarge)
+		return Meta{}, nil, ErrTooLarge
+	}
+	body := make([]byte, meta.Size)
+	if _, err := io.ReadFull(str, body); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return Meta{}, nil, err
+	}
+	// The stream must end here; reading its end also frees its slot.
+	var one [1]byte
+	if k, err := str.Read(one[:]); k != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = ErrBadRequest
+		}
+		return Meta{}, nil, err
+	}
+	return meta, body, nil
+}
+
+// fetchError turns an error from a stream into what Fetch reports.
+func (n *Node) fetchError(ctx context.Context, err error) error {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		if se.Remote {
+			return codeError(se.ErrorCode)
+		}
+		if se.ErrorCode == ErrCodeCanceled && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return codeError(se.ErrorCode)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return ErrTimeout
+	}
+	var ae *quic.ApplicationError
+	var ie *quic.IdleTimeoutError
+	if errors.As(err, &ae) || errors.As(err, &ie) {
+		return fmt.Errorf("%w: %v", ErrPeerDown, err)
+	}
+	if n.ctx.Err() != nil {
+		return ErrClosed
+	}
+	return err
+}
+
+// abort resets both directions of str with code.
+func abort(str *quic.Stream, code quic.StreamErrorCode) {
+	str.CancelRead(code)
+	str.CancelWrite(code)
+}

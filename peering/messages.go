@@ -1,0 +1,392 @@
+package peering
+
+import (
+	"encoding/binary"
+	"errors"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Request asks a peer for one item's body.
+type Request struct {
+	// Group names the content tree.
+	Group string
+	// Path is the item's path in the group ("/css/site.css").
+	Path string
+	// Version is the content hash the caller expects; "" asks for the
+	// current version. A server that holds another version answers
+	// ErrNotFound.
+	Version string
+	// Encoding asks for a precompressed variant ("br", "gzip", "zstd");
+	// "" asks for the identity body.
+	Encoding string
+	// Epoch is the sender's ring epoch (Ring.Epoch); 0 if unknown.
+	Epoch uint64
+
+	// Peer is the name of the node that sent the request, from its
+	// verified certificate. Set by the server; not sent on the wire.
+	Peer string
+}
+
+// Meta is the metadata of one item: what a table of content lists and what
+// heads a response. Immutable once built; safe to share.
+type Meta struct {
+	// Path is the item's path in its group.
+	Path string
+	// Version is the content hash that names this version of the item.
+	Version string
+	// Size is the length of the (identity) content in bytes; in a response
+	// to a request for a variant, the length of the variant's bytes.
+	Size int64
+	// ContentType is the MIME type.
+	ContentType string
+	// ModTime is the modification time, with nanosecond precision.
+	ModTime time.Time
+	// ETag is the strong entity tag, quoted.
+	ETag string
+	// Encoding is the Content-Encoding of a response's body ("" identity).
+	// Empty in tables of content.
+	Encoding string
+	// Variants lists the precompressed siblings, in preference order.
+	// Empty in responses.
+	Variants []Variant
+}
+
+// Variant describes a precompressed encoding of an item.
+type Variant struct {
+	// Encoding is the Content-Encoding token: "br", "gzip" or "zstd".
+	Encoding string
+	// Size is the length of the compressed bytes.
+	Size int64
+	// ETag is the strong entity tag of the compressed bytes.
+	ETag string
+}
+
+// GroupTOC is one group's table of content: the items a node owns in it.
+type GroupTOC struct {
+	Group string
+	Items []Meta
+}
+
+// Delta is a change to a node's table of content.
+type Delta struct {
+	// Group names the content tree that changed.
+	Group string
+	// Upserts are items added or changed.
+	Upserts []Meta
+	// Deletes are the paths of items removed.
+	Deletes []string
+}
+
+// hello opens the control stream, from each side.
+type hello struct {
+	Name     string
+	Ready    bool
+	Observer bool // holds no content and is in no ring (a director)
+}
+
+const (
+	helloReady    = 1 << 0
+	helloObserver = 1 << 1
+)
+
+func appendGet(b []byte, r *Request) ([]byte, error) {
+	if err := errors.Join(checkLen(r.Group, maxFieldLen), checkLen(r.Path, maxPathLen),
+		checkLen(r.Version, maxFieldLen), checkLen(r.Encoding, maxFieldLen)); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameGet)
+	b = appendStr(b, r.Group)
+	b = appendStr(b, r.Path)
+	b = appendStr(b, r.Version)
+	b = appendStr(b, r.Encoding)
+	b = binary.AppendUvarint(b, r.Epoch)
+	return endFrame(b, start)
+}
+
+func decodeGet(p []byte) (Request, error) {
+	r := reader{b: p}
+	req := Request{
+		Group:    r.str(maxFieldLen),
+		Path:     r.str(maxPathLen),
+		Version:  r.str(maxFieldLen),
+		Encoding: r.str(maxFieldLen),
+		Epoch:    r.uvarint(),
+	}
+	return req, r.done()
+}
+
+// appendResponse appends a RESPONSE frame: status, then (for success) the
+// item's metadata without variants.
+func appendResponse(b []byte, status quic.StreamErrorCode, m *Meta) ([]byte, error) {
+	b, start := beginFrame(b, frameResponse)
+	b = binary.AppendUvarint(b, uint64(status))
+	if status == ErrCodeNoError {
+		var err error
+		if b, err = appendMeta(b, m, false); err != nil {
+			return b[:start], err
+		}
+	}
+	return endFrame(b, start)
+}
+
+func decodeResponse(p []byte) (quic.StreamErrorCode, Meta, error) {
+	r := reader{b: p}
+	status := quic.StreamErrorCode(r.uvarint())
+	var m Meta
+	if r.err == nil && status == ErrCodeNoError {
+		m = r.meta(false)
+	}
+	return status, m, r.done()
+}
+
+func appendMeta(b []byte, m *Meta, variants bool) ([]byte, error) {
+	if err := errors.Join(checkLen(m.Path, maxPathLen), checkLen(m.Version, maxFieldLen),
+		checkLen(m.ContentType, maxFieldLen), checkLen(m.ETag, maxFieldLen),
+		checkLen(m.Encoding, maxFieldLen)); err != nil {
+		return b, err
+	}
+	if m.Size < 0 || m.Size > maxContentSize {
+		return b, errBadValue
+	}
+	b = appendStr(b, m.Path)
+	b = appendStr(b, m.Version)
+	b = binary.AppendUvarint(b, uint64(m.Size))
+	b = appendStr(b, m.ContentType)
+	b = binary.AppendVarint(b, unixNano(m.ModTime))
+	b = appendStr(b, m.ETag)
+	b = appendStr(b, m.Encoding)
+	if !variants {
+		return b, nil
+	}
+	if len(m.Variants) > maxVariants {
+		return b, errBadValue
+	}
+	b = binary.AppendUvarint(b, uint64(len(m.Variants)))
+	for i := range m.Variants {
+		v := &m.Variants[i]
+		if err := errors.Join(checkLen(v.Encoding, maxFieldLen), checkLen(v.ETag, maxFieldLen)); err != nil {
+			return b, err
+		}
+		if v.Size < 0 || v.Size > maxContentSize {
+			return b, errBadValue
+		}
+		b = appendStr(b, v.Encoding)
+		b = binary.AppendUvarint(b, uint64(v.Size))
+		b = appendStr(b, v.ETag)
+	}
+	return b, nil
+}
+
+func (r *reader) size() int64 {
+	v := r.uvarint()
+	if v > maxContentSize {
+		r.fail(errBadValue)
+		return 0
+	}
+	return int64(v)
+}
+
+func (r *reader) meta(variants bool) Meta {
+	m := Meta{
+		Path:        r.str(maxPathLen),
+		Version:     r.str(maxFieldLen),
+		Size:        r.size(),
+		ContentType: r.str(maxFieldLen),
+		ModTime:     fromUnixNano(r.varint()),
+		ETag:        r.str(maxFieldLen),
+		Encoding:    r.str(maxFieldLen),
+	}
+	if !variants {
+		return m
+	}
+	n := r.uvarint()
+	if n > maxVariants {
+		r.fail(errBadValue)
+	}
+	if r.err != nil || n == 0 {
+		return m
+	}
+	m.Variants = make([]Variant, n)
+	for i := range m.Variants {
+		m.Variants[i] = Variant{Encoding: r.str(maxFieldLen), Size: r.size(), ETag: r.str(maxFieldLen)}
+	}
+	return m
+}
+
+func appendHello(b []byte, h *hello) ([]byte, error) {
+	if err := checkLen(h.Name, maxFieldLen); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameHello)
+	b = appendStr(b, h.Name)
+	var flags byte
+	if h.Ready {
+		flags |= helloReady
+	}
+	if h.Observer {
+		flags |= helloObserver
+	}
+	b = append(b, flags)
+	return endFrame(b, start)
+}
+
+func decodeHello(p []byte) (hello, error) {
+	r := reader{b: p}
+	h := hello{Name: r.str(maxFieldLen)}
+	flags := r.byte()
+	h.Ready = flags&helloReady != 0
+	h.Observer = flags&helloObserver != 0
+	if err := r.done(); err != nil {
+		return h, err
+	}
+	if h.Name == "" {
+		return h, errBadValue
+	}
+	return h, nil
+}
+
+func appendReady(b []byte, ready bool) []byte {
+	b, start := beginFrame(b, frameReady)
+	b = appendBool(b, ready)
+	b, _ = endFrame(b, start) // one byte always fits
+	return b
+}
+
+func decodeReady(p []byte) (bool, error) {
+	r := reader{b: p}
+	v := r.byte()
+	if err := r.done(); err != nil {
+		return false, err
+	}
+	if v > 1 {
+		return false, errBadValue
+	}
+	return v == 1, nil
+}
+
+func appendTOCEnd(b []byte) []byte {
+	b, start := beginFrame(b, frameTOCEnd)
+	b, _ = endFrame(b, start)
+	return b
+}
+
+// appendItems appends items of group as frames of type t (frameTOC or
+// frameUpsert), as many items per frame as fit in MaxFrameSize. An item that
+// cannot be encoded (a field over its limit) is skipped and counted.
+func appendItems(b []byte, t frameType, group string, items []Meta) (_ []byte, skipped int, _ error) {
+	if err := checkLen(group, maxFieldLen); err != nil {
+		return b, len(items), err
+	}
+	var start, count int
+	open := false
+	for i := range items {
+		if !open {
+			b, start = beginFrame(b, t)
+			b = appendStr(b, group)
+			open, count = true, 0
+		}
+		mark := len(b)
+		nb, err := appendMeta(b, &items[i], true)
+		if err != nil {
+			b = nb[:mark]
+			skipped++
+			continue
+		}
+		b = nb
+		if len(b)-start-frameHeaderSize > MaxFrameSize {
+			if count == 0 { // cannot happen with the field limits; be safe
+				b = b[:mark]
+				skipped++
+				continue
+			}
+			// Move this item to a fresh frame.
+			item := append([]byte(nil), b[mark:]...)
+			b, _ = endFrame(b[:mark], start)
+			b, start = beginFrame(b, t)
+			b = appendStr(b, group)
+			b = append(b, item...)
+			count = 1
+			continue
+		}
+		count++
+	}
+	if open {
+		b, _ = endFrame(b, start)
+	}
+	return b, skipped, nil
+}
+
+// decodeItems decodes a TOC or UPSERT payload: the group, then items until
+// the payload ends.
+func decodeItems(p []byte) (string, []Meta, error) {
+	r := reader{b: p}
+	group := r.str(maxFieldLen)
+	var items []Meta
+	for r.err == nil && len(r.b) > 0 {
+		items = append(items, r.meta(true))
+	}
+	if r.err != nil {
+		return "", nil, r.err
+	}
+	return group, items, nil
+}
+
+// appendDeletes appends DELETE frames for paths of group.
+func appendDeletes(b []byte, group string, paths []string) (_ []byte, skipped int, _ error) {
+	if err := checkLen(group, maxFieldLen); err != nil {
+		return b, len(paths), err
+	}
+	var start int
+	open := false
+	for _, p := range paths {
+		if len(p) > maxPathLen {
+			skipped++
+			continue
+		}
+		if open && len(b)-start-frameHeaderSize+len(p)+10 > MaxFrameSize {
+			b, _ = endFrame(b, start)
+			open = false
+		}
+		if !open {
+			b, start = beginFrame(b, frameDelete)
+			b = appendStr(b, group)
+			open = true
+		}
+		b = appendStr(b, p)
+	}
+	if open {
+		b, _ = endFrame(b, start)
+	}
+	return b, skipped, nil
+}
+
+func decodeDeletes(p []byte) (string, []string, error) {
+	r := reader{b: p}
+	group := r.str(maxFieldLen)
+	var paths []string
+	for r.err == nil && len(r.b) > 0 {
+		paths = append(paths, r.str(maxPathLen))
+	}
+	if r.err != nil {
+		return "", nil, r.err
+	}
+	return group, paths, nil
+}
+
+// unixNano encodes t; the zero Time is 0 (UnixNano of the zero Time is not
+// representable).
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n)
+}

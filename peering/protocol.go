@@ -1,0 +1,336 @@
+package peering
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/quic-go/quic-go"
+)
+
+// ALPN is the TLS application protocol of peer traffic. Both sides set it;
+// a handshake that does not negotiate it fails.
+const ALPN = "shardcache/1"
+
+// Wire format
+//
+// Every message is one frame:
+//
+//	+---------+------+----------------+-------------------+
+//	| version | type | length (4, BE) | payload (length)  |
+//	+---------+------+----------------+-------------------+
+//
+// version is protocolVersion, type a frameType, and length at most
+// MaxFrameSize. Payload fields are uvarint (unsigned), varint (signed), one
+// byte (flags), or a string: uvarint length then bytes. A frame's payload is
+// fully consumed by its message; trailing bytes are an error.
+//
+// A fetch is one bidirectional stream: the client sends one GET frame and
+// closes its side; the server answers one RESPONSE frame and, if the status
+// is ErrCodeNoError, exactly Size body bytes unframed, then closes. The body
+// is not framed: QUIC already delimits and flow-controls the stream, and
+// sending the body as-is lets both sides move it without copying.
+//
+// The control stream is the first stream a dialer opens on its connection:
+// it sends HELLO, the acceptor answers HELLO, then the acceptor sends its
+// table of content as TOC frames closed by TOC_END, then UPSERT, DELETE and
+// READY frames as things change, for as long as the connection lives. A
+// receiver ignores control frames of types it does not know, so later
+// versions can add messages.
+const (
+	protocolVersion = 1
+
+	// frameHeaderSize is version + type + length.
+	frameHeaderSize = 6
+
+	// MaxFrameSize bounds a frame's payload. Decoders refuse larger frames
+	// before allocating anything.
+	MaxFrameSize = 64 << 10
+
+	// Field limits, so that one item always fits in a frame.
+	maxPathLen     = 4096
+	maxFieldLen    = 1024
+	maxVariants    = 8
+	maxContentSize = 1 << 62
+)
+
+type frameType byte
+
+const (
+	frameGet      frameType = 1 // client → server: Request
+	frameResponse frameType = 2 // server → client: status + Meta, then the body
+	frameHello    frameType = 3 // both ways, first on the control stream
+	frameReady    frameType = 4 // acceptor → dialer: ready state changed
+	frameTOC      frameType = 5 // acceptor → dialer: part of the snapshot
+	frameTOCEnd   frameType = 6 // acceptor → dialer: snapshot complete
+	frameUpsert   frameType = 7 // acceptor → dialer: items added or changed
+	frameDelete   frameType = 8 // acceptor → dialer: items removed
+)
+
+// Stream error codes: the status of a RESPONSE and the code of a stream
+// reset (CancelRead / CancelWrite) share this space.
+const (
+	// ErrCodeNoError is the status of a successful response.
+	ErrCodeNoError quic.StreamErrorCode = 0
+	// ErrCodeNotFound: the server holds no item for the requested group and
+	// path (or not at the requested version).
+	ErrCodeNotFound quic.StreamErrorCode = 1
+	// ErrCodeBadRequest: a malformed or unexpected frame.
+	ErrCodeBadRequest quic.StreamErrorCode = 2
+	// ErrCodeInternal: the server failed to produce the item.
+	ErrCodeInternal quic.StreamErrorCode = 3
+	// ErrCodeTooLarge: the body is larger than the client accepts.
+	ErrCodeTooLarge quic.StreamErrorCode = 4
+	// ErrCodeCanceled: the client gave up (its context ended).
+	ErrCodeCanceled quic.StreamErrorCode = 5
+	// ErrCodeTimeout: the server's per-stream deadline passed.
+	ErrCodeTimeout quic.StreamErrorCode = 6
+	// ErrCodeUnavailable: the server cannot answer now (shutting down, or
+	// no backend).
+	ErrCodeUnavailable quic.StreamErrorCode = 7
+)
+
+// Connection error codes, sent with CONNECTION_CLOSE.
+const (
+	// CloseShutdown: the node is closing.
+	CloseShutdown quic.ApplicationErrorCode = 0x100
+	// CloseProtocolError: the peer broke the protocol on the control stream.
+	CloseProtocolError quic.ApplicationErrorCode = 0x101
+	// CloseBadIdentity: the name in HELLO is not one its certificate holds,
+	// or not the peer that was dialled.
+	CloseBadIdentity quic.ApplicationErrorCode = 0x102
+	// CloseTooSlow: the peer did not read its control stream and the
+	// updates queued for it exceeded the limit; it re-dials and gets a
+	// fresh snapshot.
+	CloseTooSlow quic.ApplicationErrorCode = 0x103
+	// CloseGone: the connection died (the peer stopped answering); used
+	// when cleaning up locally.
+	CloseGone quic.ApplicationErrorCode = 0x104
+)
+
+// Error is a protocol-level failure with its wire code. Backends return the
+// sentinels below (or wrap them) to choose the status of a response.
+type Error struct {
+	Code quic.StreamErrorCode
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Msg != "" {
+		return "peering: " + e.Msg
+	}
+	return fmt.Sprintf("peering: error code %d", e.Code)
+}
+
+// Is reports whether target is an *Error with the same code, so that
+// errors.Is(err, ErrNotFound) holds for any not-found error.
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.Code == e.Code
+}
+
+// Sentinel errors, one per code.
+var (
+	ErrNotFound    = &Error{ErrCodeNotFound, "not found"}
+	ErrBadRequest  = &Error{ErrCodeBadRequest, "bad request"}
+	ErrInternal    = &Error{ErrCodeInternal, "internal error"}
+	ErrTooLarge    = &Error{ErrCodeTooLarge, "body too large"}
+	ErrCanceled    = &Error{ErrCodeCanceled, "canceled"}
+	ErrTimeout     = &Error{ErrCodeTimeout, "timeout"}
+	ErrUnavailable = &Error{ErrCodeUnavailable, "unavailable"}
+)
+
+// codeError returns the sentinel for code (a fresh *Error for unknown codes).
+func codeError(code quic.StreamErrorCode) error {
+	for _, e := range []*Error{ErrNotFound, ErrBadRequest, ErrInternal, ErrTooLarge, ErrCanceled, ErrTimeout, ErrUnavailable} {
+		if e.Code == code {
+			return e
+		}
+	}
+	return &Error{Code: code}
+}
+
+// errorCode maps an error from a Backend to a status.
+func errorCode(err error) quic.StreamErrorCode {
+	var pe *Error
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	return ErrCodeInternal
+}
+
+// errProtocol is wrapped by every decoding error: the peer broke the
+// protocol.
+var errProtocol = errors.New("peering: protocol error")
+
+var (
+	errFrameTooLarge = fmt.Errorf("%w: frame too large", errProtocol)
+	errBadVersion    = fmt.Errorf("%w: unsupported protocol version", errProtocol)
+	errShortPayload  = fmt.Errorf("%w: truncated payload", errProtocol)
+	errTrailingBytes = fmt.Errorf("%w: trailing bytes in payload", errProtocol)
+	errFieldTooLong  = fmt.Errorf("%w: field too long", errProtocol)
+	errBadValue      = fmt.Errorf("%w: value out of range", errProtocol)
+	errUnexpected    = fmt.Errorf("%w: unexpected frame type", errProtocol)
+)
+
+// readFrame reads one frame from r. The payload is read into buf when it is
+// large enough, else into a new slice of exactly the frame's length (never
+// more than MaxFrameSize).
+func readFrame(r io.Reader, buf []byte) (frameType, []byte, error) {
+	var h [frameHeaderSize]byte
+	if _, err := io.ReadFull(r, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if h[0] != protocolVersion {
+		return 0, nil, errBadVersion
+	}
+	n := binary.BigEndian.Uint32(h[2:])
+	if n > MaxFrameSize {
+		return 0, nil, errFrameTooLarge
+	}
+	if int(n) > cap(buf) {
+		buf = make([]byte, n)
+	}
+	p := buf[:n]
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return frameType(h[1]), p, nil
+}
+
+// splitFrame parses one frame at the start of b and returns its type,
+// payload (aliasing b) and total length.
+func splitFrame(b []byte) (frameType, []byte, int, error) {
+	if len(b) < frameHeaderSize {
+		return 0, nil, 0, errShortPayload
+	}
+	if b[0] != protocolVersion {
+		return 0, nil, 0, errBadVersion
+	}
+	n := binary.BigEndian.Uint32(b[2:])
+	if n > MaxFrameSize {
+		return 0, nil, 0, errFrameTooLarge
+	}
+	end := frameHeaderSize + int(n)
+	if len(b) < end {
+		return 0, nil, 0, errShortPayload
+	}
+	return frameType(b[1]), b[frameHeaderSize:end], end, nil
+}
+
+// beginFrame appends a frame header with a zero length; endFrame fills in
+// the length of everything appended since.
+func beginFrame(b []byte, t frameType) ([]byte, int) {
+	start := len(b)
+	return append(b, protocolVersion, byte(t), 0, 0, 0, 0), start
+}
+
+func endFrame(b []byte, start int) ([]byte, error) {
+	n := len(b) - start - frameHeaderSize
+	if n > MaxFrameSize {
+		return b[:start], errFrameTooLarge
+	}
+	binary.BigEndian.PutUint32(b[start+2:], uint32(n))
+	return b, nil
+}
+
+// reader decodes payload fields. The first error sticks and every later
+// read returns zero values, so decoders check once at the end.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) fail(err error) {
+	if r.err == nil {
+		r.err = err
+	}
+	r.b = nil
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.fail(errShortPayload)
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.fail(errShortPayload)
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) byte() byte {
+	if r.err != nil {
+		return 0
+	}
+	if len(r.b) == 0 {
+		r.fail(errShortPayload)
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
+
+func (r *reader) str(limit int) string {
+	n := r.uvarint()
+	if r.err != nil {
+		return ""
+	}
+	if n > uint64(limit) {
+		r.fail(errFieldTooLong)
+		return ""
+	}
+	if n > uint64(len(r.b)) {
+		r.fail(errShortPayload)
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *reader) done() error {
+	if r.err == nil && len(r.b) != 0 {
+		r.err = errTrailingBytes
+	}
+	return r.err
+}
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func appendBool(b []byte, v bool) []byte {
+	if v {
+		return append(b, 1)
+	}
+	return append(b, 0)
+}
+
+func checkLen(s string, limit int) error {
+	if len(s) > limit {
+		return errFieldTooLong
+	}
+	return nil
+}

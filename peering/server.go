@@ -1,0 +1,354 @@
+package peering
+
+import (
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/zap"
+)
+
+// smallBody is the size up to which a response's header frame and body go
+// to the stream in one Write (one copy, one wake-up of the send loop).
+const smallBody = 16 << 10
+
+// acceptLoop accepts peer connections: any holder of a leaf from the
+// cluster CA (the TLS handshake refuses everyone else).
+func (n *Node) acceptLoop() {
+	defer n.wg.Done()
+	for {
+		conn, err := n.ln.Accept(n.ctx)
+		if err != nil {
+			if n.ctx.Err() == nil && !errors.Is(err, quic.ErrServerClosed) {
+				n.log.Error("accepting peer connection", zap.Error(err))
+			}
+			return
+		}
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			conn.CloseWithError(CloseShutdown, "shutting down")
+			return
+		}
+		n.inbound[conn] = struct{}{}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go n.serveConn(conn)
+	}
+}
+
+// serveConn accepts the streams of one peer connection, each served by its
+// own goroutine.
+func (n *Node) serveConn(conn *quic.Conn) {
+	defer n.wg.Done()
+	defer func() {
+		n.mu.Lock()
+		delete(n.inbound, conn)
+		n.mu.Unlock()
+	}()
+	var names []string
+	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		names = certs[0].DNSNames
+	}
+	from := ""
+	if len(names) > 0 {
+		from = names[0]
+	}
+	for {
+		str, err := conn.AcceptStream(n.ctx)
+		if err != nil {
+			return
+		}
+		n.wg.Add(1)
+		go n.serveStream(conn, str, from, names)
+	}
+}
+
+// serveStream reads a stream's first frame under the stream deadline and
+// serves it: a GET (one fetch) or a HELLO (the control stream).
+func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names []string) {
+	defer n.wg.Done()
+	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
+	bp := bufPool.Get().(*[]byte)
+	t, payload, err := readFrame(str, (*bp)[:cap(*bp)])
+	if err != nil {
+		bufPool.Put(bp)
+		abort(str, streamCode(err))
+		return
+	}
+	switch t {
+	case frameGet:
+		n.serveGet(str, payload, from, bp)
+		bufPool.Put(bp)
+	case frameHello:
+		h, err := decodeHello(payload)
+		bufPool.Put(bp)
+		if err != nil {
+			abort(str, ErrCodeBadRequest)
+			return
+		}
+		n.serveControl(conn, str, h, names)
+	default:
+		bufPool.Put(bp)
+		abort(str, ErrCodeBadRequest)
+	}
+}
+
+// streamCode is the reset code for a failed read or write.
+func streamCode(err error) quic.StreamErrorCode {
+	var ne interface{ Timeout() bool }
+	if errors.As(err, &ne) && ne.Timeout() {
+		return ErrCodeTimeout
+	}
+	return ErrCodeBadRequest
+}
+
+// serveGet answers one fetch from the backend.
+func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byte) {
+	req, err := decodeGet(payload)
+	if err != nil {
+		abort(str, ErrCodeBadRequest)
+		return
+	}
+	// The request is one frame: the client's side ends here. Reading the
+	// end also completes our receive side, which frees the stream slot.
+	var one [1]byte
+	if k, err := str.Read(one[:]); k != 0 || err != io.EOF {
+		if err == nil || err == io.EOF {
+			err = errTrailingBytes
+		}
+		abort(str, streamCode(err))
+		return
+	}
+	req.Peer = from
+	meta, body, err := n.backend.Get(str.Context(), req)
+	status := ErrCodeNoError
+	if err != nil {
+		status = errorCode(err)
+		if status == ErrCodeInternal {
+			n.log.Error("serving peer fetch", zap.String("peer", from), zap.String("group", req.Group),
+				zap.String("path", req.Path), zap.Error(err))
+		}
+	}
+	meta.Size = int64(len(body))
+	b, err := appendResponse((*bp)[:0], status, &meta)
+	if err != nil { // a field over its limit: the item cannot be described
+		n.log.Error("encoding peer response", zap.String("path", req.Path), zap.Error(err))
+		b, _ = appendResponse((*bp)[:0], ErrCodeInternal, nil)
+		status = ErrCodeInternal
+	}
+	if status == ErrCodeNoError && len(body) <= smallBody {
+		b = append(b, body...)
+		body = nil
+	}
+	if cap(b) <= 64<<10 {
+		*bp = b[:0] // keep a grown buffer, within reason
+	}
+	if _, err := str.Write(b); err != nil {
+		abort(str, streamCode(err))
+		return
+	}
+	if status == ErrCodeNoError && len(body) > 0 {
+		if _, err := str.Write(body); err != nil {
+			abort(str, streamCode(err))
+			return
+		}
+	}
+	str.Close()
+}
+
+// subscriber is a peer that receives our table of content on its control
+// stream: every node that dialled us.
+type subscriber struct {
+	name string
+	conn *quic.Conn
+
+	mu     sync.Mutex
+	queue  [][]byte // encoded frames, shared between subscribers: read-only
+	queued int
+	wake   chan struct{}
+	dead   bool
+}
+
+// enqueue adds frames for the subscriber's writer. A subscriber that lets
+// more than maxSubscriberQueue bytes pile up is disconnected.
+func (s *subscriber) enqueue(frames []byte) {
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		return
+	}
+	if s.queued+len(frames) > maxSubscriberQueue {
+		s.dead = true
+		s.queue, s.queued = nil, 0
+		s.mu.Unlock()
+		go s.conn.CloseWithError(CloseTooSlow, "control stream not read")
+		return
+	}
+	s.queue = append(s.queue, frames)
+	s.queued += len(frames)
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *subscriber) take() [][]byte {
+	s.mu.Lock()
+	q := s.queue
+	s.queue, s.queued = nil, 0
+	s.mu.Unlock()
+	return q
+}
+
+// serveControl answers a dialer's HELLO and then sends it our table of
+// content (snapshot, then deltas and ready changes) until the connection
+// ends.
+func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []string) {
+	log := n.log.With(zap.String("peer", h.Name), zap.Stringer("peer_addr", conn.RemoteAddr()))
+	if !slices.Contains(names, h.Name) {
+		log.Warn("peer's hello names a node its certificate does not", zap.Strings("cert_names", names))
+		abort(str, ErrCodeBadRequest)
+		conn.CloseWithError(CloseBadIdentity, "hello name not in certificate")
+		return
+	}
+	sub := &subscriber{name: h.Name, conn: conn, wake: make(chan struct{}, 1)}
+	// Subscribe before taking the snapshot: a change published meanwhile
+	// is queued, and applying it after the snapshot is harmless.
+	n.mu.Lock()
+	n.subs[sub] = struct{}{}
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.subs, sub)
+		n.mu.Unlock()
+	}()
+	_, known := n.peers[h.Name]
+	log.Info("peer subscribed", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.Bool("configured", known))
+
+	// Whatever the dialer sends later is read and ignored (forward
+	// compatibility); its end or failure ends the subscription.
+	str.SetReadDeadline(time.Time{})
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		buf := make([]byte, 1024)
+		for {
+			if _, _, err := readFrame(str, buf); err != nil {
+				return
+			}
+		}
+	}()
+
+	write := func(b []byte) error {
+		str.SetWriteDeadline(time.Now().Add(n.cfg.StreamTimeout))
+		_, err := str.Write(b)
+		return err
+	}
+	b, err := appendHello(nil, &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer})
+	if err == nil {
+		err = write(b)
+	}
+	if err == nil {
+		err = n.writeSnapshot(write)
+	}
+	for err == nil {
+		select {
+		case <-sub.wake:
+			for _, frames := range sub.take() {
+				if err = write(frames); err != nil {
+					break
+				}
+			}
+		case <-conn.Context().Done():
+			err = context.Cause(conn.Context())
+		case <-n.ctx.Done():
+			err = n.ctx.Err()
+		}
+	}
+	abort(str, ErrCodeCanceled)
+	<-readerDone
+	if n.ctx.Err() == nil {
+		log.Info("peer unsubscribed", zap.Error(err))
+	}
+}
+
+// writeSnapshot sends the backend's table of content as TOC frames, in
+// batches of about 256 KiB, then TOC_END.
+func (n *Node) writeSnapshot(write func([]byte) error) error {
+	const batch = 256 << 10
+	const chunk = 512 // items encoded per appendItems call
+	var b []byte
+	skipped := 0
+	for _, g := range n.backend.Snapshot() {
+		for i := 0; i < len(g.Items); i += chunk {
+			var s int
+			var err error
+			b, s, err = appendItems(b, frameTOC, g.Group, g.Items[i:min(i+chunk, len(g.Items))])
+			skipped += s
+			if err != nil {
+				n.log.Error("encoding table of content", zap.String("group", g.Group), zap.Error(err))
+				break
+			}
+			if len(b) >= batch {
+				if err := write(b); err != nil {
+					return err
+				}
+				b = b[:0]
+			}
+		}
+	}
+	if skipped > 0 {
+		n.log.Warn("items left out of the table of content (a field over its limit)", zap.Int("items", skipped))
+	}
+	return write(appendTOCEnd(b))
+}
+
+// Publish sends a change of this node's table of content to every peer
+// connected to it. Call it after the change is visible in
+// Backend.Snapshot. Items that cannot be encoded (a field over its limit)
+// are left out and logged.
+func (n *Node) Publish(d Delta) {
+	var b []byte
+	var skipped int
+	if len(d.Upserts) > 0 {
+		var err error
+		if b, skipped, err = appendItems(b, frameUpsert, d.Group, d.Upserts); err != nil {
+			n.log.Error("encoding delta", zap.String("group", d.Group), zap.Error(err))
+			return
+		}
+	}
+	if len(d.Deletes) > 0 {
+		var s int
+		var err error
+		if b, s, err = appendDeletes(b, d.Group, d.Deletes); err != nil {
+			n.log.Error("encoding delta", zap.String("group", d.Group), zap.Error(err))
+			return
+		}
+		skipped += s
+	}
+	if skipped > 0 {
+		n.log.Warn("items left out of a delta (a field over its limit)", zap.Int("items", skipped))
+	}
+	if len(b) > 0 {
+		n.broadcast(b)
+	}
+}
+
+// PublishReady tells every connected peer this node's ready state.
+func (n *Node) PublishReady(ready bool) {
+	n.broadcast(appendReady(nil, ready))
+}
+
+func (n *Node) broadcast(frames []byte) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for s := range n.subs {
+		s.enqueue(frames)
+	}
+}

@@ -1,0 +1,431 @@
+// Package peering connects the nodes of a shardcache cluster: a
+// consistent-hash ring over node names (ring.go), a small binary protocol
+// over QUIC with mutual TLS 1.3 (protocol.go, messages.go, tls.go), and a
+// Node that owns one UDP socket, accepts peers on it and dials them from it
+// (transport.go, server.go, client.go).
+//
+// A Node fetches items from peers' memory (Fetch), serves its own through a
+// Backend, and keeps every peer informed of the items it owns: on connect it
+// sends a snapshot of its table of content, then deltas (Publish) and
+// ready-state changes (PublishReady). What it learns from peers arrives as
+// Events.
+//
+// The package imports no Caddy package and not the shard package: it takes a
+// *zap.Logger and a Config, and the application plugs its store in as a
+// Backend.
+package peering
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"go.uber.org/zap"
+)
+
+// Backend is what a Node serves from: the application's store.
+type Backend interface {
+	// Get returns the metadata and body of the item req names, from this
+	// node's memory or storage. It never forwards to another node (one
+	// hop: nodes whose rings disagree cannot deadlock). It returns
+	// ErrNotFound (or an error wrapping it) for an item it does not hold
+	// at req.Version, other *Error sentinels to choose a status, and any
+	// other error for ErrInternal. The body must not be modified
+	// afterwards; the response's Size is len(body).
+	Get(ctx context.Context, req Request) (Meta, []byte, error)
+
+	// Snapshot returns this node's table of content: the items it owns,
+	// per group. It is sent to every peer that connects. It must reflect
+	// every change already passed to Node.Publish.
+	Snapshot() []GroupTOC
+
+	// Ready reports whether this node has finished priming and wants
+	// traffic.
+	Ready() bool
+}
+
+// Peer is a cluster member to dial.
+type Peer struct {
+	// Name is the peer's node name: the DNS name in its certificate and
+	// the name in its HELLO.
+	Name string
+	// Addr is its UDP address, host:port.
+	Addr string
+}
+
+// PeerState is what a Node knows about one configured peer.
+type PeerState struct {
+	Name string
+	Addr string
+	// Up: our connection to the peer is established and its HELLO arrived.
+	Up bool
+	// Ready: the peer last said it is ready (primed). Meaningful when Up.
+	Ready bool
+	// LastSeen is when the peer last showed it was alive (connected, sent
+	// a control frame, answered a fetch), or when it was found down.
+	LastSeen time.Time
+}
+
+// EventKind says what an Event reports.
+type EventKind uint8
+
+// Event kinds.
+const (
+	// EventUp: a peer is connected; Ready is its ready state. Its snapshot
+	// follows.
+	EventUp EventKind = iota + 1
+	// EventDown: the connection to a peer died or was refused.
+	EventDown
+	// EventReady: a peer's ready state changed to Ready.
+	EventReady
+	// EventSnapshot: a peer's complete table of content, replacing any
+	// earlier one from that peer.
+	EventSnapshot
+	// EventDelta: a change to a peer's table of content.
+	EventDelta
+)
+
+func (k EventKind) String() string {
+	switch k {
+	case EventUp:
+		return "up"
+	case EventDown:
+		return "down"
+	case EventReady:
+		return "ready"
+	case EventSnapshot:
+		return "snapshot"
+	case EventDelta:
+		return "delta"
+	}
+	return fmt.Sprintf("EventKind(%d)", uint8(k))
+}
+
+// Event reports a change in what a Node knows about a peer. Events of one
+// peer are delivered in order, from that peer's connection goroutine: the
+// callback must return quickly (it holds up that peer's control stream).
+type Event struct {
+	Kind EventKind
+	// Peer is the peer's name.
+	Peer string
+	// Ready is set for EventUp and EventReady.
+	Ready bool
+	// Snapshot is set for EventSnapshot.
+	Snapshot []GroupTOC
+	// Delta is set for EventDelta.
+	Delta Delta
+}
+
+// Config configures a Node. Zero durations and sizes mean the defaults.
+type Config struct {
+	// Name is this node's name: in its certificate, its HELLO and the
+	// ring. Required.
+	Name string
+
+	// Addr is the UDP address to listen on and dial from, e.g.
+	// "10.0.0.1:7946". Ignored when PacketConn is set.
+	Addr string
+
+	// PacketConn, if set, is the socket to use instead of binding Addr.
+	// The Node closes it on Close.
+	PacketConn net.PacketConn
+
+	// Peers are the cluster members to dial. An entry named Name is
+	// skipped.
+	Peers []Peer
+
+	// TLS is this node's identity and the cluster CA. Required.
+	TLS *Credentials
+
+	// Backend serves fetches and the table of content. nil (an observer)
+	// answers every fetch with ErrUnavailable and sends an empty table.
+	Backend Backend
+
+	// OnEvent receives peer events; nil drops them.
+	OnEvent func(Event)
+
+	// Observer marks a node that holds no content and is in no ring (a
+	// content director): peers serve it their tables of content and keep
+	// it out of their rings.
+	Observer bool
+
+	// Logger receives connection events; nil means no logs.
+	Logger *zap.Logger
+
+	// FetchTimeout bounds a Fetch whose context has no earlier deadline.
+	// Default 2s.
+	FetchTimeout time.Duration
+
+	// StreamTimeout is the deadline the server sets on every request
+	// stream, and on every write to a control stream. Default 10s.
+	StreamTimeout time.Duration
+
+	// MaxBodySize is the largest body Fetch accepts. Default 256 MiB.
+	MaxBodySize int64
+
+	// IdleTimeout is how long a silent connection lives: a peer that
+	// stops answering is declared down after it. Keep-alives are sent at
+	// a third of it. Default 3s.
+	IdleTimeout time.Duration
+}
+
+// Defaults.
+const (
+	DefaultFetchTimeout  = 2 * time.Second
+	DefaultStreamTimeout = 10 * time.Second
+	DefaultMaxBodySize   = 256 << 20
+	DefaultIdleTimeout   = 3 * time.Second
+
+	// maxIncomingStreams bounds concurrent requests per peer connection
+	// (each is one goroutine holding one body): comfortably above the
+	// 32-way concurrency a node generates, and a peer over it waits in
+	// OpenStreamSync instead of piling goroutines up here. The control
+	// stream takes one slot.
+	maxIncomingStreams = 256
+
+	// streamWindow is the initial per-stream receive window: the largest
+	// value we expect to move in one go (4 MiB) never waits for a window
+	// update, even on a high bandwidth-delay path.
+	streamWindow = 4 << 20
+
+	// connWindow is the initial connection receive window: 8 such values
+	// in flight at once before auto-tuning raises it towards
+	// maxConnWindow = 32 × 4 MiB.
+	connWindow    = 32 << 20
+	maxConnWindow = 128 << 20
+
+	// maxSubscriberQueue bounds the control frames queued for one peer that
+	// does not read them; past it the connection is closed and the peer
+	// re-dials for a fresh snapshot.
+	maxSubscriberQueue = 64 << 20
+
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = time.Second
+)
+
+// quicConfig is every quic-go setting of peer connections, in one place.
+func quicConfig(idle time.Duration) *quic.Config {
+	return &quic.Config{
+		// One configuration for every peer.
+		GetConfigForClient: nil,
+		// All nodes run the same code: RFC 9000 only, no version dance.
+		Versions: []quic.Version{quic.Version1},
+		// Peers are on a LAN: a handshake that has heard nothing for 2s
+		// is dead, and the dial loop retries it.
+		HandshakeIdleTimeout: 2 * time.Second,
+		// A peer silent this long (keep-alives included) is down.
+		MaxIdleTimeout: idle,
+		// No address-validation tokens: we never ask for a Retry.
+		TokenStore: nil,
+		// See streamWindow / connWindow. The stream maximum leaves room
+		// for auto-tuning past the largest value.
+		InitialStreamReceiveWindow:     streamWindow,
+		MaxStreamReceiveWindow:         4 * streamWindow,
+		InitialConnectionReceiveWindow: connWindow,
+		MaxConnectionReceiveWindow:     maxConnWindow,
+		// No veto on window growth: the maxima above are the bound.
+		AllowConnectionWindowIncrease: nil,
+		// See maxIncomingStreams. Dialled connections override it to -1:
+		// the acceptor never opens streams towards the dialer.
+		MaxIncomingStreams: maxIncomingStreams,
+		// The protocol uses bidirectional streams only.
+		MaxIncomingUniStreams: -1,
+		// Keep idle connections alive, and notice a dead peer, well
+		// within MaxIdleTimeout.
+		KeepAlivePeriod: idle / 3,
+		// 0: quic-go's default (1280), raised by path MTU discovery.
+		InitialPacketSize: 0,
+		// PMTUD finds jumbo frames on a SAN.
+		DisablePathMTUDiscovery: false,
+		// No 0-RTT: a replayed request is harmless, but a replayed
+		// HELLO from a stolen ticket is not worth the saved round trip on
+		// connections that live for hours.
+		Allow0RTT: false,
+		// Unreliable datagrams are not used.
+		EnableDatagrams: false,
+		// Streams are reset whole.
+		EnableStreamResetPartialDelivery: false,
+		// No qlog.
+		Tracer: nil,
+	}
+}
+
+// ErrPeerDown is returned by Fetch for a peer with no live connection.
+var ErrPeerDown = errors.New("peering: peer down")
+
+// ErrClosed is returned by Fetch after Close.
+var ErrClosed = errors.New("peering: node closed")
+
+// Node is one cluster member's peer endpoint: one UDP socket and one
+// quic.Transport that accepts peers and dials them, one long-lived
+// connection per configured peer, one stream per request.
+type Node struct {
+	cfg     Config
+	log     *zap.Logger
+	backend Backend
+	qconf   *quic.Config
+	pc      net.PacketConn
+	tr      *quic.Transport
+	ln      *quic.Listener
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	peers map[string]*peer
+	order []*peer // as configured
+
+	mu        sync.Mutex
+	inbound   map[*quic.Conn]struct{}
+	subs      map[*subscriber]struct{}
+	closed    bool
+	closeOnce sync.Once
+}
+
+// Listen binds the node's UDP socket, starts accepting peers and starts
+// dialling the configured peers in the background.
+func Listen(cfg Config) (*Node, error) {
+	if cfg.Name == "" {
+		return nil, errors.New("peering: node name required")
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("peering: TLS credentials required")
+	}
+	if !slices.Contains(cfg.TLS.cert.Leaf.DNSNames, cfg.Name) {
+		return nil, fmt.Errorf("peering: node certificate does not name node %q (DNS names %v)", cfg.Name, cfg.TLS.cert.Leaf.DNSNames)
+	}
+	if cfg.FetchTimeout <= 0 {
+		cfg.FetchTimeout = DefaultFetchTimeout
+	}
+	if cfg.StreamTimeout <= 0 {
+		cfg.StreamTimeout = DefaultStreamTimeout
+	}
+	if cfg.MaxBodySize <= 0 {
+		cfg.MaxBodySize = DefaultMaxBodySize
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	backend := cfg.Backend
+	if backend == nil {
+		backend = noBackend{}
+	}
+
+	n := &Node{
+		cfg:     cfg,
+		log:     log.With(zap.String("node", cfg.Name)),
+		backend: backend,
+		qconf:   quicConfig(cfg.IdleTimeout),
+		peers:   make(map[string]*peer),
+		inbound: make(map[*quic.Conn]struct{}),
+		subs:    make(map[*subscriber]struct{}),
+	}
+	for _, p := range cfg.Peers {
+		if p.Name == cfg.Name {
+			continue
+		}
+		if p.Name == "" || p.Addr == "" {
+			return nil, fmt.Errorf("peering: peer %q: name and address required", p.Name)
+		}
+		if _, dup := n.peers[p.Name]; dup {
+			return nil, fmt.Errorf("peering: peer %q listed twice", p.Name)
+		}
+		pr := &peer{name: p.Name, addr: p.Addr}
+		n.peers[p.Name] = pr
+		n.order = append(n.order, pr)
+	}
+
+	pc := cfg.PacketConn
+	if pc == nil {
+		var err error
+		if pc, err = net.ListenPacket("udp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("peering: binding %s: %w", cfg.Addr, err)
+		}
+	}
+	n.pc = pc
+	n.tr = &quic.Transport{Conn: pc}
+	ln, err := n.tr.Listen(cfg.TLS.ServerConfig(), n.qconf)
+	if err != nil {
+		n.tr.Close()
+		pc.Close()
+		return nil, fmt.Errorf("peering: listening on %s: %w", pc.LocalAddr(), err)
+	}
+	n.ln = ln
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+
+	n.wg.Add(1)
+	go n.acceptLoop()
+	for _, p := range n.order {
+		n.wg.Add(1)
+		go n.dialLoop(p)
+	}
+	n.log.Info("peering listening", zap.Stringer("addr", pc.LocalAddr()), zap.Int("peers", len(n.order)))
+	return n, nil
+}
+
+// Addr returns the address of the node's UDP socket.
+func (n *Node) Addr() net.Addr { return n.pc.LocalAddr() }
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.cfg.Name }
+
+// Peers returns the state of every configured peer, in configured order.
+func (n *Node) Peers() []PeerState {
+	out := make([]PeerState, 0, len(n.order))
+	for _, p := range n.order {
+		out = append(out, p.state())
+	}
+	return out
+}
+
+// Close closes every connection with CloseShutdown (peers see this node
+// down at once), stops the background goroutines and releases the socket.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.mu.Lock()
+		n.closed = true
+		conns := make([]*quic.Conn, 0, len(n.inbound))
+		for c := range n.inbound {
+			conns = append(conns, c)
+		}
+		n.mu.Unlock()
+		// Cancelling n.ctx makes every dial loop close its connection
+		// (with CloseShutdown) and return.
+		n.cancel()
+		n.ln.Close()
+		var wg sync.WaitGroup
+		for _, c := range conns {
+			wg.Go(func() { c.CloseWithError(CloseShutdown, "shutting down") })
+		}
+		wg.Wait()
+		n.wg.Wait()
+		n.tr.Close()
+		n.pc.Close()
+		n.log.Info("peering closed")
+	})
+	return nil
+}
+
+func (n *Node) emit(e Event) {
+	if n.cfg.OnEvent != nil {
+		n.cfg.OnEvent(e)
+	}
+}
+
+// noBackend serves nothing: an observer's backend.
+type noBackend struct{}
+
+func (noBackend) Get(context.Context, Request) (Meta, []byte, error) {
+	return Meta{}, nil, ErrUnavailable
+}
+func (noBackend) Snapshot() []GroupTOC { return nil }
+func (noBackend) Ready() bool          { return false }
