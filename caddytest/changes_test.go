@@ -1,0 +1,276 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// changeDeadline is how soon a change on disk must be served.
+const changeDeadline = 2 * time.Second
+
+// waitServed polls GET path until check accepts the response, at most
+// changeDeadline after since, and returns the accepted response and how long
+// it took.
+func waitServed(t *testing.T, base, path string, since time.Time, what string, check func(*response) bool) (*response, time.Duration) {
+	t.Helper()
+	var last *response
+	for i := 0; i < 1000; i++ {
+		r := get(t, base, path)
+		if check(r) {
+			return r, time.Since(since)
+		}
+		last = r
+		if time.Since(since) > changeDeadline {
+			break
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	t.Fatalf("%s: not served within %s of the change; last answer to GET %s: %d %s", what, changeDeadline, path, last.status, preview(last.body))
+	return nil, 0
+}
+
+// TestChangesOnDisk checks that files modified, created and deleted under the
+// root are served within 2s, with a new ETag.
+func TestChangesOnDisk(t *testing.T) {
+	needCaddy(t)
+	root := filepath.Join(t.TempDir(), "site")
+	writeTree(t, root, map[string][]byte{
+		"mod.txt":      []byte("version one\n"),
+		"del.txt":      []byte("to be deleted\n"),
+		"sub/keep.txt": []byte("keep\n"),
+	})
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	port := freePort(t)
+	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
+http://127.0.0.1:%d {
+	shardcache %s
+}
+`, port, root))
+	waitPrimed(n, root)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	r0 := get(t, base, "/mod.txt")
+	if r0.status != 200 || string(r0.body) != "version one\n" {
+		t.Fatalf("GET /mod.txt before the change: %d %q", r0.status, r0.body)
+	}
+	if r := get(t, base, "/new.txt"); r.status != http.StatusNotFound {
+		t.Fatalf("GET /new.txt before it exists: %d", r.status)
+	}
+
+	// Modify (new bytes, new size), create, delete; also a file in a new
+	// directory (the watcher must pick up the directory).
+	now := time.Now()
+	if err := os.WriteFile(filepath.Join(root, "mod.txt"), []byte("version two, longer\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "new.txt"), []byte("created\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, "del.txt")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "newdir", "deep"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(root, "newdir", "deep", "x.txt"), []byte("in a new dir\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	r1, d := waitServed(t, base, "/mod.txt", now, "modified mod.txt", func(r *response) bool {
+		return r.status == 200 && string(r.body) == "version two, longer\n"
+	})
+	t.Logf("modification served after %s", d)
+	if e0, e1 := r0.header.Get("Etag"), r1.header.Get("Etag"); e1 == "" || e0 == e1 {
+		t.Errorf("ETag of mod.txt after the change: %q, before: %q; want a new one", e1, e0)
+	}
+	if cl := r1.header.Get("Content-Length"); cl != "20" {
+		t.Errorf("Content-Length of the new mod.txt: %q, want 20", cl)
+	}
+	_, d = waitServed(t, base, "/new.txt", now, "created new.txt", func(r *response) bool {
+		return r.status == 200 && string(r.body) == "created\n"
+	})
+	t.Logf("creation served after %s", d)
+	_, d = waitServed(t, base, "/del.txt", now, "deleted del.txt", func(r *response) bool {
+		return r.status == http.StatusNotFound
+	})
+	t.Logf("deletion served after %s", d)
+	_, d = waitServed(t, base, "/newdir/deep/x.txt", now, "newdir/deep/x.txt", func(r *response) bool {
+		return r.status == 200 && string(r.body) == "in a new dir\n"
+	})
+	t.Logf("file in a new directory served after %s", d)
+
+	// The old ETag no longer matches: a conditional GET gets the new bytes.
+	r := get(t, base, "/mod.txt", "If-None-Match: "+r0.header.Get("Etag"))
+	if r.status != 200 || string(r.body) != "version two, longer\n" {
+		t.Errorf("GET /mod.txt If-None-Match: <old ETag>: %d %q, want 200 with the new bytes", r.status, r.body)
+	}
+	// A second change of the same file, and a change back to earlier bytes:
+	// the ETag follows the bytes.
+	now = time.Now()
+	if err := os.WriteFile(filepath.Join(root, "mod.txt"), []byte("version one\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r2, _ := waitServed(t, base, "/mod.txt", now, "mod.txt back to version one", func(r *response) bool {
+		return r.status == 200 && string(r.body) == "version one\n"
+	})
+	if r2.header.Get("Etag") != r0.header.Get("Etag") {
+		t.Errorf("ETag of mod.txt back to its first bytes: %s, first: %s; want equal (content hash)", r2.header.Get("Etag"), r0.header.Get("Etag"))
+	}
+}
+
+// TestChangesUnderLoad rewrites a file, by rename and in place, while
+// concurrent GETs run: every response must be exactly one version, with that
+// version's ETag, and never an error.
+func TestChangesUnderLoad(t *testing.T) {
+	needCaddy(t)
+	const size = 256 << 10
+	versions := make([][]byte, 6)
+	for i := range versions {
+		// Same size, different bytes everywhere: a torn read shows.
+		versions[i] = bytes.Repeat([]byte{byte('a' + i)}, size)
+		copy(versions[i], fmt.Sprintf("version %d\n", i))
+	}
+	root := filepath.Join(t.TempDir(), "site")
+	writeTree(t, root, map[string][]byte{
+		"burst.bin":   versions[0],
+		"inplace.bin": versions[0],
+	})
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	port := freePort(t)
+	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
+http://127.0.0.1:%d {
+	shardcache %s
+}
+`, port, root))
+	waitPrimed(n, root)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	versionOf := func(b []byte) int {
+		for i, v := range versions {
+			if bytes.Equal(b, v) {
+				return i
+			}
+		}
+		return -1
+	}
+
+	for _, mode := range []string{"rename", "in place"} {
+		t.Run(mode, func(t *testing.T) {
+			name := "burst.bin"
+			if mode == "in place" {
+				name = "inplace.bin"
+			}
+			p := filepath.Join(root, name)
+			var (
+				stop     atomic.Bool
+				mu       sync.Mutex
+				seen     = map[int]map[string]bool{} // version → ETags
+				bad      []string
+				requests atomic.Int64
+			)
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				parallel(6, func(int) {
+					for i := 0; i < 3000 && !stop.Load(); i++ {
+						requests.Add(1)
+						r, err := do("GET", base, "/"+name)
+						mu.Lock()
+						switch {
+						case err != nil:
+							bad = append(bad, err.Error())
+						case r.status != 200:
+							bad = append(bad, fmt.Sprintf("status %d", r.status))
+						default:
+							v := versionOf(r.body)
+							if v < 0 {
+								bad = append(bad, fmt.Sprintf("a body that is no version: %d bytes %s", len(r.body), preview(r.body)))
+							} else {
+								if seen[v] == nil {
+									seen[v] = map[string]bool{}
+								}
+								seen[v][r.header.Get("Etag")] = true
+							}
+						}
+						mu.Unlock()
+					}
+				})
+			}()
+
+			// Rewrite the file every 30ms for 1.5s, cycling through the
+			// versions.
+			last := 0
+			start := time.Now()
+			for i := 1; time.Since(start) < 1500*time.Millisecond; i++ {
+				last = i % len(versions)
+				var err error
+				if mode == "rename" {
+					tmp := filepath.Join(root, ".tmp-"+name)
+					if err = os.WriteFile(tmp, versions[last], 0o644); err == nil {
+						err = os.Rename(tmp, p)
+					}
+				} else {
+					err = writeInPlace(p, versions[last])
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(30 * time.Millisecond)
+			}
+			written := time.Now()
+			// The last version must be served within the deadline.
+			waitServed(t, base, "/"+name, written, "the last version of "+name, func(r *response) bool {
+				return r.status == 200 && versionOf(r.body) == last
+			})
+			stop.Store(true)
+			<-done
+
+			mu.Lock()
+			defer mu.Unlock()
+			t.Logf("%d requests, versions seen: %d", requests.Load(), len(seen))
+			for i, b := range bad {
+				if i == 10 {
+					t.Errorf("... %d more bad responses", len(bad)-10)
+					break
+				}
+				t.Errorf("GET /%s during rewrites: %s", name, b)
+			}
+			etags := map[string]int{}
+			for v, es := range seen {
+				if len(es) != 1 {
+					t.Errorf("version %d was served with %d different ETags: %v", v, len(es), es)
+				}
+				for e := range es {
+					if w, dup := etags[e]; dup {
+						t.Errorf("versions %d and %d were both served with ETag %s", w, v, e)
+					}
+					etags[e] = v
+				}
+			}
+			if len(seen) < 2 {
+				t.Errorf("only %d version(s) seen during the rewrites; want the changes to show", len(seen))
+			}
+		})
+	}
+}
+
+// writeInPlace overwrites the file at p with data (same size) with one
+// write, without truncating it first.
+func writeInPlace(p string, data []byte) error {
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -1,0 +1,583 @@
+// Package integration holds the end-to-end tests of caddy-shardcache: they
+// build the Caddy binary of cmd/caddy once, run it as a child process with
+// real Caddyfiles and talk to it over HTTP on loopback.
+//
+// Run them from the repository root with the same flags the binary is built
+// with, so that the build cache is shared:
+//
+//	CGO_ENABLED=0 go test -trimpath -tags nobadger,nomysql,nopgx -count=1 ./caddytest/
+//
+// With -short they are skipped.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildFlags are the flags of the Caddy build. The test binary must be built
+// with the same ones (see the package doc) so both share the build cache.
+var buildFlags = []string{"-trimpath", "-tags", "nobadger,nomysql,nopgx"}
+
+var (
+	// caddyBin is the Caddy binary built by TestMain.
+	caddyBin string
+	// repoRoot is the module root; Caddy runs with it as working directory,
+	// so relative roots in Caddyfiles (the examples) resolve as in the README.
+	repoRoot string
+	// sharedDir holds data shared by several tests (the big tree).
+	sharedDir string
+)
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	os.Exit(testMain(m))
+}
+
+func testMain(m *testing.M) int {
+	if testing.Short() {
+		// Each test skips itself with the reason; nothing to build.
+		return m.Run()
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	repoRoot = filepath.Dir(wd)
+
+	tmp, err := os.MkdirTemp("", "shardcache-integration-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "integration:", err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	sharedDir = tmp
+
+	if bin := os.Getenv("CADDYTEST_BIN"); bin != "" {
+		// A binary built beforehand (with the flags above), to iterate
+		// on the tests without rebuilding.
+		caddyBin = bin
+		return m.Run()
+	}
+	caddyBin = filepath.Join(tmp, "caddy")
+	start := time.Now()
+	args := append([]string{"build"}, buildFlags...)
+	args = append(args, "-o", caddyBin, "./cmd/caddy")
+	cmd := exec.Command("go", args...)
+	cmd.Dir = repoRoot
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "integration: building Caddy (go %s): %v\n%s", strings.Join(args, " "), err, out)
+		return 1
+	}
+	if testing.Verbose() {
+		fmt.Printf("integration: built %s in %s\n", caddyBin, time.Since(start).Round(time.Millisecond))
+	}
+	return m.Run()
+}
+
+// needCaddy skips t in -short mode.
+func needCaddy(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: it builds Caddy and runs it as a child process (several seconds); skipped with -short")
+	}
+	if caddyBin == "" {
+		t.Fatal("the Caddy binary was not built (TestMain)")
+	}
+}
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("finding a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// globalBlock returns a Caddyfile global options block with the admin
+// endpoint on admin, a short grace period and the extra lines given.
+func globalBlock(admin string, extra ...string) string {
+	var b strings.Builder
+	b.WriteString("{\n\tadmin " + admin + "\n\tgrace_period 500ms\n")
+	for _, l := range extra {
+		b.WriteString("\t" + l + "\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// node is one running Caddy process.
+type node struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	dir     string // the node's private temp dir
+	config  string // path of the current Caddyfile
+	logPath string
+	admin   string // 127.0.0.1:port of the admin endpoint
+	exited  chan struct{}
+	waitErr error
+}
+
+var (
+	adminRe = regexp.MustCompile(`(?m)^\s*admin\s+(127\.\d+\.\d+\.\d+:\d+)\s*$`)
+	siteRe  = regexp.MustCompile(`https?://127\.\d+\.\d+\.\d+:\d+`)
+)
+
+// startCaddy writes caddyfile to a temp dir and runs `caddy run` on it. The
+// Caddyfile must set its admin address (`admin 127.0.0.1:<port>` in the
+// global block). startCaddy returns once the admin endpoint and every
+// `http://127.0.0.1:<port>` site address in the Caddyfile answer; the process
+// is stopped (by its PID) when the test ends, and its log printed if the
+// test failed.
+func startCaddy(t *testing.T, caddyfile string) *node {
+	t.Helper()
+	m := adminRe.FindStringSubmatch(caddyfile)
+	if m == nil {
+		t.Fatal("startCaddy: the Caddyfile must set `admin 127.0.0.1:<port>` in its global block")
+	}
+	dir := t.TempDir()
+	n := &node{
+		t:       t,
+		dir:     dir,
+		config:  filepath.Join(dir, "Caddyfile"),
+		logPath: filepath.Join(dir, "caddy.log"),
+		admin:   m[1],
+		exited:  make(chan struct{}),
+	}
+	if err := os.WriteFile(n.config, []byte(caddyfile), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(n.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close() // the child has its own descriptor
+
+	n.cmd = exec.Command(caddyBin, "run", "--config", n.config, "--adapter", "caddyfile")
+	n.cmd.Dir = repoRoot
+	n.cmd.Env = caddyEnv(dir)
+	n.cmd.Stdout = logFile
+	n.cmd.Stderr = logFile
+	if err := n.cmd.Start(); err != nil {
+		t.Fatalf("starting caddy: %v", err)
+	}
+	go func() {
+		n.waitErr = n.cmd.Wait()
+		close(n.exited)
+	}()
+	t.Cleanup(n.stop)
+
+	deadline := time.Now().Add(20 * time.Second)
+	n.waitHTTP("http://"+n.admin+"/config/", deadline)
+	for _, site := range siteRe.FindAllString(caddyfile, -1) {
+		n.waitHTTP(site+"/", deadline)
+	}
+	return n
+}
+
+// caddyEnv is the environment of a Caddy child process: the test's, with
+// Caddy's data, config and home directories inside dir.
+func caddyEnv(dir string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		switch strings.SplitN(kv, "=", 2)[0] {
+		case "HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME":
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env,
+		"HOME="+filepath.Join(dir, "home"),
+		"XDG_DATA_HOME="+filepath.Join(dir, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(dir, "config"),
+	)
+}
+
+// waitHTTP waits until url answers with any HTTP response.
+func (n *node) waitHTTP(url string, deadline time.Time) {
+	n.t.Helper()
+	c := &http.Client{Timeout: time.Second, CheckRedirect: noRedirects}
+	for {
+		select {
+		case <-n.exited:
+			n.t.Fatalf("caddy exited before %s answered: %v\n%s", url, n.waitErr, n.logText())
+		default:
+		}
+		resp, err := c.Get(url)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s did not answer within 20s: %v\n%s", url, err, n.logText())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop ends the process: SIGTERM, then SIGKILL after 5s, and waits for it.
+func (n *node) stop() {
+	if n.t.Failed() {
+		n.t.Logf("caddy log (%s):\n%s", n.logPath, n.logText())
+	}
+	select {
+	case <-n.exited:
+		return
+	default:
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(5 * time.Second):
+		n.t.Errorf("caddy (pid %d) ignored SIGTERM for 5s; killing it", n.cmd.Process.Pid)
+		_ = n.cmd.Process.Kill()
+		<-n.exited
+	}
+}
+
+// logText returns the process's output so far (the tail, if it is long).
+func (n *node) logText() string {
+	b, err := os.ReadFile(n.logPath)
+	if err != nil {
+		return "(no log: " + err.Error() + ")"
+	}
+	const max = 64 << 10
+	if len(b) > max {
+		b = append([]byte("...\n"), b[len(b)-max:]...)
+	}
+	return string(b)
+}
+
+// logEntry is one JSON log line of Caddy's default logger.
+type logEntry map[string]any
+
+func (e logEntry) str(k string) string {
+	s, _ := e[k].(string)
+	return s
+}
+
+func (e logEntry) num(k string) (float64, bool) {
+	f, ok := e[k].(float64)
+	return f, ok
+}
+
+func (e logEntry) String() string {
+	b, _ := json.Marshal(map[string]any(e))
+	return string(b)
+}
+
+// logs returns the JSON log entries written so far.
+func (n *node) logs() []logEntry {
+	n.t.Helper()
+	return readLogEntries(n.t, n.logPath)
+}
+
+func readLogEntries(t *testing.T, path string) []logEntry {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []logEntry
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if len(line) == 0 || line[0] != '{' {
+			continue
+		}
+		var e logEntry
+		if json.Unmarshal(line, &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// findLogs returns the log entries for which match is true.
+func (n *node) findLogs(match func(logEntry) bool) []logEntry {
+	n.t.Helper()
+	var out []logEntry
+	for _, e := range n.logs() {
+		if match(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitLog waits up to timeout for a log entry for which match is true and
+// returns the first one.
+func (n *node) waitLog(timeout time.Duration, what string, match func(logEntry) bool) logEntry {
+	n.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if es := n.findLogs(match); len(es) > 0 {
+			return es[0]
+		}
+		select {
+		case <-n.exited:
+			n.t.Fatalf("caddy exited while waiting for the log to show %s: %v", what, n.waitErr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("the log did not show %s within %s", what, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// reload replaces the node's config with caddyfile through the admin API
+// (POST /load, adapted by Caddy), which returns once the new config runs.
+func (n *node) reload(caddyfile string) {
+	n.t.Helper()
+	if err := os.WriteFile(n.config, []byte(caddyfile), 0o644); err != nil {
+		n.t.Fatal(err)
+	}
+	req, err := http.NewRequest(http.MethodPost, "http://"+n.admin+"/load", strings.NewReader(caddyfile))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "text/caddyfile")
+	c := &http.Client{Timeout: 20 * time.Second}
+	resp, err := c.Do(req)
+	if err != nil {
+		n.t.Fatalf("reload: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		n.t.Fatalf("reload: %s: %s", resp.Status, body)
+	}
+}
+
+var goroutinesRe = regexp.MustCompile(`goroutine profile: total (\d+)`)
+
+// goroutines returns the process's goroutine count, from the admin
+// endpoint's pprof handler.
+func (n *node) goroutines() int {
+	n.t.Helper()
+	c := &http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + n.admin + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		n.t.Fatalf("goroutine profile: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	m := goroutinesRe.FindSubmatch(b)
+	if m == nil {
+		n.t.Fatalf("goroutine profile: unexpected answer %s: %.200s", resp.Status, b)
+	}
+	v, _ := strconv.Atoi(string(m[1]))
+	return v
+}
+
+// rss returns the process's resident set size in bytes.
+func (n *node) rss() int64 {
+	n.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.cmd.Process.Pid))
+	if err != nil {
+		n.t.Fatalf("reading RSS: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				n.t.Fatalf("reading RSS: %q: %v", line, err)
+			}
+			return kb << 10
+		}
+	}
+	n.t.Fatal("reading RSS: no VmRSS in /proc/<pid>/status")
+	return 0
+}
+
+// runCaddy runs a one-shot caddy subcommand (adapt, validate, ...) with a
+// bounded time and returns its combined output.
+func runCaddy(t *testing.T, timeout time.Duration, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, caddyBin, args...)
+	cmd.Dir = repoRoot
+	cmd.Env = caddyEnv(t.TempDir())
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		return out.String(), fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
+	}
+	return out.String(), err
+}
+
+// runCaddySplit is runCaddy with stdout and stderr kept apart.
+func runCaddySplit(t *testing.T, timeout time.Duration, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, caddyBin, args...)
+	cmd.Dir = repoRoot
+	cmd.Env = caddyEnv(t.TempDir())
+	var o, e bytes.Buffer
+	cmd.Stdout = &o
+	cmd.Stderr = &e
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
+	}
+	return o.String(), e.String(), err
+}
+
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// client is the HTTP client of the tests: bounded in time, follows no
+// redirect (308s are checked), never asks for or decodes compression by
+// itself.
+var client = &http.Client{
+	Timeout:       15 * time.Second,
+	CheckRedirect: noRedirects,
+	Transport: &http.Transport{
+		DisableCompression:  true,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     30 * time.Second,
+	},
+}
+
+// response is what the tests keep of an HTTP response.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// do sends a request to base (http://host:port) for rawPath, which is sent
+// as is on the request line (no cleaning, no escaping), with the headers
+// given as "Name: value" strings.
+func do(method, base, rawPath string, headers ...string) (*response, error) {
+	req, err := http.NewRequest(method, base+"/", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.URL.Opaque = rawPath
+	for _, h := range headers {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok {
+			return nil, fmt.Errorf("bad header %q", h)
+		}
+		req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: reading body: %w", method, rawPath, err)
+	}
+	return &response{status: resp.StatusCode, header: resp.Header, body: body}, nil
+}
+
+// mustDo is do that fails the test on a transport error.
+func mustDo(t *testing.T, method, base, rawPath string, headers ...string) *response {
+	t.Helper()
+	r, err := do(method, base, rawPath, headers...)
+	if err != nil {
+		t.Fatalf("%s %s%s: %v", method, base, rawPath, err)
+	}
+	return r
+}
+
+// get is a plain GET.
+func get(t *testing.T, base, rawPath string, headers ...string) *response {
+	t.Helper()
+	return mustDo(t, http.MethodGet, base, rawPath, headers...)
+}
+
+// rawRequest writes req (a complete HTTP/1.1 request, "\r\n" line ends) to
+// addr over a fresh connection and returns the status line, for the few
+// requests net/http refuses to send.
+func rawRequest(addr, req string) (string, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, req); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return line, err
+	}
+	return strings.TrimSpace(line), nil
+}
+
+// fixedTime is the modification time of every generated file, so that
+// Last-Modified and If-Modified-Since are predictable.
+var fixedTime = time.Date(2024, 3, 1, 12, 0, 0, 0, time.UTC)
+
+// writeTree creates files (path relative to root → content) under root, all
+// with the modification time fixedTime (directories too).
+func writeTree(t testing.TB, root string, files map[string][]byte) {
+	t.Helper()
+	for name, data := range files {
+		p := filepath.Join(root, filepath.FromSlash(name))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := filepath.WalkDir(root, func(p string, _ os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Chtimes(p, fixedTime, fixedTime)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// parallel runs f(i) for i in [0, n) on n goroutines and waits.
+func parallel(n int, f func(i int)) {
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(i)
+		}()
+	}
+	wg.Wait()
+}
