@@ -119,10 +119,11 @@ func freePort(t *testing.T) int {
 }
 
 // globalBlock returns a Caddyfile global options block with the admin
-// endpoint on admin, a short grace period and the extra lines given.
+// endpoint on admin, every site bound to 127.0.0.1 only, a short grace
+// period and the extra lines given.
 func globalBlock(admin string, extra ...string) string {
 	var b strings.Builder
-	b.WriteString("{\n\tadmin " + admin + "\n\tgrace_period 500ms\n")
+	b.WriteString("{\n\tadmin " + admin + "\n\tdefault_bind 127.0.0.1\n\tgrace_period 500ms\n")
 	for _, l := range extra {
 		b.WriteString("\t" + l + "\n")
 	}
