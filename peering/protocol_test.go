@@ -1,0 +1,311 @@
+package peering
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func sampleMeta(i int) Meta {
+	return Meta{
+		Path:        fmt.Sprintf("/dir%d/file%d.html", i/100, i),
+		Version:     fmt.Sprintf("%016x", i*7919),
+		Size:        int64(i * 1000),
+		ContentType: "text/html; charset=utf-8",
+		ModTime:     time.Unix(1700000000, int64(i)),
+		ETag:        fmt.Sprintf(`"%016x"`, i*7919),
+		Variants: []Variant{
+			{Encoding: "br", Size: int64(i * 300), ETag: `"br-1"`},
+			{Encoding: "gzip", Size: int64(i * 400), ETag: `"gz-1"`},
+		},
+	}
+}
+
+// frames splits b into frames, failing the test on a bad one.
+func frames(t *testing.T, b []byte) (types []frameType, payloads [][]byte) {
+	t.Helper()
+	for len(b) > 0 {
+		ft, p, n, err := splitFrame(b)
+		if err != nil {
+			t.Fatalf("splitFrame: %v", err)
+		}
+		if len(p) > MaxFrameSize {
+			t.Fatalf("frame of %d bytes", len(p))
+		}
+		types = append(types, ft)
+		payloads = append(payloads, p)
+		b = b[n:]
+	}
+	return types, payloads
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	req := Request{Group: "/srv/www", Path: "/img/a.png", Version: "abc123", Encoding: "br", Epoch: 1<<63 + 5}
+	b, err := appendGet(nil, &req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ft, p, err := readFrame(bytes.NewReader(b), nil)
+	if err != nil || ft != frameGet {
+		t.Fatalf("readFrame: %v %v", ft, err)
+	}
+	if got, err := decodeGet(p); err != nil || got != req {
+		t.Errorf("GET round trip: %+v, %v", got, err)
+	}
+
+	m := sampleMeta(42)
+	m.Variants = nil
+	m.Encoding = "gzip"
+	b, err = appendResponse(nil, ErrCodeNoError, &m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ps := frames(t, b)
+	status, got, err := decodeResponse(ps[0])
+	if err != nil || status != ErrCodeNoError || !metaEqual(got, m) {
+		t.Errorf("RESPONSE round trip: %v %+v %v", status, got, err)
+	}
+	b, _ = appendResponse(nil, ErrCodeNotFound, nil)
+	_, ps = frames(t, b)
+	if status, _, err := decodeResponse(ps[0]); err != nil || status != ErrCodeNotFound {
+		t.Errorf("not-found response: %v %v", status, err)
+	}
+
+	h := hello{Name: "n1", Ready: true, Observer: true}
+	b, _ = appendHello(nil, &h)
+	_, ps = frames(t, b)
+	if got, err := decodeHello(ps[0]); err != nil || got != h {
+		t.Errorf("HELLO round trip: %+v %v", got, err)
+	}
+
+	for _, r := range []bool{true, false} {
+		_, ps = frames(t, appendReady(nil, r))
+		if got, err := decodeReady(ps[0]); err != nil || got != r {
+			t.Errorf("READY round trip: %v %v", got, err)
+		}
+	}
+	ts, ps := frames(t, appendTOCEnd(nil))
+	if ts[0] != frameTOCEnd || len(ps[0]) != 0 {
+		t.Error("TOC_END")
+	}
+
+	// Zero ModTime survives.
+	z := Meta{Path: "/z"}
+	b, _ = appendResponse(nil, ErrCodeNoError, &z)
+	_, ps = frames(t, b)
+	if _, got, err := decodeResponse(ps[0]); err != nil || !got.ModTime.IsZero() {
+		t.Errorf("zero ModTime: %v %v", got.ModTime, err)
+	}
+}
+
+func metaEqual(a, b Meta) bool {
+	if !a.ModTime.Equal(b.ModTime) {
+		return false
+	}
+	a.ModTime, b.ModTime = time.Time{}, time.Time{}
+	if len(a.Variants) == 0 && len(b.Variants) == 0 {
+		a.Variants, b.Variants = nil, nil
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// TestCodecItemsSplit: many items are split over frames within the limit,
+// and come back whole and in order.
+func TestCodecItemsSplit(t *testing.T) {
+	items := make([]Meta, 5000)
+	for i := range items {
+		items[i] = sampleMeta(i)
+		items[i].Path += strings.Repeat("x", i%300)
+	}
+	b, skipped, err := appendItems(nil, frameTOC, "/srv/www", items)
+	if err != nil || skipped != 0 {
+		t.Fatal(err, skipped)
+	}
+	ts, ps := frames(t, b)
+	if len(ts) < 10 {
+		t.Fatalf("%d frames for %d bytes", len(ts), len(b))
+	}
+	var got []Meta
+	for i, p := range ps {
+		if ts[i] != frameTOC {
+			t.Fatal("frame type")
+		}
+		g, its, err := decodeItems(p)
+		if err != nil || g != "/srv/www" {
+			t.Fatalf("decodeItems: %q %v", g, err)
+		}
+		got = append(got, its...)
+	}
+	if len(got) != len(items) {
+		t.Fatalf("%d items back, want %d", len(got), len(items))
+	}
+	for i := range items {
+		if !metaEqual(got[i], items[i]) {
+			t.Fatalf("item %d: %+v != %+v", i, got[i], items[i])
+		}
+	}
+
+	// An item over a field limit is skipped, the rest still go.
+	bad := append([]Meta{{Path: strings.Repeat("p", maxPathLen+1)}}, items[:3]...)
+	b, skipped, err = appendItems(nil, frameUpsert, "g", bad)
+	if err != nil || skipped != 1 {
+		t.Fatalf("skipped %d, %v", skipped, err)
+	}
+	_, ps = frames(t, b)
+	if _, its, err := decodeItems(ps[0]); err != nil || len(its) != 3 {
+		t.Fatalf("%d items, %v", len(its), err)
+	}
+
+	var paths []string
+	for i := range 20000 {
+		paths = append(paths, fmt.Sprintf("/deleted/%d/%s", i, strings.Repeat("y", i%50)))
+	}
+	b, skipped, err = appendDeletes(nil, "g", paths)
+	if err != nil || skipped != 0 {
+		t.Fatal(err)
+	}
+	ts, ps = frames(t, b)
+	var back []string
+	for i, p := range ps {
+		if ts[i] != frameDelete {
+			t.Fatal("frame type")
+		}
+		g, ds, err := decodeDeletes(p)
+		if err != nil || g != "g" {
+			t.Fatal(err)
+		}
+		back = append(back, ds...)
+	}
+	if !reflect.DeepEqual(back, paths) || len(ts) < 2 {
+		t.Fatalf("deletes: %d back in %d frames", len(back), len(ts))
+	}
+}
+
+func TestCodecMalformed(t *testing.T) {
+	req := Request{Group: "g", Path: "/p", Version: "v", Epoch: 7}
+	get, _ := appendGet(nil, &req)
+	m := sampleMeta(3)
+	items, _, _ := appendItems(nil, frameTOC, "g", []Meta{m})
+	hl, _ := appendHello(nil, &hello{Name: "n1"})
+
+	// Every truncation of a valid frame is an error, never a panic.
+	for _, valid := range [][]byte{get, items, hl} {
+		for i := range len(valid) {
+			if _, _, err := readFrame(bytes.NewReader(valid[:i]), nil); err == nil {
+				t.Fatalf("truncated frame (%d of %d bytes) accepted", i, len(valid))
+			}
+			// A payload cut short (with a consistent length) fails to decode.
+			if i >= frameHeaderSize && i < len(valid) {
+				p := valid[frameHeaderSize:i]
+				if decodeAny(frameType(valid[1]), p) == nil && len(p) > 0 {
+					// TOC frames end on item boundaries; only the group alone decodes.
+					if frameType(valid[1]) != frameTOC || len(p) != 2 {
+						t.Fatalf("truncated payload (%d bytes) of type %d decoded", len(p), valid[1])
+					}
+				}
+			}
+		}
+	}
+
+	cases := map[string][]byte{
+		"bad version":     {2, byte(frameGet), 0, 0, 0, 0},
+		"too large":       {1, byte(frameGet), 0, 1, 0, 1},
+		"huge length":     {1, byte(frameGet), 0xff, 0xff, 0xff, 0xff},
+		"trailing bytes":  append(append([]byte(nil), get...), 0),
+		"string overrun":  {1, byte(frameGet), 0, 0, 0, 2, 10, 'a'},
+		"field too long":  append([]byte{1, byte(frameGet), 0, 0, 0, 3}, 0xff, 0xff, 0x03),
+		"varint overflow": append([]byte{1, byte(frameGet), 0, 0, 0, 11}, bytes.Repeat([]byte{0xff}, 11)...),
+		"bad ready":       {1, byte(frameReady), 0, 0, 0, 1, 2},
+		"empty hello":     {1, byte(frameHello), 0, 0, 0, 2, 0, 0},
+		"many variants":   itemsWithVariantCount(maxVariants + 1),
+		"huge size":       {1, byte(frameResponse), 0, 0, 0, 12, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+	}
+	for name, b := range cases {
+		t.Run(name, func(t *testing.T) {
+			ft, p, err := readFrame(bytes.NewReader(b), nil)
+			if err == nil {
+				// Trailing data past the frame is the next frame's business:
+				// check the payload decoder instead.
+				if name == "trailing bytes" {
+					b[5]++ // length covers the extra byte
+					ft, p, err = readFrame(bytes.NewReader(b), nil)
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				err = decodeAny(ft, p)
+			}
+			if err == nil {
+				t.Fatalf("accepted")
+			}
+			if !errors.Is(err, errProtocol) {
+				t.Fatalf("error %v does not wrap errProtocol", err)
+			}
+		})
+	}
+
+	// Encoders refuse what decoders would refuse.
+	long := strings.Repeat("x", maxFieldLen+1)
+	if _, err := appendGet(nil, &Request{Group: long}); err == nil {
+		t.Error("appendGet accepted a long group")
+	}
+	if _, err := appendHello(nil, &hello{Name: long}); err == nil {
+		t.Error("appendHello accepted a long name")
+	}
+	if _, err := appendResponse(nil, ErrCodeNoError, &Meta{Size: -1}); err == nil {
+		t.Error("appendResponse accepted a negative size")
+	}
+}
+
+func itemsWithVariantCount(n int) []byte {
+	m := Meta{Path: "/a"}
+	b, _ := beginFrame(nil, frameTOC)
+	b = appendStr(b, "g")
+	b, _ = appendMeta(b, &m, false)
+	b = append(b, byte(n))
+	b, _ = endFrame(b, 0)
+	return b
+}
+
+// decodeAny decodes a payload of type t with the matching decoder.
+func decodeAny(t frameType, p []byte) error {
+	var err error
+	switch t {
+	case frameGet:
+		_, err = decodeGet(p)
+	case frameResponse:
+		_, _, err = decodeResponse(p)
+	case frameHello:
+		_, err = decodeHello(p)
+	case frameReady:
+		_, err = decodeReady(p)
+	case frameTOC, frameUpsert:
+		_, _, err = decodeItems(p)
+	case frameDelete:
+		_, _, err = decodeDeletes(p)
+	case frameTOCEnd:
+		if len(p) != 0 {
+			err = errTrailingBytes
+		}
+	default:
+		err = errUnexpected
+	}
+	return err
+}
+
+func TestErrorIs(t *testing.T) {
+	err := fmt.Errorf("fetching: %w", codeError(ErrCodeNotFound))
+	if !errors.Is(err, ErrNotFound) || errors.Is(err, ErrInternal) {
+		t.Error("errors.Is on codes")
+	}
+	if !errors.Is(&Error{Code: ErrCodeTooLarge, Msg: "x"}, ErrTooLarge) {
+		t.Error("errors.Is on a fresh *Error")
+	}
+	if errorCode(errors.New("x")) != ErrCodeInternal || errorCode(fmt.Errorf("w: %w", ErrNotFound)) != ErrCodeNotFound {
+		t.Error("errorCode")
+	}
+}
