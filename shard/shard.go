@@ -6,6 +6,14 @@
 // a Config from the handler's JSON, calls Start when the server starts (not
 // in `caddy validate`), keeps the Store alive across reloads and serves HTTP
 // from the Items it gets here.
+//
+// What the store serves is what a walk of the root that does not follow
+// symbolic links sees: regular files and directories. Symbolic links are never
+// served, not even those that point inside the root, so every file has exactly
+// one path (ownership, the watcher and versioned keys rely on that), and all
+// access to storage goes through an os.Root, so nothing outside the root is
+// ever read. Dotfiles are served, as Caddy's file_server serves them; hiding
+// them is the handler's business. Devices, pipes and sockets are skipped.
 package shard
 
 import (
@@ -106,7 +114,23 @@ type Config struct {
 
 	// Logger receives progress and warnings. nil means no logs.
 	Logger *zap.Logger
+
+	// OnChange, if not nil, is called after an item was created or changed
+	// on storage (it is the new item) or removed (it is nil), so that the
+	// cluster can publish the delta. It is not called for the initial
+	// priming: once the store is Ready, take a snapshot with Each; every
+	// change after that is reported here. Calls come from one goroutine, in
+	// order, with no lock of the store held (OnChange may call Lookup).
+	OnChange func(path string, it *Item)
 }
 
 // ErrNotFound is returned for a path that names no item.
 var ErrNotFound = errors.New("shard: not found")
+
+// ErrChanged is returned (wrapped) by Store.Open when the file on storage no
+// longer matches the Item it was asked for: the caller should look the path
+// up again.
+var ErrChanged = errors.New("shard: changed on storage")
+
+// ErrClosed is returned by a Store that was closed.
+var ErrClosed = errors.New("shard: store closed")

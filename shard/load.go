@@ -1,0 +1,141 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// job is one load of a file into the store: priming's or the updater's.
+type job struct {
+	path string
+	rec  *fileRec
+	seq  uint64
+	hold bool  // may hold the body (budget permitting)
+	res  int64 // body bytes reserved for it against the budget
+	old  int64 // body bytes its current content holds (freed when it installs)
+}
+
+// startLoadLocked starts a load of the file at p (known) and returns it.
+// A later load of the same file makes this one's result be dropped.
+func (s *Store) startLoadLocked(p string) *job {
+	rec := s.files[p]
+	s.seq++
+	rec.loadSeq = s.seq
+	rec.loading = true
+	rec.queued = false
+	rec.dirty = false
+	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: rec.data.held()}
+}
+
+// reserveLocked reserves n body bytes against the budget, counting the
+// reclaim bytes that the load will free when it installs as available.
+func (s *Store) reserveLocked(n, reclaim int64) bool {
+	if s.budget == 0 {
+		return true
+	}
+	if s.held.Load()-reclaim+s.reserved+n > s.budget {
+		return false
+	}
+	s.reserved += n
+	return true
+}
+
+// wantBody tells readFile whether j may hold a body of size bytes, growing
+// j's reservation if the file is bigger than planned.
+func (s *Store) wantBody(j *job) func(int64) bool {
+	return func(size int64) bool {
+		if !j.hold {
+			return false
+		}
+		if s.budget == 0 || size <= j.res {
+			return true
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.reserveLocked(size-j.res, j.old) {
+			j.res = size
+			return true
+		}
+		return false
+	}
+}
+
+// finishLocked installs the result of j (if it is still the latest load of
+// its file) and republishes what depends on it.
+func (s *Store) finishLocked(j *job, c *content, err error) {
+	s.reserved -= j.res
+	rec := j.rec
+	if s.files[j.path] != rec || rec.loadSeq != j.seq {
+		return // removed meanwhile, or a newer load started
+	}
+	rec.loading = false
+	if err != nil {
+		switch {
+		case errors.Is(err, context.Canceled):
+		case errors.Is(err, errChanging):
+			s.kick(j.path, true, retryDelay) // being written: read it again later
+		case errors.Is(err, fs.ErrNotExist), errors.Is(err, errNotRegular):
+			s.kick(j.path, false, 0) // gone or replaced: look again
+		default:
+			rec.failed = true
+			s.stats.loadErrors.Add(1)
+			s.log.Warn("reading file", zap.String("path", j.path), zap.Error(err))
+		}
+		return
+	}
+	old := rec.data
+	if !old.same(c) {
+		if c.body != nil && s.budget > 0 && s.held.Load()-old.held()+c.held() > s.budget {
+			c.body = nil // the hard limit wins over any plan
+		}
+		s.held.Add(c.held() - old.held())
+		rec.data = c
+	}
+	if rec.dirty || rec.size != c.size || !rec.mtime.Equal(c.mtime) {
+		// Storage was seen to change after this load began: look again.
+		s.kick(j.path, rec.dirty, 0)
+	}
+	for _, q := range s.related(j.path) {
+		s.republishLocked(q)
+	}
+}
+
+// retryDelay is how long a file seen changing while it was read is left
+// alone before it is read again.
+const retryDelay = 200 * time.Millisecond
+
+// runJobs runs loads with at most s.workers in parallel and waits for them.
+func (s *Store) runJobs(jobs []*job) {
+	if len(jobs) == 0 {
+		return
+	}
+	r, err := s.fsRoot()
+	sem := make(chan struct{}, s.workers)
+	var wg sync.WaitGroup
+	for _, j := range jobs {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			var c *content
+			lerr := err
+			if lerr == nil {
+				c, lerr = readFile(s.ctx, r, j.path[1:], s.wantBody(j))
+			}
+			if lerr == nil {
+				s.stats.reloads.Add(1)
+				s.stats.storageReads.Add(1)
+				s.stats.storageBytes.Add(c.size)
+			}
+			s.mu.Lock()
+			s.finishLocked(j, c, lerr)
+			s.mu.Unlock()
+		}()
+	}
+	wg.Wait()
+}

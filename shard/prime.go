@@ -1,0 +1,195 @@
+package shard
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// beforePrimeRead, when not nil, is called by priming workers before they
+// read a file. Tests use it to hold priming in the middle.
+var beforePrimeRead func(path string)
+
+// progressEvery is how often priming logs its progress.
+const progressEvery = 2 * time.Second
+
+// prime fills the store: it walks the root (watching every directory
+// before listing it), then reads every file this node needs with
+// s.workers readers in parallel, then marks the store ready.
+//
+// Files are read in ascending order of size. When the tree does not fit the
+// memory budget, bodies are held until the next file does not fit, and the
+// rest, the largest files, are only hashed (streamed, not held: each file is
+// read once) and later served from storage by Open. Small files first
+// because per-request overhead dominates small files while large ones stream
+// from the page cache nearly as fast as from memory, and because it serves
+// the largest number of items from RAM. Every file gets its metadata and
+// ETag either way.
+func (s *Store) prime() {
+	start := time.Now()
+	s.log.Info("priming", zap.Int64("memory", s.budget), zap.Int("workers", s.workers))
+
+	s.scanTree("/", nil)
+	if s.ctx.Err() != nil {
+		return
+	}
+
+	// Plan: everything this node needs, smallest first.
+	type item struct {
+		path string
+		size int64
+	}
+	s.mu.Lock()
+	var plan []item
+	for p, rec := range s.files {
+		if s.needLocked(p) {
+			rec.queued = true
+			plan = append(plan, item{p, rec.size})
+		}
+	}
+	s.planned = true
+	s.mu.Unlock()
+	slices.SortFunc(plan, func(a, b item) int {
+		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(a.path, b.path))
+	})
+	var total, fit, fitItems int64 // fit: what the budget holds, as the dispatch below decides
+	full := false
+	for _, it := range plan {
+		total += it.size
+		if full = full || (s.budget > 0 && fit+it.size > s.budget); !full {
+			fit += it.size
+			fitItems++
+		}
+	}
+	s.primed.totalItems.Store(int64(len(plan)))
+	s.primed.totalBytes.Store(total)
+	if s.budget > 0 && total > s.budget {
+		s.log.Warn("memory budget is smaller than this node's share: the largest files will be served from storage",
+			zap.Int64("budget", s.budget),
+			zap.Int64("total_bytes", total),
+			zap.Int64("held_bytes", fit),
+			zap.Int64("held_items", fitItems),
+			zap.Int64("not_held_items", int64(len(plan))-fitItems),
+			zap.Int64("not_held_bytes", total-fit))
+	}
+
+	stopLog := make(chan struct{})
+	var logWG sync.WaitGroup
+	logWG.Add(1)
+	go func() {
+		defer logWG.Done()
+		s.logProgress(start, stopLog)
+	}()
+
+	r, err := s.fsRoot()
+	jobs := make(chan *job)
+	var wg sync.WaitGroup
+	for range s.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				if beforePrimeRead != nil {
+					beforePrimeRead(j.path)
+				}
+				var c *content
+				lerr := err
+				if lerr == nil {
+					c, lerr = readFile(s.ctx, r, j.path[1:], s.wantBody(j))
+				}
+				if lerr == nil {
+					s.primed.items.Add(1)
+					s.primed.bytes.Add(c.size)
+				}
+				s.mu.Lock()
+				s.finishLocked(j, c, lerr)
+				s.mu.Unlock()
+			}
+		}()
+	}
+
+	// Dispatch in order, deciding residency here so the budget goes to the
+	// smallest files.
+	holding := true
+dispatch:
+	for _, it := range plan {
+		s.mu.Lock()
+		rec := s.files[it.path]
+		if rec == nil || !rec.queued {
+			s.mu.Unlock()
+			continue // gone, or the updater took it over
+		}
+		j := s.startLoadLocked(it.path)
+		switch {
+		case s.budget == 0:
+		case holding && s.reserveLocked(rec.size, 0):
+			j.res = rec.size
+		default:
+			holding = false
+			j.hold = false
+		}
+		s.mu.Unlock()
+		select {
+		case jobs <- j:
+		case <-s.ctx.Done():
+			s.mu.Lock()
+			s.finishLocked(j, nil, s.ctx.Err())
+			s.mu.Unlock()
+			break dispatch
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	close(stopLog)
+	logWG.Wait()
+	if s.ctx.Err() != nil {
+		return
+	}
+
+	s.mu.Lock()
+	s.ready.Store(true)
+	s.mu.Unlock()
+	close(s.primedCh)
+
+	d := time.Since(start)
+	bytes := s.primed.bytes.Load()
+	s.log.Info("primed",
+		zap.Int64("items", s.primed.items.Load()),
+		zap.Int64("bytes", bytes),
+		zap.Duration("duration", d),
+		zap.Float64("mb_per_s", mbps(bytes, d)),
+		zap.Int64("resident_bytes", s.held.Load()),
+		zap.Int64("memory", s.budget))
+}
+
+// logProgress logs priming progress every progressEvery until stop closes.
+func (s *Store) logProgress(start time.Time, stop <-chan struct{}) {
+	t := time.NewTicker(progressEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			p := s.Progress()
+			s.log.Info("priming progress",
+				zap.Int64("items", p.Items),
+				zap.Int64("total_items", p.TotalItems),
+				zap.Int64("bytes", p.Bytes),
+				zap.Int64("total_bytes", p.TotalBytes),
+				zap.Float64("percent", p.Percent),
+				zap.Float64("mb_per_s", mbps(p.Bytes, time.Since(start))))
+		}
+	}
+}
+
+// mbps returns bytes per duration in MB/s (10^6 bytes).
+func mbps(bytes int64, d time.Duration) float64 {
+	if d <= 0 {
+		return 0
+	}
+	return float64(bytes) / 1e6 / d.Seconds()
+}

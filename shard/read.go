@@ -1,0 +1,145 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+)
+
+// errChanging means the file changed while it was being read: its size or
+// modification time after reading differ from before. Read it again later.
+var errChanging = errors.New("shard: file changed while being read")
+
+// errNotRegular means a path names something other than a regular file or a
+// directory (a symbolic link, a device, a pipe): never served.
+var errNotRegular = errors.New("shard: not a regular file")
+
+// readChunk is how much is read (and hashed, while still in cache) at a time.
+// Cancellation is checked between chunks.
+const readChunk = 256 << 10
+
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
+
+// readFile reads the regular file rel (root-relative) through r and returns
+// its content. Once the size is known, wantBody says whether to hold the
+// bytes (true) or only hash them while streaming (false), so a file is read
+// once either way.
+func readFile(ctx context.Context, r *os.Root, rel string, wantBody func(size int64) bool) (*content, error) {
+	f, err := r.Open(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errNotRegular
+	}
+	c := &content{size: fi.Size(), mtime: fi.ModTime()}
+	h := newHash()
+	var head []byte
+	if wantBody(c.size) {
+		body := make([]byte, c.size)
+		for off := 0; off < len(body); {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			end := min(off+readChunk, len(body))
+			n, err := io.ReadFull(f, body[off:end])
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+					return nil, errChanging // truncated while we read
+				}
+				return nil, err
+			}
+			h.Write(body[off : off+n])
+			off += n
+		}
+		head = body
+		if c.size > 0 {
+			c.body = body
+		}
+	} else {
+		bp := chunkPool.Get().(*[]byte)
+		defer chunkPool.Put(bp)
+		buf := *bp
+		var total int64
+		for {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			n, err := f.Read(buf)
+			if n > 0 {
+				if head == nil {
+					head = append([]byte(nil), buf[:min(n, sniffLen)]...)
+				}
+				h.Write(buf[:n])
+				total += int64(n)
+			}
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		if total != c.size {
+			return nil, errChanging
+		}
+	}
+	after, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if after.Size() != c.size || !after.ModTime().Equal(c.mtime) {
+		return nil, errChanging
+	}
+	c.ctype = contentType(rel, head)
+	c.version = version(h)
+	c.etag = `"` + c.version + `"`
+	return c, nil
+}
+
+// relPath turns a slash-rooted request path into a root-relative name for
+// os.Root: "/" is ".", "/a/b" is "a/b". It refuses anything that is not a
+// clean path inside the root ("..", empty or "." elements, a trailing
+// slash), even though callers are meant to clean paths first.
+func relPath(p string) (string, bool) {
+	if p == "/" {
+		return ".", true
+	}
+	if !strings.HasPrefix(p, "/") {
+		return "", false
+	}
+	rel := p[1:]
+	if !fs.ValidPath(rel) || strings.IndexByte(rel, 0) >= 0 {
+		return "", false
+	}
+	return rel, true
+}
+
+// lstatNoLinks is r.Lstat(rel) that also refuses a path with a symbolic
+// link (or anything but a directory) as one of its parent directories, so
+// that an on-demand lookup serves exactly what a walk would have found.
+func lstatNoLinks(r *os.Root, rel string) (fs.FileInfo, error) {
+	for i := 0; i < len(rel); i++ {
+		if rel[i] != '/' {
+			continue
+		}
+		fi, err := r.Lstat(rel[:i])
+		if err != nil {
+			return nil, err
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("lstat %s: %w", rel, fs.ErrNotExist)
+		}
+	}
+	return r.Lstat(rel)
+}

@@ -1,0 +1,308 @@
+package shard
+
+import (
+	"path"
+	"time"
+)
+
+// The writer side of a Store: what storage was last seen to hold (every
+// regular file and directory under the root, owned or not), what was loaded
+// from it, and the rules that turn that into published Items. Everything
+// here runs with s.mu held.
+
+// fileRec is one regular file under the root.
+type fileRec struct {
+	size  int64     // last observed (walk, rescan, event)
+	mtime time.Time // last observed
+	data  *content  // last loaded content; nil if not loaded (or not ours)
+
+	loadSeq uint64 // the latest load started; older loads are dropped
+	queued  bool   // waiting in the priming queue: priming will read it
+	loading bool   // a load is in flight
+	dirty   bool   // an event says reload even if size and mtime look the same
+	failed  bool   // the last load failed for good; retried when the file changes
+}
+
+// stale reports whether rec needs (re)loading to match storage.
+func (rec *fileRec) stale() bool {
+	return rec.dirty || rec.data == nil || rec.data.size != rec.size || !rec.data.mtime.Equal(rec.mtime)
+}
+
+// dirRec is one directory under the root.
+type dirRec struct {
+	kids map[string]struct{} // names of the files and directories in it we track
+}
+
+// obs is one entry of a directory as observed on storage: a regular file or
+// a directory (anything else is not tracked).
+type obs struct {
+	name  string
+	dir   bool
+	size  int64
+	mtime time.Time
+}
+
+// change is a published item that changed (it nil: removed), for OnChange.
+type change struct {
+	path string
+	it   *Item
+}
+
+// affected collects the paths whose files changed in a batch; nil collects
+// nothing.
+type affected map[string]struct{}
+
+func (a affected) add(p string) {
+	if a != nil {
+		a[p] = struct{}{}
+	}
+}
+
+// join returns the path of name in directory d.
+func join(d, name string) string {
+	if d == "/" {
+		return "/" + name
+	}
+	return d + "/" + name
+}
+
+// owns reports whether this node owns the item at p.
+func (s *Store) owns(p string) bool { return s.cfg.Owns == nil || s.cfg.Owns(p) }
+
+// hiddenLocked reports whether p is a precompressed sibling of an existing
+// file, and so a Variant rather than an item.
+func (s *Store) hiddenLocked(p string) bool {
+	base, ok := siblingBase(s.encs, p)
+	return ok && s.files[base] != nil
+}
+
+// needLocked reports whether the content of the file at p is ours to load:
+// it is an item we own, or a sibling of an item we own.
+func (s *Store) needLocked(p string) bool {
+	if base, ok := siblingBase(s.encs, p); ok && s.files[base] != nil {
+		return s.owns(base)
+	}
+	return s.owns(p)
+}
+
+// related returns p and the paths whose publication depends on the file at
+// p: the item it may be a sibling of, and its own possible siblings.
+func (s *Store) related(p string) []string {
+	out := make([]string, 0, 2+len(s.encs))
+	out = append(out, p)
+	if base, ok := siblingBase(s.encs, p); ok {
+		out = append(out, base)
+	}
+	for _, e := range s.encs {
+		out = append(out, p+e.ext)
+	}
+	return out
+}
+
+// addDirLocked records directory p (whose parent, unless p is "/", is known).
+func (s *Store) addDirLocked(p string) {
+	if s.dirs[p] != nil {
+		return
+	}
+	s.dirs[p] = &dirRec{kids: make(map[string]struct{})}
+	if p != "/" {
+		if pd := s.dirs[path.Dir(p)]; pd != nil {
+			pd.kids[path.Base(p)] = struct{}{}
+		}
+	}
+	s.index.Store(p, dirItem)
+	s.stats.dirs.Add(1)
+}
+
+// removeDirLocked forgets directory p and everything under it.
+func (s *Store) removeDirLocked(p string, aff affected) {
+	d := s.dirs[p]
+	if d == nil {
+		return
+	}
+	for name := range d.kids {
+		s.removeLocked(join(p, name), aff)
+	}
+	delete(s.dirs, p)
+	if pd := s.dirs[path.Dir(p)]; pd != nil && p != "/" {
+		delete(pd.kids, path.Base(p))
+	}
+	s.index.Delete(p)
+	s.stats.dirs.Add(-1)
+	s.unwatchLocked(p)
+}
+
+// removeFileLocked forgets the file at p and frees its body.
+func (s *Store) removeFileLocked(p string, aff affected) {
+	rec := s.files[p]
+	if rec == nil {
+		return
+	}
+	s.held.Add(-rec.data.held())
+	delete(s.files, p)
+	if pd := s.dirs[path.Dir(p)]; pd != nil {
+		delete(pd.kids, path.Base(p))
+	}
+	aff.add(p)
+}
+
+// removeLocked forgets whatever is at p.
+func (s *Store) removeLocked(p string, aff affected) {
+	if s.dirs[p] != nil {
+		s.removeDirLocked(p, aff)
+	} else {
+		s.removeFileLocked(p, aff)
+	}
+}
+
+// observeFileLocked records that storage has a regular file at p with size
+// and mtime. force marks it for reloading even if those did not change.
+func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force bool, aff affected) {
+	if s.dirs[p] != nil {
+		s.removeDirLocked(p, aff)
+	}
+	rec := s.files[p]
+	if rec == nil {
+		rec = &fileRec{size: size, mtime: mtime}
+		s.files[p] = rec
+		if pd := s.dirs[path.Dir(p)]; pd != nil {
+			pd.kids[path.Base(p)] = struct{}{}
+		}
+		aff.add(p)
+	} else if rec.size != size || !rec.mtime.Equal(mtime) {
+		rec.size, rec.mtime = size, mtime
+		rec.failed = false
+		aff.add(p)
+	}
+	if force {
+		rec.dirty = true
+		rec.failed = false
+		aff.add(p)
+	}
+}
+
+// applyListingLocked makes directory d (known) match a listing of it and
+// returns its subdirectories.
+func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs []string) {
+	dr := s.dirs[d]
+	if len(dr.kids) > 0 {
+		seen := make(map[string]bool, len(ents))
+		for _, e := range ents {
+			seen[e.name] = true
+		}
+		for name := range dr.kids {
+			if !seen[name] {
+				s.removeLocked(join(d, name), aff)
+			}
+		}
+	}
+	for _, e := range ents {
+		p := join(d, e.name)
+		if e.dir {
+			if s.files[p] != nil {
+				s.removeFileLocked(p, aff)
+			}
+			s.addDirLocked(p)
+			subdirs = append(subdirs, p)
+			continue
+		}
+		s.observeFileLocked(p, e.size, e.mtime, false, aff)
+	}
+	return subdirs
+}
+
+// desiredLocked returns the Item that should be published at p now, or nil.
+func (s *Store) desiredLocked(p string) *Item {
+	rec := s.files[p]
+	if rec == nil || rec.data == nil || s.hiddenLocked(p) || !s.owns(p) {
+		return nil
+	}
+	var sibs []*content
+	for i, e := range s.encs {
+		if v := s.files[p+e.ext]; v != nil && v.data != nil {
+			if sibs == nil {
+				sibs = make([]*content, len(s.encs))
+			}
+			sibs[i] = v.data
+		}
+	}
+	return newItem(p, rec.data, s.encs, sibs)
+}
+
+// republishLocked makes the index entry for p match desiredLocked(p) and,
+// once the store is ready, records the change for OnChange.
+func (s *Store) republishLocked(p string) {
+	if s.dirs[p] != nil {
+		return
+	}
+	want := s.desiredLocked(p)
+	var cur *Item
+	if v, ok := s.index.Load(p); ok {
+		cur = v.(*Item)
+	}
+	if sameItem(cur, want) {
+		return
+	}
+	if want == nil {
+		s.index.Delete(p)
+		s.stats.items.Add(-1)
+	} else {
+		s.index.Store(p, want)
+		if cur == nil {
+			s.stats.items.Add(1)
+		}
+	}
+	if s.ready.Load() {
+		s.changes = append(s.changes, change{p, want})
+		s.stats.changes.Add(1)
+	}
+}
+
+// settleLocked brings every path affected by a batch of observations (and
+// the paths related to them) up to date: drops content that is no longer
+// ours, republishes, and starts a load for every file that needs one. The
+// caller runs the returned loads.
+func (s *Store) settleLocked(aff affected) []*job {
+	var jobs []*job
+	done := make(map[string]bool, len(aff))
+	for p := range aff {
+		for _, q := range s.related(p) {
+			if done[q] {
+				continue
+			}
+			done[q] = true
+			if s.wantsLoadLocked(q) {
+				jobs = append(jobs, s.startLoadLocked(q))
+			}
+			s.republishLocked(q)
+		}
+	}
+	return jobs
+}
+
+// wantsLoadLocked reports whether the file at p should be loaded now, and
+// drops its content if it is no longer ours.
+func (s *Store) wantsLoadLocked(p string) bool {
+	rec := s.files[p]
+	if rec == nil {
+		return false
+	}
+	if !s.needLocked(p) {
+		if rec.data != nil {
+			s.held.Add(-rec.data.held())
+			rec.data = nil
+		}
+		return false
+	}
+	if !s.planned || rec.queued || rec.loading || rec.failed {
+		return false
+	}
+	return rec.stale()
+}
+
+// takeChangesLocked returns and resets the changes recorded for OnChange.
+func (s *Store) takeChangesLocked() []change {
+	ch := s.changes
+	s.changes = nil
+	return ch
+}
