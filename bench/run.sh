@@ -187,7 +187,7 @@ stopcaddy() {
 waitprimed() {
 	local logf=$1 secs=$2 i line
 	for i in $(seq 1 $((secs * 20))); do
-		line=$(grep -a '"msg"' "$logf" 2>/dev/null | jq -c 'select((.msg // "") | test("primed"; "i"))' 2>/dev/null | head -n 1 || true)
+		line=$(grep -a '"msg"' "$logf" 2>/dev/null | jq -cR 'fromjson? | select(.msg == "primed")' 2>/dev/null | head -n 1 || true)
 		if [ -n "$line" ]; then
 			printf '%s\n' "$line"
 			return 0
@@ -376,11 +376,10 @@ stopcaddy "$OURS_PID"
 
 PRIME_LINE="priming: skipped"
 if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
-	ptotal=$(numfmt --from=iec-i "$PRIME_SIZE")
+	ptotal=$(numfmt --from=iec-i "${PRIME_SIZE%B}")
 	log "priming: writing a $PRIME_SIZE tree"
 	PT=$TMP/prime
 	"$TMP/bin/gentree" -prime "$PT" -total "$ptotal" >"$TMP/prime.gen"
-	pfiles=$(awk '{print $1}' "$TMP/prime.gen")
 	find "$PT" -type f -print0 | xargs -0 cat >/dev/null # warm the page cache
 	{
 		globals "$A_PRIME"
@@ -391,20 +390,13 @@ if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
 		t_ready=$(jq -r '.ts' <<<"$line")
 		rss=$(awk '/^VmRSS:/ {printf "%.0f", $2/1024}' "/proc/$CADDY_PID/status")
 		log "  store: $line"
-		# The store's own figures, by whichever names it logs them.
-		PRIME_LINE=$(jq -r --argjson t0 "$CADDY_T0" --arg files "$pfiles" --arg rss "$rss" --arg total "$ptotal" '
-			def num($k): [.[$k] // empty | tonumber? // empty] | first;
-			def secs($v): if $v == null then null
-				elif ($v | type) == "number" then (if $v > 1e6 then $v / 1e9 else $v end)
-				else ($v | tostring | if test("ms$") then (sub("ms$"; "") | tonumber / 1000)
-					elif test("µs$") then (sub("µs$"; "") | tonumber / 1e6)
-					elif test("s$") then (sub("s$"; "") | tonumber) else null end) end;
-			(num("bytes") // num("size") // ($total | tonumber)) as $b
-			| (secs(.duration // .took // .elapsed)) as $d
-			| (num("files") // num("items") // ($files | tonumber)) as $n
-			| "priming: \($n) files, \($b / 1048576 | floor) MiB"
-			  + (if $d then " in \($d * 1000 | floor / 1000) s = \($b / 1048576 / $d | floor) MiB/s (store)" else "" end)
-			  + "; ready \((.ts - $t0) * 1000 | floor / 1000) s after exec; server RSS \($rss) MiB"
+		# The store's line (shard/prime.go): items, bytes, duration (s),
+		# mb_per_s (10^6 B/s), resident_bytes, memory.
+		PRIME_LINE=$(jq -r --argjson t0 "$CADDY_T0" --arg rss "$rss" '
+			def r($x; $n): ($x * $n | round) / $n;
+			"priming: \(.items) files, \(r(.bytes / 1073741824; 100)) GiB in \(r(.duration; 1000)) s"
+			+ " = \(.mb_per_s | floor) MB/s (store); \(r(.resident_bytes / 1073741824; 100)) GiB resident;"
+			+ " ready \(r(.ts - $t0; 1000)) s after exec; server RSS \($rss) MiB"
 		' <<<"$line")
 	else
 		PRIME_LINE="priming: no \"primed\" log line within 120 s"
