@@ -249,8 +249,9 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 		return Meta{}, nil, err
 	}
 	deadline := time.Now().Add(n.cfg.FetchTimeout)
+	ctxDeadline := false
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
+		deadline, ctxDeadline = d, true
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
@@ -266,7 +267,7 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 		str, err = conn.OpenStreamSync(octx)
 		cancel()
 		if err != nil {
-			return Meta{}, nil, n.fetchError(ctx, err)
+			return Meta{}, nil, n.fetchError(ctx, ctxDeadline, err)
 		}
 	}
 	str.SetDeadline(deadline)
@@ -277,7 +278,7 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	defer func() {
 		if err != nil {
 			abort(str, ErrCodeCanceled)
-			err = n.fetchError(ctx, err)
+			err = n.fetchError(ctx, ctxDeadline, err)
 		}
 	}()
 
@@ -326,8 +327,10 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	return meta, body, nil
 }
 
-// fetchError turns an error from a stream into what Fetch reports.
-func (n *Node) fetchError(ctx context.Context, err error) error {
+// fetchError turns an error from a stream into what Fetch reports. A
+// timeout is ErrTimeout, and also context.DeadlineExceeded when the deadline
+// was ctx's.
+func (n *Node) fetchError(ctx context.Context, ctxDeadline bool, err error) error {
 	var pe *Error
 	if errors.As(err, &pe) {
 		return err
@@ -346,7 +349,10 @@ func (n *Node) fetchError(ctx context.Context, err error) error {
 		return codeError(se.ErrorCode)
 	}
 	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
+	if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) {
+		if ctxDeadline {
+			return fmt.Errorf("%w (%w)", ErrTimeout, context.DeadlineExceeded)
+		}
 		return ErrTimeout
 	}
 	var ae *quic.ApplicationError

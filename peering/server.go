@@ -213,7 +213,6 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	log := n.log.With(zap.String("peer", h.Name), zap.Stringer("peer_addr", conn.RemoteAddr()))
 	if !slices.Contains(names, h.Name) {
 		log.Warn("peer's hello names a node its certificate does not", zap.Strings("cert_names", names))
-		abort(str, ErrCodeBadRequest)
 		conn.CloseWithError(CloseBadIdentity, "hello name not in certificate")
 		return
 	}
