@@ -132,7 +132,7 @@ func TestPrimingDoesNotBlock(t *testing.T) {
 
 	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s {
+	shardcache * %s {
 		memory 1GiB
 	}
 }
@@ -186,7 +186,7 @@ func TestValidateDoesNotPrime(t *testing.T) {
 	cf := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(cf, []byte(globalBlock(admin)+fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s {
+	shardcache * %s {
 		memory 1GiB
 	}
 }

@@ -37,7 +37,7 @@ func TestBudget(t *testing.T) {
 	port := freePort(t)
 	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s {
+	shardcache * %s {
 		memory 2MiB
 	}
 }

@@ -30,16 +30,19 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"memory extra arg", "shardcache {\n\troot /srv\n\tmemory 1GiB 2GiB\n}", "2GiB", []int{4}},
 		{"precompressed unknown encoding", "shardcache {\n\troot /srv\n\tprecompressed br deflate\n}", "deflate", []int{4}},
 		{"precompressed nothing", "shardcache {\n\troot /srv\n\tprecompressed\n}", "precompressed", []int{4}},
-		{"extra directive arg", "shardcache /srv /other", "/other", []int{2}},
-		{"extra directive arg with block", "shardcache /srv /other {\n\tmemory 1GiB\n}", "/other", []int{2}},
+		{"extra directive arg", "shardcache * /srv /other", "/other", []int{2}},
+		{"extra directive arg with block", "shardcache /path/* /srv /other {\n\tmemory 1GiB\n}", "/other", []int{2}},
 		{"root extra arg", "shardcache {\n\troot /srv /other\n}", "/other", []int{3}},
-		{"root twice", "shardcache /srv {\n\troot /other\n}", "root", []int{3}},
+		{"root twice", "shardcache * /srv {\n\troot /other\n}", "root", []int{3}},
 		{"root without path", "shardcache {\n\troot\n}", "root", []int{3}},
 		{"pass_thru arg", "shardcache {\n\troot /srv\n\tpass_thru yes\n}", "yes", []int{4}},
 		{"index nothing", "shardcache {\n\troot /srv\n\tindex\n}", "index", []int{4}},
 		{"subdirective twice", "shardcache {\n\troot /srv\n\tmemory 1GiB\n\tmemory 2GiB\n}", "memory", []int{5}},
 		{"missing root", "shardcache {\n\tmemory 1GiB\n}", "root", []int{2, 3, 4}},
 		{"missing root, no block", "shardcache", "root", []int{2}},
+		// A lone path is a path matcher (as for file_server and root), not
+		// the root: the root is then missing.
+		{"root written as the matcher", "shardcache /srv/www {\n\tmemory 1GiB\n}", "root", []int{2, 3, 4}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cf := filepath.Join(t.TempDir(), "Caddyfile")

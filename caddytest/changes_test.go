@@ -50,7 +50,7 @@ func TestChangesOnDisk(t *testing.T) {
 	port := freePort(t)
 	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s
+	shardcache * %s
 }
 `, port, root))
 	waitPrimed(n, root)
@@ -146,7 +146,7 @@ func TestChangesUnderLoad(t *testing.T) {
 	port := freePort(t)
 	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s
+	shardcache * %s
 }
 `, port, root))
 	waitPrimed(n, root)

@@ -39,7 +39,7 @@ func TestReload(t *testing.T) {
 	config := func(root string, gen int) string {
 		return globalBlock(admin) + fmt.Sprintf(`
 http://127.0.0.1:%d {
-	shardcache %s {
+	shardcache * %s {
 		memory 64MiB
 	}
 }
