@@ -282,10 +282,7 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 		}
 	}()
 
-	if _, err := str.Write(b); err != nil {
-		return Meta{}, nil, err
-	}
-	if err := str.Close(); err != nil {
+	if err := writeFin(str, b); err != nil {
 		return Meta{}, nil, err
 	}
 	t, payload, err := readFrame(str, (*bp)[:cap(*bp)])

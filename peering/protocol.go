@@ -174,6 +174,34 @@ var (
 	errUnexpected    = fmt.Errorf("%w: unexpected frame type", errProtocol)
 )
 
+// finTail is how many final bytes writeFin queues without blocking: at most
+// one packet's worth, so quic-go keeps them in a pooled frame.
+const finTail = 1024
+
+// writeFin writes b and closes the send side of str so that the FIN rides in
+// the packet that carries b's last bytes. Write then Close would send the
+// FIN in a packet of its own: quic-go's Write returns only after the send
+// loop has taken all the data, so a small request or response would cost
+// two packets instead of one. TryWriteAll queues the tail without waiting,
+// and the Close that follows lands before the send loop wakes up.
+func writeFin(str *quic.Stream, b []byte) error {
+	if len(b) > 4*finTail {
+		if _, err := str.Write(b[:len(b)-finTail]); err != nil {
+			return err
+		}
+		b = b[len(b)-finTail:]
+	}
+	if err := str.TryWriteAll(b); err != nil {
+		if !errors.Is(err, quic.ErrWouldBlock) {
+			return err
+		}
+		if _, err := str.Write(b); err != nil { // no flow-control credit: wait
+			return err
+		}
+	}
+	return str.Close()
+}
+
 // readFrame reads one frame from r. The payload is read into buf when it is
 // large enough, else into a new slice of exactly the frame's length (never
 // more than MaxFrameSize).

@@ -12,9 +12,9 @@ import (
 	"go.uber.org/zap"
 )
 
-// smallBody is the size up to which a response's header frame and body go
-// to the stream in one Write (one copy, one wake-up of the send loop).
-const smallBody = 16 << 10
+// smallBody is the size up to which a response's header frame and body are
+// copied into one buffer and queued at once, with the FIN (see writeFin).
+const smallBody = 4 * finTail
 
 // acceptLoop accepts peer connections: any holder of a leaf from the
 // cluster CA (the TLS handshake refuses everyone else).
@@ -141,24 +141,23 @@ func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byt
 		b, _ = appendResponse((*bp)[:0], ErrCodeInternal, nil)
 		status = ErrCodeInternal
 	}
-	if status == ErrCodeNoError && len(body) <= smallBody {
+	if status == ErrCodeNoError && len(b)+len(body) <= smallBody {
 		b = append(b, body...)
 		body = nil
 	}
 	if cap(b) <= 64<<10 {
 		*bp = b[:0] // keep a grown buffer, within reason
 	}
-	if _, err := str.Write(b); err != nil {
-		abort(str, streamCode(err))
-		return
-	}
-	if status == ErrCodeNoError && len(body) > 0 {
-		if _, err := str.Write(body); err != nil {
+	if len(body) > 0 {
+		if _, err := str.Write(b); err != nil {
 			abort(str, streamCode(err))
 			return
 		}
+		b = body
 	}
-	str.Close()
+	if err := writeFin(str, b); err != nil {
+		abort(str, streamCode(err))
+	}
 }
 
 // subscriber is a peer that receives our table of content on its control
