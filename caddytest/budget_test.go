@@ -84,9 +84,6 @@ http://127.0.0.1:%d {
 		t.Errorf("budget warning does not name the root %s: %s", root, text)
 	}
 
-	// Nothing held beyond the budget: RSS stays well below the root's size
-	// plus Caddy (a generous bound; the point is that 8 MiB are not held on
-	// top of 2 MiB repeatedly).
 	t.Logf("RSS after two rounds: %d MiB", n.rss()>>20)
 }
 

@@ -199,7 +199,8 @@ func parityCases() []parityCase {
 		"/style.css%00", "/%00", "/style.css%00.html", "/sub/%00/", "//style.css",
 		"/./style.css", "/sub/./page.html", "/sub//page.html", "/sub/.", "/sub/..",
 		"/.", "/..", "/%2e", "/.well-known/", "/style%2ecss", "/sub%2fpage.html",
-		"/%73tyle.css", "/sub/%2e%2e/style.css",
+		"/%73tyle.css", "/sub/%2e%2e/style.css", "///style.css", "//sub//page.html", "//../style.css",
+		"//sub", "//sub/",
 	} {
 		add("GET", p)
 	}

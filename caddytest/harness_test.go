@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -494,7 +493,14 @@ func do(method, base, rawPath string, headers ...string) (*response, error) {
 		}
 		req.Header.Add(strings.TrimSpace(k), strings.TrimSpace(v))
 	}
-	resp, err := client.Do(req)
+	var resp *http.Response
+	if strings.HasPrefix(rawPath, "//") {
+		// net/http would send this as an absolute URI with "/" + the first
+		// segment as the host.
+		resp, err = doRaw(req, rawPath)
+	} else {
+		resp, err = client.Do(req)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -522,24 +528,36 @@ func get(t *testing.T, base, rawPath string, headers ...string) *response {
 	return mustDo(t, http.MethodGet, base, rawPath, headers...)
 }
 
-// rawRequest writes req (a complete HTTP/1.1 request, "\r\n" line ends) to
-// addr over a fresh connection and returns the status line, for the few
-// requests net/http refuses to send.
-func rawRequest(addr, req string) (string, error) {
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+// doRaw sends req with rawPath as its request target over a new
+// connection, writing the request itself.
+func doRaw(req *http.Request, rawPath string) (*http.Response, error) {
+	conn, err := net.DialTimeout("tcp", req.URL.Host, 5*time.Second)
 	if err != nil {
-		return "", err
+		return nil, err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(conn, req); err != nil {
-		return "", err
+	_ = conn.SetDeadline(time.Now().Add(client.Timeout))
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n", req.Method, rawPath, req.URL.Host)
+	for k, vs := range req.Header {
+		for _, v := range vs {
+			fmt.Fprintf(&b, "%s: %s\r\n", k, v)
+		}
 	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil && !errors.Is(err, io.EOF) {
-		return line, err
+	b.WriteString("\r\n")
+	if _, err := io.WriteString(conn, b.String()); err != nil {
+		conn.Close()
+		return nil, err
 	}
-	return strings.TrimSpace(line), nil
+	resp, err := http.ReadResponse(bufio.NewReader(conn), req)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	resp.Body = struct {
+		io.Reader
+		io.Closer
+	}{resp.Body, conn}
+	return resp, nil
 }
 
 // fixedTime is the modification time of every generated file, so that
