@@ -1,7 +1,15 @@
 package shardcache
 
 import (
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
 	"sync"
+	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 
@@ -12,14 +20,70 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the shardcache node: one per process. Handlers reach it with
-// ctx.App("shardcache"); it starts their stores' priming when the server
-// starts, so that `caddy validate`, which provisions but never starts,
-// reads no file.
+// App is the shardcache node, one per process: its identity in the cluster,
+// its SAN (QUIC) listener, its peers and the consistent-hash ring that says
+// which node owns which file. Configure it with the `shardcache` global
+// option. Without a node, every `shardcache` handler is a single node that
+// holds its whole root.
+//
+// The UDP socket is bound when the server starts (never by `caddy
+// validate`) and survives config reloads that keep the node's name,
+// address, peers and credentials.
 type App struct {
-	mu     sync.Mutex
-	stores []*shard.Store
+	// This node's name and SAN address. Without it the app only starts
+	// the handlers' priming (single-node mode).
+	Node *Member `json:"node,omitempty"`
+
+	// The other members of the cluster. Every node must list the same
+	// members (itself as `node`, the others as peers) to get the same
+	// ring.
+	Peers []Member `json:"peers,omitempty"`
+
+	// The cluster secret. Every node derives the same certificate
+	// authority from it and issues itself a certificate, so peers
+	// authenticate each other with mutual TLS. Placeholders such as
+	// `{env.SHARDCACHE_SECRET}` are replaced when the config loads, so the
+	// secret need not appear in the config. Use either this or TLS.
+	Secret string `json:"secret,omitempty"`
+
+	// Certificate files to use instead of a secret: this node's
+	// certificate (with a DNS name equal to the node's name) and key, and
+	// the CA that signs every member's certificate.
+	TLS *TLSFiles `json:"tls,omitempty"`
+
+	// How long a request waits for a peer before the file is read from
+	// this node's own storage instead. Default: 2s.
+	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
+
+	mu      *sync.Mutex
+	stores  []*shard.Store
+	cluster *cluster // nil in single-node mode
+	key     string   // the usage pool key of cluster
+	logger  *zap.Logger
 }
+
+// Member names one node of the cluster.
+type Member struct {
+	// The node's name: unique in the cluster, a valid DNS label such as
+	// `n1` or `cache-2` (it is the name in the node's certificate).
+	Name string `json:"name"`
+
+	// The node's SAN address, host:port (UDP).
+	Address string `json:"address"`
+}
+
+// TLSFiles are PEM files for the cluster's mutual TLS.
+type TLSFiles struct {
+	// This node's certificate (chain).
+	Cert string `json:"cert"`
+	// Its private key.
+	Key string `json:"key"`
+	// The certificate authority every member's certificate chains to.
+	CA string `json:"ca"`
+}
+
+// DefaultFetchTimeout is how long a request waits for a peer by default.
+const DefaultFetchTimeout = 2 * time.Second
 
 // CaddyModule returns the Caddy module information.
 func (App) CaddyModule() caddy.ModuleInfo {
@@ -27,6 +91,107 @@ func (App) CaddyModule() caddy.ModuleInfo {
 		ID:  "shardcache",
 		New: func() caddy.Module { return new(App) },
 	}
+}
+
+// Provision checks the node's configuration and gets the shared cluster
+// state from the usage pool. It binds nothing: Start does.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	a.mu = new(sync.Mutex)
+	if a.Node == nil {
+		if len(a.Peers) > 0 || a.Secret != "" || a.TLS != nil {
+			return errors.New("peers, secret and tls need a node: add `node <name> <address>`")
+		}
+		return nil
+	}
+	if a.FetchTimeout == 0 {
+		a.FetchTimeout = caddy.Duration(DefaultFetchTimeout)
+	}
+	if err := a.validate(); err != nil {
+		return err
+	}
+	secret := a.Secret
+	if secret != "" {
+		repl := caddy.NewReplacer()
+		secret = repl.ReplaceKnown(secret, "")
+		if secret == "" {
+			return fmt.Errorf("secret %s is empty once its placeholders are replaced", a.Secret)
+		}
+	}
+	members := []string{a.Node.Name}
+	for _, p := range a.Peers {
+		members = append(members, p.Name+"="+p.Address)
+	}
+	sort.Strings(members)
+	// Everything that makes a different node: a config that changes any of
+	// it gets a new one. The secret itself is not kept in the key.
+	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v", a.Node.Name, a.Node.Address,
+		strings.Join(members, ","), fingerprint(secret), a.TLS)
+	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
+		return newCluster(clusterConfig{
+			name:         a.Node.Name,
+			addr:         a.Node.Address,
+			peers:        a.Peers,
+			secret:       secret,
+			tls:          a.TLS,
+			fetchTimeout: time.Duration(a.FetchTimeout),
+			logger:       caddy.Log().Named("shardcache.cluster"),
+		})
+	})
+	if err != nil {
+		return err
+	}
+	a.cluster = val.(*cluster)
+	return nil
+}
+
+func (a *App) validate() error {
+	seen := map[string]string{}
+	check := func(what string, m Member) error {
+		if m.Name == "" {
+			return fmt.Errorf("%s: missing name", what)
+		}
+		if !validNodeName(m.Name) {
+			return fmt.Errorf("%s %q: a node name is a DNS label: letters, digits and '-'", what, m.Name)
+		}
+		if _, _, err := net.SplitHostPort(m.Address); err != nil {
+			return fmt.Errorf("%s %s: bad address %q: %v", what, m.Name, m.Address, err)
+		}
+		if other, dup := seen[m.Name]; dup {
+			return fmt.Errorf("%s %s: name already used by %s", what, m.Name, other)
+		}
+		seen[m.Name] = what
+		return nil
+	}
+	if err := check("node", *a.Node); err != nil {
+		return err
+	}
+	for _, p := range a.Peers {
+		if err := check("peer", p); err != nil {
+			return err
+		}
+	}
+	switch {
+	case a.Secret == "" && a.TLS == nil:
+		return errors.New("a cluster needs `secret <value>` or `tls <cert> <key> <ca>`")
+	case a.Secret != "" && a.TLS != nil:
+		return errors.New("use either secret or tls, not both")
+	case a.TLS != nil && (a.TLS.Cert == "" || a.TLS.Key == "" || a.TLS.CA == ""):
+		return errors.New("tls needs a certificate, a key and a CA file")
+	}
+	return nil
+}
+
+func validNodeName(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 // addStore registers a store to start with the app. Called from handlers'
@@ -37,10 +202,15 @@ func (a *App) addStore(s *shard.Store) {
 	a.stores = append(a.stores, s)
 }
 
-// Start starts priming every store of this config. A store kept from the
-// previous config (same root, same budget) is already primed or priming;
-// starting it again does nothing.
+// Start binds the SAN socket (once per node: a reload reuses it) and starts
+// priming every store of this config. A store kept from the previous config
+// is already primed or priming; starting it again does nothing.
 func (a *App) Start() error {
+	if a.cluster != nil {
+		if err := a.cluster.start(); err != nil {
+			return err
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, s := range a.stores {
@@ -49,11 +219,28 @@ func (a *App) Start() error {
 	return nil
 }
 
-// Stop does nothing: the stores live in a usage pool and are closed by the
-// last handler that releases them.
+// Stop does nothing: the stores and the SAN socket live in usage pools and
+// are released by Cleanup.
 func (a *App) Stop() error { return nil }
+
+// Cleanup releases this config's reference to the cluster node; the last
+// one closes it.
+func (a *App) Cleanup() error {
+	if a.cluster == nil {
+		return nil
+	}
+	_, err := clusters.Delete(a.key)
+	a.cluster = nil
+	return err
+}
+
+// clusters keeps SAN sockets, peer connections and tables of content alive
+// across config reloads.
+var clusters = caddy.NewUsagePool()
 
 // Interface guards
 var (
-	_ caddy.App = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

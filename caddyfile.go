@@ -3,6 +3,8 @@ package shardcache
 import (
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -13,6 +15,110 @@ func init() {
 	// It answers requests from files, like file_server, and with pass_thru
 	// it hands misses on to whatever comes next, file_server included.
 	httpcaddyfile.RegisterDirectiveOrder("shardcache", httpcaddyfile.Before, "file_server")
+	httpcaddyfile.RegisterGlobalOption("shardcache", parseGlobalOption)
+}
+
+// parseGlobalOption sets up the shardcache app (the node) from the global
+// option. Syntax:
+//
+//	shardcache {
+//	    node          <name> <san_host:port>
+//	    peer          <name> <san_host:port>
+//	    secret        <value>
+//	    tls           <cert_file> <key_file> <ca_file>
+//	    fetch_timeout <duration>
+//	}
+//
+// `peer` is repeated once per other member. Use `secret` or `tls`.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("shardcache global option already specified")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "shardcache", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from the global option's tokens; see
+// parseGlobalOption for the syntax.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.Errf("unexpected argument '%s': shardcache takes a block", d.Val())
+	}
+	member := func(what string) (Member, error) {
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return Member{}, d.Errf("%s: want <name> <san_host:port>, got %d arguments", what, len(args))
+		}
+		return Member{Name: args[0], Address: args[1]}, nil
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "node":
+			if a.Node != nil {
+				return d.Err("node already specified")
+			}
+			m, err := member("node")
+			if err != nil {
+				return err
+			}
+			a.Node = &m
+		case "peer":
+			m, err := member("peer")
+			if err != nil {
+				return err
+			}
+			a.Peers = append(a.Peers, m)
+		case "secret":
+			if a.Secret != "" {
+				return d.Err("secret already specified")
+			}
+			if !d.NextArg() || d.Val() == "" {
+				return d.Err("secret: missing value")
+			}
+			a.Secret = d.Val()
+			if d.NextArg() {
+				return d.Err("secret: unexpected second argument")
+			}
+		case "tls":
+			if a.TLS != nil {
+				return d.Err("tls already specified")
+			}
+			args := d.RemainingArgs()
+			if len(args) != 3 {
+				return d.Errf("tls: want <cert_file> <key_file> <ca_file>, got %d arguments", len(args))
+			}
+			a.TLS = &TLSFiles{Cert: args[0], Key: args[1], CA: args[2]}
+		case "fetch_timeout":
+			if !d.NextArg() {
+				return d.Err("fetch_timeout: missing duration")
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("fetch_timeout: bad duration '%s'", d.Val())
+			}
+			a.FetchTimeout = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.Errf("fetch_timeout: unexpected argument '%s'", d.Val())
+			}
+		default:
+			return d.Errf("unrecognized shardcache option '%s'", opt)
+		}
+	}
+	if a.Node == nil {
+		return d.Err("shardcache: missing `node <name> <san_host:port>`")
+	}
+	if a.Secret != "" && a.TLS != nil {
+		return d.Err("shardcache: use either secret or tls, not both")
+	}
+	if a.Secret == "" && a.TLS == nil {
+		return d.Err("shardcache: missing `secret <value>` or `tls <cert> <key> <ca>`")
+	}
+	return nil
 }
 
 // parseCaddyfile sets up the handler from Caddyfile tokens.
@@ -32,8 +138,11 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    index         <filenames...>
 //	    precompressed <br|zstd|gzip...>
 //	    pass_thru
+//	    hot           <size>
+//	    group         <name>
 //	}
 //
+// hot and group matter only in a cluster (the shardcache global option).
 // Sizes take units: 512MiB, 8GiB, 100MB.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -88,6 +197,26 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				if _, ok := encodingSuffix[enc]; !ok {
 					return d.Errf("precompressed: unsupported encoding '%s' (supported: br, zstd, gzip)", enc)
 				}
+			}
+		case "hot":
+			if !d.NextArg() {
+				return d.Errf("hot: missing size")
+			}
+			n, err := humanize.ParseBytes(d.Val())
+			if err != nil || n == 0 || n > 1<<62 {
+				return d.Errf("hot: bad size '%s' (want e.g. 256MiB)", d.Val())
+			}
+			h.Hot = int64(n)
+			if d.NextArg() {
+				return d.Errf("hot: unexpected argument '%s'", d.Val())
+			}
+		case "group":
+			if !d.NextArg() {
+				return d.Errf("group: missing name")
+			}
+			h.Group = d.Val()
+			if d.NextArg() {
+				return d.Errf("group: unexpected argument '%s'", d.Val())
 			}
 		case "pass_thru":
 			if d.NextArg() {

@@ -3,6 +3,7 @@ package shardcache
 import (
 	"bytes"
 	"errors"
+	"io"
 	"fmt"
 	"net/http"
 	"path"
@@ -74,7 +75,18 @@ type Handler struct {
 	// next handler instead of being answered with 404.
 	PassThru bool `json:"pass_thru,omitempty"`
 
+	// In a cluster: the hard limit, in bytes, on copies of other nodes'
+	// items kept on this node because they are requested often. 0 means
+	// the default: a quarter of memory. Ignored on a single node.
+	Hot int64 `json:"hot,omitempty"`
+
+	// In a cluster: the name of the content tree, the same on every node.
+	// Default: the root as written in the config. Set it when the nodes
+	// mount the content at different paths.
+	Group string `json:"group,omitempty"`
+
 	store  *shard.Store
+	grp    *group // nil on a single node
 	key    string // the usage pool key of store
 	logger *zap.Logger
 }
@@ -117,6 +129,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		Logger: caddy.Log().Named("shardcache"),
 	}
 	key := fmt.Sprintf("store|%s|%d|%s", cfg.Root, cfg.Memory, strings.Join(cfg.Precompressed, ","))
+	if c := app.cluster; c != nil {
+		if h.Group == "" {
+			h.Group = h.Root
+		}
+		if h.Hot == 0 {
+			h.Hot = h.Memory / 4
+		}
+		h.grp = c.group(h.Group)
+		group := h.Group
+		cfg.Owns = c.owns
+		cfg.OnChange = func(p string, it *shard.Item) { c.publish(group, p, it) }
+		// The store primes this node's share: it depends on the ring.
+		key += fmt.Sprintf("|%s|%s|%d", group, c.cfg.name, c.ring.Epoch())
+	}
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s, err := shard.New(cfg)
 		if err != nil {
@@ -130,6 +156,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key = key
 	h.store = val.(storeRef).Store
 	app.addStore(h.store)
+	if h.grp != nil {
+		h.grp.store.Store(h.store)
+		h.grp.setHot(h.Hot)
+	}
 	return nil
 }
 
@@ -140,6 +170,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Memory < 0 {
 		return fmt.Errorf("memory %d: must not be negative", h.Memory)
+	}
+	if h.Hot < 0 {
+		return fmt.Errorf("hot %d: must not be negative", h.Hot)
 	}
 	seen := map[string]bool{}
 	for _, enc := range h.Precompressed {
@@ -183,8 +216,8 @@ type storeRef struct{ *shard.Store }
 
 func (r storeRef) Destruct() error { return r.Close() }
 
-// ServeHTTP serves the file the request names from memory (or, when it is
-// not held, from storage).
+// ServeHTTP serves the file the request names: from this node's memory,
+// from the hot cache, from the owner's memory over the SAN, or from storage.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	reqPath := r.URL.Path
 	if strings.IndexByte(reqPath, 0) >= 0 {
@@ -192,22 +225,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	name := cleanPath(reqPath)
 
-	it, isDir, err := h.store.Lookup(name)
+	it, owner, isDir, err := h.lookup(name)
 	implicitIndex := false
-	if err == nil && isDir {
-		it = nil
+	if err == nil && isDir || errors.Is(err, shard.ErrNotFound) && h.grp != nil {
+		// A directory: serve its index. (In a cluster the table of content
+		// lists files only, so a name it does not know may be a directory.)
+		it, err = nil, shard.ErrNotFound
 		for _, index := range h.IndexNames {
 			ip := path.Join(name, index)
-			iit, iisDir, ierr := h.store.Lookup(ip)
+			iit, iowner, iisDir, ierr := h.lookup(ip)
 			if ierr == nil && !iisDir {
-				it, name, implicitIndex = iit, ip, true
+				it, owner, name, implicitIndex, err = iit, iowner, ip, true, nil
 				break
 			}
 		}
-		if it == nil {
-			return h.notFound(w, r, next)
-		}
-	} else if err != nil {
+	}
+	if err != nil {
 		if errors.Is(err, shard.ErrNotFound) {
 			return h.notFound(w, r, next)
 		}
@@ -240,28 +273,112 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	return h.serveItem(w, r, it, name)
-}
-
-var allowGetHead = []string{"GET, HEAD"}
-
-// serveItem writes it (or its best precompressed variant) to w.
-func (h *Handler) serveItem(w http.ResponseWriter, r *http.Request, it *shard.Item, name string) error {
-	hdr := w.Header()
-
-	encoding, etag, body, size := "", it.ETag, it.Body, it.Size
-	if len(it.Variants) > 0 && len(r.Header["Accept-Encoding"]) > 0 {
-	pick:
-		for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {
-			for i := range it.Variants {
-				if v := &it.Variants[i]; v.Encoding == ae {
-					encoding, etag, body, size = v.Encoding, v.ETag, v.Body, v.Size
-					break pick
-				}
-			}
-		}
+	enc := h.encoding(r, it)
+	if owner == nil {
+		return h.serveLocal(w, r, it, enc, name)
 	}
 
+	// Another node owns it. HEAD, 304 and 412 need no bytes: answer them
+	// from the table of content.
+	if r.Method == http.MethodHead || !needsBody(r, it, enc) {
+		h.grp.stats.local.Add(1)
+		return h.write(w, r, body{it: it, enc: enc}, name)
+	}
+	b, err := h.grp.fetch(owner, enc)
+	if err != nil {
+		if errors.Is(err, shard.ErrNotFound) {
+			return h.notFound(w, r, next)
+		}
+		return caddyhttp.Error(http.StatusBadGateway, err)
+	}
+	if b.file != nil {
+		defer b.file.Close()
+	}
+	return h.write(w, r, b, name)
+}
+
+// lookup finds the item at path: in this node's store when it owns the
+// path (or runs alone), else in the table of content (owner set). When the
+// table does not know the path and its owner is not connected, storage
+// answers.
+func (h *Handler) lookup(p string) (it *shard.Item, owner *remoteItem, isDir bool, err error) {
+	if h.grp == nil || h.grp.c.owns(p) {
+		it, isDir, err = h.store.Lookup(p)
+		return it, nil, isDir, err
+	}
+	if ri, ok := h.grp.lookup(p); ok {
+		return ri.it, ri, false, nil
+	}
+	if h.grp.c.peerUp(h.grp.c.ring.Owner(p)) {
+		return nil, nil, false, shard.ErrNotFound
+	}
+	it, isDir, err = h.store.Lookup(p)
+	return it, nil, isDir, err
+}
+
+// encoding picks the precompressed variant of it to send, "" for none.
+func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
+	if len(it.Variants) == 0 || len(r.Header["Accept-Encoding"]) == 0 {
+		return ""
+	}
+	for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {
+		if variant(it, ae) != nil {
+			return ae
+		}
+	}
+	return ""
+}
+
+// serveLocal serves an item of this node's store.
+func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.Item, enc, name string) error {
+	b := body{it: it, enc: enc, data: it.Body, tier: "local"}
+	size := it.Size
+	if enc != "" {
+		v := variant(it, enc)
+		b.data, size = v.Body, v.Size
+	}
+	if b.data == nil && size > 0 {
+		// Not held in memory: serve it from storage.
+		f, err := h.store.Open(it, enc)
+		if err != nil {
+			if errors.Is(err, shard.ErrChanged) {
+				// The file changed between lookup and open: look again.
+				nit, isDir, lerr := h.store.Lookup(it.Path)
+				if lerr == nil && !isDir && nit != it {
+					return h.serveLocal(w, r, nit, h.encoding(r, nit), name)
+				}
+			}
+			return caddyhttp.Error(http.StatusInternalServerError, err)
+		}
+		defer f.Close()
+		b.file, b.tier = f, "storage"
+	}
+	if h.grp != nil {
+		if b.tier == "local" {
+			h.grp.stats.local.Add(1)
+			h.grp.stats.localBytes.Add(size)
+		} else {
+			h.grp.stats.storage.Add(1)
+			h.grp.stats.storageBytes.Add(size)
+		}
+	}
+	return h.write(w, r, b, name)
+}
+
+// write sends b: its item's headers and, unless the request needs none,
+// its bytes (b.data, or b.file, or none at all for HEAD and 304 answered
+// from the table of content).
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name string) error {
+	hdr := w.Header()
+	it := b.it
+	etag, size := it.ETag, it.Size
+	if b.enc != "" {
+		v := variant(it, b.enc)
+		etag, size = v.ETag, v.Size
+		hdr["Content-Encoding"] = []string{b.enc}
+	} else {
+		delete(hdr, "Content-Encoding")
+	}
 	// Let an ETag set by an earlier handler win, as file_server does.
 	if _, set := hdr["Etag"]; !set {
 		hdr["Etag"] = []string{etag}
@@ -273,62 +390,89 @@ func (h *Handler) serveItem(w http.ResponseWriter, r *http.Request, it *shard.It
 			hdr["Content-Type"] = nil // never let net/http sniff
 		}
 	}
-	if encoding != "" {
-		hdr["Content-Encoding"] = []string{encoding}
-	}
 
 	modTime := it.ModTime
 	if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
 		modTime = time.Time{}
 	}
-
 	statusOverride := errorStatus(r)
 
-	// The fast path: a plain GET or HEAD of a body held in memory goes out
-	// in one write, with no parsing of conditional or Range headers.
-	if body != nil || size == 0 {
-		if statusOverride == 0 && plainRequest(r) {
-			hdr["Accept-Ranges"] = acceptRangesBytes
-			if !modTime.IsZero() {
-				hdr["Last-Modified"] = []string{modTime.UTC().Format(http.TimeFormat)}
-			}
-			hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
-			w.WriteHeader(http.StatusOK)
-			if r.Method != http.MethodHead {
-				_, _ = w.Write(body)
-			}
-			return nil
+	// The fast path: a plain GET or HEAD of bytes in memory goes out in one
+	// write, with no parsing of conditional or Range headers.
+	if b.file == nil && statusOverride == 0 && plainRequest(r) && (b.data != nil || size == 0 || r.Method == http.MethodHead) {
+		hdr["Accept-Ranges"] = acceptRangesBytes
+		if !modTime.IsZero() {
+			hdr["Last-Modified"] = []string{modTime.UTC().Format(http.TimeFormat)}
 		}
-		if encoding != "" && r.Header.Get("Range") == "" {
-			// net/http does not set Content-Length when Content-Encoding
-			// is set (caddyserver/caddy#7040); file_server sets it too.
-			hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+		hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+		w.WriteHeader(http.StatusOK)
+		if r.Method != http.MethodHead {
+			_, _ = w.Write(b.data)
 		}
-		http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, bytes.NewReader(body))
 		return nil
 	}
-
-	// Not held in memory: serve it from storage.
-	f, err := h.store.Open(it, encoding)
-	if err != nil {
-		if errors.Is(err, shard.ErrChanged) {
-			// The file changed between lookup and open: look again.
-			nit, isDir, lerr := h.store.Lookup(it.Path)
-			if lerr == nil && !isDir && nit != it {
-				return h.serveItem(w, r, nit, name)
-			}
-		}
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	defer f.Close()
-	if encoding != "" && r.Header.Get("Range") == "" {
+	if b.enc != "" && r.Header.Get("Range") == "" {
+		// net/http does not set Content-Length when Content-Encoding is
+		// set (caddyserver/caddy#7040); file_server sets it too.
 		hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
 	}
-	http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, f)
+	var content io.ReadSeeker
+	switch {
+	case b.file != nil:
+		content = b.file
+	case b.data != nil || size == 0:
+		content = bytes.NewReader(b.data)
+	default:
+		content = noBody(size) // HEAD, 304, 412: never read
+	}
+	http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, content)
 	return nil
 }
 
-var acceptRangesBytes = []string{"bytes"}
+// needsBody reports whether a GET of it must send bytes: false when the
+// request's validators already tell a 304 (If-None-Match, or
+// If-Modified-Since without If-None-Match).
+func needsBody(r *http.Request, it *shard.Item, enc string) bool {
+	etag := it.ETag
+	if enc != "" {
+		etag = variant(it, enc).ETag
+	}
+	if inm := r.Header.Get("If-None-Match"); inm != "" {
+		for _, t := range strings.Split(inm, ",") {
+			t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+			if t == "*" || t == strings.TrimPrefix(etag, "W/") {
+				return false
+			}
+		}
+		return true
+	}
+	if ims := r.Header.Get("If-Modified-Since"); ims != "" && !it.ModTime.IsZero() {
+		if t, err := http.ParseTime(ims); err == nil && !it.ModTime.Truncate(time.Second).After(t) {
+			return false
+		}
+	}
+	return true
+}
+
+// noBody stands for bytes of a known size that are never read: it lets
+// http.ServeContent answer HEAD and 304 from metadata alone.
+type noBody int64
+
+func (n noBody) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekEnd:
+		return int64(n) + offset, nil
+	default:
+		return offset, nil
+	}
+}
+
+func (noBody) Read([]byte) (int, error) { return 0, errors.New("shardcache: body not fetched") }
+
+var (
+	acceptRangesBytes = []string{"bytes"}
+	allowGetHead      = []string{"GET, HEAD"}
+)
 
 // plainRequest reports whether r carries none of the headers that make
 // http.ServeContent do more than send the whole body.

@@ -1,0 +1,324 @@
+package shardcache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/shardcache/caddy-shardcache/peering"
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// clusterConfig is what makes a node.
+type clusterConfig struct {
+	name, addr   string
+	peers        []Member
+	secret       string
+	tls          *TLSFiles
+	fetchTimeout time.Duration
+	logger       *zap.Logger
+}
+
+// cluster is a node's membership in the cluster: the SAN endpoint, the
+// ring, and its groups (one per content root). It lives in a usage pool, so
+// reloads that keep the node keep it, its connections and its tables of
+// content.
+type cluster struct {
+	cfg  clusterConfig
+	ring *peering.Ring // static: the configured members
+
+	startOnce sync.Once
+	startErr  error
+	node      atomic.Pointer[peering.Node]
+
+	mu     sync.RWMutex
+	groups map[string]*group
+
+	done chan struct{}
+}
+
+func newCluster(cfg clusterConfig) (*cluster, error) {
+	names := []string{cfg.name}
+	for _, p := range cfg.peers {
+		names = append(names, p.Name)
+	}
+	return &cluster{
+		cfg:    cfg,
+		ring:   peering.NewRing(0, nil, names...),
+		groups: make(map[string]*group),
+		done:   make(chan struct{}),
+	}, nil
+}
+
+// fingerprint names a secret without revealing it.
+func fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("shardcache fingerprint\x00" + secret))
+	return hex.EncodeToString(sum[:8])
+}
+
+// start binds the SAN socket and starts dialling peers, once.
+func (c *cluster) start() error {
+	c.startOnce.Do(func() {
+		var creds *peering.Credentials
+		var err error
+		if c.cfg.tls != nil {
+			creds, err = peering.CredentialsFromFiles(c.cfg.tls.Cert, c.cfg.tls.Key, c.cfg.tls.CA)
+		} else {
+			creds, err = peering.CredentialsFromSecret(c.cfg.secret, c.cfg.name)
+		}
+		if err != nil {
+			c.startErr = fmt.Errorf("node %s: credentials: %v", c.cfg.name, err)
+			return
+		}
+		peers := make([]peering.Peer, len(c.cfg.peers))
+		for i, p := range c.cfg.peers {
+			peers[i] = peering.Peer{Name: p.Name, Addr: p.Address}
+		}
+		n, err := peering.Listen(peering.Config{
+			Name:         c.cfg.name,
+			Addr:         c.cfg.addr,
+			Peers:        peers,
+			TLS:          creds,
+			Backend:      c,
+			OnEvent:      c.onEvent,
+			Logger:       c.cfg.logger,
+			FetchTimeout: c.cfg.fetchTimeout,
+		})
+		if err != nil {
+			c.startErr = fmt.Errorf("node %s: listening on %s: %v (a running node's name, address, peers or credentials change only with a restart)",
+				c.cfg.name, c.cfg.addr, err)
+			return
+		}
+		c.node.Store(n)
+		c.cfg.logger.Info("node started", zap.String("node", c.cfg.name), zap.String("san", n.Addr().String()),
+			zap.Strings("ring", c.ring.Nodes()))
+		go c.announceReady()
+	})
+	return c.startErr
+}
+
+// announceReady tells the peers once every group of this node is primed.
+func (c *cluster) announceReady() {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		if c.Ready() {
+			if n := c.node.Load(); n != nil {
+				n.PublishReady(true)
+			}
+			return
+		}
+	}
+}
+
+// Destruct closes the node when the last config using it is gone.
+func (c *cluster) Destruct() error {
+	close(c.done)
+	if n := c.node.Load(); n != nil {
+		return n.Close()
+	}
+	return nil
+}
+
+// owns reports whether this node owns path.
+func (c *cluster) owns(path string) bool { return c.ring.Owner(path) == c.cfg.name }
+
+// group returns the group named name, making it on first use.
+func (c *cluster) group(name string) *group {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g := c.groups[name]
+	if g == nil {
+		g = &group{name: name, c: c, toc: make(map[string]*remoteItem), byOwner: make(map[string]map[string]bool)}
+		c.groups[name] = g
+	}
+	return g
+}
+
+func (c *cluster) lookupGroup(name string) *group {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.groups[name]
+}
+
+// Get serves a peer's fetch from this node's memory or storage. It never
+// asks another node.
+func (c *cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, []byte, error) {
+	g := c.lookupGroup(req.Group)
+	if g == nil {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	st := g.store.Load()
+	if st == nil {
+		return peering.Meta{}, nil, peering.ErrUnavailable
+	}
+	it, isDir, err := st.Lookup(req.Path)
+	if err != nil || isDir {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	if req.Version != "" && it.Version != req.Version {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	body, size := it.Body, it.Size
+	if req.Encoding != "" {
+		v := variant(it, req.Encoding)
+		if v == nil {
+			return peering.Meta{}, nil, peering.ErrNotFound
+		}
+		body, size = v.Body, v.Size
+	}
+	if body == nil && size > 0 {
+		// Not held in memory: read it from storage for the peer.
+		f, err := st.Open(it, req.Encoding)
+		if err != nil {
+			if errors.Is(err, shard.ErrChanged) {
+				return peering.Meta{}, nil, peering.ErrNotFound
+			}
+			return peering.Meta{}, nil, err
+		}
+		defer f.Close()
+		body = make([]byte, size)
+		if _, err := io.ReadFull(f, body); err != nil {
+			return peering.Meta{}, nil, err
+		}
+	}
+	g.stats.served.Add(1)
+	g.stats.servedBytes.Add(int64(len(body)))
+	m := toMeta(it)
+	m.Encoding = req.Encoding
+	m.Size = int64(len(body))
+	m.Variants = nil
+	return m, body, nil
+}
+
+// Snapshot lists the items this node owns, per group.
+func (c *cluster) Snapshot() []peering.GroupTOC {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var out []peering.GroupTOC
+	for name, g := range c.groups {
+		st := g.store.Load()
+		if st == nil {
+			continue
+		}
+		toc := peering.GroupTOC{Group: name}
+		st.Each(func(it *shard.Item) bool {
+			if c.owns(it.Path) {
+				toc.Items = append(toc.Items, toMeta(it))
+			}
+			return true
+		})
+		out = append(out, toc)
+	}
+	return out
+}
+
+// Ready reports whether every group of this node is primed.
+func (c *cluster) Ready() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, g := range c.groups {
+		if st := g.store.Load(); st != nil && !st.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// onEvent applies what peers tell us to the tables of content.
+func (c *cluster) onEvent(ev peering.Event) {
+	switch ev.Kind {
+	case peering.EventSnapshot:
+		seen := map[string]bool{}
+		for _, toc := range ev.Snapshot {
+			c.group(toc.Group).replace(ev.Peer, toc.Items)
+			seen[toc.Group] = true
+		}
+		c.mu.RLock()
+		var stale []*group
+		for name, g := range c.groups {
+			if !seen[name] {
+				stale = append(stale, g)
+			}
+		}
+		c.mu.RUnlock()
+		for _, g := range stale {
+			g.replace(ev.Peer, nil)
+		}
+	case peering.EventDelta:
+		c.group(ev.Delta.Group).apply(ev.Peer, ev.Delta)
+	case peering.EventDown:
+		c.cfg.logger.Warn("peer down", zap.String("peer", ev.Peer))
+	case peering.EventUp:
+		c.cfg.logger.Info("peer up", zap.String("peer", ev.Peer))
+	}
+}
+
+// peerUp reports whether the peer named name has a live connection.
+func (c *cluster) peerUp(name string) bool {
+	n := c.node.Load()
+	if n == nil {
+		return false
+	}
+	for _, p := range n.Peers() {
+		if p.Name == name {
+			return p.Up
+		}
+	}
+	return false
+}
+
+// publish sends a change of one of this node's items to the peers.
+func (c *cluster) publish(group, path string, it *shard.Item) {
+	n := c.node.Load()
+	if n == nil || !c.owns(path) {
+		return // peers get a snapshot when they connect
+	}
+	d := peering.Delta{Group: group}
+	if it == nil {
+		d.Deletes = []string{path}
+	} else {
+		d.Upserts = []peering.Meta{toMeta(it)}
+	}
+	n.Publish(d)
+}
+
+func toMeta(it *shard.Item) peering.Meta {
+	m := peering.Meta{
+		Path:        it.Path,
+		Version:     it.Version,
+		Size:        it.Size,
+		ContentType: it.ContentType,
+		ModTime:     it.ModTime,
+		ETag:        it.ETag,
+	}
+	for _, v := range it.Variants {
+		m.Variants = append(m.Variants, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	}
+	return m
+}
+
+func variant(it *shard.Item, enc string) *shard.Variant {
+	for i := range it.Variants {
+		if it.Variants[i].Encoding == enc {
+			return &it.Variants[i]
+		}
+	}
+	return nil
+}

@@ -1,0 +1,235 @@
+package shardcache
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shardcache/caddy-shardcache/peering"
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// A group is one content tree (one root) in a cluster: this node's store
+// of the items it owns, the table of content of the items its peers own,
+// and the hot cache of copies of their popular items.
+type group struct {
+	name string
+	c    *cluster
+
+	store atomic.Pointer[shard.Store]
+	hot   atomic.Pointer[shard.Hot]
+
+	mu      sync.RWMutex
+	toc     map[string]*remoteItem     // path → an item a peer owns
+	byOwner map[string]map[string]bool // peer → the paths it published
+
+	flight singleflight.Group
+	stats  tierStats
+}
+
+// remoteItem is an entry of the table of content: an item's metadata
+// (Body nil) and its owner.
+type remoteItem struct {
+	owner string
+	it    *shard.Item
+}
+
+// tierStats count requests and bytes by the tier that served them.
+type tierStats struct {
+	local, hot, peer, storage                     atomic.Int64
+	localBytes, hotBytes, peerBytes, storageBytes atomic.Int64
+	peerErrors                                    atomic.Int64
+	served, servedBytes                           atomic.Int64 // fetches answered for peers
+}
+
+// setHot sizes the hot cache; a new budget starts an empty cache.
+func (g *group) setHot(budget int64) {
+	if h := g.hot.Load(); h != nil && h.Stats().Budget == budget {
+		return
+	}
+	g.hot.Store(shard.NewHot(budget))
+}
+
+// lookup answers path from the table of content. ok is false when the table
+// does not know the path.
+func (g *group) lookup(path string) (ri *remoteItem, ok bool) {
+	g.mu.RLock()
+	ri, ok = g.toc[path]
+	g.mu.RUnlock()
+	return ri, ok
+}
+
+// replace sets everything owner owns in this group (a snapshot).
+func (g *group) replace(owner string, items []peering.Meta) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for p := range g.byOwner[owner] {
+		if ri := g.toc[p]; ri != nil && ri.owner == owner {
+			delete(g.toc, p)
+		}
+	}
+	paths := make(map[string]bool, len(items))
+	for _, m := range items {
+		g.toc[m.Path] = &remoteItem{owner: owner, it: fromMeta(m)}
+		paths[m.Path] = true
+	}
+	g.byOwner[owner] = paths
+	// Hot copies of versions the owner no longer has are dropped lazily: a
+	// request for the new version replaces them.
+}
+
+// apply applies a delta from owner.
+func (g *group) apply(owner string, d peering.Delta) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	paths := g.byOwner[owner]
+	if paths == nil {
+		paths = make(map[string]bool)
+		g.byOwner[owner] = paths
+	}
+	for _, m := range d.Upserts {
+		g.toc[m.Path] = &remoteItem{owner: owner, it: fromMeta(m)}
+		paths[m.Path] = true
+	}
+	for _, p := range d.Deletes {
+		if ri := g.toc[p]; ri != nil && ri.owner == owner {
+			delete(g.toc, p)
+		}
+		delete(paths, p)
+	}
+	if h := g.hot.Load(); h != nil {
+		for _, m := range d.Upserts {
+			h.DropPrefix(m.Path + "\x00")
+		}
+		for _, p := range d.Deletes {
+			h.DropPrefix(p + "\x00")
+		}
+	}
+}
+
+func fromMeta(m peering.Meta) *shard.Item {
+	it := &shard.Item{
+		Path:        m.Path,
+		Size:        m.Size,
+		ModTime:     m.ModTime,
+		ContentType: m.ContentType,
+		ETag:        m.ETag,
+		Version:     m.Version,
+	}
+	for _, v := range m.Variants {
+		it.Variants = append(it.Variants, shard.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	}
+	return it
+}
+
+// body is where a response's bytes come from: data in memory, or a file.
+type body struct {
+	it   *shard.Item // the item the bytes belong to (its headers)
+	enc  string      // their Content-Encoding
+	data []byte
+	file shard.File
+	tier string
+}
+
+// hotKey names a copy in the hot cache: the path, and the encoding.
+func hotKey(path, enc string) string { return path + "\x00" + enc }
+
+// fetch returns the bytes of ri's item in encoding enc (""
+// identity): from the hot cache, else from the owner over the SAN, else
+// from this node's own storage when the owner is down or too slow. The
+// result may be a newer version than ri's when storage has one.
+func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
+	it := ri.it
+	key := hotKey(it.Path, enc)
+	hot := g.hot.Load()
+	if hot != nil {
+		if c, ok := hot.Get(key, it.Version); ok {
+			g.stats.hot.Add(1)
+			g.stats.hotBytes.Add(int64(len(c.Body)))
+			return body{it: it, enc: enc, data: c.Body, tier: "hot"}, nil
+		}
+	}
+	v, err, _ := g.flight.Do(key+"@"+it.Version, func() (any, error) {
+		return g.fetchPeer(ri, enc)
+	})
+	if err == nil {
+		data := v.([]byte)
+		g.stats.peer.Add(1)
+		g.stats.peerBytes.Add(int64(len(data)))
+		if hot != nil {
+			hot.Admit(&shard.Item{Path: key, Version: it.Version, Size: int64(len(data)), Body: data})
+		}
+		return body{it: it, enc: enc, data: data, tier: "peer"}, nil
+	}
+	g.stats.peerErrors.Add(1)
+	if c := g.c.cfg.logger.Check(zap.WarnLevel, "peer fetch failed; reading from own storage"); c != nil {
+		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.String("owner", ri.owner), zap.Error(err))
+	}
+	return g.fromStorage(it.Path, enc)
+}
+
+// fetchPeer asks the owner. The request has its own deadline, not the
+// client's: one impatient client must not fail the others waiting on the
+// same fetch.
+func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
+	n := g.c.node.Load()
+	if n == nil {
+		return nil, peering.ErrPeerDown
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), g.c.cfg.fetchTimeout)
+	defer cancel()
+	m, data, err := n.Fetch(ctx, ri.owner, peering.Request{
+		Group:    g.name,
+		Path:     ri.it.Path,
+		Version:  ri.it.Version,
+		Encoding: enc,
+		Epoch:    g.c.ring.Epoch(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	if m.Version != ri.it.Version {
+		return nil, errors.New("owner answered another version")
+	}
+	return data, nil
+}
+
+// fromStorage reads path from this node's own view of storage: the last
+// resort, when the owner cannot answer.
+func (g *group) fromStorage(path, enc string) (body, error) {
+	st := g.store.Load()
+	if st == nil {
+		return body{}, shard.ErrNotFound
+	}
+	it, isDir, err := st.Lookup(path)
+	if err != nil {
+		return body{}, err
+	}
+	if isDir {
+		return body{}, shard.ErrNotFound
+	}
+	data, size := it.Body, it.Size
+	if enc != "" {
+		v := variant(it, enc)
+		if v == nil {
+			enc = "" // storage has no such sidecar: send the identity
+		} else {
+			data, size = v.Body, v.Size
+		}
+	}
+	b := body{it: it, enc: enc, data: data, tier: "storage"}
+	if data == nil && size > 0 {
+		f, err := st.Open(it, enc)
+		if err != nil {
+			return body{}, err
+		}
+		b.file = f
+	}
+	g.stats.storage.Add(1)
+	g.stats.storageBytes.Add(size)
+	return b, nil
+}
