@@ -3,8 +3,8 @@ package shardcache
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"path"
 	"strconv"
