@@ -114,7 +114,6 @@ func (s *Store) runJobs(jobs []*job) {
 	if len(jobs) == 0 {
 		return
 	}
-	r, err := s.fsRoot()
 	sem := make(chan struct{}, s.workers)
 	var wg sync.WaitGroup
 	for _, j := range jobs {
@@ -122,11 +121,7 @@ func (s *Store) runJobs(jobs []*job) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			var c *content
-			lerr := err
-			if lerr == nil {
-				c, lerr = readFile(s.ctx, r, j.path[1:], s.wantBody(j))
-			}
+			c, lerr := s.readFile(s.ctx, j.path[1:], s.wantBody(j))
 			if lerr == nil {
 				s.stats.reloads.Add(1)
 				s.stats.storageReads.Add(1)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"sync"
 )
 
@@ -99,7 +98,7 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 			return nil, false, ErrNotFound // a Variant of base, not an item
 		}
 	}
-	c, err := s.readTransient(r, p, fi)
+	c, err := s.readTransient(p, fi)
 	if err != nil {
 		if missing(err) || errors.Is(err, errNotRegular) {
 			return nil, false, ErrNotFound
@@ -112,7 +111,7 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 		if err != nil || !sfi.Mode().IsRegular() {
 			continue
 		}
-		if v, err := s.readTransient(r, p+e.ext, sfi); err == nil {
+		if v, err := s.readTransient(p+e.ext, sfi); err == nil {
 			if sibs == nil {
 				sibs = make([]*content, len(s.encs))
 			}
@@ -123,13 +122,13 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 }
 
 // readTransient reads the file at p (lstat'ed as fi) for a transient Item.
-func (s *Store) readTransient(r *os.Root, p string, fi fs.FileInfo) (*content, error) {
+func (s *Store) readTransient(p string, fi fs.FileInfo) (*content, error) {
 	if fi.Size() > transientBodyMax {
 		if c := s.memo.get(p, fi); c != nil {
 			return c, nil
 		}
 	}
-	c, err := readFile(s.ctx, r, p[1:], func(size int64) bool { return size <= transientBodyMax })
+	c, err := s.readFile(s.ctx, p[1:], func(size int64) bool { return size <= transientBodyMax })
 	if err != nil {
 		return nil, err
 	}

@@ -53,11 +53,7 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 	if !ok {
 		return nil, ErrNotFound
 	}
-	r, err := s.fsRoot()
-	if err != nil {
-		return nil, err
-	}
-	f, err := r.Open(rel)
+	f, err := s.openFile(rel)
 	if err != nil {
 		if missing(err) {
 			s.stale(p)

@@ -36,6 +36,8 @@ func (s *Store) prime() {
 	if s.ctx.Err() != nil {
 		return
 	}
+	s.log.Debug("walked", zap.Duration("duration", time.Since(start)),
+		zap.Int64("dirs", s.stats.dirs.Load()))
 
 	// Plan: everything this node needs, smallest first.
 	type item struct {
@@ -84,7 +86,6 @@ func (s *Store) prime() {
 		s.logProgress(start, stopLog)
 	}()
 
-	r, err := s.fsRoot()
 	jobs := make(chan *job)
 	var wg sync.WaitGroup
 	for range s.workers {
@@ -95,11 +96,7 @@ func (s *Store) prime() {
 				if beforePrimeRead != nil {
 					beforePrimeRead(j.path)
 				}
-				var c *content
-				lerr := err
-				if lerr == nil {
-					c, lerr = readFile(s.ctx, r, j.path[1:], s.wantBody(j))
-				}
+				c, lerr := s.readFile(s.ctx, j.path[1:], s.wantBody(j))
 				if lerr == nil {
 					s.primed.items.Add(1)
 					s.primed.bytes.Add(c.size)

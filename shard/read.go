@@ -25,24 +25,24 @@ const readChunk = 256 << 10
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 
-// readFile reads the regular file rel (root-relative) through r and returns
-// its content. Once the size is known, wantBody says whether to hold the
-// bytes (true) or only hash them while streaming (false), so a file is read
-// once either way.
-func readFile(ctx context.Context, r *os.Root, rel string, wantBody func(size int64) bool) (*content, error) {
-	f, err := r.Open(rel)
+// readFile reads the regular file rel (root-relative) from storage and
+// returns its content. Once the size is known, wantBody says whether to hold
+// the bytes (true) or only hash them while streaming (false), so a file is
+// read once either way.
+func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int64) bool) (*content, error) {
+	f, err := s.openRead(rel)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
+	size, mtime, regular, err := f.stat()
 	if err != nil {
 		return nil, err
 	}
-	if !fi.Mode().IsRegular() {
+	if !regular {
 		return nil, errNotRegular
 	}
-	c := &content{size: fi.Size(), mtime: fi.ModTime()}
+	c := &content{size: size, mtime: mtime}
 	h := newHash()
 	var head []byte
 	if wantBody(c.size) {
@@ -94,11 +94,11 @@ func readFile(ctx context.Context, r *os.Root, rel string, wantBody func(size in
 			return nil, errChanging
 		}
 	}
-	after, err := f.Stat()
+	size, mtime, _, err = f.stat()
 	if err != nil {
 		return nil, err
 	}
-	if after.Size() != c.size || !after.ModTime().Equal(c.mtime) {
+	if size != c.size || !mtime.Equal(c.mtime) {
 		return nil, errChanging
 	}
 	c.ctype = contentType(rel, head)

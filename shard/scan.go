@@ -2,6 +2,7 @@ package shard
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path"
@@ -40,9 +41,29 @@ func listDir(r *os.Root, rel string) ([]obs, error) {
 	return out, nil
 }
 
-// missing reports whether err means the path is not there (any more).
+// realDir checks that rel is a directory reached without symbolic links
+// (os.Root would follow links that stay inside the root), so that a
+// directory replaced by a link is not listed through it.
+func realDir(r *os.Root, rel string) error {
+	if rel == "." {
+		return nil
+	}
+	fi, err := lstatNoLinks(r, rel)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("listing %s: %w", rel, fs.ErrNotExist)
+	}
+	return nil
+}
+
+// missing reports whether err means the path is not there (any more), or
+// is refused: a symbolic link on the way (ELOOP), or a way out of the root
+// (EXDEV, from openat2).
 func missing(err error) bool {
-	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP)
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) ||
+		errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.EXDEV)
 }
 
 // scanTree walks the tree at directory d (known, or with a known parent),
@@ -64,7 +85,11 @@ func (s *Store) scanTree(d string, aff affected) {
 
 		s.scanMu.Lock()
 		s.addWatch(dir) // before listing: what is created after the listing makes an event
-		ents, err := listDir(r, rel)
+		var ents []obs
+		err := realDir(r, rel)
+		if err == nil {
+			ents, err = listDir(r, rel)
+		}
 		s.mu.Lock()
 		switch {
 		case err != nil && missing(err):
@@ -112,7 +137,7 @@ func (s *Store) refreshPaths(paths map[string]bool, aff affected) {
 		if !ok {
 			continue
 		}
-		fi, err := r.Lstat(rel)
+		fi, err := lstatNoLinks(r, rel)
 		all = append(all, seen{p, fi, err, force})
 	}
 	// Removals first: a renamed directory must be forgotten (and its watch

@@ -60,8 +60,9 @@ type Store struct {
 	wg       sync.WaitGroup
 	primedCh chan struct{} // closed when priming is done
 
-	rootMu sync.Mutex
-	fsroot atomic.Pointer[os.Root]
+	rootMu  sync.Mutex
+	fsroot  atomic.Pointer[os.Root]
+	beneath beneath // Linux: openat2 relative to the root (source_linux.go)
 
 	watch  watchState
 	flight singleflight.Group
@@ -161,6 +162,7 @@ func (s *Store) Close() error {
 	s.cancel()
 	s.wg.Wait()
 
+	s.closeBeneath()
 	s.rootMu.Lock()
 	var err error
 	if r := s.fsroot.Swap(nil); r != nil {

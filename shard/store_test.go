@@ -142,8 +142,18 @@ var sampleTree = map[string]string{
 	"a/b/c/deep.txt":    "deep",
 }
 
-func TestPrime(t *testing.T) {
+// bothOpeners runs f with the default way of opening files (openat2 on
+// Linux) and with os.Root only.
+func bothOpeners(t *testing.T, f func(t *testing.T, setup func(*Store))) {
+	t.Run("default", func(t *testing.T) { f(t, func(*Store) {}) })
+	t.Run("os.Root", func(t *testing.T) { f(t, useOSRoot) })
+}
+
+func TestPrime(t *testing.T) { bothOpeners(t, testPrime) }
+
+func testPrime(t *testing.T, setup func(*Store)) {
 	s := newStore(t, Config{}, sampleTree)
+	setup(s)
 	startReady(t, s)
 
 	for p, want := range sampleTree {
@@ -368,10 +378,13 @@ func TestLookupBeforeStartAndDuringPriming(t *testing.T) {
 	t.Run("primed", check)
 }
 
-func TestSymlinksAndTraversal(t *testing.T) {
+func TestSymlinksAndTraversal(t *testing.T) { bothOpeners(t, testSymlinksAndTraversal) }
+
+func testSymlinksAndTraversal(t *testing.T, setup func(*Store)) {
 	outside := t.TempDir()
 	writeTree(t, outside, map[string]string{"secret": "do not serve", "d/secret2": "nor this"})
 	s := newStore(t, Config{}, map[string]string{"real.txt": "real", "sub/ok.txt": "ok"})
+	setup(s)
 	root := s.Root()
 	links := map[string]string{
 		"out.txt":     filepath.Join(outside, "secret"),
@@ -404,8 +417,11 @@ func TestSymlinksAndTraversal(t *testing.T) {
 		if _, err := s.Open(&Item{Path: "/../" + filepath.Base(outside) + "/secret", Size: 12}, ""); err == nil {
 			t.Errorf("Open of a path outside the root succeeded")
 		}
-		if _, err := s.Open(&Item{Path: "/out.txt", Size: 12}, ""); err == nil {
-			t.Errorf("Open through a symlink leaving the root succeeded")
+		for _, p := range []string{"/out.txt", "/outdir/secret", "/in.txt", "/sub/up/real.txt"} {
+			if f, err := s.Open(&Item{Path: p, Size: 12}, ""); err == nil {
+				f.Close()
+				t.Errorf("Open(%s) through a symlink succeeded", p)
+			}
 		}
 	}
 	t.Run("from storage", check)
@@ -417,6 +433,23 @@ func TestSymlinksAndTraversal(t *testing.T) {
 		}
 		return true
 	})
+
+	// A directory replaced by a link (to the root itself) is gone, and is
+	// not walked through.
+	if err := os.RemoveAll(filepath.Join(root, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(".", filepath.Join(root, "sub")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "/sub gone", func() bool {
+		_, _, err := s.Lookup("/sub/ok.txt")
+		return errors.Is(err, ErrNotFound)
+	})
+	s.rescan()
+	for _, p := range []string{"/sub", "/sub/real.txt", "/sub/sub/real.txt"} {
+		mustNotFound(t, s, p)
+	}
 }
 
 func TestNewErrors(t *testing.T) {
@@ -492,6 +525,39 @@ func TestCloseStopsEverything(t *testing.T) {
 	waitFor(t, 2*time.Second, fmt.Sprintf("goroutines back to %d", base), func() bool {
 		return runtime.NumGoroutine() <= base
 	})
+}
+
+func TestReadFileChanging(t *testing.T) {
+	s := newStore(t, Config{}, map[string]string{"f": "0123456789"})
+	for _, hold := range []bool{true, false} {
+		_, err := s.readFile(s.ctx, "f", func(int64) bool {
+			// The file grows after the size was taken, before it is read.
+			f, err := os.OpenFile(filepath.Join(s.Root(), "f"), os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.WriteString("more")
+			f.Close()
+			return hold
+		})
+		if !errors.Is(err, errChanging) {
+			t.Errorf("hold=%v: readFile of a growing file = %v; want errChanging", hold, err)
+		}
+	}
+}
+
+func TestOpenFromStorage(t *testing.T) {
+	s := newStore(t, Config{Memory: 1}, map[string]string{"a": "abc"})
+	startReady(t, s)
+	it, _, _ := s.Lookup("/a")
+	f, err := s.Open(it, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, ok := f.(*os.File); !ok {
+		t.Errorf("Open of a non-resident body returned %T; want *os.File (sendfile)", f)
+	}
 }
 
 func TestOpenResident(t *testing.T) {

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package shard
+
+func useOSRoot(*Store) {}
