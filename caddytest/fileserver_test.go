@@ -213,6 +213,60 @@ func parityCases() []parityCase {
 // those of the second (the ETag is a content hash).
 func TestFileServerParity(t *testing.T) {
 	needCaddy(t)
+	_, scBase, sc2Base := parity(t, "http")
+
+	// Our ETag is a content hash: identical bytes, identical ETag, across
+	// paths and sites; different bytes (a variant), different ETag.
+	e1 := get(t, scBase, "/style.css").header.Get("Etag")
+	e2 := get(t, scBase, "/copy.css").header.Get("Etag")
+	e3 := get(t, sc2Base, "/copy.css").header.Get("Etag")
+	if e1 == "" || e1 != e2 || e1 != e3 {
+		t.Errorf("ETags of identical bytes differ: /style.css %s, /copy.css %s, copy tree /copy.css %s", e1, e2, e3)
+	}
+	for _, ae := range []string{"gzip", "br", "zstd"} {
+		ev := get(t, scBase, "/style.css", "Accept-Encoding: "+ae).header.Get("Etag")
+		if ev == "" || ev == e1 {
+			t.Errorf("ETag of /style.css with Accept-Encoding %s = %q, want one of its own (identity's is %s)", ae, ev, e1)
+		}
+	}
+
+	// Extensionless files: file_server sends no Content-Type, we sniff.
+	for p, want := range map[string]string{
+		"/README": "text/plain; charset=utf-8",
+		"/blob":   "application/octet-stream",
+	} {
+		r := get(t, scBase, p)
+		if got := r.header.Get("Content-Type"); got != want {
+			t.Errorf("GET %s: Content-Type %q, want sniffed %q", p, got, want)
+		}
+	}
+
+	// Documented difference: with `precompressed gzip`, style.css.gz is a
+	// part of style.css, not a file of its own.
+	for _, p := range []string{"/style.css.gz", "/style.css.br", "/style.css.zst", "/app.js.gz"} {
+		if r := get(t, scBase, p); r.status != http.StatusNotFound {
+			t.Errorf("GET %s: %d, want 404 (a precompressed sidecar is not served under its own name)", p, r.status)
+		}
+	}
+}
+
+// TestFileServerParityHTTPS runs the table of TestFileServerParity over
+// HTTPS (HTTP/2, `tls internal`).
+func TestFileServerParityHTTPS(t *testing.T) {
+	needCaddy(t)
+	fsBase, scBase, _ := parity(t, "https")
+	for _, base := range []string{fsBase, scBase} {
+		if r := get(t, base, "/index.html"); r.proto != "HTTP/2.0" {
+			t.Errorf("GET %s/index.html: %s, want HTTP/2.0", base, r.proto)
+		}
+	}
+}
+
+// parity starts the three sites of the parity tests over scheme (http or
+// https), runs the table of parityCases against them, and returns their
+// base URLs: file_server, shardcache, shardcache on a copy of the tree.
+func parity(t *testing.T, scheme string) (fsBase, scBase, sc2Base string) {
+	t.Helper()
 	treeA := filepath.Join(t.TempDir(), "a")
 	treeB := filepath.Join(t.TempDir(), "b")
 	files := parityTree()
@@ -221,8 +275,14 @@ func TestFileServerParity(t *testing.T) {
 
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	fsPort, scPort, sc2Port := freePort(t), freePort(t), freePort(t)
-	cf := globalBlock(admin) + fmt.Sprintf(`
+	global, tls := globalBlock(admin), ""
+	if scheme == "https" {
+		global = globalBlock(admin, "skip_install_trust", "auto_https disable_redirects")
+		tls = "tls internal"
+	}
+	cf := global + strings.ReplaceAll(fmt.Sprintf(`
 http://127.0.0.1:%d {
+	TLS
 	file_server {
 		root %s
 		index index.htm index.html
@@ -231,6 +291,7 @@ http://127.0.0.1:%d {
 }
 
 http://127.0.0.1:%d {
+	TLS
 	shardcache {
 		root %s
 		index index.htm index.html
@@ -239,20 +300,22 @@ http://127.0.0.1:%d {
 }
 
 http://127.0.0.1:%d {
+	TLS
 	shardcache * %s {
 		memory 512MiB
 		index index.htm index.html
 		precompressed br zstd gzip
 	}
 }
-`, fsPort, treeA, scPort, treeA, sc2Port, treeB)
+`, fsPort, treeA, scPort, treeA, sc2Port, treeB), "TLS", tls)
+	cf = strings.ReplaceAll(cf, "http://", scheme+"://")
 	n := startCaddy(t, cf)
 	waitPrimed(n, treeA)
 	waitPrimed(n, treeB)
 
-	fsBase := fmt.Sprintf("http://127.0.0.1:%d", fsPort)
-	scBase := fmt.Sprintf("http://127.0.0.1:%d", scPort)
-	sc2Base := fmt.Sprintf("http://127.0.0.1:%d", sc2Port)
+	fsBase = fmt.Sprintf("%s://127.0.0.1:%d", scheme, fsPort)
+	scBase = fmt.Sprintf("%s://127.0.0.1:%d", scheme, scPort)
+	sc2Base = fmt.Sprintf("%s://127.0.0.1:%d", scheme, sc2Port)
 	lastMod := fixedTime.Format(http.TimeFormat)
 
 	// etagOf returns base's ETag for c.path with c's Accept-Encoding.
@@ -298,40 +361,7 @@ http://127.0.0.1:%d {
 	if mismatches > 40 {
 		t.Errorf("... and %d more mismatches", mismatches-40)
 	}
-
-	// Our ETag is a content hash: identical bytes, identical ETag, across
-	// paths and sites; different bytes (a variant), different ETag.
-	e1 := get(t, scBase, "/style.css").header.Get("Etag")
-	e2 := get(t, scBase, "/copy.css").header.Get("Etag")
-	e3 := get(t, sc2Base, "/copy.css").header.Get("Etag")
-	if e1 == "" || e1 != e2 || e1 != e3 {
-		t.Errorf("ETags of identical bytes differ: /style.css %s, /copy.css %s, copy tree /copy.css %s", e1, e2, e3)
-	}
-	for _, ae := range []string{"gzip", "br", "zstd"} {
-		ev := get(t, scBase, "/style.css", "Accept-Encoding: "+ae).header.Get("Etag")
-		if ev == "" || ev == e1 {
-			t.Errorf("ETag of /style.css with Accept-Encoding %s = %q, want one of its own (identity's is %s)", ae, ev, e1)
-		}
-	}
-
-	// Extensionless files: file_server sends no Content-Type, we sniff.
-	for p, want := range map[string]string{
-		"/README": "text/plain; charset=utf-8",
-		"/blob":   "application/octet-stream",
-	} {
-		r := get(t, scBase, p)
-		if got := r.header.Get("Content-Type"); got != want {
-			t.Errorf("GET %s: Content-Type %q, want sniffed %q", p, got, want)
-		}
-	}
-
-	// Documented difference: with `precompressed gzip`, style.css.gz is a
-	// part of style.css, not a file of its own.
-	for _, p := range []string{"/style.css.gz", "/style.css.br", "/style.css.zst", "/app.js.gz"} {
-		if r := get(t, scBase, p); r.status != http.StatusNotFound {
-			t.Errorf("GET %s: %d, want 404 (a precompressed sidecar is not served under its own name)", p, r.status)
-		}
-	}
+	return fsBase, scBase, sc2Base
 }
 
 // diffResponses describes how got differs from want ("" if it does not).

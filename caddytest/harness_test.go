@@ -14,6 +14,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -220,7 +221,10 @@ func caddyEnv(dir string) []string {
 // waitHTTP waits until url answers with any HTTP response.
 func (n *node) waitHTTP(url string, deadline time.Time) {
 	n.t.Helper()
-	c := &http.Client{Timeout: time.Second, CheckRedirect: noRedirects}
+	c := &http.Client{Timeout: time.Second, CheckRedirect: noRedirects, Transport: &http.Transport{
+		// Readiness only; the tests' own clients are below.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+	}}
 	for {
 		select {
 		case <-n.exited:
@@ -459,7 +463,8 @@ func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastR
 
 // client is the HTTP client of the tests: bounded in time, follows no
 // redirect (308s are checked), never asks for or decodes compression by
-// itself.
+// itself. For https it trusts any certificate (the sites use `tls internal`
+// on loopback) and speaks HTTP/2.
 var client = &http.Client{
 	Timeout:       15 * time.Second,
 	CheckRedirect: noRedirects,
@@ -467,11 +472,14 @@ var client = &http.Client{
 		DisableCompression:  true,
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     30 * time.Second,
+		ForceAttemptHTTP2:   true,
+		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true},
 	},
 }
 
 // response is what the tests keep of an HTTP response.
 type response struct {
+	proto  string
 	status int
 	header http.Header
 	body   []byte
@@ -509,7 +517,7 @@ func do(method, base, rawPath string, headers ...string) (*response, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: reading body: %w", method, rawPath, err)
 	}
-	return &response{status: resp.StatusCode, header: resp.Header, body: body}, nil
+	return &response{proto: resp.Proto, status: resp.StatusCode, header: resp.Header, body: body}, nil
 }
 
 // mustDo is do that fails the test on a transport error.
@@ -531,7 +539,17 @@ func get(t *testing.T, base, rawPath string, headers ...string) *response {
 // doRaw sends req with rawPath as its request target over a new
 // connection, writing the request itself.
 func doRaw(req *http.Request, rawPath string) (*http.Response, error) {
-	conn, err := net.DialTimeout("tcp", req.URL.Host, 5*time.Second)
+	var conn net.Conn
+	var err error
+	dialer := &net.Dialer{Timeout: 5 * time.Second}
+	if req.URL.Scheme == "https" {
+		// A config of its own: the transport adds "h2" to the NextProtos of
+		// the one it is given.
+		conn, err = tls.DialWithDialer(dialer, "tcp", req.URL.Host,
+			&tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	} else {
+		conn, err = dialer.Dial("tcp", req.URL.Host)
+	}
 	if err != nil {
 		return nil, err
 	}
