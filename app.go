@@ -114,8 +114,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if secret != "" {
 		repl := caddy.NewReplacer()
 		secret = repl.ReplaceKnown(secret, "")
-		if secret == "" {
-			return fmt.Errorf("secret %s is empty once its placeholders are replaced", a.Secret)
+		if len(secret) < minSecretLen {
+			// Name the placeholder, never the value.
+			return fmt.Errorf("secret %s: %d bytes once placeholders are replaced; need at least %d (`caddy shardcache secret` makes one)",
+				redactSecret(a.Secret), len(secret), minSecretLen)
 		}
 	}
 	members := []string{a.Node.Name}
@@ -182,6 +184,18 @@ func (a *App) validate() error {
 	return nil
 }
 
+// minSecretLen is the shortest cluster secret accepted.
+const minSecretLen = 16
+
+// redactSecret shows a configured secret in an error: a placeholder as it
+// is, a literal value not at all.
+func redactSecret(s string) string {
+	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+		return s
+	}
+	return "(literal)"
+}
+
 func validNodeName(s string) bool {
 	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
 		return false
@@ -216,7 +230,27 @@ func (a *App) Start() error {
 	for _, s := range a.stores {
 		s.Start()
 	}
+	reg.set(a.stores, a.cluster)
 	return nil
+}
+
+// reg is what the running config serves, for the admin API.
+var reg registry
+
+type registry struct {
+	mu      sync.Mutex
+	stores  map[*shard.Store]bool
+	cluster *cluster
+}
+
+func (r *registry) set(stores []*shard.Store, c *cluster) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stores = make(map[*shard.Store]bool, len(stores))
+	for _, s := range stores {
+		r.stores[s] = true
+	}
+	r.cluster = c
 }
 
 // Stop does nothing: the stores and the SAN socket live in usage pools and

@@ -263,10 +263,6 @@ func (c *cluster) onEvent(ev peering.Event) {
 		}
 	case peering.EventDelta:
 		c.group(ev.Delta.Group).apply(ev.Peer, ev.Delta)
-	case peering.EventDown:
-		c.cfg.logger.Warn("peer down", zap.String("peer", ev.Peer))
-	case peering.EventUp:
-		c.cfg.logger.Info("peer up", zap.String("peer", ev.Peer))
 	}
 }
 

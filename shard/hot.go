@@ -86,6 +86,15 @@ func (h *Hot) Get(path, version string) (*Item, bool) {
 	return nil, false
 }
 
+// Contains reports whether a copy of path at version is held, without
+// counting a request.
+func (h *Hot) Contains(path, version string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	el, ok := h.items[path]
+	return ok && el.Value.(*hotEntry).it.Version == version
+}
+
 // Admit offers a copy fetched from a peer. It is kept when it is requested
 // often enough, fits the budget and is requested more often than whatever it
 // would displace. It reports whether the copy was kept. it must hold its
