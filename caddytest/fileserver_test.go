@@ -262,9 +262,10 @@ func TestFileServerParityHTTPS(t *testing.T) {
 	}
 }
 
-// parity starts the three sites of the parity tests over scheme (http or
-// https), runs the table of parityCases against them, and returns their
-// base URLs: file_server, shardcache, shardcache on a copy of the tree.
+// parity starts the sites of the parity tests over scheme (http or https):
+// file_server, shardcache, shardcache on a copy of the tree, and shardcache
+// with a budget too small for most files; it runs the table of parityCases
+// against them and returns the base URLs of the first three.
 func parity(t *testing.T, scheme string) (fsBase, scBase, sc2Base string) {
 	t.Helper()
 	treeA := filepath.Join(t.TempDir(), "a")
@@ -274,7 +275,7 @@ func parity(t *testing.T, scheme string) (fsBase, scBase, sc2Base string) {
 	writeTree(t, treeB, files)
 
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	fsPort, scPort, sc2Port := freePort(t), freePort(t), freePort(t)
+	fsPort, scPort, sc2Port, sc3Port := freePort(t), freePort(t), freePort(t), freePort(t)
 	global, tls := globalBlock(admin), ""
 	if scheme == "https" {
 		global = globalBlock(admin, "skip_install_trust", "auto_https disable_redirects")
@@ -307,15 +308,42 @@ http://127.0.0.1:%d {
 		precompressed br zstd gzip
 	}
 }
-`, fsPort, treeA, scPort, treeA, sc2Port, treeB), "TLS", tls)
+
+http://127.0.0.1:%d {
+	TLS
+	shardcache {
+		root %s
+		memory 16KiB
+		index index.htm index.html
+		precompressed br zstd gzip
+	}
+}
+`, fsPort, treeA, scPort, treeA, sc2Port, treeB, sc3Port, treeA), "TLS", tls)
 	cf = strings.ReplaceAll(cf, "http://", scheme+"://")
 	n := startCaddy(t, cf)
-	waitPrimed(n, treeA)
 	waitPrimed(n, treeB)
+	waitFor(t, 30*time.Second, "both stores of "+treeA+" primed", func() bool {
+		return len(n.findLogs(func(e logEntry) bool { return isPrimed(e) && sameRoot(e, treeA) })) == 2
+	})
+	small := 0
+	for _, e := range n.findLogs(func(e logEntry) bool { return isPrimed(e) && sameRoot(e, treeA) }) {
+		if m, _ := e.num("memory"); m == 16<<10 {
+			small++
+			if r, ok := e.num("resident_bytes"); !ok || r > 16<<10 {
+				t.Errorf("the 16KiB store holds %v bytes: %s", r, e)
+			}
+		}
+	}
+	if small != 1 {
+		t.Errorf("%d primed log lines with memory 16384 for %s, want 1", small, treeA)
+	}
 
 	fsBase = fmt.Sprintf("%s://127.0.0.1:%d", scheme, fsPort)
 	scBase = fmt.Sprintf("%s://127.0.0.1:%d", scheme, scPort)
 	sc2Base = fmt.Sprintf("%s://127.0.0.1:%d", scheme, sc2Port)
+	// The fourth site holds almost nothing in memory: it serves the same
+	// table from storage.
+	sc3Base := fmt.Sprintf("%s://127.0.0.1:%d", scheme, sc3Port)
 	lastMod := fixedTime.Format(http.TimeFormat)
 
 	// etagOf returns base's ETag for c.path with c's Accept-Encoding.
@@ -350,13 +378,21 @@ http://127.0.0.1:%d {
 		want := send(fsBase, c)
 		got := send(scBase, c)
 		got2 := send(sc2Base, c)
+		got3 := send(sc3Base, c)
 		if d := diffResponses(c, want, got); d != "" {
 			mismatches++
 			if mismatches <= 40 {
 				t.Errorf("%s:\n%s", c, d)
 			}
 		}
+		if d := diffResponses(c, want, got3); d != "" {
+			mismatches++
+			if mismatches <= 40 {
+				t.Errorf("%s (served from storage: memory 16KiB):\n%s", c, d)
+			}
+		}
 		checkETags(t, c, want, got, got2)
+		checkETags(t, c, want, got, got3)
 	}
 	if mismatches > 40 {
 		t.Errorf("... and %d more mismatches", mismatches-40)
