@@ -143,7 +143,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	}
 //
 // hot and group matter only in a cluster (the shardcache global option).
-// Sizes take units: 512MiB, 8GiB, 100MB.
+// As for every handler directive, a first argument that starts with / is a
+// path matcher: write `shardcache * /srv/www` to give the root as an
+// argument. Sizes take units: 512MiB, 8GiB, 100MB.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -226,6 +228,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
+	}
+	if h.Root == "" {
+		// A lone argument starting with / was taken as a path matcher.
+		return d.Err("shardcache: missing root (`shardcache * /srv/www`, or `root /srv/www` in its block; a lone `/path` argument is a matcher)")
 	}
 	return nil
 }

@@ -4,7 +4,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
@@ -67,6 +69,9 @@ func TestUnmarshalCaddyfileErrors(t *testing.T) {
 		"shardcache /a {\n pass_thru yes\n}":             "pass_thru: unexpected argument 'yes'",
 		"shardcache /a {\n\n\n rooot /b\n}":              "unrecognized subdirective 'rooot', at Testfile:4",
 		"shardcache /a {\n memory 1GiB\n memory 2GiB\n}": "memory already specified, at Testfile:3",
+		"shardcache {\n memory 1GiB\n}":                  "shardcache: missing root",
+		"shardcache {\n hot lots\n}":                     "hot: bad size 'lots'",
+		"shardcache {\n group\n}":                        "group: missing name",
 	} {
 		var h Handler
 		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
@@ -120,5 +125,84 @@ func TestCleanPath(t *testing.T) {
 		if got := cleanPath(in); got != want {
 			t.Errorf("cleanPath(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestUnmarshalGlobalOption(t *testing.T) {
+	input := `shardcache {
+		node   n1 127.0.0.2:7946
+		peer   n2 127.0.0.3:7946
+		peer   n3 127.0.0.4:7946
+		secret {env.SHARDCACHE_SECRET}
+		fetch_timeout 500ms
+	}`
+	var a App
+	if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		t.Fatal(err)
+	}
+	if a.Node == nil || *a.Node != (Member{"n1", "127.0.0.2:7946"}) {
+		t.Errorf("node = %+v", a.Node)
+	}
+	if want := []Member{{"n2", "127.0.0.3:7946"}, {"n3", "127.0.0.4:7946"}}; !reflect.DeepEqual(a.Peers, want) {
+		t.Errorf("peers = %+v, want %+v", a.Peers, want)
+	}
+	if a.Secret != "{env.SHARDCACHE_SECRET}" || a.FetchTimeout != caddy.Duration(500*time.Millisecond) {
+		t.Errorf("secret %q, fetch_timeout %v", a.Secret, a.FetchTimeout)
+	}
+
+	var b App
+	if err := b.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`shardcache {
+		node n1 10.0.0.1:7946
+		tls  /c.pem /k.pem /ca.pem
+	}`)); err != nil {
+		t.Fatal(err)
+	}
+	if b.TLS == nil || *b.TLS != (TLSFiles{"/c.pem", "/k.pem", "/ca.pem"}) {
+		t.Errorf("tls = %+v", b.TLS)
+	}
+}
+
+func TestUnmarshalGlobalOptionErrors(t *testing.T) {
+	for input, want := range map[string]string{
+		"shardcache {\n node n1\n secret 0123456789abcdef\n}":           "node: want <name> <san_host:port>, got 1 arguments, at Testfile:2",
+		"shardcache {\n node n1 a:1\n node n2 b:1\n}":                   "node already specified, at Testfile:3",
+		"shardcache {\n peer n2 b:1\n secret 0123456789abcdef\n}":       "missing `node",
+		"shardcache {\n node n1 a:1\n}":                                 "missing `secret <value>` or `tls",
+		"shardcache {\n node n1 a:1\n secret x\n tls a b c\n}":          "either secret or tls",
+		"shardcache {\n node n1 a:1\n tls a b\n}":                       "tls: want <cert_file> <key_file> <ca_file>, got 2 arguments, at Testfile:3",
+		"shardcache {\n node n1 a:1\n secret s\n fetch_timeout soon\n}": "fetch_timeout: bad duration 'soon', at Testfile:4",
+		"shardcache {\n node n1 a:1\n secret s\n\n replicas 2x\n}":      "unrecognized shardcache option 'replicas', at Testfile:5",
+		"shardcache on {\n}":                                            "unexpected argument 'on'",
+	} {
+		var a App
+		err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q:\ngot  %v\nwant it to contain %q", input, err, want)
+		}
+	}
+}
+
+func TestAppValidate(t *testing.T) {
+	base := func() App {
+		return App{Node: &Member{"n1", "127.0.0.2:7946"}, Peers: []Member{{"n2", "127.0.0.3:7946"}}, Secret: "x"}
+	}
+	for _, tc := range []struct {
+		mod  func(*App)
+		want string
+	}{
+		{func(a *App) { a.Node.Name = "n_1" }, `node "n_1": a node name is a DNS label`},
+		{func(a *App) { a.Peers[0].Name = "n1" }, "peer n1: name already used by node"},
+		{func(a *App) { a.Peers[0].Address = "127.0.0.3" }, `peer n2: bad address "127.0.0.3"`},
+		{func(a *App) { a.Secret = "" }, "needs `secret <value>` or `tls"},
+	} {
+		a := base()
+		tc.mod(&a)
+		if err := a.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("got %v, want an error containing %q", err, tc.want)
+		}
+	}
+	a := base()
+	if err := a.validate(); err != nil {
+		t.Errorf("valid app: %v", err)
 	}
 }
