@@ -32,7 +32,7 @@ func (s *Store) prime() {
 	start := time.Now()
 	s.log.Info("priming", zap.Int64("memory", s.budget), zap.Int("workers", s.workers))
 
-	s.scanTree("/", nil)
+	s.walkParallel()
 	if s.ctx.Err() != nil {
 		return
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"sync"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -70,48 +71,99 @@ func missing(err error) bool {
 // watching every directory before listing it, and applies what it finds:
 // new and changed files go to aff, vanished ones are forgotten.
 func (s *Store) scanTree(d string, aff affected) {
-	r, err := s.fsRoot()
-	if err != nil {
-		return
-	}
 	stack := []string{d}
-	for len(stack) > 0 {
-		if s.ctx.Err() != nil {
-			return
-		}
+	for len(stack) > 0 && s.ctx.Err() == nil {
 		dir := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		rel, _ := relPath(dir)
-
-		s.scanMu.Lock()
-		s.addWatch(dir) // before listing: what is created after the listing makes an event
-		var ents []obs
-		err := realDir(r, rel)
-		if err == nil {
-			ents, err = listDir(r, rel)
-		}
-		s.mu.Lock()
-		switch {
-		case err != nil && missing(err):
-			if dir != "/" {
-				s.removeLocked(dir, aff)
-			}
-		case err != nil:
-			s.log.Warn("listing directory", zap.String("path", dir), zap.Error(err))
-		default:
-			if s.dirs[dir] == nil && (dir == "/" || s.dirs[path.Dir(dir)] != nil) {
-				if s.files[dir] != nil {
-					s.removeFileLocked(dir, aff)
-				}
-				s.addDirLocked(dir)
-			}
-			if s.dirs[dir] != nil {
-				stack = append(stack, s.applyListingLocked(dir, ents, aff)...)
-			}
-		}
-		s.mu.Unlock()
-		s.scanMu.Unlock()
+		stack = append(stack, s.scanDir(dir, aff, false)...)
 	}
+}
+
+// walkParallel is scanTree("/", nil) with s.workers directories listed at
+// a time: priming's first walk, where no two walkers list the same
+// directory (the listings of a directory must apply in the order they were
+// taken; the updater's scans are exclusive).
+func (s *Store) walkParallel() {
+	var (
+		mu      sync.Mutex
+		cond    = sync.NewCond(&mu)
+		stack   = []string{"/"}
+		pending = 1 // directories queued or being listed
+		wg      sync.WaitGroup
+	)
+	for range s.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			mu.Lock()
+			defer mu.Unlock()
+			for {
+				for len(stack) == 0 && pending > 0 {
+					cond.Wait()
+				}
+				if pending == 0 {
+					return
+				}
+				dir := stack[len(stack)-1]
+				stack = stack[:len(stack)-1]
+				mu.Unlock()
+				var subs []string
+				if s.ctx.Err() == nil {
+					subs = s.scanDir(dir, nil, true)
+				}
+				mu.Lock()
+				stack = append(stack, subs...)
+				pending += len(subs) - 1
+				cond.Broadcast()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// scanDir watches and lists directory dir and applies the listing; it
+// returns the subdirectories. shared lets other shared listings of other
+// directories run meanwhile.
+func (s *Store) scanDir(dir string, aff affected, shared bool) []string {
+	r, err := s.fsRoot()
+	if err != nil {
+		return nil
+	}
+	rel, _ := relPath(dir)
+	if shared {
+		s.scanMu.RLock()
+		defer s.scanMu.RUnlock()
+	} else {
+		s.scanMu.Lock()
+		defer s.scanMu.Unlock()
+	}
+	s.addWatch(dir) // before listing: what is created after the listing makes an event
+	var ents []obs
+	err = realDir(r, rel)
+	if err == nil {
+		ents, err = listDir(r, rel)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case err != nil && missing(err):
+		if dir != "/" {
+			s.removeLocked(dir, aff)
+		}
+	case err != nil:
+		s.log.Warn("listing directory", zap.String("path", dir), zap.Error(err))
+	default:
+		if s.dirs[dir] == nil && (dir == "/" || s.dirs[path.Dir(dir)] != nil) {
+			if s.files[dir] != nil {
+				s.removeFileLocked(dir, aff)
+			}
+			s.addDirLocked(dir)
+		}
+		if s.dirs[dir] != nil {
+			return s.applyListingLocked(dir, ents, aff)
+		}
+	}
+	return nil
 }
 
 // refreshPaths looks at each path again (after file-system events or

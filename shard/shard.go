@@ -48,7 +48,8 @@ type Item struct {
 	ETag string
 
 	// Body holds the content when the item is resident in memory; nil when
-	// it is not (over budget, or not primed yet): read it with Store.Open.
+	// it is not (over the memory budget, or a transient item of a file over
+	// 1 MiB read on demand): read it with Store.Open. Never modify it.
 	Body []byte
 
 	// Variants are the precompressed siblings (x.css.br, x.css.gz,
@@ -89,7 +90,10 @@ type Config struct {
 	Root string
 
 	// Memory is the hard budget, in bytes, for item bodies (and their
-	// variants) held in memory. 0 means no limit.
+	// variants) held in memory. 0 means no limit. Files that do not fit are
+	// still hashed and listed, and are served from storage through Open;
+	// priming gives the budget to the smallest files first. Transient items
+	// (read on demand, not kept by the store) are not counted.
 	Memory int64
 
 	// Precompressed lists the encodings whose sibling files are attached to
@@ -99,8 +103,11 @@ type Config struct {
 	Precompressed []string
 
 	// Owns reports whether this node owns the item at path (for the
-	// cluster). Items it does not own are neither primed nor watched.
-	// nil means the node owns everything.
+	// cluster). Items it does not own are neither primed nor published;
+	// Lookup still answers them, from storage. A precompressed sibling
+	// follows the item it compresses. nil means the node owns everything.
+	// It is called with the store's lock held: it must be fast and must not
+	// call the Store. Its answers are taken as fixed for the Store's life.
 	Owns func(path string) bool
 
 	// Workers is the number of files read in parallel while priming.

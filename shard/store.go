@@ -48,8 +48,9 @@ type Store struct {
 
 	// scanMu serializes observing storage and applying what was seen (a
 	// directory listing, an lstat), so observations apply in the order they
-	// were made.
-	scanMu sync.Mutex
+	// were made. Priming's walk lists different directories in parallel,
+	// each under the read lock.
+	scanMu sync.RWMutex
 
 	ready    atomic.Bool
 	closed   atomic.Bool

@@ -17,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // writeTree creates files (slash paths relative to dir) with their contents.
@@ -557,6 +558,62 @@ func TestOpenFromStorage(t *testing.T) {
 	defer f.Close()
 	if _, ok := f.(*os.File); !ok {
 		t.Errorf("Open of a non-resident body returned %T; want *os.File (sendfile)", f)
+	}
+}
+
+func TestCloseWhilePriming(t *testing.T) {
+	base := runtime.NumGoroutine()
+	files := make(map[string]string)
+	for i := range 200 {
+		files[fmt.Sprintf("d%d/f%d", i%7, i)] = strings.Repeat("x", i)
+	}
+	gate := make(chan struct{})
+	reached := make(chan struct{}, 1)
+	beforePrimeRead = func(string) {
+		select {
+		case reached <- struct{}{}:
+		default:
+		}
+		<-gate
+	}
+	t.Cleanup(func() { beforePrimeRead = nil })
+	s := newStore(t, Config{Workers: 2}, files)
+	s.Start()
+	<-reached
+	time.AfterFunc(20*time.Millisecond, func() { close(gate) })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Ready() {
+		t.Error("ready after Close in the middle of priming")
+	}
+	if _, _, err := s.Lookup("/d1/f1"); !errors.Is(err, ErrClosed) {
+		t.Errorf("Lookup after Close = %v; want ErrClosed", err)
+	}
+	waitFor(t, 2*time.Second, fmt.Sprintf("goroutines back to %d", base), func() bool {
+		return runtime.NumGoroutine() <= base
+	})
+}
+
+func TestBudgetWarning(t *testing.T) {
+	core, logs := observer.New(zap.InfoLevel)
+	s := newStore(t, Config{Memory: 100, Logger: zap.New(core)}, map[string]string{
+		"a": strings.Repeat("a", 60), "b": strings.Repeat("b", 30), "c": strings.Repeat("c", 50),
+	})
+	startReady(t, s)
+	warns := logs.FilterLevelExact(zap.WarnLevel).All()
+	if len(warns) != 1 {
+		t.Fatalf("%d warnings; want 1: %v", len(warns), warns)
+	}
+	got := warns[0].ContextMap()
+	want := map[string]int64{"budget": 100, "total_bytes": 140, "held_bytes": 80, "held_items": 2, "not_held_items": 1}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("warning field %s = %v; want %d", k, got[k], v)
+		}
+	}
+	if n := len(logs.FilterMessage("primed").All()); n != 1 {
+		t.Errorf("%d 'primed' logs; want 1", n)
 	}
 }
 
