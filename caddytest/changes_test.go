@@ -2,10 +2,12 @@ package integration
 
 import (
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,9 +22,15 @@ const changeDeadline = 2 * time.Second
 // it took.
 func waitServed(t *testing.T, base, path string, since time.Time, what string, check func(*response) bool) (*response, time.Duration) {
 	t.Helper()
+	return waitServedWith(t, base, path, nil, since, what, check)
+}
+
+// waitServedWith is waitServed with request headers.
+func waitServedWith(t *testing.T, base, path string, headers []string, since time.Time, what string, check func(*response) bool) (*response, time.Duration) {
+	t.Helper()
 	var last *response
 	for i := 0; i < 1000; i++ {
-		r := get(t, base, path)
+		r := get(t, base, path, headers...)
 		if check(r) {
 			return r, time.Since(since)
 		}
@@ -32,7 +40,7 @@ func waitServed(t *testing.T, base, path string, since time.Time, what string, c
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
-	t.Fatalf("%s: not served within %s of the change; last answer to GET %s: %d %s", what, changeDeadline, path, last.status, preview(last.body))
+	t.Fatalf("%s: not served within %s of the change; last answer to GET %s %v: %d %v %s", what, changeDeadline, path, headers, last.status, last.header, preview(last.body))
 	return nil, 0
 }
 
@@ -273,4 +281,100 @@ func writeInPlace(p string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// TestChangesSidecarsAndDirs checks changes to precompressed sidecars and
+// to whole directories: a sidecar created, changed and removed; a directory
+// removed and one renamed.
+func TestChangesSidecarsAndDirs(t *testing.T) {
+	needCaddy(t)
+	css := []byte(strings.Repeat("p { margin: 0 }\n", 100))
+	root := filepath.Join(t.TempDir(), "site")
+	writeTree(t, root, map[string][]byte{
+		"app.css":       css,
+		"dir/a.txt":     []byte("a\n"),
+		"dir/sub/b.txt": []byte("b\n"),
+		"old/x.txt":     []byte("x\n"),
+	})
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	port := freePort(t)
+	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
+http://127.0.0.1:%d {
+	shardcache * %s {
+		precompressed gzip
+	}
+}
+`, port, root))
+	waitPrimed(n, root)
+	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+
+	gzHdr := []string{"Accept-Encoding: gzip"}
+	getGz := func() *response { return get(t, base, "/app.css", gzHdr...) }
+	if r := getGz(); r.header.Get("Content-Encoding") != "" || !bytes.Equal(r.body, css) {
+		t.Fatalf("GET /app.css (gzip accepted, no sidecar yet): %d %q", r.status, r.header.Get("Content-Encoding"))
+	}
+	gz1, gz2 := gzipBytes(css, 1), gzipBytes(css, 9)
+	if bytes.Equal(gz1, gz2) {
+		gz2 = append(gz2[:len(gz2):len(gz2)], 0) // trailing garbage; the server does not decode
+	}
+
+	// A sidecar appears.
+	now := time.Now()
+	if err := os.WriteFile(filepath.Join(root, "app.css.gz"), gz1, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServedWith(t, base, "/app.css", gzHdr, now, "a new app.css.gz", func(r *response) bool {
+		return r.status == 200 && r.header.Get("Content-Encoding") == "gzip" && bytes.Equal(r.body, gz1)
+	})
+	e1 := getGz().header.Get("Etag")
+
+	// It changes.
+	now = time.Now()
+	if err := os.WriteFile(filepath.Join(root, "app.css.gz"), gz2, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitServedWith(t, base, "/app.css", gzHdr, now, "a changed app.css.gz", func(r *response) bool {
+		return r.status == 200 && r.header.Get("Content-Encoding") == "gzip" && bytes.Equal(r.body, gz2)
+	})
+	if e2 := getGz().header.Get("Etag"); e2 == e1 {
+		t.Errorf("ETag of the gzip variant did not change with its bytes: %s", e2)
+	}
+	if r := get(t, base, "/app.css"); !bytes.Equal(r.body, css) || r.header.Get("Content-Encoding") != "" {
+		t.Errorf("GET /app.css without Accept-Encoding after the sidecar changed: %q, %d bytes", r.header.Get("Content-Encoding"), len(r.body))
+	}
+
+	// It goes away: the file itself is served again.
+	now = time.Now()
+	if err := os.Remove(filepath.Join(root, "app.css.gz")); err != nil {
+		t.Fatal(err)
+	}
+	waitServedWith(t, base, "/app.css", gzHdr, now, "app.css after its sidecar was removed", func(r *response) bool {
+		return r.status == 200 && r.header.Get("Content-Encoding") == "" && bytes.Equal(r.body, css)
+	})
+
+	// A directory removed, another renamed.
+	now = time.Now()
+	if err := os.RemoveAll(filepath.Join(root, "dir")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(root, "old"), filepath.Join(root, "new")); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]int{"/dir/a.txt": 404, "/dir/sub/b.txt": 404, "/dir/": 404, "/old/x.txt": 404, "/new/x.txt": 200} {
+		waitServed(t, base, path, now, fmt.Sprintf("%s → %d", path, want), func(r *response) bool {
+			return r.status == want
+		})
+	}
+	if r := get(t, base, "/new/x.txt"); string(r.body) != "x\n" {
+		t.Errorf("GET /new/x.txt: %q", r.body)
+	}
+}
+
+// gzipBytes compresses b at the given level.
+func gzipBytes(b []byte, level int) []byte {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, level)
+	_, _ = zw.Write(b)
+	_ = zw.Close()
+	return buf.Bytes()
 }
