@@ -88,6 +88,9 @@ func (s *Store) finishLocked(j *job, c *content, err error) {
 		}
 		return
 	}
+	if !s.needLocked(j.path) {
+		return // no longer ours (a sibling whose base changed owner)
+	}
 	old := rec.data
 	if !old.same(c) {
 		if c.body != nil && s.budget > 0 && s.held.Load()-old.held()+c.held() > s.budget {

@@ -61,16 +61,53 @@ func (s *Store) run() {
 		s.watch.w = w
 	}
 	s.watch.running.Store(true)
-	done := make(chan struct{})
+	var bg sync.WaitGroup
+	if w != nil {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			s.pump(w)
+		}()
+	}
+	bg.Add(1)
 	go func() {
-		defer close(done)
+		defer bg.Done()
 		s.update()
 	}()
 	s.prime()
-	<-done
+	bg.Wait() // both return when the store is closed
 	s.watch.running.Store(false)
 	if w != nil {
 		w.Close()
+	}
+}
+
+// pump moves the watcher's events into the kick queue as they come. It
+// never waits for the updater: fsnotify sends some errors while holding the
+// lock that Add and Remove (called by the updater) need, so the updater
+// must not be the one draining its channels.
+func (s *Store) pump(w *fsnotify.Watcher) {
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			s.stats.events.Add(1)
+			if p, ok := s.eventPath(ev.Name); ok {
+				s.kick(p, ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write), debounce)
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			s.log.Warn("file watcher", zap.Error(err))
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				s.kick("/", false, debounce) // events were lost: scan everything
+			}
+		}
 	}
 }
 
@@ -124,8 +161,10 @@ func (s *Store) eventPath(name string) (string, bool) {
 }
 
 // kick asks the updater to look at p again after delay (force: reload it
-// even if its size and modification time look unchanged). It never blocks
-// and may be called with s.mu held.
+// even if its size and modification time look unchanged); a path kicked
+// again before then keeps the earlier time, so a file written continuously
+// is still looked at every delay. It never blocks and may be called with
+// s.mu held.
 func (s *Store) kick(p string, force bool, delay time.Duration) {
 	if !s.watch.running.Load() {
 		return
@@ -162,32 +201,15 @@ func (s *Store) rescanInterval() time.Duration {
 }
 
 // update is the updater: the one goroutine that applies changes seen on
-// storage after priming has queued its work (and reports them to
-// OnChange, in order). It exits when the store is closed.
+// storage (events and kicks, after their delay; rescans) once priming has
+// queued its work, and reports them to OnChange, in order. It exits when
+// the store is closed.
 func (s *Store) update() {
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	if w := s.watch.w; w != nil {
-		events, errs = w.Events, w.Errors
-	}
 	dirty := make(map[string]pending)
 	var next time.Time // earliest due in dirty; zero if none
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
-	mark := func(p string, pd pending) {
-		if old, ok := dirty[p]; ok {
-			if old.due.Before(pd.due) {
-				pd.due = old.due
-			}
-			pd.force = pd.force || old.force
-		}
-		dirty[p] = pd
-		if next.IsZero() || pd.due.Before(next) {
-			next = pd.due
-			timer.Reset(max(time.Until(next), 0))
-		}
-	}
 
 	primed := s.primedCh
 	var rescan <-chan time.Time
@@ -210,33 +232,23 @@ func (s *Store) update() {
 			ticker = time.NewTicker(interval)
 			rescan = ticker.C
 
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			s.stats.events.Add(1)
-			if p, ok := s.eventPath(ev.Name); ok {
-				mark(p, pending{due: time.Now().Add(debounce), force: ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write)})
-			}
-
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			s.log.Warn("file watcher", zap.Error(err))
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				mark("/", pending{due: time.Now().Add(debounce)}) // lost events: scan everything
-			}
-
 		case <-s.watch.kickCh:
 			s.watch.kickMu.Lock()
 			kicked := s.watch.kicked
 			s.watch.kicked = nil
 			s.watch.kickMu.Unlock()
 			for p, pd := range kicked {
-				mark(p, pd)
+				if old, ok := dirty[p]; ok {
+					if old.due.Before(pd.due) {
+						pd.due = old.due
+					}
+					pd.force = pd.force || old.force
+				}
+				dirty[p] = pd
+				if next.IsZero() || pd.due.Before(next) {
+					next = pd.due
+					timer.Reset(max(time.Until(next), 0))
+				}
 			}
 
 		case <-timer.C:
