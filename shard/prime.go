@@ -32,6 +32,19 @@ func (s *Store) prime() {
 	start := time.Now()
 	s.log.Info("priming", zap.Int64("memory", s.budget), zap.Int("workers", s.workers))
 
+	stopLog := make(chan struct{})
+	var logWG sync.WaitGroup
+	logWG.Add(1)
+	go func() {
+		defer logWG.Done()
+		s.logProgress(start, stopLog)
+	}()
+	stopProgress := sync.OnceFunc(func() {
+		close(stopLog)
+		logWG.Wait()
+	})
+	defer stopProgress()
+
 	s.walkParallel()
 	if s.ctx.Err() != nil {
 		return
@@ -77,14 +90,6 @@ func (s *Store) prime() {
 			zap.Int64("not_held_items", int64(len(plan))-fitItems),
 			zap.Int64("not_held_bytes", total-fit))
 	}
-
-	stopLog := make(chan struct{})
-	var logWG sync.WaitGroup
-	logWG.Add(1)
-	go func() {
-		defer logWG.Done()
-		s.logProgress(start, stopLog)
-	}()
 
 	jobs := make(chan *job)
 	var wg sync.WaitGroup
@@ -140,8 +145,7 @@ dispatch:
 	}
 	close(jobs)
 	wg.Wait()
-	close(stopLog)
-	logWG.Wait()
+	stopProgress()
 	if s.ctx.Err() != nil {
 		return
 	}
@@ -172,6 +176,15 @@ func (s *Store) logProgress(start time.Time, stop <-chan struct{}) {
 			return
 		case <-t.C:
 			p := s.Progress()
+			if p.TotalItems == 0 && p.Items == 0 {
+				s.mu.RLock()
+				n := len(s.files)
+				s.mu.RUnlock()
+				s.log.Info("priming: walking the tree",
+					zap.Int("files_found", n),
+					zap.Int64("dirs_found", s.stats.dirs.Load()))
+				continue
+			}
 			s.log.Info("priming progress",
 				zap.Int64("items", p.Items),
 				zap.Int64("total_items", p.TotalItems),
