@@ -8,33 +8,26 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"time"
 )
 
-// content is one file as last read from storage: what an Item or a Variant
-// is built from. Immutable once made.
-type content struct {
-	size    int64
-	mtime   time.Time
-	ctype   string
-	version string // hex of the first 16 bytes of the SHA-256 of the bytes
-	etag    string // `"` + version + `"`
-	body    []byte // nil when the bytes are not held
-}
+// The store keeps, for every file it loaded, an Item with no Variants: the
+// file's own data. An item without precompressed siblings is published as
+// that very Item; one with siblings as a copy that adds the Variants.
 
-// held is the number of body bytes c keeps in memory.
-func (c *content) held() int64 {
-	if c == nil {
+// held is the number of body bytes it keeps in memory.
+func held(it *Item) int64 {
+	if it == nil {
 		return 0
 	}
-	return int64(len(c.body))
+	return int64(len(it.Body))
 }
 
-// same reports whether c and d describe the same bytes with the same
-// metadata and residency, so that d can be dropped in favour of c.
-func (c *content) same(d *content) bool {
-	return c != nil && d != nil && c.version == d.version && c.size == d.size &&
-		c.mtime.Equal(d.mtime) && c.ctype == d.ctype && (c.body == nil) == (d.body == nil)
+// sameContent reports whether a and b (file data, no Variants) describe the
+// same bytes with the same metadata and residency, so that b can be dropped
+// in favour of a.
+func sameContent(a, b *Item) bool {
+	return a != nil && b != nil && a.Version == b.Version && a.Size == b.Size &&
+		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && (a.Body == nil) == (b.Body == nil)
 }
 
 // sniffLen is how many leading bytes http.DetectContentType looks at.
@@ -56,11 +49,15 @@ func contentType(p string, head []byte) string {
 // accelerated (SHA-NI, ARMv8 crypto) on the machines this runs on.
 func newHash() hash.Hash { return sha256.New() }
 
-// version turns a finished content hash into the item's version string: the
-// first 16 bytes in hex (128 bits are plenty to tell versions apart).
-func version(h hash.Hash) string {
+// etag turns a finished content hash into the item's ETag: the first 16
+// bytes in hex (128 bits are plenty to tell versions apart), quoted. The
+// Version is the same string without the quotes.
+func etag(h hash.Hash) string {
 	var sum [sha256.Size]byte
-	return hex.EncodeToString(h.Sum(sum[:0])[:16])
+	var b [2 + 2*16]byte
+	b[0], b[len(b)-1] = '"', '"'
+	hex.Encode(b[1:], h.Sum(sum[:0])[:16])
+	return string(b[:])
 }
 
 // encoding is a precompressed variant's Content-Encoding and file suffix.
@@ -89,38 +86,37 @@ func siblingBase(encs []encoding, p string) (string, bool) {
 	return "", false
 }
 
-// newItem builds the Item for the file at p from its content and the
-// contents of its precompressed siblings (nil where there is none), which
-// are in the store's order of preference.
-func newItem(p string, c *content, encs []encoding, sibs []*content) *Item {
-	it := &Item{
-		Path:        p,
-		Size:        c.size,
-		ModTime:     c.mtime,
-		ContentType: c.ctype,
-		ETag:        c.etag,
-		Body:        c.body,
-		Version:     c.version,
+// withVariants returns the Item to publish for the file data base and the
+// data of its precompressed siblings (nil where there is none, in the
+// store's order of preference): base itself when there are none.
+func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
+	if sibs == nil {
+		return base
 	}
+	it := *base
+	it.Variants = make([]Variant, 0, len(sibs))
 	for i, v := range sibs {
 		if v == nil {
 			continue
 		}
 		it.Variants = append(it.Variants, Variant{
 			Encoding: encs[i].name,
-			Size:     v.size,
-			ModTime:  v.mtime,
-			ETag:     v.etag,
-			Body:     v.body,
+			Size:     v.Size,
+			ModTime:  v.ModTime,
+			ETag:     v.ETag,
+			Body:     v.Body,
 		})
 	}
-	return it
+	return &it
 }
 
 // sameItem reports whether a and b are interchangeable: same metadata and
 // the very same body slices (not merely equal bytes), so keeping a instead of
 // b keeps no extra memory alive.
 func sameItem(a, b *Item) bool {
+	if a == b {
+		return true
+	}
 	if a == nil || b == nil {
 		return a == b
 	}

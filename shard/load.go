@@ -29,7 +29,7 @@ func (s *Store) startLoadLocked(p string) *job {
 	rec.loading = true
 	rec.queued = false
 	rec.dirty = false
-	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: rec.data.held()}
+	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: held(rec.data)}
 }
 
 // reserveLocked reserves n body bytes against the budget, counting the
@@ -67,7 +67,7 @@ func (s *Store) wantBody(j *job) func(int64) bool {
 
 // finishLocked installs the result of j (if it is still the latest load of
 // its file) and republishes what depends on it.
-func (s *Store) finishLocked(j *job, c *content, err error) {
+func (s *Store) finishLocked(j *job, c *Item, err error) {
 	s.reserved -= j.res
 	rec := j.rec
 	if s.files[j.path] != rec || rec.loadSeq != j.seq {
@@ -92,14 +92,14 @@ func (s *Store) finishLocked(j *job, c *content, err error) {
 		return // no longer ours (a sibling whose base changed owner)
 	}
 	old := rec.data
-	if !old.same(c) {
-		if c.body != nil && s.budget > 0 && s.held.Load()-old.held()+c.held() > s.budget {
-			c.body = nil // the hard limit wins over any plan
+	if !sameContent(old, c) {
+		if c.Body != nil && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
+			c.Body = nil // the hard limit wins over any plan
 		}
-		s.held.Add(c.held() - old.held())
+		s.held.Add(held(c) - held(old))
 		rec.data = c
 	}
-	if rec.dirty || rec.size != c.size || !rec.mtime.Equal(c.mtime) {
+	if rec.dirty || rec.size != c.Size || !rec.mtime.Equal(c.ModTime) {
 		// Storage was seen to change after this load began: look again.
 		s.kick(j.path, rec.dirty, 0)
 	}
@@ -124,11 +124,11 @@ func (s *Store) runJobs(jobs []*job) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, lerr := s.readFile(s.ctx, j.path[1:], s.wantBody(j))
+			c, lerr := s.readFile(s.ctx, j.path, s.wantBody(j))
 			if lerr == nil {
 				s.stats.reloads.Add(1)
 				s.stats.storageReads.Add(1)
-				s.stats.storageBytes.Add(c.size)
+				s.stats.storageBytes.Add(c.Size)
 			}
 			s.mu.Lock()
 			s.finishLocked(j, c, lerr)

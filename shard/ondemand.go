@@ -19,29 +19,29 @@ const transientBodyMax = 1 << 20
 // memoMax bounds the number of large files whose hash is remembered.
 const memoMax = 1024
 
-// memo remembers the content (without body) of large files read on demand,
+// memo remembers the data (without body) of large files read on demand,
 // by path, so that looking one up again while it has not changed (same size
 // and modification time) does not hash it again.
 type memo struct {
 	mu sync.Mutex
-	m  map[string]*content
+	m  map[string]*Item
 }
 
-func (m *memo) get(p string, fi fs.FileInfo) *content {
+func (m *memo) get(p string, fi fs.FileInfo) *Item {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.m[p]
-	if c == nil || c.size != fi.Size() || !c.mtime.Equal(fi.ModTime()) {
+	if c == nil || c.Size != fi.Size() || !c.ModTime.Equal(fi.ModTime()) {
 		return nil
 	}
 	return c
 }
 
-func (m *memo) put(p string, c *content) {
+func (m *memo) put(p string, c *Item) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.m == nil || len(m.m) >= memoMax {
-		m.m = make(map[string]*content) // crude, and enough: it only saves re-hashing
+		m.m = make(map[string]*Item) // crude, and enough: it only saves re-hashing
 	}
 	m.m[p] = c
 }
@@ -105,7 +105,7 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 		}
 		return nil, false, fmt.Errorf("shard: reading %s: %w", p, err)
 	}
-	var sibs []*content
+	var sibs []*Item
 	for i, e := range s.encs {
 		sfi, err := r.Lstat(rel + e.ext)
 		if err != nil || !sfi.Mode().IsRegular() {
@@ -113,28 +113,28 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 		}
 		if v, err := s.readTransient(p+e.ext, sfi); err == nil {
 			if sibs == nil {
-				sibs = make([]*content, len(s.encs))
+				sibs = make([]*Item, len(s.encs))
 			}
 			sibs[i] = v
 		}
 	}
-	return newItem(p, c, s.encs, sibs), false, nil
+	return withVariants(c, s.encs, sibs), false, nil
 }
 
 // readTransient reads the file at p (lstat'ed as fi) for a transient Item.
-func (s *Store) readTransient(p string, fi fs.FileInfo) (*content, error) {
+func (s *Store) readTransient(p string, fi fs.FileInfo) (*Item, error) {
 	if fi.Size() > transientBodyMax {
 		if c := s.memo.get(p, fi); c != nil {
 			return c, nil
 		}
 	}
-	c, err := s.readFile(s.ctx, p[1:], func(size int64) bool { return size <= transientBodyMax })
+	c, err := s.readFile(s.ctx, p, func(size int64) bool { return size <= transientBodyMax })
 	if err != nil {
 		return nil, err
 	}
 	s.stats.storageReads.Add(1)
-	s.stats.storageBytes.Add(c.size)
-	if c.body == nil && c.size > 0 {
+	s.stats.storageBytes.Add(c.Size)
+	if c.Body == nil && c.Size > 0 {
 		s.memo.put(p, c)
 	}
 	return c, nil

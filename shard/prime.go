@@ -101,10 +101,10 @@ func (s *Store) prime() {
 				if beforePrimeRead != nil {
 					beforePrimeRead(j.path)
 				}
-				c, lerr := s.readFile(s.ctx, j.path[1:], s.wantBody(j))
+				c, lerr := s.readFile(s.ctx, j.path, s.wantBody(j))
 				if lerr == nil {
 					s.primed.items.Add(1)
-					s.primed.bytes.Add(c.size)
+					s.primed.bytes.Add(c.Size)
 				}
 				s.mu.Lock()
 				s.finishLocked(j, c, lerr)

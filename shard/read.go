@@ -25,12 +25,12 @@ const readChunk = 256 << 10
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 
-// readFile reads the regular file rel (root-relative) from storage and
-// returns its content. Once the size is known, wantBody says whether to hold
+// readFile reads the regular file at p (slash-rooted) from storage and
+// returns its data as an Item without Variants. Once the size is known, wantBody says whether to hold
 // the bytes (true) or only hash them while streaming (false), so a file is
 // read once either way.
-func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int64) bool) (*content, error) {
-	f, err := s.openRead(rel)
+func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
+	f, err := s.openRead(p[1:])
 	if err != nil {
 		return nil, err
 	}
@@ -42,11 +42,11 @@ func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int
 	if !regular {
 		return nil, errNotRegular
 	}
-	c := &content{size: size, mtime: mtime}
+	c := &Item{Path: p, Size: size, ModTime: mtime}
 	h := newHash()
 	var head []byte
-	if wantBody(c.size) {
-		body := make([]byte, c.size)
+	if wantBody(c.Size) {
+		body := make([]byte, c.Size)
 		for off := 0; off < len(body); {
 			if err := ctx.Err(); err != nil {
 				return nil, err
@@ -63,8 +63,8 @@ func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int
 			off += n
 		}
 		head = body
-		if c.size > 0 {
-			c.body = body
+		if c.Size > 0 {
+			c.Body = body
 		}
 	} else {
 		bp := chunkPool.Get().(*[]byte)
@@ -90,7 +90,7 @@ func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int
 				return nil, err
 			}
 		}
-		if total != c.size {
+		if total != c.Size {
 			return nil, errChanging
 		}
 	}
@@ -98,12 +98,12 @@ func (s *Store) readFile(ctx context.Context, rel string, wantBody func(size int
 	if err != nil {
 		return nil, err
 	}
-	if size != c.size || !mtime.Equal(c.mtime) {
+	if size != c.Size || !mtime.Equal(c.ModTime) {
 		return nil, errChanging
 	}
-	c.ctype = contentType(rel, head)
-	c.version = version(h)
-	c.etag = `"` + c.version + `"`
+	c.ContentType = contentType(p, head)
+	c.ETag = etag(h)
+	c.Version = c.ETag[1 : len(c.ETag)-1]
 	return c, nil
 }
 

@@ -14,7 +14,7 @@ import (
 type fileRec struct {
 	size  int64     // last observed (walk, rescan, event)
 	mtime time.Time // last observed
-	data  *content  // last loaded content; nil if not loaded (or not ours)
+	data  *Item     // last loaded data (no Variants); nil if not loaded (or not ours)
 
 	loadSeq uint64 // the latest load started; older loads are dropped
 	queued  bool   // waiting in the priming queue: priming will read it
@@ -25,7 +25,7 @@ type fileRec struct {
 
 // stale reports whether rec needs (re)loading to match storage.
 func (rec *fileRec) stale() bool {
-	return rec.dirty || rec.data == nil || rec.data.size != rec.size || !rec.data.mtime.Equal(rec.mtime)
+	return rec.dirty || rec.data == nil || rec.data.Size != rec.size || !rec.data.ModTime.Equal(rec.mtime)
 }
 
 // dirRec is one directory under the root.
@@ -138,7 +138,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 	if rec == nil {
 		return
 	}
-	s.held.Add(-rec.data.held())
+	s.held.Add(-held(rec.data))
 	delete(s.files, p)
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
 		delete(pd.kids, path.Base(p))
@@ -217,16 +217,16 @@ func (s *Store) desiredLocked(p string) *Item {
 	if rec == nil || rec.data == nil || s.hiddenLocked(p) || !s.owns(p) {
 		return nil
 	}
-	var sibs []*content
+	var sibs []*Item
 	for i, e := range s.encs {
 		if v := s.files[p+e.ext]; v != nil && v.data != nil {
 			if sibs == nil {
-				sibs = make([]*content, len(s.encs))
+				sibs = make([]*Item, len(s.encs))
 			}
 			sibs[i] = v.data
 		}
 	}
-	return newItem(p, rec.data, s.encs, sibs)
+	return withVariants(rec.data, s.encs, sibs)
 }
 
 // republishLocked makes the index entry for p match desiredLocked(p) and,
@@ -289,7 +289,7 @@ func (s *Store) wantsLoadLocked(p string) bool {
 	}
 	if !s.needLocked(p) {
 		if rec.data != nil {
-			s.held.Add(-rec.data.held())
+			s.held.Add(-held(rec.data))
 			rec.data = nil
 		}
 		return false
