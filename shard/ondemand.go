@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"sync"
+	"time"
 )
 
 // Answering a path from storage, for lookups the store cannot answer from
@@ -99,6 +100,12 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 		}
 	}
 	c, err := s.readTransient(p, fi)
+	for try := 1; try < 3 && errors.Is(err, errChanging); try++ {
+		time.Sleep(time.Duration(try) * 20 * time.Millisecond) // being written: give it a moment
+		if fi, err = r.Lstat(rel); err == nil {
+			c, err = s.readTransient(p, fi)
+		}
+	}
 	if err != nil {
 		if missing(err) || errors.Is(err, errNotRegular) {
 			return nil, false, ErrNotFound
