@@ -45,6 +45,9 @@ func (s *Store) prime() {
 	})
 	defer stopProgress()
 
+	if _, err := s.fsRoot(); err != nil {
+		s.log.Error("cannot prime", zap.Error(err))
+	}
 	s.walkParallel()
 	if s.ctx.Err() != nil {
 		return
