@@ -10,8 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"runtime"
+	"slices"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/golang/groupcache"
 	pb "github.com/golang/groupcache/groupcachepb"
@@ -259,4 +262,105 @@ func BenchmarkTransfer(b *testing.B) {
 			})
 		}
 	}
+}
+
+// BenchmarkTransferPaired measures the same implementations as
+// BenchmarkTransfer, but interleaved: in each of several rounds every
+// implementation runs for a short slice, so load from other processes on
+// the machine hits them alike. It reports, per implementation, the median
+// wall-clock ns/op and the median CPU ns/op of this process (client and
+// server both live here, so CPU time is the whole cost of a transfer and is
+// little disturbed by other processes), and the ratios the design targets:
+//
+//	go test -run='^$' -bench=TransferPaired -benchtime=1x ./peering/
+func BenchmarkTransferPaired(b *testing.B) {
+	f := getFixture(b)
+	const rounds = 15
+	const slice = 80 * time.Millisecond
+	for _, s := range benchSizes {
+		impls := []struct {
+			name  string
+			fetch func() ([]byte, error)
+		}{
+			{"node", func() ([]byte, error) { return f.fetchNode(s.name) }},
+			{"bare", func() ([]byte, error) { return f.fetchBare(s.name, s.size) }},
+			{"httppool", func() ([]byte, error) { return f.fetchHTTP(http.DefaultTransport, s.name) }},
+			{"tuned", func() ([]byte, error) { return f.fetchHTTP(f.tuned, s.name) }},
+			{"memcopy", func() ([]byte, error) { return bytes.Clone(f.bodies[s.name]), nil }},
+		}
+		for _, conc := range []int{1, 32} {
+			mode := "serial"
+			if conc > 1 {
+				mode = fmt.Sprintf("par%d", conc)
+			}
+			b.Run(s.name+"/"+mode, func(b *testing.B) {
+				// run does ops fetches on conc goroutines and returns
+				// wall and CPU ns/op.
+				run := func(fetch func() ([]byte, error), ops int) (wall, cpu float64) {
+					c0 := cpuTime()
+					start := time.Now()
+					var wg sync.WaitGroup
+					for w := range conc {
+						n := ops / conc
+						if w < ops%conc {
+							n++
+						}
+						wg.Go(func() {
+							for range n {
+								if _, err := fetch(); err != nil {
+									b.Error(err)
+									return
+								}
+							}
+						})
+					}
+					wg.Wait()
+					wall = float64(time.Since(start).Nanoseconds()) / float64(ops)
+					cpu = float64(cpuTime()-c0) / float64(ops)
+					return wall, cpu
+				}
+				ops := make([]int, len(impls))
+				for i, im := range impls { // calibrate to about one slice
+					ns, _ := run(im.fetch, 4*conc)
+					ops[i] = max(4*conc, int(float64(slice)/ns))
+				}
+				walls := make([][]float64, len(impls))
+				cpus := make([][]float64, len(impls))
+				for r := range rounds {
+					for k := range impls {
+						i := (k + r) % len(impls) // rotate who goes first
+						w, c := run(impls[i].fetch, ops[i])
+						walls[i] = append(walls[i], w)
+						cpus[i] = append(cpus[i], c)
+					}
+				}
+				median := func(v []float64) float64 {
+					v = slices.Clone(v)
+					slices.Sort(v)
+					return v[len(v)/2]
+				}
+				wall, cpu := map[string]float64{}, map[string]float64{}
+				for i, im := range impls {
+					wall[im.name], cpu[im.name] = median(walls[i]), median(cpus[i])
+					b.ReportMetric(wall[im.name], im.name+"-ns/op")
+					b.ReportMetric(cpu[im.name], im.name+"-cpu-ns/op")
+				}
+				b.ReportMetric(wall["node"]/wall["bare"], "node/bare")
+				b.ReportMetric(cpu["node"]/cpu["bare"], "node/bare-cpu")
+				b.ReportMetric(wall["httppool"]/wall["node"], "httppool/node")
+				b.ReportMetric(cpu["httppool"]/cpu["node"], "httppool/node-cpu")
+				b.ReportMetric(wall["tuned"]/wall["node"], "tuned/node")
+				b.ReportMetric(0, "ns/op")
+			})
+		}
+	}
+}
+
+// cpuTime is the CPU time (user + system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

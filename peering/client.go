@@ -285,12 +285,12 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	if err := writeFin(str, b); err != nil {
 		return Meta{}, nil, err
 	}
-	t, payload, err := readFrame(str, (*bp)[:cap(*bp)])
+	t, payload, rest, eof, err := readHead(str, (*bp)[:cap(*bp)])
 	if err != nil {
 		return Meta{}, nil, err
 	}
 	if cap(payload) > cap(*bp) {
-		*bp = payload[:0] // keep the larger buffer
+		*bp = payload[:0:cap(payload)] // keep the larger buffer
 	}
 	if t != frameResponse {
 		return Meta{}, nil, ErrBadRequest
@@ -306,20 +306,28 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 		abort(str, ErrCodeTooLarge)
 		return Meta{}, nil, ErrTooLarge
 	}
+	if int64(len(rest)) > meta.Size {
+		return Meta{}, nil, errTrailingBytes
+	}
 	body := make([]byte, meta.Size)
-	if _, err := io.ReadFull(str, body); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	got := copy(body, rest)
+	for got < len(body) {
+		if eof {
+			return Meta{}, nil, io.ErrUnexpectedEOF
 		}
-		return Meta{}, nil, err
+		k, err := str.Read(body[got:])
+		got += k
+		if err == io.EOF {
+			eof = true
+		} else if err != nil {
+			return Meta{}, nil, err
+		}
 	}
 	// The stream must end here; reading its end also frees its slot.
-	var one [1]byte
-	if k, err := str.Read(one[:]); k != 0 || err != io.EOF {
-		if err == nil || err == io.EOF {
-			err = ErrBadRequest
+	if !eof {
+		if err := readEOF(str); err != nil {
+			return Meta{}, nil, err
 		}
-		return Meta{}, nil, err
 	}
 	return meta, body, nil
 }

@@ -230,6 +230,65 @@ func readFrame(r io.Reader, buf []byte) (frameType, []byte, error) {
 	return frameType(h[1]), p, nil
 }
 
+// readHead reads the first frame of a stream into buf, with as few Read
+// calls as possible: each Read takes whatever has arrived, so a small
+// response usually comes in one call with its body and its end. It returns
+// the frame, the bytes read past it (rest, aliasing buf or its
+// replacement) and whether the stream's end was reached. buf is replaced by
+// a larger slice when the frame does not fit (never more than MaxFrameSize
+// plus the header).
+func readHead(r io.Reader, buf []byte) (t frameType, payload, rest []byte, eof bool, err error) {
+	if len(buf) < frameHeaderSize {
+		buf = make([]byte, 512)
+	}
+	n := 0
+	need := frameHeaderSize
+	for n < need {
+		if eof {
+			if n == 0 {
+				return 0, nil, nil, true, io.EOF
+			}
+			return 0, nil, nil, true, io.ErrUnexpectedEOF
+		}
+		k, err := r.Read(buf[n:])
+		n += k
+		if err == io.EOF {
+			eof = true
+		} else if err != nil {
+			return 0, nil, nil, false, err
+		}
+		if need == frameHeaderSize && n >= frameHeaderSize {
+			if buf[0] != protocolVersion {
+				return 0, nil, nil, eof, errBadVersion
+			}
+			l := binary.BigEndian.Uint32(buf[2:])
+			if l > MaxFrameSize {
+				return 0, nil, nil, eof, errFrameTooLarge
+			}
+			need = frameHeaderSize + int(l)
+			if need > len(buf) {
+				nb := make([]byte, need)
+				copy(nb, buf[:n])
+				buf = nb
+			}
+		}
+	}
+	return frameType(buf[1]), buf[frameHeaderSize:need], buf[need:n], eof, nil
+}
+
+// readEOF reads the end of a stream that must carry nothing more.
+func readEOF(r io.Reader) error {
+	var one [1]byte
+	k, err := r.Read(one[:])
+	if k == 0 && err == io.EOF {
+		return nil
+	}
+	if err == nil || err == io.EOF {
+		err = errTrailingBytes
+	}
+	return err
+}
+
 // splitFrame parses one frame at the start of b and returns its type,
 // payload (aliasing b) and total length.
 func splitFrame(b []byte) (frameType, []byte, int, error) {

@@ -1,6 +1,7 @@
 package peering
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -74,7 +75,7 @@ func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names
 	defer n.wg.Done()
 	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
 	bp := bufPool.Get().(*[]byte)
-	t, payload, err := readFrame(str, (*bp)[:cap(*bp)])
+	t, payload, rest, eof, err := readHead(str, (*bp)[:cap(*bp)])
 	if err != nil {
 		bufPool.Put(bp)
 		abort(str, streamCode(err))
@@ -82,16 +83,32 @@ func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names
 	}
 	switch t {
 	case frameGet:
+		// The request is one frame: the client's side ends here. Reading
+		// the end also completes our receive side, which frees the
+		// stream slot.
+		if len(rest) == 0 && !eof {
+			err = readEOF(str)
+		} else if len(rest) != 0 {
+			err = errTrailingBytes
+		}
+		if err != nil {
+			bufPool.Put(bp)
+			abort(str, streamCode(err))
+			return
+		}
 		n.serveGet(str, payload, from, bp)
 		bufPool.Put(bp)
 	case frameHello:
 		h, err := decodeHello(payload)
+		// Frames the dialer sent after its HELLO are kept for the
+		// control stream's reader.
+		rest = bytes.Clone(rest)
 		bufPool.Put(bp)
 		if err != nil {
 			abort(str, ErrCodeBadRequest)
 			return
 		}
-		n.serveControl(conn, str, h, names)
+		n.serveControl(conn, str, h, names, rest)
 	default:
 		bufPool.Put(bp)
 		abort(str, ErrCodeBadRequest)
@@ -112,16 +129,6 @@ func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byt
 	req, err := decodeGet(payload)
 	if err != nil {
 		abort(str, ErrCodeBadRequest)
-		return
-	}
-	// The request is one frame: the client's side ends here. Reading the
-	// end also completes our receive side, which frees the stream slot.
-	var one [1]byte
-	if k, err := str.Read(one[:]); k != 0 || err != io.EOF {
-		if err == nil || err == io.EOF {
-			err = errTrailingBytes
-		}
-		abort(str, streamCode(err))
 		return
 	}
 	req.Peer = from
@@ -149,9 +156,17 @@ func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byt
 		*bp = b[:0] // keep a grown buffer, within reason
 	}
 	if len(body) > 0 {
-		if _, err := str.Write(b); err != nil {
-			abort(str, streamCode(err))
-			return
+		// Queue the header without waiting, so that it shares a packet
+		// with the start of the body.
+		if err := str.TryWriteAll(b); err != nil {
+			if !errors.Is(err, quic.ErrWouldBlock) {
+				abort(str, streamCode(err))
+				return
+			}
+			if _, err := str.Write(b); err != nil {
+				abort(str, streamCode(err))
+				return
+			}
 		}
 		b = body
 	}
@@ -208,7 +223,7 @@ func (s *subscriber) take() [][]byte {
 // serveControl answers a dialer's HELLO and then sends it our table of
 // content (snapshot, then deltas and ready changes) until the connection
 // ends.
-func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []string) {
+func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []string, rest []byte) {
 	log := n.log.With(zap.String("peer", h.Name), zap.Stringer("peer_addr", conn.RemoteAddr()))
 	if !slices.Contains(names, h.Name) {
 		log.Warn("peer's hello names a node its certificate does not", zap.Strings("cert_names", names))
@@ -236,8 +251,9 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	go func() {
 		defer close(readerDone)
 		buf := make([]byte, 1024)
+		r := io.MultiReader(bytes.NewReader(rest), str)
 		for {
-			if _, _, err := readFrame(str, buf); err != nil {
+			if _, _, err := readFrame(r, buf); err != nil {
 				return
 			}
 		}
