@@ -29,6 +29,16 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(del)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// readHead and readFrame agree on the first frame.
+		ft1, p1, err1 := readFrame(bytes.NewReader(data), nil)
+		ft2, p2, rest, _, err2 := readHead(bytes.NewReader(data), make([]byte, 64))
+		if (err1 == nil) != (err2 == nil) || err1 == nil && (ft1 != ft2 || !bytes.Equal(p1, p2)) {
+			t.Fatalf("readFrame: %v %v; readHead: %v %v", ft1, err1, ft2, err2)
+		}
+		if err2 == nil && frameHeaderSize+len(p2)+len(rest) > len(data) {
+			t.Fatal("readHead returned more than it read")
+		}
+
 		r := bytes.NewReader(data)
 		for {
 			ft, p, err := readFrame(r, nil)

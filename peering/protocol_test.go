@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -307,5 +309,66 @@ func TestErrorIs(t *testing.T) {
 	}
 	if errorCode(errors.New("x")) != ErrCodeInternal || errorCode(fmt.Errorf("w: %w", ErrNotFound)) != ErrCodeNotFound {
 		t.Error("errorCode")
+	}
+}
+
+// TestReadHead: the first frame comes back whole however the stream
+// delivers it, with the bytes after it and the end of the stream.
+func TestReadHead(t *testing.T) {
+	m := sampleMeta(5)
+	m.Variants = nil
+	resp, _ := appendResponse(nil, ErrCodeNoError, &m)
+	bodyBytes := bytes.Repeat([]byte("b"), 3000)
+	stream := append(append([]byte(nil), resp...), bodyBytes...)
+	big, _, _ := appendItems(nil, frameTOC, "g", []Meta{sampleMeta(1), sampleMeta(2), sampleMeta(3)})
+
+	for name, mk := range map[string]func([]byte) io.Reader{
+		"whole":         func(b []byte) io.Reader { return bytes.NewReader(b) },
+		"one byte":      func(b []byte) io.Reader { return iotest.OneByteReader(bytes.NewReader(b)) },
+		"eof with data": func(b []byte) io.Reader { return iotest.DataErrReader(bytes.NewReader(b)) },
+		"half and eof":  func(b []byte) io.Reader { return iotest.DataErrReader(iotest.HalfReader(bytes.NewReader(b))) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			for _, bufSize := range []int{0, 6, 64, 8192} {
+				r := mk(stream)
+				ft, p, rest, eof, err := readHead(r, make([]byte, bufSize))
+				if err != nil || ft != frameResponse {
+					t.Fatalf("buf %d: %v %v", bufSize, ft, err)
+				}
+				if _, got, err := decodeResponse(p); err != nil || !metaEqual(got, m) {
+					t.Fatalf("buf %d: %+v %v", bufSize, got, err)
+				}
+				// rest and what is left in r make up the body.
+				left, _ := io.ReadAll(r)
+				if got := append(append([]byte(nil), rest...), left...); !bytes.Equal(got, bodyBytes) {
+					t.Fatalf("buf %d: body of %d bytes", bufSize, len(got))
+				}
+				_ = eof
+			}
+			// A frame larger than the buffer.
+			ft, p, _, _, err := readHead(mk(big), make([]byte, 16))
+			if err != nil || ft != frameTOC {
+				t.Fatal(err)
+			}
+			if _, items, err := decodeItems(p); err != nil || len(items) != 3 {
+				t.Fatalf("%d items, %v", len(items), err)
+			}
+			// Truncated: an error, not a frame.
+			if _, _, _, _, err := readHead(mk(resp[:len(resp)-1]), make([]byte, 64)); err == nil {
+				t.Fatal("truncated frame accepted")
+			}
+		})
+	}
+	if _, _, _, eof, err := readHead(bytes.NewReader(nil), nil); err != io.EOF || !eof {
+		t.Fatalf("empty stream: %v %v", eof, err)
+	}
+	if _, _, _, _, err := readHead(bytes.NewReader([]byte{1, 1, 0xff, 0, 0, 0}), nil); !errors.Is(err, errFrameTooLarge) {
+		t.Fatalf("huge frame: %v", err)
+	}
+	if err := readEOF(bytes.NewReader([]byte{1})); err == nil {
+		t.Fatal("readEOF accepted a byte")
+	}
+	if err := readEOF(bytes.NewReader(nil)); err != nil {
+		t.Fatal(err)
 	}
 }
