@@ -278,7 +278,7 @@ func TestClusterServing(t *testing.T) {
 			}
 		}
 		type snap struct {
-			peer, hot clusterTier
+			peer, hot  clusterTier
 			hits, miss int64
 			served     map[string]int64
 		}
