@@ -120,6 +120,11 @@ func (c *cluster) announceReady() {
 		}
 		if c.Ready() {
 			if n := c.node.Load(); n != nil {
+				// Stores report no changes while priming: peers that
+				// connected meanwhile got a partial table. Send it whole.
+				for _, toc := range c.Snapshot() {
+					n.Publish(peering.Delta{Group: toc.Group, Upserts: toc.Items})
+				}
 				n.PublishReady(true)
 			}
 			return
@@ -266,15 +271,16 @@ func (c *cluster) onEvent(ev peering.Event) {
 	}
 }
 
-// peerUp reports whether the peer named name has a live connection.
-func (c *cluster) peerUp(name string) bool {
+// peerReady reports whether the peer named name is connected and primed:
+// then its table of content is complete.
+func (c *cluster) peerReady(name string) bool {
 	n := c.node.Load()
 	if n == nil {
 		return false
 	}
 	for _, p := range n.Peers() {
 		if p.Name == name {
-			return p.Up
+			return p.Up && p.Ready
 		}
 	}
 	return false

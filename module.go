@@ -299,8 +299,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 // lookup finds the item at path: in this node's store when it owns the
 // path (or runs alone), else in the table of content (owner set). When the
-// table does not know the path and its owner is not connected, storage
-// answers.
+// table does not know the path and its owner is not connected and primed
+// (so its table may be incomplete), storage answers.
 func (h *Handler) lookup(p string) (it *shard.Item, owner *remoteItem, isDir bool, err error) {
 	if h.grp == nil || h.grp.c.owns(p) {
 		it, isDir, err = h.store.Lookup(p)
@@ -309,7 +309,7 @@ func (h *Handler) lookup(p string) (it *shard.Item, owner *remoteItem, isDir boo
 	if ri, ok := h.grp.lookup(p); ok {
 		return ri.it, ri, false, nil
 	}
-	if h.grp.c.peerUp(h.grp.c.ring.Owner(p)) {
+	if h.grp.c.peerReady(h.grp.c.ring.Owner(p)) {
 		return nil, nil, false, shard.ErrNotFound
 	}
 	it, isDir, err = h.store.Lookup(p)
