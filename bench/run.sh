@@ -296,8 +296,9 @@ tomib() {
 # badly on 2 CPUs. Every run checks how much CPU went to anything but the
 # servers and wrk: /proc/stat's user+nice+system time, less the Caddy
 # processes' and wrk's own. A run where that exceeds QUIET_PCT of one CPU is
-# redone (up to QUIET_TRIES times, after a pause); if no try was quiet,
-# the best is kept and the table marks the cell with "~".
+# redone (up to QUIET_TRIES times); every try first waits (up to QUIET_WAIT
+# s) for a moment when the machine is idle. If no try was quiet, the best
+# is kept and the table marks the cell with "~".
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_TRIES=${QUIET_TRIES:-6}
 HZ=$(getconf CLK_TCK)
@@ -311,6 +312,20 @@ proc_ticks() { # proc_ticks PID...: user+system ticks of the processes
 	echo "$t"
 }
 
+# waitquiet: wait (up to QUIET_WAIT s) for half a second in which the
+# machine is idle but for QUIET_PCT of a CPU.
+QUIET_WAIT=${QUIET_WAIT:-60}
+waitquiet() {
+	local i a b
+	for i in $(seq 1 $((QUIET_WAIT * 2))); do
+		a=$(sys_ticks)
+		sleep 0.5
+		b=$(sys_ticks)
+		if [ $(((b - a) * 200 / HZ)) -le "$QUIET_PCT" ]; then return 0; fi
+	done
+	return 0
+}
+
 better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
 
 # measure SERVER PROTO SIZE: warm up, run wrk, keep the best req/s.
@@ -319,6 +334,7 @@ measure() {
 	key=$srv/$proto/$size
 	u=$(url "$srv" "$proto" "$size")
 	for try in $(seq 1 "$QUIET_TRIES"); do
+		waitquiet
 		taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${WARM}s" "$u" >/dev/null
 		s0=$(sys_ticks)
 		c0=$(proc_ticks "${SERVER_PIDS[@]}")
@@ -352,7 +368,6 @@ measure() {
 		fi
 		log "  $(printf '%-26s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${errs:+  !! $errs}"
 		[ "$quiet" = 0 ] || break
-		sleep 5
 	done
 }
 
@@ -433,6 +448,7 @@ if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
 		printf 'http://127.0.0.1:%s {\n\tshardcache {\n\t\troot %s\n\t\tmemory 2GiB\n\t}\n}\n' "$P_PRIME" "$PT"
 	} >"$TMP/prime.caddy"
 	# Priming is parallel work with no client to compete with: all CPUs.
+	waitquiet
 	CADDY_CPUS=0-$(($(nproc) - 1)) startcaddy prime "$OURS" "$TMP/prime.caddy" "$A_PRIME"
 	if line=$(waitprimed "$CADDY_LOG" 120); then
 		t_ready=$(jq -r '.ts' <<<"$line")
