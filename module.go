@@ -259,15 +259,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	hdr := w.Header()
-	// file_server always adds this to file responses, compressed or not, so
-	// that caches key on it.
-	hdr["Vary"] = append(hdr["Vary"], "Accept-Encoding")
-
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		// In an error route we are writing an error page: don't repeat
 		// the error.
 		if _, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error); !ok {
+			hdr := w.Header()
+			hdr.Add("Vary", "Accept-Encoding") // as file_server
 			hdr["Allow"] = allowGetHead
 			return caddyhttp.Error(http.StatusMethodNotAllowed, nil)
 		}
@@ -371,40 +368,50 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.I
 func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name string) error {
 	hdr := w.Header()
 	it := b.it
-	etag, size := it.ETag, it.Size
-	if b.enc != "" {
-		v := variant(it, b.enc)
-		etag, size = v.ETag, v.Size
-		hdr["Content-Encoding"] = []string{b.enc}
+	hv := headersOf(it, b.enc)
+	// The values are the item's own strings, but each response gets its
+	// own slices (one allocation for all of them): the header directive's
+	// replace operations modify header values in place.
+	vals := new([7]string)
+	own := func(i int, v string) []string {
+		vals[i] = v
+		return vals[i : i+1 : i+1]
+	}
+	// file_server always adds this to file responses, compressed or not, so
+	// that caches key on it.
+	if v, set := hdr["Vary"]; set {
+		hdr["Vary"] = append(v, "Accept-Encoding")
 	} else {
+		hdr["Vary"] = own(5, "Accept-Encoding")
+	}
+	if b.enc != "" {
+		hdr["Content-Encoding"] = own(0, b.enc)
+	} else if _, set := hdr["Content-Encoding"]; set {
 		delete(hdr, "Content-Encoding")
 	}
-	// Let an ETag set by an earlier handler win, as file_server does.
+	// Let an ETag or Content-Type set by an earlier handler win, as
+	// file_server does.
 	if _, set := hdr["Etag"]; !set {
-		hdr["Etag"] = []string{etag}
+		hdr["Etag"] = own(1, hv.etag)
 	}
 	if _, set := hdr["Content-Type"]; !set {
-		if it.ContentType != "" {
-			hdr["Content-Type"] = []string{it.ContentType}
+		if hv.contentType != "" {
+			hdr["Content-Type"] = own(2, hv.contentType)
 		} else {
 			hdr["Content-Type"] = nil // never let net/http sniff
 		}
 	}
-
-	modTime := it.ModTime
-	if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
-		modTime = time.Time{}
-	}
 	statusOverride := errorStatus(r)
 
 	// The fast path: a plain GET or HEAD of bytes in memory goes out in one
-	// write, with no parsing of conditional or Range headers.
-	if b.file == nil && statusOverride == 0 && plainRequest(r) && (b.data != nil || size == 0 || r.Method == http.MethodHead) {
-		hdr["Accept-Ranges"] = acceptRangesBytes
-		if !modTime.IsZero() {
-			hdr["Last-Modified"] = []string{modTime.UTC().Format(http.TimeFormat)}
+	// write, with no parsing of conditional or Range headers, and no
+	// allocation: the header values are the item's own.
+	if b.file == nil && statusOverride == 0 && plainRequest(r) && (b.data != nil || hv.size == 0 || r.Method == http.MethodHead) {
+		hdr["Accept-Ranges"] = own(3, "bytes")
+		if hv.lastModified != "" {
+			hdr["Last-Modified"] = own(4, hv.lastModified)
 		}
-		hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+		hdr["Content-Length"] = own(6, hv.contentLength)
 		w.WriteHeader(http.StatusOK)
 		if r.Method != http.MethodHead {
 			_, _ = w.Write(b.data)
@@ -414,19 +421,68 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name str
 	if b.enc != "" && r.Header.Get("Range") == "" {
 		// net/http does not set Content-Length when Content-Encoding is
 		// set (caddyserver/caddy#7040); file_server sets it too.
-		hdr["Content-Length"] = []string{strconv.FormatInt(size, 10)}
+		hdr["Content-Length"] = []string{hv.contentLength}
 	}
 	var content io.ReadSeeker
 	switch {
 	case b.file != nil:
 		content = b.file
-	case b.data != nil || size == 0:
+	case b.data != nil || hv.size == 0:
 		content = bytes.NewReader(b.data)
 	default:
-		content = noBody(size) // HEAD, 304, 412: never read
+		content = noBody(hv.size) // HEAD, 304, 412: never read
 	}
-	http.ServeContent(overrideStatus(w, statusOverride), r, name, modTime, content)
+	http.ServeContent(overrideStatus(w, statusOverride), r, name, hv.modTime, content)
 	return nil
+}
+
+// itemHeaders are the response header values of one encoding of an item,
+// built once.
+type itemHeaders struct {
+	etag, contentType, contentLength, lastModified string
+
+	size    int64
+	modTime time.Time // zero when not a useful validator
+}
+
+// headersOf returns the header values of it in encoding enc ("" identity,
+// else one of it.Variants), building them on first use.
+func headersOf(it *shard.Item, enc string) *itemHeaders {
+	all, _ := it.Memo.Load().([]itemHeaders)
+	if all == nil {
+		all = make([]itemHeaders, 1+len(it.Variants))
+		modTime := it.ModTime
+		if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
+			modTime = time.Time{}
+		}
+		lastModified := ""
+		if !modTime.IsZero() {
+			lastModified = modTime.UTC().Format(http.TimeFormat)
+		}
+		for i := range all {
+			etag, size := it.ETag, it.Size
+			if i > 0 {
+				etag, size = it.Variants[i-1].ETag, it.Variants[i-1].Size
+			}
+			all[i] = itemHeaders{
+				etag:          etag,
+				contentType:   it.ContentType,
+				contentLength: strconv.FormatInt(size, 10),
+				lastModified:  lastModified,
+				size:          size,
+				modTime:       modTime,
+			}
+		}
+		it.Memo.Store(all) // a concurrent first use builds the same values
+	}
+	if enc != "" {
+		for i := range it.Variants {
+			if it.Variants[i].Encoding == enc {
+				return &all[i+1]
+			}
+		}
+	}
+	return &all[0]
 }
 
 // needsBody reports whether a GET of it must send bytes: false when the

@@ -18,6 +18,7 @@ package shard
 
 import (
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -60,6 +61,12 @@ type Item struct {
 	// Version is the hex content hash the ETag is built from; it names
 	// this version of the item in versioned keys ("path@version").
 	Version string
+
+	// Memo is a slot for the layer above to keep what it derives from the
+	// item, computed once (the HTTP handler keeps the item's response
+	// header values here, so a hit allocates nothing). The store never
+	// reads it. An Item must not be copied once in use.
+	Memo atomic.Value
 }
 
 // Variant is a precompressed encoding of an Item, stored beside it on disk.
