@@ -250,7 +250,7 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	}
 	deadline := time.Now().Add(n.cfg.FetchTimeout)
 	ctxDeadline := false
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) && ctx.Done() != nil {
 		deadline, ctxDeadline = d, true
 	}
 	bp := bufPool.Get().(*[]byte)
@@ -270,14 +270,28 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 			return Meta{}, nil, n.fetchError(ctx, ctxDeadline, err)
 		}
 	}
-	str.SetDeadline(deadline)
+	// The deadline is enforced by resetting the stream, not with stream
+	// deadlines: quic-go arms a timer for every Read that waits, and a
+	// large body takes hundreds of them. ctx's own timer covers its
+	// deadline; FetchTimeout, when it comes first, gets one timer.
+	var timedOut atomic.Bool
 	if ctx.Done() != nil {
 		stop := context.AfterFunc(ctx, func() { abort(str, ErrCodeCanceled) })
 		defer stop()
 	}
+	if !ctxDeadline {
+		t := time.AfterFunc(time.Until(deadline), func() {
+			timedOut.Store(true)
+			abort(str, ErrCodeCanceled)
+		})
+		defer t.Stop()
+	}
 	defer func() {
 		if err != nil {
 			abort(str, ErrCodeCanceled)
+			if timedOut.Load() {
+				err = ErrTimeout
+			}
 			err = n.fetchError(ctx, ctxDeadline, err)
 		}
 	}()
@@ -341,6 +355,9 @@ func (n *Node) fetchError(ctx context.Context, ctxDeadline bool, err error) erro
 		return err
 	}
 	if cerr := ctx.Err(); cerr != nil {
+		if ctxDeadline && errors.Is(cerr, context.DeadlineExceeded) {
+			return fmt.Errorf("%w (%w)", ErrTimeout, cerr)
+		}
 		return cerr
 	}
 	var se *quic.StreamError

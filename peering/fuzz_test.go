@@ -2,6 +2,7 @@ package peering
 
 import (
 	"bytes"
+	"encoding/binary"
 	"reflect"
 	"testing"
 )
@@ -29,6 +30,14 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(del)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// reader.uvarint decodes exactly as binary.Uvarint does.
+		v1, n1 := binary.Uvarint(data)
+		vr := newReader(data)
+		v2 := vr.uvarint()
+		if (n1 > 0) != (vr.err == nil) || n1 > 0 && (v1 != v2 || len(vr.s) != len(data)-n1) {
+			t.Fatalf("uvarint: binary %d,%d; reader %d,%v", v1, n1, v2, vr.err)
+		}
+
 		// readHead and readFrame agree on the first frame.
 		ft1, p1, err1 := readFrame(bytes.NewReader(data), nil)
 		ft2, p2, rest, _, err2 := readHead(bytes.NewReader(data), make([]byte, 64))

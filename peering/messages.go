@@ -106,7 +106,7 @@ func appendGet(b []byte, r *Request) ([]byte, error) {
 }
 
 func decodeGet(p []byte) (Request, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	req := Request{
 		Group:    r.str(maxFieldLen),
 		Path:     r.str(maxPathLen),
@@ -132,7 +132,7 @@ func appendResponse(b []byte, status quic.StreamErrorCode, m *Meta) ([]byte, err
 }
 
 func decodeResponse(p []byte) (quic.StreamErrorCode, Meta, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	status := quic.StreamErrorCode(r.uvarint())
 	var m Meta
 	if r.err == nil && status == ErrCodeNoError {
@@ -233,7 +233,7 @@ func appendHello(b []byte, h *hello) ([]byte, error) {
 }
 
 func decodeHello(p []byte) (hello, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	h := hello{Name: r.str(maxFieldLen)}
 	flags := r.byte()
 	h.Ready = flags&helloReady != 0
@@ -255,7 +255,7 @@ func appendReady(b []byte, ready bool) []byte {
 }
 
 func decodeReady(p []byte) (bool, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	v := r.byte()
 	if err := r.done(); err != nil {
 		return false, err
@@ -321,10 +321,10 @@ func appendItems(b []byte, t frameType, group string, items []Meta) (_ []byte, s
 // decodeItems decodes a TOC or UPSERT payload: the group, then items until
 // the payload ends.
 func decodeItems(p []byte) (string, []Meta, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	group := r.str(maxFieldLen)
 	var items []Meta
-	for r.err == nil && len(r.b) > 0 {
+	for r.more() {
 		items = append(items, r.meta(true))
 	}
 	if r.err != nil {
@@ -363,10 +363,10 @@ func appendDeletes(b []byte, group string, paths []string) (_ []byte, skipped in
 }
 
 func decodeDeletes(p []byte) (string, []string, error) {
-	r := reader{b: p}
+	r := newReader(p)
 	group := r.str(maxFieldLen)
 	var paths []string
-	for r.err == nil && len(r.b) > 0 {
+	for r.more() {
 		paths = append(paths, r.str(maxPathLen))
 	}
 	if r.err != nil {

@@ -325,56 +325,67 @@ func endFrame(b []byte, start int) ([]byte, error) {
 	return b, nil
 }
 
-// reader decodes payload fields. The first error sticks and every later
-// read returns zero values, so decoders check once at the end.
+// reader decodes payload fields. It copies the payload into one string
+// up front and slices every string field out of it: one allocation per
+// frame instead of one per field (the fields keep the frame's bytes alive,
+// which are mostly those fields anyway). The first error sticks and every
+// later read returns zero values, so decoders check once at the end.
 type reader struct {
-	b   []byte
+	s   string
 	err error
 }
+
+func newReader(p []byte) reader { return reader{s: string(p)} }
 
 func (r *reader) fail(err error) {
 	if r.err == nil {
 		r.err = err
 	}
-	r.b = nil
+	r.s = ""
 }
 
+// uvarint decodes like binary.Uvarint: at most 10 bytes, no overflow.
 func (r *reader) uvarint() uint64 {
 	if r.err != nil {
 		return 0
 	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.fail(errShortPayload)
-		return 0
+	var x uint64
+	var shift uint
+	for i := 0; i < len(r.s) && i < binary.MaxVarintLen64; i++ {
+		c := r.s[i]
+		if c < 0x80 {
+			if i == binary.MaxVarintLen64-1 && c > 1 {
+				break // overflow
+			}
+			r.s = r.s[i+1:]
+			return x | uint64(c)<<shift
+		}
+		x |= uint64(c&0x7f) << shift
+		shift += 7
 	}
-	r.b = r.b[n:]
-	return v
+	r.fail(errShortPayload)
+	return 0
 }
 
 func (r *reader) varint() int64 {
-	if r.err != nil {
-		return 0
+	ux := r.uvarint()
+	x := int64(ux >> 1)
+	if ux&1 != 0 {
+		x = ^x
 	}
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.fail(errShortPayload)
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
+	return x
 }
 
 func (r *reader) byte() byte {
 	if r.err != nil {
 		return 0
 	}
-	if len(r.b) == 0 {
+	if len(r.s) == 0 {
 		r.fail(errShortPayload)
 		return 0
 	}
-	c := r.b[0]
-	r.b = r.b[1:]
+	c := r.s[0]
+	r.s = r.s[1:]
 	return c
 }
 
@@ -387,17 +398,19 @@ func (r *reader) str(limit int) string {
 		r.fail(errFieldTooLong)
 		return ""
 	}
-	if n > uint64(len(r.b)) {
+	if n > uint64(len(r.s)) {
 		r.fail(errShortPayload)
 		return ""
 	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
+	v := r.s[:n]
+	r.s = r.s[n:]
+	return v
 }
 
+func (r *reader) more() bool { return r.err == nil && len(r.s) > 0 }
+
 func (r *reader) done() error {
-	if r.err == nil && len(r.b) != 0 {
+	if r.err == nil && len(r.s) != 0 {
 		r.err = errTrailingBytes
 	}
 	return r.err
