@@ -189,11 +189,44 @@ func startClusterNodes(t *testing.T, secret string, cfgs []clusterNodeConfig) []
 		nodes[i] = &clusterNode{node: n, name: c.self.name, san: c.self.san,
 			base: fmt.Sprintf("http://127.0.0.1:%d", c.port), root: c.root, caddyfile: cf}
 	}
+	// Stop them all at once when the test ends (before the harness's own
+	// cleanup, which then finds them stopped), and say which were slow to
+	// exit.
+	t.Cleanup(func() {
+		closeIdleClients()
+		var wg sync.WaitGroup
+		for _, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				start := time.Now()
+				n.stop()
+				if d := time.Since(start); d > 2*time.Second {
+					t.Logf("%s (pid %d) took %s to exit after SIGTERM; its log from the signal on:\n%s",
+						n.name, n.cmd.Process.Pid, d.Round(time.Millisecond), n.logSince("SIGTERM"))
+				}
+			}()
+		}
+		wg.Wait()
+	})
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range nodes {
 		n.waitUp(n.caddyfile, deadline)
 	}
 	return nodes
+}
+
+// logSince returns the node's log lines from the first one containing
+// marker on, admin requests left out.
+func (n *clusterNode) logSince(marker string) string {
+	d := n.logDigest()
+	if i := strings.Index(d, marker); i >= 0 {
+		if j := strings.LastIndex(d[:i], "\n"); j >= 0 {
+			return d[j+1:]
+		}
+		return d
+	}
+	return "(no line with " + marker + ")\n" + d
 }
 
 // clusterConfigs returns the configs of a cluster of the given members,
@@ -776,4 +809,13 @@ func (n *clusterNode) logDigest() string {
 		keep = append([]string{"..."}, keep[len(keep)-100:]...)
 	}
 	return strings.Join(keep, "\n")
+}
+
+// closeIdleClients closes the test clients' idle connections. A connection
+// a client dialled but never used is "new" to the server, and Go's
+// http.Server.Shutdown waits until such a connection is 5s old: Caddy's
+// admin endpoint would then take seconds to stop on SIGTERM.
+func closeIdleClients() {
+	client.CloseIdleConnections()
+	adminClient.CloseIdleConnections()
 }
