@@ -283,10 +283,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	b, err := h.grp.fetch(owner, enc)
 	if err != nil {
-		if errors.Is(err, shard.ErrNotFound) {
-			return h.notFound(w, r, next)
-		}
-		return caddyhttp.Error(http.StatusBadGateway, err)
+		// The file exists (its owner listed it) but neither the owner nor
+		// this node's storage can supply it now: a gateway error, not a
+		// 404, so that no cache or client takes it for gone.
+		return caddyhttp.Error(http.StatusBadGateway,
+			fmt.Errorf("%s: owner %s unavailable and not readable from this node's storage: %w", it.Path, owner.owner, err))
 	}
 	if b.file != nil {
 		defer b.file.Close()
