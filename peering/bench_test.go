@@ -73,10 +73,10 @@ func getFixture(b *testing.B) *benchFixture {
 // registries are process-global and panic on a second HTTPPool.
 func newBenchFixture(b *testing.B) (*benchFixture, error) {
 	f := &benchFixture{bodies: map[string][]byte{}}
-	backend := newMemBackend()
+	backend := benchBackend{}
 	for _, s := range benchSizes {
 		f.bodies[s.name] = body(s.size, byte(s.size))
-		backend.put(benchGroup, Meta{Path: s.name, Version: "v1", ContentType: "application/octet-stream", ETag: `"v1"`}, f.bodies[s.name])
+		backend[s.name] = memItem{Meta{Path: s.name, Version: "v1", ContentType: "application/octet-stream", ETag: `"v1"`, Size: int64(s.size)}, f.bodies[s.name]}
 	}
 
 	// Our protocol: two nodes.
@@ -132,6 +132,20 @@ func newBenchFixture(b *testing.B) (*benchFixture, error) {
 	f.tuned = &http.Transport{MaxIdleConns: 128, MaxIdleConnsPerHost: 64}
 	return f, nil
 }
+
+// benchBackend serves a fixed set of items from a read-only map, as the
+// bare server does: no locks, no counters.
+type benchBackend map[string]memItem
+
+func (b benchBackend) Get(_ context.Context, req Request) (Meta, []byte, error) {
+	it, ok := b[req.Path]
+	if !ok || req.Group != benchGroup {
+		return Meta{}, nil, ErrNotFound
+	}
+	return it.meta, it.body, nil
+}
+func (b benchBackend) Snapshot() []GroupTOC { return nil }
+func (b benchBackend) Ready() bool          { return true }
 
 // serveBare answers each stream with the body named by the key it carries.
 func serveBare(ln *quic.Listener, bodies map[string][]byte) {

@@ -280,6 +280,8 @@ type Node struct {
 	peers map[string]*peer
 	order []*peer // as configured
 
+	inflight inflight
+
 	mu        sync.Mutex
 	inbound   map[*quic.Conn]struct{}
 	subs      map[*subscriber]struct{}
@@ -329,6 +331,7 @@ func Listen(cfg Config) (*Node, error) {
 		inbound: make(map[*quic.Conn]struct{}),
 		subs:    make(map[*subscriber]struct{}),
 	}
+	n.inflight.m = make(map[*quic.Stream]time.Time)
 	for _, p := range cfg.Peers {
 		if p.Name == cfg.Name {
 			continue
@@ -362,8 +365,9 @@ func Listen(cfg Config) (*Node, error) {
 	n.ln = ln
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.acceptLoop()
+	go n.sweepLoop()
 	for _, p := range n.order {
 		n.wg.Add(1)
 		go n.dialLoop(p)
