@@ -25,7 +25,6 @@ import (
 	"path"
 	"path/filepath"
 	"reflect"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -960,53 +959,4 @@ func TestClusterAdaptValidate(t *testing.T) {
 			t.Errorf("caddy validate's error does not name the placeholder:\n%s", out)
 		}
 	})
-}
-
-// TestClusterExamplesAdapt adapts examples/cluster/*.Caddyfile and compares
-// each with its .json twin (n1.Caddyfile → n1.Caddyfile.json), as
-// TestExamplesAdapt does for examples/**/Caddyfile. With -update it
-// rewrites the JSON files.
-func TestClusterExamplesAdapt(t *testing.T) {
-	needCaddy(t)
-	found, err := filepath.Glob(filepath.Join(repoRoot, "examples", "cluster", "*.Caddyfile"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sort.Strings(found)
-	if len(found) != 3 {
-		t.Fatalf("examples/cluster: %d *.Caddyfile; want 3 (n1, n2, n3)", len(found))
-	}
-	for _, cf := range found {
-		rel, _ := filepath.Rel(repoRoot, cf)
-		t.Run(filepath.Base(cf), func(t *testing.T) {
-			stdout, stderr, err := runCaddyEnv(t, 30*time.Second, nil, "adapt", "--config", rel, "--adapter", "caddyfile", "--pretty")
-			if err != nil {
-				t.Fatalf("caddy adapt %s: %v\n%s", rel, err, stderr)
-			}
-			if strings.Contains(stderr, "not formatted") {
-				t.Errorf("%s is not formatted (run caddy fmt --overwrite): %s", rel, stderr)
-			}
-			jsonPath := cf + ".json"
-			if *update {
-				if err := os.WriteFile(jsonPath, []byte(stdout), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			wantRaw, err := os.ReadFile(jsonPath)
-			if err != nil {
-				t.Fatalf("%v (create it with -update)", err)
-			}
-			var got, want any
-			if err := json.Unmarshal([]byte(stdout), &got); err != nil {
-				t.Fatalf("caddy adapt output is not JSON: %v\n%s", err, stdout)
-			}
-			if err := json.Unmarshal(wantRaw, &want); err != nil {
-				t.Fatalf("%s: %v", jsonPath, err)
-			}
-			if !reflect.DeepEqual(got, want) {
-				t.Errorf("%s adapts to\n%s\nwhich differs from %s:\n%s", rel, stdout, filepath.Base(jsonPath), wantRaw)
-			}
-		})
-	}
 }

@@ -15,7 +15,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the examples' Caddyfile.json from their Caddyfile")
 
-// TestExamplesAdapt adapts every examples/**/Caddyfile with the built binary
+// TestExamplesAdapt adapts every examples/**/Caddyfile (and *.Caddyfile) with the built binary
 // and compares the result, as JSON values, with its sibling Caddyfile.json.
 // With -update it rewrites the JSON files instead.
 func TestExamplesAdapt(t *testing.T) {
@@ -25,7 +25,7 @@ func TestExamplesAdapt(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if !d.IsDir() && d.Name() == "Caddyfile" {
+		if !d.IsDir() && (d.Name() == "Caddyfile" || strings.HasSuffix(d.Name(), ".Caddyfile")) {
 			found = append(found, p)
 		}
 		return nil
@@ -38,7 +38,7 @@ func TestExamplesAdapt(t *testing.T) {
 	}
 	for _, cf := range found {
 		rel, _ := filepath.Rel(repoRoot, cf)
-		t.Run(filepath.ToSlash(filepath.Dir(rel)), func(t *testing.T) {
+		t.Run(filepath.ToSlash(rel), func(t *testing.T) {
 			stdout, stderr, err := runCaddySplit(t, 30*time.Second, "adapt", "--config", rel, "--adapter", "caddyfile", "--pretty")
 			if err != nil {
 				t.Fatalf("caddy adapt %s: %v\n%s", rel, err, stderr)
