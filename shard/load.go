@@ -3,7 +3,6 @@ package shard
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"sync"
 	"time"
 
@@ -79,8 +78,8 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 		case errors.Is(err, context.Canceled):
 		case errors.Is(err, errChanging):
 			s.kick(j.path, true, retryDelay) // being written: read it again later
-		case errors.Is(err, fs.ErrNotExist), errors.Is(err, errNotRegular):
-			s.kick(j.path, false, 0) // gone or replaced: look again
+		case missing(err), errors.Is(err, errNotRegular):
+			s.kick(j.path, false, 0) // gone, replaced or leading out now: look again
 		default:
 			rec.failed = true
 			s.stats.loadErrors.Add(1)

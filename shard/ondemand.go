@@ -83,26 +83,26 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 		return nil, false, err
 	}
 	s.stats.onDemand.Add(1)
-	fi, err := lstatNoLinks(r, rel)
+	fi, err := s.statIn(r, rel) // symbolic links inside the root are followed
 	switch {
 	case err != nil && missing(err):
-		return nil, false, ErrNotFound
+		return nil, false, ErrNotFound // dangling, or leading out of the root
 	case err != nil:
 		return nil, false, fmt.Errorf("shard: looking up %s: %w", p, err)
 	case fi.IsDir():
 		return nil, true, nil
 	case !fi.Mode().IsRegular():
-		return nil, false, ErrNotFound // symbolic links, devices, pipes
+		return nil, false, ErrNotFound // devices, pipes, sockets
 	}
 	if base, ok := siblingBase(s.encs, p); ok {
-		if bfi, err := r.Lstat(base[1:]); err == nil && bfi.Mode().IsRegular() {
+		if bfi, err := s.statIn(r, base[1:]); err == nil && bfi.Mode().IsRegular() {
 			return nil, false, ErrNotFound // a Variant of base, not an item
 		}
 	}
 	c, err := s.readTransient(p, fi)
 	for try := 1; try < 3 && errors.Is(err, errChanging); try++ {
 		time.Sleep(time.Duration(try) * 20 * time.Millisecond) // being written: give it a moment
-		if fi, err = r.Lstat(rel); err == nil {
+		if fi, err = s.statIn(r, rel); err == nil {
 			c, err = s.readTransient(p, fi)
 		}
 	}
@@ -114,7 +114,7 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 	}
 	var sibs []*Item
 	for i, e := range s.encs {
-		sfi, err := r.Lstat(rel + e.ext)
+		sfi, err := s.statIn(r, rel+e.ext)
 		if err != nil || !sfi.Mode().IsRegular() {
 			continue
 		}
@@ -128,7 +128,7 @@ func (s *Store) loadTransient(p string) (*Item, bool, error) {
 	return withVariants(c, s.encs, sibs), false, nil
 }
 
-// readTransient reads the file at p (lstat'ed as fi) for a transient Item.
+// readTransient reads the file at p (stat'ed as fi) for a transient Item.
 func (s *Store) readTransient(p string, fi fs.FileInfo) (*Item, error) {
 	if fi.Size() > transientBodyMax {
 		if c := s.memo.get(p, fi); c != nil {

@@ -3,10 +3,8 @@ package shard
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"strings"
 	"sync"
 )
@@ -16,7 +14,8 @@ import (
 var errChanging = errors.New("shard: file changed while being read")
 
 // errNotRegular means a path names something other than a regular file or a
-// directory (a symbolic link, a device, a pipe): never served.
+// directory (a device, a pipe, a socket; or a link that appeared on a path
+// already resolved): never served.
 var errNotRegular = errors.New("shard: not a regular file")
 
 // readChunk is how much is read (and hashed, while still in cache) at a time.
@@ -25,8 +24,9 @@ const readChunk = 256 << 10
 
 var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return &b }}
 
-// readFile reads the regular file at p (slash-rooted) from storage and
-// returns its data as an Item without Variants. Once the size is known, wantBody says whether to hold
+// readFile reads the regular file at p (slash-rooted; symbolic links inside
+// the root are followed) from storage and returns its data as an Item
+// without Variants. Once the size is known, wantBody says whether to hold
 // the bytes (true) or only hash them while streaming (false), so a file is
 // read once either way.
 func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
@@ -123,23 +123,4 @@ func relPath(p string) (string, bool) {
 		return "", false
 	}
 	return rel, true
-}
-
-// lstatNoLinks is r.Lstat(rel) that also refuses a path with a symbolic
-// link (or anything but a directory) as one of its parent directories, so
-// that an on-demand lookup serves exactly what a walk would have found.
-func lstatNoLinks(r *os.Root, rel string) (fs.FileInfo, error) {
-	for i := 0; i < len(rel); i++ {
-		if rel[i] != '/' {
-			continue
-		}
-		fi, err := r.Lstat(rel[:i])
-		if err != nil {
-			return nil, err
-		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("lstat %s: %w", rel, fs.ErrNotExist)
-		}
-	}
-	return r.Lstat(rel)
 }

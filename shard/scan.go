@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -13,55 +14,97 @@ import (
 	"go.uber.org/zap"
 )
 
-// listDir lists directory rel through r: its regular files (with size and
-// modification time) and directories. Symbolic links and special files are
-// left out: they are never served.
-func listDir(r *os.Root, rel string) ([]obs, error) {
-	f, err := r.Open(rel)
+// maxDirLinks bounds the directory links a walked path may cross: deeper
+// ones are not walked (with cycles already cut, only a tree made to
+// multiply paths goes that deep).
+const maxDirLinks = 8
+
+// errCycle means a directory is one of its own ancestors (reached through a
+// symbolic link, or a bind mount), and errTooDeep that its path crosses more
+// than maxDirLinks directory links: neither is walked nor served.
+var (
+	errCycle   = fmt.Errorf("directory is its own ancestor: %w", fs.ErrNotExist)
+	errTooDeep = fmt.Errorf("more than %d directory links on the path: %w", maxDirLinks, fs.ErrNotExist)
+)
+
+// listDir lists directory rel, whose proper ancestors have the identities
+// anc and whose path crosses links directory links: its regular files (with
+// size and modification time) and directories, and the symbolic links that
+// resolve inside the root to either (with their target's metadata). Links
+// that lead out of the root or nowhere, special files, directories that are
+// an ancestor of rel or rel itself (cycles), and directory links past
+// maxDirLinks are left out: they are not served. It also returns rel's
+// identity.
+func (s *Store) listDir(r *os.Root, rel string, anc []fileID, links int) ([]obs, fileID, bool, error) {
+	f, err := s.openIn(r, rel)
 	if err != nil {
-		return nil, err
+		return nil, fileID{}, false, err
 	}
 	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileID{}, false, err
+	}
+	if !fi.IsDir() {
+		return nil, fileID{}, false, fmt.Errorf("listing %s: %w", rel, syscall.ENOTDIR)
+	}
+	id, hasID := idOf(fi)
+	if hasID {
+		if slices.Contains(anc, id) {
+			return nil, id, hasID, errCycle
+		}
+		anc = append(anc[:len(anc):len(anc)], id)
+	}
 	ents, err := f.ReadDir(-1) // in a Root, entries come with their lstat
 	if err != nil {
-		return nil, err
+		return nil, id, hasID, err
+	}
+	cyclic := func(fi fs.FileInfo) bool {
+		id, ok := idOf(fi)
+		return ok && slices.Contains(anc, id)
 	}
 	out := make([]obs, 0, len(ents))
 	for _, e := range ents {
-		switch t := e.Type(); {
-		case t.IsDir():
-			out = append(out, obs{name: e.Name(), dir: true})
-		case t.IsRegular():
-			fi, err := e.Info()
-			if err != nil {
-				continue // gone since the listing
+		t := e.Type()
+		if t&fs.ModeSymlink != 0 {
+			// Stat the target through the root: refused if it leads out.
+			fi, err := s.statIn(r, joinRel(rel, e.Name()))
+			switch {
+			case err != nil: // dangling, leading out, a loop, or gone
+			case fi.Mode().IsRegular():
+				out = append(out, obs{name: e.Name(), size: fi.Size(), mtime: fi.ModTime(), link: true})
+			case fi.IsDir() && links < maxDirLinks && !cyclic(fi):
+				out = append(out, obs{name: e.Name(), dir: true, link: true})
 			}
+			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // gone since the listing
+		}
+		switch {
+		case t.IsDir():
+			if !cyclic(fi) { // a bind mount of an ancestor
+				out = append(out, obs{name: e.Name(), dir: true})
+			}
+		case t.IsRegular():
 			out = append(out, obs{name: e.Name(), size: fi.Size(), mtime: fi.ModTime()})
 		}
 	}
-	return out, nil
+	return out, id, hasID, nil
 }
 
-// realDir checks that rel is a directory reached without symbolic links
-// (os.Root would follow links that stay inside the root), so that a
-// directory replaced by a link is not listed through it.
-func realDir(r *os.Root, rel string) error {
+// joinRel returns the root-relative path of name in directory rel.
+func joinRel(rel, name string) string {
 	if rel == "." {
-		return nil
+		return name
 	}
-	fi, err := lstatNoLinks(r, rel)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("listing %s: %w", rel, fs.ErrNotExist)
-	}
-	return nil
+	return rel + "/" + name
 }
 
 // missing reports whether err means the path is not there (any more), or
-// is refused: a symbolic link on the way (ELOOP), or a way out of the root
-// (EXDEV, from openat2).
+// is refused: a symbolic link that leads out of the root (errEscapes, or
+// EXDEV from openat2), a loop of links (ELOOP), a cycle of directories.
 func missing(err error) bool {
 	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) ||
 		errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.EXDEV)
@@ -124,6 +167,11 @@ func (s *Store) walkParallel() {
 // scanDir watches and lists directory dir and applies the listing; it
 // returns the subdirectories. shared lets other shared listings of other
 // directories run meanwhile.
+//
+// A directory whose path crosses a directory link is listed like any other
+// (as file_server would serve it) but not watched: the watcher would report
+// its events under one of the paths of the directory only, and Remove would
+// drop the real directory's watch. Changes under it are found by rescans.
 func (s *Store) scanDir(dir string, aff affected, shared bool) []string {
 	r, err := s.fsRoot()
 	if err != nil {
@@ -137,11 +185,29 @@ func (s *Store) scanDir(dir string, aff affected, shared bool) []string {
 		s.scanMu.Lock()
 		defer s.scanMu.Unlock()
 	}
-	s.addWatch(dir) // before listing: what is created after the listing makes an event
-	var ents []obs
-	err = realDir(r, rel)
-	if err == nil {
-		ents, err = listDir(r, rel)
+	s.mu.RLock()
+	links, anc, placed := s.placeLocked(dir)
+	s.mu.RUnlock()
+	if !placed {
+		return nil // its parent is not known (any more)
+	}
+	if dir != "/" {
+		if fi, err := r.Lstat(rel); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			links++
+		}
+	}
+	if links == 0 {
+		s.addWatch(dir) // before listing: what is created after the listing makes an event
+	}
+	var (
+		ents  []obs
+		id    fileID
+		hasID bool
+	)
+	if links > maxDirLinks {
+		err = errTooDeep
+	} else {
+		ents, id, hasID, err = s.listDir(r, rel, anc, links)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,17 +219,44 @@ func (s *Store) scanDir(dir string, aff affected, shared bool) []string {
 	case err != nil:
 		s.log.Warn("listing directory", zap.String("path", dir), zap.Error(err))
 	default:
+		if d := s.dirs[dir]; d != nil && d.links != links && dir != "/" {
+			// A directory replaced by a link to one, or the other way round.
+			s.removeDirLocked(dir, aff)
+		}
 		if s.dirs[dir] == nil && (dir == "/" || s.dirs[path.Dir(dir)] != nil) {
 			if s.files[dir] != nil {
 				s.removeFileLocked(dir, aff)
 			}
-			s.addDirLocked(dir)
+			s.addDirLocked(dir, links)
 		}
-		if s.dirs[dir] != nil {
+		if d := s.dirs[dir]; d != nil {
+			d.id, d.hasID = id, hasID
 			return s.applyListingLocked(dir, ents, aff)
 		}
 	}
 	return nil
+}
+
+// placeLocked returns, for directory dir, the directory links its parent's
+// path crosses and the identities of its proper ancestors; placed is false
+// if its parent is not known.
+func (s *Store) placeLocked(dir string) (links int, anc []fileID, placed bool) {
+	if dir == "/" {
+		return 0, nil, true
+	}
+	parent := s.dirs[path.Dir(dir)]
+	if parent == nil {
+		return 0, nil, false
+	}
+	for p := path.Dir(dir); ; p = path.Dir(p) {
+		if d := s.dirs[p]; d != nil && d.hasID {
+			anc = append(anc, d.id)
+		}
+		if p == "/" {
+			break
+		}
+	}
+	return parent.links, anc, true
 }
 
 // refreshPaths looks at each path again (after file-system events or
@@ -189,7 +282,7 @@ func (s *Store) refreshPaths(paths map[string]bool, aff affected) {
 		if !ok {
 			continue
 		}
-		fi, err := lstatNoLinks(r, rel)
+		fi, err := s.statIn(r, rel) // a link is seen as its target
 		all = append(all, seen{p, fi, err, force})
 	}
 	// Removals first: a renamed directory must be forgotten (and its watch

@@ -7,13 +7,27 @@
 // in `caddy validate`), keeps the Store alive across reloads and serves HTTP
 // from the Items it gets here.
 //
-// What the store serves is what a walk of the root that does not follow
-// symbolic links sees: regular files and directories. Symbolic links are never
-// served, not even those that point inside the root, so every file has exactly
-// one path (ownership, the watcher and versioned keys rely on that), and all
-// access to storage goes through an os.Root, so nothing outside the root is
-// ever read. Dotfiles are served, as Caddy's file_server serves them; hiding
-// them is the handler's business. Devices, pipes and sockets are skipped.
+// What the store serves is what Caddy's file_server serves on the same tree,
+// short of anything outside the root: regular files and directories, and
+// symbolic links whose target resolves inside the root, each served like its
+// target under its own path (a file reached by several paths is several
+// items, with the same bytes and ETag). A symbolic link whose target leaves
+// the root (by "..", by an absolute target elsewhere, or through a chain of
+// links) is never followed, and is not found, as are dangling links; all
+// access to storage goes through the root (os.Root, or openat2 with
+// RESOLVE_BENEATH on Linux), so nothing outside the root is ever opened or
+// read. Absolute links are followed when their target's path starts with
+// the root's (as configured, or with its own links resolved); see
+// resolve.go. The walk does not enter a directory that is one of its own
+// ancestors (by device and inode: a link to "." or ".." is not served, nor
+// anything under it) nor cross more than 8 directory links on one path
+// (maxDirLinks); lookups before priming is done, answered from storage, do
+// follow such paths. Changes
+// reached through a link (a link's target, the files under a directory
+// link) are found by the periodic rescan only; changes to the link itself,
+// and to the real files, by the watcher as well. Dotfiles are served, as
+// Caddy's file_server serves them; hiding them is the handler's business.
+// Devices, pipes and sockets are skipped.
 package shard
 
 import (

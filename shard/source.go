@@ -26,15 +26,22 @@ func (f osFile) stat() (int64, time.Time, bool, error) {
 	return fi.Size(), fi.ModTime(), fi.Mode().IsRegular(), nil
 }
 
-// openReadRoot opens rel for reading through the os.Root.
+// openReadRoot opens rel for reading through the os.Root, following
+// symbolic links that stay inside the root.
 func (s *Store) openReadRoot(rel string) (rfile, error) {
-	r, err := s.fsRoot()
-	if err != nil {
-		return nil, err
-	}
-	f, err := r.Open(rel)
+	f, err := s.openFileRoot(rel)
 	if err != nil {
 		return nil, err
 	}
 	return osFile{f}, nil
+}
+
+// openFileRoot opens rel through the os.Root, following symbolic links that
+// stay inside the root.
+func (s *Store) openFileRoot(rel string) (*os.File, error) {
+	r, err := s.fsRoot()
+	if err != nil {
+		return nil, err
+	}
+	return s.openIn(r, rel)
 }

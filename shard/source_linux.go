@@ -14,13 +14,19 @@ import (
 )
 
 // On Linux, files are opened with openat2(2) relative to the root
-// directory (itself opened through the os.Root) with RESOLVE_BENEATH and
-// RESOLVE_NO_SYMLINKS: the kernel refuses any path that leaves the root or
-// crosses a symbolic link, in one system call, where os.Root opens every
-// parent directory in turn. Reads then go straight to the descriptor, with
-// none of os.File's poller setup. Priming small files is dominated by these
-// per-file costs. Where openat2 is missing (Linux < 5.6) or filtered
+// directory (itself opened through the os.Root) with RESOLVE_BENEATH: the
+// kernel follows symbolic links that stay inside the root and refuses any
+// path that would leave it (EXDEV), in one system call, where os.Root opens
+// every parent directory in turn. Reads then go straight to the descriptor,
+// with none of os.File's poller setup. Priming small files is dominated by
+// these per-file costs. Where openat2 is missing (Linux < 5.6) or filtered
 // (seccomp), the store falls back to os.Root.
+//
+// RESOLVE_BENEATH also refuses every absolute symbolic link, even one that
+// points inside the root: on EXDEV the path is resolved by resolveIn, which
+// follows those and refuses the rest, and the link-free path it returns is
+// opened with RESOLVE_NO_SYMLINKS as well, so that a link swapped in
+// meanwhile is not followed.
 
 // beneath is the root directory's descriptor for openat2.
 type beneath struct {
@@ -30,9 +36,35 @@ type beneath struct {
 	disabled atomic.Bool  // openat2 is not available: use os.Root
 }
 
-var beneathHow = unix.OpenHow{
-	Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
-	Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+var (
+	// beneathHow follows symbolic links inside the root.
+	beneathHow = unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	}
+	// resolvedHow opens a path resolveIn returned: it crosses no link.
+	resolvedHow = unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_CLOEXEC | unix.O_NOFOLLOW,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	}
+)
+
+// eagainTries bounds the retries of an openat2 that failed with EAGAIN (the
+// kernel could not rule out an escape by ".." during a concurrent rename).
+const eagainTries = 4
+
+// openat2 is unix.Openat2 retried on EINTR, and a few times on EAGAIN.
+func openat2(dirfd int, rel string, how *unix.OpenHow) (int, error) {
+	for again := 0; ; {
+		fd, err := unix.Openat2(dirfd, rel, how)
+		switch {
+		case err == unix.EINTR:
+		case err == unix.EAGAIN && again < eagainTries:
+			again++
+		default:
+			return fd, err
+		}
+	}
 }
 
 // openFD opens rel (root-relative) with openat2, or returns ok false when
@@ -49,18 +81,25 @@ func (s *Store) openFD(rel string) (fd int, ok bool, err error) {
 	if b.disabled.Load() || b.dir == nil {
 		return -1, false, nil
 	}
-	how := beneathHow
-	for {
-		fd, err = unix.Openat2(int(b.dir.Fd()), rel, &how)
-		if err != unix.EINTR {
-			break
-		}
-	}
+	dirfd := int(b.dir.Fd())
+	fd, err = openat2(dirfd, rel, &beneathHow)
 	if err == unix.ENOSYS || err == unix.EPERM {
 		// Not implemented, or a seccomp filter (a read-only open's permission
 		// problems are EACCES): os.Root from now on.
 		b.disabled.Store(true)
 		return -1, false, nil
+	}
+	if err == unix.EXDEV || err == unix.EAGAIN {
+		// An absolute symbolic link, or a way out of the root: decide here.
+		r, rerr := s.fsRoot()
+		if rerr != nil {
+			return -1, true, rerr
+		}
+		canon, rerr := s.resolveIn(r, rel)
+		if rerr != nil {
+			return -1, true, rerr
+		}
+		fd, err = openat2(dirfd, canon, &resolvedHow)
 	}
 	if err != nil {
 		return -1, true, &fs.PathError{Op: "openat2", Path: rel, Err: err}
@@ -86,8 +125,7 @@ func (s *Store) openBeneath() {
 		return
 	}
 	// Probe: openat2 of the directory itself.
-	how := beneathHow
-	fd, err := unix.Openat2(int(d.Fd()), ".", &how)
+	fd, err := openat2(int(d.Fd()), ".", &resolvedHow)
 	if err != nil {
 		d.Close()
 		b.disabled.Store(true)
@@ -127,11 +165,7 @@ func (s *Store) openRead(rel string) (rfile, error) {
 func (s *Store) openFile(rel string) (*os.File, error) {
 	fd, ok, err := s.openFD(rel)
 	if !ok {
-		r, err := s.fsRoot()
-		if err != nil {
-			return nil, err
-		}
-		return r.Open(rel)
+		return s.openFileRoot(rel)
 	}
 	if err != nil {
 		return nil, err

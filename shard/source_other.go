@@ -14,10 +14,4 @@ func (s *Store) closeBeneath() {}
 func (s *Store) openRead(rel string) (rfile, error) { return s.openReadRoot(rel) }
 
 // openFile opens rel as an *os.File.
-func (s *Store) openFile(rel string) (*os.File, error) {
-	r, err := s.fsRoot()
-	if err != nil {
-		return nil, err
-	}
-	return r.Open(rel)
-}
+func (s *Store) openFile(rel string) (*os.File, error) { return s.openFileRoot(rel) }

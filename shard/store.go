@@ -61,9 +61,10 @@ type Store struct {
 	wg       sync.WaitGroup
 	primedCh chan struct{} // closed when priming is done
 
-	rootMu  sync.Mutex
-	fsroot  atomic.Pointer[os.Root]
-	beneath beneath // Linux: openat2 relative to the root (source_linux.go)
+	rootMu   sync.Mutex
+	fsroot   atomic.Pointer[os.Root]
+	realRoot string  // root with every symbolic link resolved; set before fsroot
+	beneath  beneath // Linux: openat2 relative to the root (source_linux.go)
 
 	watch  watchState
 	flight singleflight.Group
@@ -253,7 +254,8 @@ func (s *Store) Each(fn func(*Item) bool) {
 }
 
 // fsRoot returns the os.Root every storage access goes through, opening it
-// on first use.
+// on first use. It also sets realRoot, for absolute symbolic links
+// (resolve.go).
 func (s *Store) fsRoot() (*os.Root, error) {
 	if r := s.fsroot.Load(); r != nil {
 		return r, nil
@@ -269,6 +271,9 @@ func (s *Store) fsRoot() (*os.Root, error) {
 	r, err := os.OpenRoot(s.root)
 	if err != nil {
 		return nil, fmt.Errorf("shard: opening root: %w", err)
+	}
+	if rr, err := filepath.EvalSymlinks(s.root); err == nil {
+		s.realRoot = rr
 	}
 	s.fsroot.Store(r)
 	return r, nil

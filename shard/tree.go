@@ -6,11 +6,13 @@ import (
 )
 
 // The writer side of a Store: what storage was last seen to hold (every
-// regular file and directory under the root, owned or not), what was loaded
-// from it, and the rules that turn that into published Items. Everything
-// here runs with s.mu held.
+// regular file and directory under the root, owned or not, and every
+// symbolic link that resolves to one inside the root, as what it resolves
+// to), what was loaded from it, and the rules that turn that into published
+// Items. Everything here runs with s.mu held.
 
-// fileRec is one regular file under the root.
+// fileRec is one regular file under the root, or a symbolic link to one
+// (its size and modification time are the target's).
 type fileRec struct {
 	size  int64     // last observed (walk, rescan, event)
 	mtime time.Time // last observed
@@ -28,16 +30,22 @@ func (rec *fileRec) stale() bool {
 	return rec.dirty || rec.data == nil || rec.data.Size != rec.size || !rec.data.ModTime.Equal(rec.mtime)
 }
 
-// dirRec is one directory under the root.
+// dirRec is one directory under the root (or a path to one through
+// directory links).
 type dirRec struct {
-	kids map[string]struct{} // names of the files and directories in it we track
+	kids  map[string]struct{} // names of the files and directories in it we track
+	links int                 // directory links its path crosses; 0: a real path, watched
+	id    fileID              // its identity, from its last listing, to cut cycles
+	hasID bool
 }
 
 // obs is one entry of a directory as observed on storage: a regular file or
-// a directory (anything else is not tracked).
+// a directory, or a symbolic link inside the root to one (link; size and
+// mtime are the target's). Anything else is not tracked.
 type obs struct {
 	name  string
 	dir   bool
+	link  bool
 	size  int64
 	mtime time.Time
 }
@@ -99,12 +107,13 @@ func (s *Store) related(p string) []string {
 	return out
 }
 
-// addDirLocked records directory p (whose parent, unless p is "/", is known).
-func (s *Store) addDirLocked(p string) {
+// addDirLocked records directory p (whose parent, unless p is "/", is
+// known), whose path crosses links directory links.
+func (s *Store) addDirLocked(p string, links int) {
 	if s.dirs[p] != nil {
 		return
 	}
-	s.dirs[p] = &dirRec{kids: make(map[string]struct{})}
+	s.dirs[p] = &dirRec{kids: make(map[string]struct{}), links: links}
 	if p != "/" {
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
 			pd.kids[path.Base(p)] = struct{}{}
@@ -129,7 +138,9 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 	}
 	s.index.Delete(p)
 	s.stats.dirs.Add(-1)
-	s.unwatchLocked(p)
+	if d.links == 0 {
+		s.unwatchLocked(p) // never watched otherwise (scanDir)
+	}
 }
 
 // removeFileLocked forgets the file at p and frees its body.
@@ -202,7 +213,14 @@ func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs 
 			if s.files[p] != nil {
 				s.removeFileLocked(p, aff)
 			}
-			s.addDirLocked(p)
+			links := dr.links
+			if e.link {
+				links++
+			}
+			if old := s.dirs[p]; old != nil && old.links != links {
+				s.removeDirLocked(p, aff) // a directory replaced by a link to one, or back
+			}
+			s.addDirLocked(p, links)
 			subdirs = append(subdirs, p)
 			continue
 		}

@@ -16,6 +16,15 @@ import (
 // watch recursively), events collected for a short debounce window and then
 // applied as one batch, plus a periodic rescan as the safety net for what
 // notifications miss (network filesystems, overflows, watch limits).
+//
+// Symbolic links: a directory is watched under its real path only, never
+// under a path through a directory link (one inotify watch per directory
+// reports under one name only). So the change of a file under a directory
+// link, or of the target of a file link, shows at its real path at once and
+// at the link's path at the next rescan (Config.Rescan; 30s by default with
+// a working watcher). Creating, removing or retargeting a link is an event
+// in its (real) parent directory, applied at once. Open finding a link's
+// target changed also asks for the path to be looked at again.
 
 const (
 	// debounce is how long after the first event for a path the batch that
