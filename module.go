@@ -450,7 +450,7 @@ type itemHeaders struct {
 // else one of it.Variants), building them on first use.
 func headersOf(it *shard.Item, enc string) *itemHeaders {
 	all, _ := it.Memo.Load().([]itemHeaders)
-	if all == nil {
+	if len(all) != 1+len(it.Variants) {
 		all = make([]itemHeaders, 1+len(it.Variants))
 		modTime := it.ModTime
 		if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator

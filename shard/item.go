@@ -93,7 +93,16 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 	if sibs == nil {
 		return base
 	}
-	it := *base
+	// Field by field: an Item is never copied (its Memo belongs to it).
+	it := Item{
+		Path:        base.Path,
+		Size:        base.Size,
+		ModTime:     base.ModTime,
+		ContentType: base.ContentType,
+		ETag:        base.ETag,
+		Body:        base.Body,
+		Version:     base.Version,
+	}
 	it.Variants = make([]Variant, 0, len(sibs))
 	for i, v := range sibs {
 		if v == nil {

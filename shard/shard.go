@@ -79,9 +79,18 @@ type Item struct {
 	// Memo is a slot for the layer above to keep what it derives from the
 	// item, computed once (the HTTP handler keeps the item's response
 	// header values here, so a hit allocates nothing). The store never
-	// reads it. An Item must not be copied once in use.
+	// reads it. An Item must not be copied once in use (go vet says so).
 	Memo atomic.Value
+
+	_ noCopy
 }
+
+// noCopy makes go vet's copylocks check flag copies of the struct that
+// holds it.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
 
 // Variant is a precompressed encoding of an Item, stored beside it on disk.
 // Immutable, like Item.
