@@ -116,6 +116,7 @@ type Error struct {
 	Msg  string
 }
 
+// Error implements error.
 func (e *Error) Error() string {
 	if e.Msg != "" {
 		return "peering: " + e.Msg

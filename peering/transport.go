@@ -90,6 +90,7 @@ const (
 	EventDelta
 )
 
+// String names the kind, for logs.
 func (k EventKind) String() string {
 	switch k {
 	case EventUp:
