@@ -88,15 +88,7 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 func currentStatus() Status {
 	var st Status
 	st.Ready = true
-	reg.mu.Lock()
-	stores := make([]*shard.Store, 0, len(reg.stores))
-	for s := range reg.stores {
-		stores = append(stores, s)
-	}
-	c := reg.cluster
-	reg.mu.Unlock()
-
-	groupOf := map[*shard.Store]*group{}
+	sources, c := reg.get()
 	if c != nil {
 		st.Node = c.cfg.name
 		st.Epoch = c.ring.Epoch()
@@ -106,17 +98,12 @@ func currentStatus() Status {
 				st.Members = append(st.Members, MemberState{Name: p.Name, Address: p.Addr, Up: p.Up, Ready: p.Ready})
 			}
 		}
-		c.mu.RLock()
-		for _, g := range c.groups {
-			if s := g.store.Load(); s != nil {
-				groupOf[s] = g
-			}
-		}
-		c.mu.RUnlock()
 	}
-	for _, s := range stores {
+	for _, src := range sources {
+		s := src.store
 		stats := s.Stats()
 		gs := GroupStatus{
+			Group:       src.name,
 			Root:        s.Root(),
 			Ready:       s.Ready(),
 			Progress:    s.Progress(),
@@ -125,8 +112,10 @@ func currentStatus() Status {
 			Tiers:       map[string]TierCount{},
 		}
 		st.Ready = st.Ready && gs.Ready
-		if g := groupOf[s]; g != nil {
-			gs.Group = g.name
+		t := src.stats
+		gs.Tiers["local"] = TierCount{t.local.Load(), t.localBytes.Load()}
+		gs.Tiers["storage"] = TierCount{t.storage.Load(), t.storageBytes.Load()}
+		if g := src.grp; g != nil {
 			g.mu.RLock()
 			gs.TOCItems = len(g.toc)
 			g.mu.RUnlock()
@@ -134,11 +123,8 @@ func currentStatus() Status {
 				hs := h.Stats()
 				gs.Hot = &hs
 			}
-			t := &g.stats
-			gs.Tiers["local"] = TierCount{t.local.Load(), t.localBytes.Load()}
 			gs.Tiers["hot"] = TierCount{t.hot.Load(), t.hotBytes.Load()}
 			gs.Tiers["peer"] = TierCount{t.peer.Load(), t.peerBytes.Load()}
-			gs.Tiers["storage"] = TierCount{t.storage.Load(), t.storageBytes.Load()}
 			gs.PeerErrors = t.peerErrors.Load()
 			gs.ServedPeers = t.served.Load()
 		}
@@ -169,9 +155,7 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("missing ?path=")}
 	}
 	p = cleanPath(p)
-	reg.mu.Lock()
-	c := reg.cluster
-	reg.mu.Unlock()
+	_, c := reg.get()
 	var out []Where
 	if c == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("not a cluster node")}

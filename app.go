@@ -56,7 +56,7 @@ type App struct {
 	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
 
 	mu      *sync.Mutex
-	stores  []*shard.Store
+	sources []source
 	cluster *cluster // nil in single-node mode
 	key     string   // the usage pool key of cluster
 	logger  *zap.Logger
@@ -98,6 +98,9 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	a.mu = new(sync.Mutex)
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
 	if a.Node == nil {
 		if len(a.Peers) > 0 || a.Secret != "" || a.TLS != nil {
 			return errors.New("peers, secret and tls need a node: add `node <name> <address>`")
@@ -208,12 +211,26 @@ func validNodeName(s string) bool {
 	return true
 }
 
-// addStore registers a store to start with the app. Called from handlers'
-// Provision.
-func (a *App) addStore(s *shard.Store) {
+// source is what one handler serves from: its store (started with the
+// app), its counters, and in a cluster its group.
+type source struct {
+	name  string // the group, or on a single node the root
+	store *shard.Store
+	stats *tierStats
+	grp   *group // nil on a single node
+}
+
+// addSource registers a handler's store to start with the app. Called from
+// handlers' Provision.
+func (a *App) addSource(s source) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.stores = append(a.stores, s)
+	for _, o := range a.sources {
+		if o.store == s.store {
+			return // two handlers (sites) sharing one store
+		}
+	}
+	a.sources = append(a.sources, s)
 }
 
 // Start binds the SAN socket (once per node: a reload reuses it) and starts
@@ -227,10 +244,10 @@ func (a *App) Start() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, s := range a.stores {
-		s.Start()
+	for _, s := range a.sources {
+		s.store.Start()
 	}
-	reg.set(a.stores, a.cluster)
+	reg.set(a.sources, a.cluster)
 	return nil
 }
 
@@ -239,18 +256,20 @@ var reg registry
 
 type registry struct {
 	mu      sync.Mutex
-	stores  map[*shard.Store]bool
+	sources []source
 	cluster *cluster
 }
 
-func (r *registry) set(stores []*shard.Store, c *cluster) {
+func (r *registry) set(sources []source, c *cluster) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.stores = make(map[*shard.Store]bool, len(stores))
-	for _, s := range stores {
-		r.stores[s] = true
-	}
-	r.cluster = c
+	r.sources, r.cluster = sources, c
+}
+
+func (r *registry) get() ([]source, *cluster) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.sources, r.cluster
 }
 
 // Stop does nothing: the stores and the SAN socket live in usage pools and

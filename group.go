@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
@@ -43,6 +44,7 @@ type tierStats struct {
 	local, hot, peer, storage                     atomic.Int64
 	localBytes, hotBytes, peerBytes, storageBytes atomic.Int64
 	peerErrors                                    atomic.Int64
+	peerErrorsByKind                              [len(peerErrorKinds)]atomic.Int64
 	served, servedBytes                           atomic.Int64 // fetches answered for peers
 }
 
@@ -154,7 +156,14 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 		}
 	}
 	v, err, _ := g.flight.Do(key+"@"+it.Version, func() (any, error) {
-		return g.fetchPeer(ri, enc)
+		start := time.Now()
+		data, err := g.fetchPeer(ri, enc)
+		if err == nil {
+			observePeerFetch(time.Since(start))
+		} else {
+			g.stats.countPeerError(err)
+		}
+		return data, err
 	})
 	if err == nil {
 		data := v.([]byte)
@@ -165,7 +174,6 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 		}
 		return body{it: it, enc: enc, data: data, tier: "peer"}, nil
 	}
-	g.stats.peerErrors.Add(1)
 	if c := g.c.cfg.logger.Check(zap.WarnLevel, "peer fetch failed; reading from own storage"); c != nil {
 		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.String("owner", ri.owner), zap.Error(err))
 	}

@@ -87,6 +87,7 @@ type Handler struct {
 
 	store  *shard.Store
 	grp    *group // nil on a single node
+	stats  *tierStats
 	key    string // the usage pool key of store
 	logger *zap.Logger
 }
@@ -148,18 +149,22 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return nil, err
 		}
-		return storeRef{s}, nil
+		return storeRef{s, new(tierStats)}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("root %q: %v", h.Root, err)
 	}
 	h.key = key
-	h.store = val.(storeRef).Store
-	app.addStore(h.store)
+	ref := val.(storeRef)
+	h.store, h.stats = ref.Store, ref.stats
+	src := source{name: h.Root, store: h.store, stats: h.stats}
 	if h.grp != nil {
 		h.grp.store.Store(h.store)
 		h.grp.setHot(h.Hot)
+		h.stats = &h.grp.stats
+		src = source{name: h.Group, store: h.store, stats: h.stats, grp: h.grp}
 	}
+	app.addSource(src)
 	return nil
 }
 
@@ -211,8 +216,12 @@ var encodingSuffix = map[string]string{"br": ".br", "zstd": ".zst", "gzip": ".gz
 // everything that decides their contents.
 var stores = caddy.NewUsagePool()
 
-// storeRef lets a *shard.Store live in a caddy.UsagePool.
-type storeRef struct{ *shard.Store }
+// storeRef lets a *shard.Store live in a caddy.UsagePool, with the counters
+// of the requests it serves on a single node.
+type storeRef struct {
+	*shard.Store
+	stats *tierStats
+}
 
 func (r storeRef) Destruct() error { return r.Close() }
 
@@ -278,7 +287,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// Another node owns it. HEAD, 304 and 412 need no bytes: answer them
 	// from the table of content.
 	if r.Method == http.MethodHead || !needsBody(r, it, enc) {
-		h.grp.stats.local.Add(1)
+		h.stats.local.Add(1)
 		return h.write(w, r, body{it: it, enc: enc}, name)
 	}
 	b, err := h.grp.fetch(owner, enc)
@@ -351,14 +360,12 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.I
 		defer f.Close()
 		b.file, b.tier = f, "storage"
 	}
-	if h.grp != nil {
-		if b.tier == "local" {
-			h.grp.stats.local.Add(1)
-			h.grp.stats.localBytes.Add(size)
-		} else {
-			h.grp.stats.storage.Add(1)
-			h.grp.stats.storageBytes.Add(size)
-		}
+	if b.tier == "local" {
+		h.stats.local.Add(1)
+		h.stats.localBytes.Add(size)
+	} else {
+		h.stats.storage.Add(1)
+		h.stats.storageBytes.Add(size)
 	}
 	return h.write(w, r, b, name)
 }

@@ -37,7 +37,7 @@ func newBenchHandler(tb testing.TB, size int) *Handler {
 	for !st.Ready() && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st}
+	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st, stats: new(tierStats)}
 }
 
 // BenchmarkLocalHit is the hot path: a plain GET of a file held in memory.
