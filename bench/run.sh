@@ -25,8 +25,8 @@ usage() {
   -c conns    wrk connections (default $CONNS)
   -r n        repeat every measurement n times and keep the best (default 1)
   -p          also profile the server (CPU, via the admin endpoint) during
-              an extra 1 KiB HTTP run of shardcache and of respond; the
-              profiles and their top lists go to bench/out/
+              extra runs of shardcache and of respond (1 KiB over HTTP,
+              64 KiB over HTTPS); profiles and top lists go to bench/out/
   -s          plumbing test: stock Caddy only, shardcache not built
   -P          skip the priming measurement
   -G size     size of the priming tree (default $PRIME_SIZE; e.g. 256MiB)
@@ -303,7 +303,8 @@ QUIET_PCT=${QUIET_PCT:-10}
 QUIET_TRIES=${QUIET_TRIES:-6}
 HZ=$(getconf CLK_TCK)
 declare -A NOISY=()
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4; exit}' /proc/stat; }
+# user + nice + system + steal (time the host took from this VM's CPUs)
+sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
 proc_ticks() { # proc_ticks PID...: user+system ticks of the processes
 	local p t=0
 	for p in "$@"; do
@@ -418,18 +419,29 @@ done
 stopcaddy "$STOCK_PID"
 
 if [ "$PROFILE" = 1 ]; then
-	for srv in "${SERVERS[@]}"; do
-		case $srv in file_server | stock) continue ;; esac
-		prof=$OUT/cpu-$srv-1k-$STAMP.pprof
-		secs=$((DUR > 2 ? DUR - 1 : 1))
-		curl -s -o "$prof" "http://127.0.0.1:$A_OURS/debug/pprof/profile?seconds=$secs" &
-		cpid=$!
-		PIDS+=("$cpid")
-		sleep 0.2
-		taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "$(url "$srv" http 1k)" >/dev/null
-		wait "$cpid" || true
-		(cd "$REPO" && go tool pprof -top -nodecount=40 "$OURS" "$prof") >"$OUT/cpu-$srv-1k-$STAMP.top" 2>&1 || true
-		log "profile of $srv at 1 KiB over HTTP: $prof (top list: ${prof%.pprof}.top)"
+	# The cells the targets are hardest for: 1 KiB over HTTP (per-request
+	# overhead) and 64 KiB over HTTPS (TLS). Top lists both flat and
+	# cumulative.
+	for cellp in http/1k https/64k; do
+		for srv in "${SERVERS[@]}"; do
+			case $srv in file_server | stock) continue ;; esac
+			proto=${cellp%/*} s=${cellp#*/}
+			base=$OUT/cpu-$srv-$proto-$s-$STAMP
+			secs=$((DUR > 2 ? DUR - 1 : 1))
+			waitquiet
+			curl -s -o "$base.pprof" "http://127.0.0.1:$A_OURS/debug/pprof/profile?seconds=$secs" &
+			cpid=$!
+			PIDS+=("$cpid")
+			sleep 0.2
+			taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" "$(url "$srv" "$proto" "$s")" >/dev/null
+			wait "$cpid" || true
+			{
+				go tool pprof -top -nodecount=40 "$OURS" "$base.pprof"
+				echo
+				go tool pprof -top -cum -nodecount=60 "$OURS" "$base.pprof"
+			} >"$base.top" 2>&1 || true
+			log "profile of $srv at ${LABEL[$s]} over $proto: $base.pprof (top lists: $base.top)"
+		done
 	done
 fi
 stopcaddy "$OURS_PID"
