@@ -18,7 +18,7 @@ SERVER_CPU=1
 CLIENT_CPU=0
 
 usage() {
-	sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
 	cat <<EOF
   -d secs     measured duration of each wrk run (default $DUR)
   -w secs     warm-up before each run (default $WARM)
