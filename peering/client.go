@@ -21,14 +21,19 @@ type peer struct {
 	addr string
 
 	conn     atomic.Pointer[quic.Conn] // nil while down
+	out      atomic.Pointer[outQueue]  // our control stream's writer; nil while down
 	ready    atomic.Bool
-	lastSeen atomic.Int64 // unix nanos
+	lastSeen atomic.Int64           // unix nanos
+	lan      atomic.Pointer[string] // from its last HELLO
 }
 
 func (p *peer) state() PeerState {
 	s := PeerState{Name: p.name, Addr: p.addr, Up: p.conn.Load() != nil, Ready: p.ready.Load()}
 	if ns := p.lastSeen.Load(); ns != 0 {
 		s.LastSeen = time.Unix(0, ns)
+	}
+	if lan := p.lan.Load(); lan != nil {
+		s.Lan = *lan
 	}
 	return s
 }
@@ -117,7 +122,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 	if err != nil {
 		return fmt.Errorf("opening control stream: %w", err)
 	}
-	b, err := appendHello(nil, &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer})
+	b, err := appendHello(nil, n.hello())
 	if err != nil {
 		return err
 	}
@@ -142,11 +147,29 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 	}
 	str.SetDeadline(time.Time{})
 
+	// What we send the acceptor from now on (PURGE frames) goes through a
+	// queue and a writer of its own: senders never wait on the stream.
+	out := &outQueue{conn: conn, wake: make(chan struct{}, 1)}
+	stop := make(chan struct{})
+	defer close(stop)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		if err := n.writeQueue(str, out, conn, stop); err != nil && conn.Context().Err() == nil && n.ctx.Err() == nil {
+			log.Warn("writing control stream; closing the connection", zap.Error(err))
+			conn.CloseWithError(CloseTooSlow, "control stream not read")
+		}
+	}()
+	defer p.out.Store(nil)
+
+	lan := h.Lan
+	p.lan.Store(&lan)
 	p.ready.Store(h.Ready)
 	p.seen()
+	p.out.Store(out)
 	p.conn.Store(conn)
-	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer))
-	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready})
+	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.String("lan", h.Lan))
+	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready, Lan: h.Lan})
 
 	var snap []GroupTOC // being received; nil once complete
 	snapIdx := map[string]int{}
@@ -206,6 +229,12 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 				return errUnexpected
 			}
 			n.emit(Event{Kind: EventDelta, Peer: p.name, Delta: Delta{Group: group, Deletes: paths}})
+		case framePurge:
+			pg, err := decodePurge(payload)
+			if err != nil {
+				return err
+			}
+			n.emit(Event{Kind: EventPurge, Peer: p.name, Purge: pg})
 		default:
 			// Unknown control frames are skipped: a newer peer may send
 			// messages this version does not know.

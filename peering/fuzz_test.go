@@ -28,6 +28,11 @@ func FuzzDecodeFrame(f *testing.F) {
 	f.Add(appendTOCEnd(toc))
 	del, _, _ := appendDeletes(nil, "g", []string{"/a", "/b"})
 	f.Add(del)
+	hlan, _ := appendHello(nil, &hello{Name: "n2", Observer: true, Lan: "10.0.1.2:443"})
+	f.Add(hlan)
+	pg, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/img/a.png"})
+	pp, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/css/", Prefix: true})
+	f.Add(append(pg, pp...))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// reader.uvarint decodes exactly as binary.Uvarint does.
@@ -103,6 +108,17 @@ func checkRoundTrip(t *testing.T, ft frameType, p []byte) {
 		}
 	case frameReady:
 		_, _ = decodeReady(p)
+	case framePurge:
+		pg, derr := decodePurge(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendPurge(nil, &pg); err != nil {
+			t.Fatalf("re-encoding %+v: %v", pg, err)
+		}
+		if got, err := decodePurge(again[frameHeaderSize:]); err != nil || got != pg {
+			t.Fatalf("PURGE: %+v != %+v (%v)", got, pg, err)
+		}
 	case frameTOC, frameUpsert:
 		g, items, derr := decodeItems(p)
 		if derr != nil {

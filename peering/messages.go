@@ -3,6 +3,10 @@ package peering
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -79,17 +83,34 @@ type Delta struct {
 	Deletes []string
 }
 
+// Purge asks the nodes that receive it to drop cached content: one item,
+// or every item under a prefix.
+type Purge struct {
+	// Group names the content tree.
+	Group string
+	// Path is the item's path ("/css/site.css"), or with Prefix the start
+	// of the paths to drop ("/css/"; "" is the whole group).
+	Path string
+	// Prefix: drop every item whose path starts with Path.
+	Prefix bool
+}
+
 // hello opens the control stream, from each side.
 type hello struct {
 	Name     string
 	Ready    bool
 	Observer bool // holds no content and is in no ring (a director)
+	// Lan is where the sender's HTTP site is reached (host:port), "" if
+	// not advertised. Optional on the wire: see appendHello.
+	Lan string
 }
 
 const (
 	helloReady    = 1 << 0
 	helloObserver = 1 << 1
 )
+
+const purgePrefix = 1 << 0
 
 func appendGet(b []byte, r *Request) ([]byte, error) {
 	if err := errors.Join(checkLen(r.Group, maxFieldLen), checkLen(r.Path, maxPathLen),
@@ -215,8 +236,12 @@ func (r *reader) meta(variants bool) Meta {
 	return m
 }
 
+// appendHello appends a HELLO frame: name, flags, then the optional
+// fields (today only Lan). Optional fields are appended only when set, so
+// that a node that advertises nothing sends the HELLO of the first version
+// of the protocol.
 func appendHello(b []byte, h *hello) ([]byte, error) {
-	if err := checkLen(h.Name, maxFieldLen); err != nil {
+	if err := errors.Join(checkLen(h.Name, maxFieldLen), checkLen(h.Lan, maxFieldLen)); err != nil {
 		return b, err
 	}
 	b, start := beginFrame(b, frameHello)
@@ -229,22 +254,88 @@ func appendHello(b []byte, h *hello) ([]byte, error) {
 		flags |= helloObserver
 	}
 	b = append(b, flags)
+	if h.Lan != "" {
+		b = appendStr(b, h.Lan)
+	}
 	return endFrame(b, start)
 }
 
+// decodeHello decodes a HELLO. Unlike every other payload, a HELLO may
+// carry fields after the ones this version knows: the fields after the flags
+// are optional, later versions append theirs, and a receiver ignores what
+// it does not know.
 func decodeHello(p []byte) (hello, error) {
 	r := newReader(p)
 	h := hello{Name: r.str(maxFieldLen)}
 	flags := r.byte()
 	h.Ready = flags&helloReady != 0
 	h.Observer = flags&helloObserver != 0
-	if err := r.done(); err != nil {
-		return h, err
+	if r.more() {
+		h.Lan = r.str(maxFieldLen)
+	}
+	if r.err != nil {
+		return h, r.err
 	}
 	if h.Name == "" {
 		return h, errBadValue
 	}
+	if h.Lan != "" && checkLan(h.Lan) != nil {
+		return h, errBadValue
+	}
 	return h, nil
+}
+
+// checkLan validates an advertised LAN address: host:port, a non-empty
+// host without spaces or control characters, a numeric port in 1-65535,
+// at most maxFieldLen bytes.
+func checkLan(s string) error {
+	if len(s) > maxFieldLen {
+		return fmt.Errorf("longer than %d bytes", maxFieldLen)
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("no host")
+	}
+	if strings.ContainsFunc(host, func(c rune) bool { return c <= ' ' || c == 0x7f }) {
+		return errors.New("space or control character in host")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return fmt.Errorf("bad port %q", port)
+	}
+	return nil
+}
+
+// appendPurge appends a PURGE frame: group, path, flags.
+func appendPurge(b []byte, p *Purge) ([]byte, error) {
+	if err := errors.Join(checkLen(p.Group, maxFieldLen), checkLen(p.Path, maxPathLen)); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, framePurge)
+	b = appendStr(b, p.Group)
+	b = appendStr(b, p.Path)
+	var flags byte
+	if p.Prefix {
+		flags |= purgePrefix
+	}
+	b = append(b, flags)
+	return endFrame(b, start)
+}
+
+func decodePurge(b []byte) (Purge, error) {
+	r := newReader(b)
+	p := Purge{Group: r.str(maxFieldLen), Path: r.str(maxPathLen)}
+	flags := r.byte()
+	if err := r.done(); err != nil {
+		return Purge{}, err
+	}
+	if flags&^purgePrefix != 0 {
+		return Purge{}, errBadValue
+	}
+	p.Prefix = flags&purgePrefix != 0
+	return p, nil
 }
 
 func appendReady(b []byte, ready bool) []byte {

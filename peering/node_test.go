@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -579,6 +580,49 @@ func TestPeerSilentDetected(t *testing.T) {
 	t.Logf("silent peer down after %v", time.Since(start))
 	lossy.off.Store(false)
 	nodes[0].rec.wait(t, &i, 3*time.Second, kind(EventUp, "n2"))
+}
+
+// TestPeerCrashDetected: a peer whose socket vanishes (a crash: no
+// CONNECTION_CLOSE leaves it) is seen down within DefaultIdleTimeout, by a
+// peer and by an observer, and a peer that merely stops answering too.
+func TestPeerCrashDetected(t *testing.T) {
+	const limit = DefaultIdleTimeout + 200*time.Millisecond
+	for _, how := range []string{"socket closed", "silent"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			var lossy *lossyConn
+			nodes := startCluster(t, []string{"n1", "n2"}, func(i int, c *Config) {
+				if i == 1 {
+					lossy = &lossyConn{PacketConn: c.PacketConn}
+					c.PacketConn = lossy
+				}
+			})
+			waitUp(t, nodes)
+			obs, rec := startObserver(t, "director", nodes)
+			waitPeer(t, obs, "n2", func(p PeerState) bool { return p.Up })
+			// Let keep-alives run for a while: a crash in a quiet moment.
+			time.Sleep(DefaultIdleTimeout/2 + time.Duration(rand.IntN(300))*time.Millisecond)
+
+			var i, j int
+			start := time.Now()
+			if how == "silent" {
+				lossy.off.Store(true)
+			} else {
+				lossy.PacketConn.Close()
+			}
+			nodes[0].rec.wait(t, &i, 3*time.Second, kind(EventDown, "n2"))
+			d1 := time.Since(start)
+			rec.wait(t, &j, 3*time.Second, kind(EventDown, "n2"))
+			d2 := time.Since(start)
+			t.Logf("down after %v (peer), %v (observer)", d1, d2)
+			if d1 > limit || d2 > limit {
+				t.Errorf("down after %v (peer), %v (observer); want within %v", d1, d2, limit)
+			}
+			if peerState(t, nodes[0].Node, "n2").Up || peerState(t, obs, "n2").Up {
+				t.Error("crashed peer still up")
+			}
+		})
+	}
 }
 
 // dialRaw dials a node outside of a Node, with the given TLS config.

@@ -35,9 +35,17 @@ const ALPN = "shardcache/1"
 // The control stream is the first stream a dialer opens on its connection:
 // it sends HELLO, the acceptor answers HELLO, then the acceptor sends its
 // table of content as TOC frames closed by TOC_END, then UPSERT, DELETE and
-// READY frames as things change, for as long as the connection lives. A
-// receiver ignores control frames of types it does not know, so later
-// versions can add messages.
+// READY frames as things change, for as long as the connection lives.
+// PURGE frames go both ways on it after the HELLOs: the dialer may send
+// them to the acceptor (the only frames it sends after its HELLO; this is
+// how an observer, which nobody dials, reaches the nodes), and the acceptor
+// to the dialer. A receiver ignores control frames of types it does not
+// know, so later versions can add messages.
+//
+// HELLO is name, flags, then optional fields: Lan (a string, sent only
+// when set). A version that adds a field after Lan must send Lan, empty if
+// need be, and a receiver ignores fields past those it knows; every other
+// payload must be consumed exactly.
 const (
 	protocolVersion = 1
 
@@ -66,6 +74,7 @@ const (
 	frameTOCEnd   frameType = 6 // acceptor → dialer: snapshot complete
 	frameUpsert   frameType = 7 // acceptor → dialer: items added or changed
 	frameDelete   frameType = 8 // acceptor → dialer: items removed
+	framePurge    frameType = 9 // both ways, after HELLO: drop cached content
 )
 
 // Stream error codes: the status of a RESPONSE and the code of a stream

@@ -84,6 +84,24 @@ func TestCodecRoundTrip(t *testing.T) {
 		t.Errorf("HELLO round trip: %+v %v", got, err)
 	}
 
+	h = hello{Name: "n2", Lan: "10.0.1.2:443"}
+	b, _ = appendHello(nil, &h)
+	_, ps = frames(t, b)
+	if got, err := decodeHello(ps[0]); err != nil || got != h {
+		t.Errorf("HELLO with LAN round trip: %+v %v", got, err)
+	}
+
+	for _, pg := range []Purge{{Group: "site", Path: "/a.css"}, {Group: "site", Path: "/img/", Prefix: true}, {}} {
+		b, err = appendPurge(nil, &pg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, ps := frames(t, b)
+		if got, err := decodePurge(ps[0]); ts[0] != framePurge || err != nil || got != pg {
+			t.Errorf("PURGE round trip: %+v %v", got, err)
+		}
+	}
+
 	for _, r := range []bool{true, false} {
 		_, ps = frames(t, appendReady(nil, r))
 		if got, err := decodeReady(ps[0]); err != nil || got != r {
@@ -193,9 +211,10 @@ func TestCodecMalformed(t *testing.T) {
 	m := sampleMeta(3)
 	items, _, _ := appendItems(nil, frameTOC, "g", []Meta{m})
 	hl, _ := appendHello(nil, &hello{Name: "n1"})
+	pg, _ := appendPurge(nil, &Purge{Group: "g", Path: "/p", Prefix: true})
 
 	// Every truncation of a valid frame is an error, never a panic.
-	for _, valid := range [][]byte{get, items, hl} {
+	for _, valid := range [][]byte{get, items, hl, pg} {
 		for i := range len(valid) {
 			if _, _, err := readFrame(bytes.NewReader(valid[:i]), nil); err == nil {
 				t.Fatalf("truncated frame (%d of %d bytes) accepted", i, len(valid))
@@ -214,17 +233,22 @@ func TestCodecMalformed(t *testing.T) {
 	}
 
 	cases := map[string][]byte{
-		"bad version":     {2, byte(frameGet), 0, 0, 0, 0},
-		"too large":       {1, byte(frameGet), 0, 1, 0, 1},
-		"huge length":     {1, byte(frameGet), 0xff, 0xff, 0xff, 0xff},
-		"trailing bytes":  append(append([]byte(nil), get...), 0),
-		"string overrun":  {1, byte(frameGet), 0, 0, 0, 2, 10, 'a'},
-		"field too long":  append([]byte{1, byte(frameGet), 0, 0, 0, 3}, 0xff, 0xff, 0x03),
-		"varint overflow": append([]byte{1, byte(frameGet), 0, 0, 0, 11}, bytes.Repeat([]byte{0xff}, 11)...),
-		"bad ready":       {1, byte(frameReady), 0, 0, 0, 1, 2},
-		"empty hello":     {1, byte(frameHello), 0, 0, 0, 2, 0, 0},
-		"many variants":   itemsWithVariantCount(maxVariants + 1),
-		"huge size":       {1, byte(frameResponse), 0, 0, 0, 12, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
+		"bad version":       {2, byte(frameGet), 0, 0, 0, 0},
+		"too large":         {1, byte(frameGet), 0, 1, 0, 1},
+		"huge length":       {1, byte(frameGet), 0xff, 0xff, 0xff, 0xff},
+		"trailing bytes":    append(append([]byte(nil), get...), 0),
+		"string overrun":    {1, byte(frameGet), 0, 0, 0, 2, 10, 'a'},
+		"field too long":    append([]byte{1, byte(frameGet), 0, 0, 0, 3}, 0xff, 0xff, 0x03),
+		"varint overflow":   append([]byte{1, byte(frameGet), 0, 0, 0, 11}, bytes.Repeat([]byte{0xff}, 11)...),
+		"bad ready":         {1, byte(frameReady), 0, 0, 0, 1, 2},
+		"empty hello":       {1, byte(frameHello), 0, 0, 0, 2, 0, 0},
+		"hello lan overrun": {1, byte(frameHello), 0, 0, 0, 5, 1, 'a', 0, 9, 'x'},
+		"hello bad lan":     append([]byte{1, byte(frameHello), 0, 0, 0, 9, 1, 'a', 0, 5}, "x:0:1"...),
+		"purge flags":       {1, byte(framePurge), 0, 0, 0, 3, 0, 0, 2},
+		"purge trailing":    {1, byte(framePurge), 0, 0, 0, 4, 0, 0, 1, 0},
+		"purge path long":   append([]byte{1, byte(framePurge), 0, 0, 0x10, 0x04, 0, 0x81, 0x20}, make([]byte, maxPathLen+1)...),
+		"many variants":     itemsWithVariantCount(maxVariants + 1),
+		"huge size":         {1, byte(frameResponse), 0, 0, 0, 12, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
 	}
 	for name, b := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -258,6 +282,15 @@ func TestCodecMalformed(t *testing.T) {
 	if _, err := appendHello(nil, &hello{Name: long}); err == nil {
 		t.Error("appendHello accepted a long name")
 	}
+	if _, err := appendHello(nil, &hello{Name: "n1", Lan: long}); err == nil {
+		t.Error("appendHello accepted a long LAN address")
+	}
+	if _, err := appendPurge(nil, &Purge{Group: long}); err == nil {
+		t.Error("appendPurge accepted a long group")
+	}
+	if _, err := appendPurge(nil, &Purge{Path: strings.Repeat("/", maxPathLen+1)}); err == nil {
+		t.Error("appendPurge accepted a long path")
+	}
 	if _, err := appendResponse(nil, ErrCodeNoError, &Meta{Size: -1}); err == nil {
 		t.Error("appendResponse accepted a negative size")
 	}
@@ -289,6 +322,8 @@ func decodeAny(t frameType, p []byte) error {
 		_, _, err = decodeItems(p)
 	case frameDelete:
 		_, _, err = decodeDeletes(p)
+	case framePurge:
+		_, err = decodePurge(p)
 	case frameTOCEnd:
 		if len(p) != 0 {
 			err = errTrailingBytes
@@ -297,6 +332,45 @@ func decodeAny(t frameType, p []byte) error {
 		err = errUnexpected
 	}
 	return err
+}
+
+// TestHelloCompat: the LAN address is optional on the wire. A HELLO
+// without it (the first version's) decodes, a node without one sends that
+// HELLO, and fields a later version appends after it are skipped.
+func TestHelloCompat(t *testing.T) {
+	v1 := []byte{1, byte(frameHello), 0, 0, 0, 4, 2, 'n', '1', helloReady}
+	ft, p, err := readFrame(bytes.NewReader(v1), nil)
+	if err != nil || ft != frameHello {
+		t.Fatal(ft, err)
+	}
+	if h, err := decodeHello(p); err != nil || h != (hello{Name: "n1", Ready: true}) {
+		t.Fatalf("first-version HELLO: %+v %v", h, err)
+	}
+	if b, _ := appendHello(nil, &hello{Name: "n1", Ready: true}); !bytes.Equal(b, v1) {
+		t.Fatalf("HELLO without LAN: %q, want %q", b, v1)
+	}
+
+	b, _ := beginFrame(nil, frameHello)
+	b = appendStr(b, "n1")
+	b = append(b, helloObserver)
+	b = appendStr(b, "[fd00::1]:8443")
+	b = append(b, 7, 'f', 'u', 't', 'u', 'r', 'e', 0xff) // a later version's fields
+	b, _ = endFrame(b, 0)
+	_, ps := frames(t, b)
+	if h, err := decodeHello(ps[0]); err != nil || h != (hello{Name: "n1", Observer: true, Lan: "[fd00::1]:8443"}) {
+		t.Fatalf("HELLO with later fields: %+v %v", h, err)
+	}
+
+	for _, lan := range []string{"10.0.0.1:443", "127.0.0.1:8081", "[::1]:443", "cache-1.example:80"} {
+		if err := checkLan(lan); err != nil {
+			t.Errorf("checkLan(%q): %v", lan, err)
+		}
+	}
+	for _, lan := range []string{"", "10.0.0.1", ":443", "h:0", "h:65536", "h:http", "a\x00b:1", "a b:1", "[::1:80", strings.Repeat("h", maxFieldLen-1) + ":1"} {
+		if checkLan(lan) == nil {
+			t.Errorf("checkLan(%q) accepted", lan)
+		}
+	}
 }
 
 func TestErrorIs(t *testing.T) {

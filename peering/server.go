@@ -179,18 +179,25 @@ func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byt
 // stream: every node that dialled us.
 type subscriber struct {
 	name string
+	outQueue
+}
+
+// outQueue holds the control frames waiting for one control stream's
+// writer: a subscriber's (everything we publish), or that of a connection
+// we dialled (our purges).
+type outQueue struct {
 	conn *quic.Conn
 
 	mu     sync.Mutex
-	queue  [][]byte // encoded frames, shared between subscribers: read-only
+	queue  [][]byte // encoded frames, shared between queues: read-only
 	queued int
 	wake   chan struct{}
 	dead   bool
 }
 
-// enqueue adds frames for the subscriber's writer. A subscriber that lets
-// more than maxSubscriberQueue bytes pile up is disconnected.
-func (s *subscriber) enqueue(frames []byte) {
+// enqueue adds frames for the queue's writer. A peer that lets more than
+// maxSubscriberQueue bytes pile up is disconnected.
+func (s *outQueue) enqueue(frames []byte) {
 	s.mu.Lock()
 	if s.dead {
 		s.mu.Unlock()
@@ -212,7 +219,7 @@ func (s *subscriber) enqueue(frames []byte) {
 	}
 }
 
-func (s *subscriber) take() [][]byte {
+func (s *outQueue) take() [][]byte {
 	s.mu.Lock()
 	q := s.queue
 	s.queue, s.queued = nil, 0
@@ -230,7 +237,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		conn.CloseWithError(CloseBadIdentity, "hello name not in certificate")
 		return
 	}
-	sub := &subscriber{name: h.Name, conn: conn, wake: make(chan struct{}, 1)}
+	sub := &subscriber{name: h.Name, outQueue: outQueue{conn: conn, wake: make(chan struct{}, 1)}}
 	// Subscribe before taking the snapshot: a change published meanwhile
 	// is queued, and applying it after the snapshot is harmless.
 	n.mu.Lock()
@@ -244,18 +251,18 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	_, known := n.peers[h.Name]
 	log.Info("peer subscribed", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.Bool("configured", known))
 
-	// Whatever the dialer sends later is read and ignored (forward
-	// compatibility); its end or failure ends the subscription.
+	// The dialer sends PURGE frames; anything else it sends is read and
+	// ignored (forward compatibility). The end or failure of its side ends
+	// the subscription; a malformed frame closes the connection.
 	str.SetReadDeadline(time.Time{})
 	readerDone := make(chan struct{})
+	var readErr error
 	go func() {
 		defer close(readerDone)
-		buf := make([]byte, 1024)
-		r := io.MultiReader(bytes.NewReader(rest), str)
-		for {
-			if _, _, err := readFrame(r, buf); err != nil {
-				return
-			}
+		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name)
+		if errors.Is(readErr, errProtocol) {
+			log.Warn("peer broke the protocol on its control stream", zap.Error(readErr))
+			conn.CloseWithError(CloseProtocolError, readErr.Error())
 		}
 	}()
 
@@ -264,32 +271,75 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		_, err := str.Write(b)
 		return err
 	}
-	b, err := appendHello(nil, &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer})
+	b, err := appendHello(nil, n.hello())
 	if err == nil {
 		err = write(b)
 	}
 	if err == nil {
 		err = n.writeSnapshot(write)
 	}
-	for err == nil {
-		select {
-		case <-sub.wake:
-			for _, frames := range sub.take() {
-				if err = write(frames); err != nil {
-					break
-				}
-			}
-		case <-conn.Context().Done():
-			err = context.Cause(conn.Context())
-		case <-n.ctx.Done():
-			err = n.ctx.Err()
-		}
+	if err == nil {
+		err = n.writeQueue(str, &sub.outQueue, conn, readerDone)
 	}
 	abort(str, ErrCodeCanceled)
 	<-readerDone
+	if err == nil {
+		err = context.Cause(conn.Context())
+	}
+	if err == nil {
+		err = readErr
+	}
 	if n.ctx.Err() == nil {
 		log.Info("peer unsubscribed", zap.Error(err))
 	}
+}
+
+// readControl reads what a dialer sends on its control stream after its
+// HELLO, until the stream ends: PURGE frames become events from peer, other
+// frames are skipped.
+func (n *Node) readControl(r io.Reader, peer string) error {
+	buf := make([]byte, 1024)
+	for {
+		t, payload, err := readFrame(r, buf)
+		if err != nil {
+			return err
+		}
+		if t == framePurge {
+			pg, err := decodePurge(payload)
+			if err != nil {
+				return err
+			}
+			n.emit(Event{Kind: EventPurge, Peer: peer, Purge: pg})
+		}
+	}
+}
+
+// writeQueue writes q's frames to str as they are queued, until stop is
+// closed or the connection or the node ends (then it returns nil), or a
+// write fails (its error).
+func (n *Node) writeQueue(str *quic.Stream, q *outQueue, conn *quic.Conn, stop <-chan struct{}) error {
+	for {
+		select {
+		case <-q.wake:
+			for _, frames := range q.take() {
+				str.SetWriteDeadline(time.Now().Add(n.cfg.StreamTimeout))
+				if _, err := str.Write(frames); err != nil {
+					return err
+				}
+			}
+		case <-stop:
+			return nil
+		case <-conn.Context().Done():
+			return nil
+		case <-n.ctx.Done():
+			return nil
+		}
+	}
+}
+
+// hello is this node's HELLO, sent by both sides of a control stream.
+func (n *Node) hello() *hello {
+	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: n.cfg.Lan}
 }
 
 // writeSnapshot sends the backend's table of content as TOC frames, in
@@ -357,6 +407,42 @@ func (n *Node) Publish(d Delta) {
 // PublishReady tells every connected peer this node's ready state.
 func (n *Node) PublishReady(ready bool) {
 	n.broadcast(appendReady(nil, ready))
+}
+
+// Purge asks every node this one is connected to, content nodes and
+// observers alike, to drop the content p names: each receives it once, as
+// an EventPurge whose Peer is this node (this node gets none). An observer
+// reaches the nodes it dials the same way.
+//
+// A configured peer gets it over the connection this node dialled to it,
+// or, while that one is down, over the one the peer dialled to us; any
+// other node (an observer, a node that lists us but that we do not list)
+// over the connection it dialled to us. A node connected neither way misses
+// it: purges are not kept for later. A Purge with a field over its limit
+// (group 1024 bytes, path 4096) is logged and dropped.
+func (n *Node) Purge(p Purge) {
+	b, err := appendPurge(nil, &p)
+	if err != nil {
+		n.log.Error("encoding purge", zap.String("group", p.Group), zap.Int("path_len", len(p.Path)), zap.Error(err))
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	sent := make(map[string]bool, len(n.order))
+	for _, pr := range n.order {
+		if q := pr.out.Load(); q != nil {
+			q.enqueue(b)
+			sent[pr.name] = true
+		}
+	}
+	// A node that dialled us twice (a new connection while the old one
+	// is not yet found dead) has two subscriptions but reads only its
+	// current connection: sending to both delivers once.
+	for s := range n.subs {
+		if !sent[s.name] {
+			s.enqueue(b)
+		}
+	}
 }
 
 func (n *Node) broadcast(frames []byte) {

@@ -7,8 +7,9 @@
 // A Node fetches items from peers' memory (Fetch), serves its own through a
 // Backend, and keeps every peer informed of the items it owns: on connect it
 // sends a snapshot of its table of content, then deltas (Publish) and
-// ready-state changes (PublishReady). What it learns from peers arrives as
-// Events.
+// ready-state changes (PublishReady). It advertises where its HTTP site is
+// reached (Config.Lan) and passes purges to every node it is connected to
+// (Purge). What it learns from peers arrives as Events.
 //
 // The package imports no Caddy package and not the shard package: it takes a
 // *zap.Logger and a Config, and the application plugs its store in as a
@@ -69,6 +70,10 @@ type PeerState struct {
 	// LastSeen is when the peer last showed it was alive (connected, sent
 	// a control frame, answered a fetch), or when it was found down.
 	LastSeen time.Time
+	// Lan is the address of the peer's HTTP site that it advertised in
+	// its last HELLO (its Config.Lan); "" if it advertised none or never
+	// connected. Kept while the peer is down.
+	Lan string
 }
 
 // EventKind says what an Event reports.
@@ -88,6 +93,9 @@ const (
 	EventSnapshot
 	// EventDelta: a change to a peer's table of content.
 	EventDelta
+	// EventPurge: a node asked us to drop cached content (Node.Purge).
+	// The sender may be a configured peer or an observer.
+	EventPurge
 )
 
 // String names the kind, for logs.
@@ -103,23 +111,34 @@ func (k EventKind) String() string {
 		return "snapshot"
 	case EventDelta:
 		return "delta"
+	case EventPurge:
+		return "purge"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
 
 // Event reports a change in what a Node knows about a peer. Events of one
-// peer are delivered in order, from that peer's connection goroutine: the
-// callback must return quickly (it holds up that peer's control stream).
+// peer are delivered in order, from the goroutine of the connection this
+// node dialled to it: the callback must return quickly (it holds up that
+// peer's control stream). EventPurge is the exception: a purge comes on
+// whichever connection of the pair the sender used, possibly the one the
+// sender dialled, so it is not ordered with the peer's other events and
+// may be delivered concurrently with them.
 type Event struct {
 	Kind EventKind
-	// Peer is the peer's name.
+	// Peer is the peer's name (for EventPurge, the sender's, which may be
+	// an observer that is not a configured peer).
 	Peer string
 	// Ready is set for EventUp and EventReady.
 	Ready bool
+	// Lan is set for EventUp: the peer's advertised Config.Lan.
+	Lan string
 	// Snapshot is set for EventSnapshot.
 	Snapshot []GroupTOC
 	// Delta is set for EventDelta.
 	Delta Delta
+	// Purge is set for EventPurge.
+	Purge Purge
 }
 
 // Config configures a Node. Zero durations and sizes mean the defaults.
@@ -131,6 +150,11 @@ type Config struct {
 	// Addr is the UDP address to listen on and dial from, e.g.
 	// "10.0.0.1:7946". Ignored when PacketConn is set.
 	Addr string
+
+	// Lan, if set, is where this node's HTTP site is reached, host:port
+	// (e.g. "10.0.1.1:443"): it is advertised in HELLO, and peers and
+	// observers report it in PeerState.Lan. At most 1024 bytes.
+	Lan string
 
 	// PacketConn, if set, is the socket to use instead of binding Addr.
 	// The Node closes it on Close.
@@ -169,9 +193,14 @@ type Config struct {
 	// MaxBodySize is the largest body Fetch accepts. Default 256 MiB.
 	MaxBodySize int64
 
-	// IdleTimeout is how long a silent connection lives: a peer that
-	// stops answering is declared down after it. Keep-alives are sent at
-	// a third of it. Default 3s.
+	// IdleTimeout bounds how long a peer that stops answering (crashed,
+	// cut off: no CONNECTION_CLOSE) still counts as up: it is declared
+	// down at most this long after the last packet that came from it
+	// (measured on loopback with the default: 0.78-1.0s after a crash).
+	// A fifth of it is the keep-alive period, the rest the QUIC idle
+	// timeout (see quicConfig); quic-go waits at least 3 PTOs, which only
+	// matters on a path whose round trip is a sizeable part of it. A peer
+	// that closes cleanly is seen down at once. Default 1s.
 	IdleTimeout time.Duration
 }
 
@@ -180,7 +209,7 @@ const (
 	DefaultFetchTimeout  = 2 * time.Second
 	DefaultStreamTimeout = 10 * time.Second
 	DefaultMaxBodySize   = 256 << 20
-	DefaultIdleTimeout   = 3 * time.Second
+	DefaultIdleTimeout   = time.Second
 
 	// maxIncomingStreams bounds concurrent requests per peer connection
 	// (each is one goroutine holding one body): comfortably above the
@@ -210,7 +239,9 @@ const (
 )
 
 // quicConfig is every quic-go setting of peer connections, in one place.
+// idle is Config.IdleTimeout: the longest a silent peer stays up.
 func quicConfig(idle time.Duration) *quic.Config {
+	keepAlive := max(idle/5, time.Millisecond) // 0 would disable keep-alives
 	return &quic.Config{
 		// One configuration for every peer.
 		GetConfigForClient: nil,
@@ -219,8 +250,17 @@ func quicConfig(idle time.Duration) *quic.Config {
 		// Peers are on a LAN: a handshake that has heard nothing for 2s
 		// is dead, and the dial loop retries it.
 		HandshakeIdleTimeout: 2 * time.Second,
-		// A peer silent this long (keep-alives included) is down.
-		MaxIdleTimeout: idle,
+		// quic-go closes a connection on which nothing has arrived for
+		// this long (never less than 3 PTOs), counted from the last packet
+		// received or, if later, the first ack-eliciting packet sent after
+		// it. The keep-alive below is such a packet, sent at most
+		// KeepAlivePeriod after the last receipt, so a peer that goes silent
+		// is found down at most keepAlive + (idle - keepAlive) = idle after
+		// the last packet it sent. The timeout in force is the smaller of
+		// ours and the peer's, but quic-go raises an advertised value under
+		// 5s to 5s (MinRemoteIdleTimeout): below 5s each side keeps its own.
+		// Applies once the handshake is complete.
+		MaxIdleTimeout: max(idle-keepAlive, time.Millisecond), // 0 would mean 30s
 		// No address-validation tokens: we never ask for a Retry.
 		TokenStore: nil,
 		// See streamWindow / connWindow. The stream maximum leaves room
@@ -236,9 +276,15 @@ func quicConfig(idle time.Duration) *quic.Config {
 		MaxIncomingStreams: maxIncomingStreams,
 		// The protocol uses bidirectional streams only.
 		MaxIncomingUniStreams: -1,
-		// Keep idle connections alive, and notice a dead peer, well
-		// within MaxIdleTimeout.
-		KeepAlivePeriod: idle / 3,
+		// When nothing has arrived for min(KeepAlivePeriod,
+		// MaxIdleTimeout/2) (and at least 1.5 PTOs), quic-go sends one PING,
+		// then none until something arrives; if the PING or its ACK is
+		// lost, loss recovery probes again several times within the idle
+		// timeout. Each side does so, so an idle connection carries a
+		// PING and an ACK each way about every keepAlive (about ten small
+		// packets a second each way at the default); a busy connection
+		// carries none.
+		KeepAlivePeriod: keepAlive,
 		// 0: quic-go's default (1280), raised by path MTU discovery.
 		InitialPacketSize: 0,
 		// PMTUD finds jumbo frames on a SAN.
@@ -298,6 +344,11 @@ func Listen(cfg Config) (*Node, error) {
 	}
 	if cfg.TLS == nil {
 		return nil, errors.New("peering: TLS credentials required")
+	}
+	if cfg.Lan != "" {
+		if err := checkLan(cfg.Lan); err != nil {
+			return nil, fmt.Errorf("peering: LAN address %.64q: %v", cfg.Lan, err)
+		}
 	}
 	if !slices.Contains(cfg.TLS.cert.Leaf.DNSNames, cfg.Name) {
 		return nil, fmt.Errorf("peering: node certificate does not name node %q (DNS names %v)", cfg.Name, cfg.TLS.cert.Leaf.DNSNames)
