@@ -3,11 +3,14 @@ package shardcache
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/shardcache/caddy-shardcache/peering"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
 
@@ -20,6 +23,9 @@ func init() {
 //	GET /shardcache/status           the node, its peers, and per group: priming
 //	                                 progress, memory, hot cache and tier counters
 //	GET /shardcache/where?path=/x    who owns /x, its version, where it is held
+//	POST /shardcache/purge           {"path": "/x"} or {"prefix": "/img/"}: drops hot
+//	                                 copies cluster-wide and re-reads the files on
+//	                                 their owners
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -35,6 +41,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{
 		{Pattern: "/shardcache/status", Handler: caddy.AdminHandlerFunc(handleStatus)},
 		{Pattern: "/shardcache/where", Handler: caddy.AdminHandlerFunc(handleWhere)},
+		{Pattern: "/shardcache/purge", Handler: caddy.AdminHandlerFunc(handlePurge)},
 	}
 }
 
@@ -184,6 +191,64 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 		out = append(out, wh)
 	}
 	return writeJSON(w, out)
+}
+
+// PurgeRequest is the body of POST /shardcache/purge: a path, or a prefix
+// (every path starting with it), optionally in one group only.
+type PurgeRequest struct {
+	Path   string `json:"path,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+	Group  string `json:"group,omitempty"`
+}
+
+// PurgeResult says what a purge did on the node that received it; the
+// other nodes do the same on their own.
+type PurgeResult struct {
+	HotDropped int  `json:"hot_dropped"`
+	Refreshed  int  `json:"refreshed"`
+	Broadcast  bool `json:"broadcast"`
+}
+
+func handlePurge(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed: use POST")}
+	}
+	var req PurgeRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("decoding purge request: %v", err)}
+	}
+	p := peering.Purge{Group: req.Group}
+	switch {
+	case req.Path != "" && req.Prefix != "":
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("give path or prefix, not both")}
+	case req.Path != "":
+		p.Path = cleanPath(req.Path)
+	case req.Prefix != "":
+		if !strings.HasPrefix(req.Prefix, "/") {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("prefix %q: must start with /", req.Prefix)}
+		}
+		p.Path, p.Prefix = req.Prefix, true
+	default:
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf(`want {"path": "/x"} or {"prefix": "/dir/"}`)}
+	}
+	sources, c := reg.get()
+	var res PurgeResult
+	if c != nil {
+		res.HotDropped, res.Refreshed = c.purgeLocal(p)
+		if n := c.node.Load(); n != nil {
+			n.Purge(p)
+			res.Broadcast = true
+		}
+	} else {
+		for _, src := range sources {
+			if p.Group == "" || p.Group == src.name {
+				res.Refreshed += src.store.Refresh(p.Path, p.Prefix)
+			}
+		}
+	}
+	return writeJSON(w, res)
 }
 
 func writeJSON(w http.ResponseWriter, v any) error {

@@ -55,6 +55,18 @@ type App struct {
 	// this node's own storage instead. Default: 2s.
 	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
 
+	// The address (host:port) where this node's HTTP site is reached, as
+	// the content director's reverse_proxy upstreams name it. Advertised
+	// to every peer and observer.
+	Lan string `json:"lan,omitempty"`
+
+	// Join as an observer: a content director (`lb_policy shardcache`)
+	// that holds no content and is in no ring. It learns the ring, the
+	// members' readiness and their LAN addresses from the peers it lists.
+	// Content nodes accept any holder of a cluster certificate as an
+	// observer without listing it.
+	Observer bool `json:"observer,omitempty"`
+
 	mu      *sync.Mutex
 	sources []source
 	cluster *cluster // nil in single-node mode
@@ -130,8 +142,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	sort.Strings(members)
 	// Everything that makes a different node: a config that changes any of
 	// it gets a new one. The secret itself is not kept in the key.
-	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v", a.Node.Name, a.Node.Address,
-		strings.Join(members, ","), fingerprint(secret), a.TLS)
+	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v|%s|%v", a.Node.Name, a.Node.Address,
+		strings.Join(members, ","), fingerprint(secret), a.TLS, a.Lan, a.Observer)
 	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
 		return newCluster(clusterConfig{
 			name:         a.Node.Name,
@@ -140,6 +152,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 			secret:       secret,
 			tls:          a.TLS,
 			fetchTimeout: time.Duration(a.FetchTimeout),
+			lan:          a.Lan,
+			observer:     a.Observer,
 			logger:       caddy.Log().Named("shardcache.cluster"),
 		})
 	})
@@ -183,6 +197,15 @@ func (a *App) validate() error {
 		return errors.New("use either secret or tls, not both")
 	case a.TLS != nil && (a.TLS.Cert == "" || a.TLS.Key == "" || a.TLS.CA == ""):
 		return errors.New("tls needs a certificate, a key and a CA file")
+	case a.Observer && len(a.Peers) == 0:
+		return errors.New("an observer needs the content nodes as `peer`s")
+	case a.Observer && a.Lan != "":
+		return errors.New("an observer serves no content: it has no `lan` address")
+	}
+	if a.Lan != "" {
+		if _, _, err := net.SplitHostPort(a.Lan); err != nil {
+			return fmt.Errorf("lan %q: want host:port: %v", a.Lan, err)
+		}
 	}
 	return nil
 }

@@ -27,9 +27,13 @@ func init() {
 //	    secret        <value>
 //	    tls           <cert_file> <key_file> <ca_file>
 //	    fetch_timeout <duration>
+//	    lan           <host:port>
+//	    observer
 //	}
 //
-// `peer` is repeated once per other member. Use `secret` or `tls`.
+// `peer` is repeated once per other member. Use `secret` or `tls`. `lan`
+// is where this node's site is reached (for the content director);
+// `observer` makes this Caddy a content director that holds no content.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
 		return nil, d.Err("shardcache global option already specified")
@@ -93,6 +97,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("tls: want <cert_file> <key_file> <ca_file>, got %d arguments", len(args))
 			}
 			a.TLS = &TLSFiles{Cert: args[0], Key: args[1], CA: args[2]}
+		case "lan":
+			if a.Lan != "" {
+				return d.Err("lan already specified")
+			}
+			if !d.NextArg() {
+				return d.Err("lan: missing host:port")
+			}
+			a.Lan = d.Val()
+			if d.NextArg() {
+				return d.Errf("lan: unexpected argument '%s'", d.Val())
+			}
+		case "observer":
+			if d.NextArg() {
+				return d.Errf("observer: unexpected argument '%s'", d.Val())
+			}
+			a.Observer = true
 		case "fetch_timeout":
 			if !d.NextArg() {
 				return d.Err("fetch_timeout: missing duration")

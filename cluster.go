@@ -24,6 +24,8 @@ type clusterConfig struct {
 	secret       string
 	tls          *TLSFiles
 	fetchTimeout time.Duration
+	lan          string
+	observer     bool
 	logger       *zap.Logger
 }
 
@@ -46,7 +48,10 @@ type cluster struct {
 }
 
 func newCluster(cfg clusterConfig) (*cluster, error) {
-	names := []string{cfg.name}
+	var names []string
+	if !cfg.observer {
+		names = append(names, cfg.name) // an observer is in no ring
+	}
 	for _, p := range cfg.peers {
 		names = append(names, p.Name)
 	}
@@ -85,15 +90,21 @@ func (c *cluster) start() error {
 		for i, p := range c.cfg.peers {
 			peers[i] = peering.Peer{Name: p.Name, Addr: p.Address}
 		}
+		var backend peering.Backend = c
+		if c.cfg.observer {
+			backend = nil // serves nothing
+		}
 		n, err := peering.Listen(peering.Config{
 			Name:         c.cfg.name,
 			Addr:         c.cfg.addr,
 			Peers:        peers,
 			TLS:          creds,
-			Backend:      c,
+			Backend:      backend,
 			OnEvent:      c.onEvent,
 			Logger:       c.cfg.logger,
 			FetchTimeout: c.cfg.fetchTimeout,
+			Lan:          c.cfg.lan,
+			Observer:     c.cfg.observer,
 		})
 		if err != nil {
 			c.startErr = fmt.Errorf("node %s: listening on %s: %v (a running node's name, address, peers or credentials change only with a restart)",
@@ -268,6 +279,10 @@ func (c *cluster) onEvent(ev peering.Event) {
 		}
 	case peering.EventDelta:
 		c.group(ev.Delta.Group).apply(ev.Peer, ev.Delta)
+	case peering.EventPurge:
+		// Re-reading from storage may take a while: not on the peer's
+		// connection goroutine.
+		go c.purgeLocal(ev.Purge)
 	}
 }
 
@@ -323,4 +338,31 @@ func variant(it *shard.Item, enc string) *shard.Variant {
 		}
 	}
 	return nil
+}
+
+// purgeLocal applies a purge on this node: it drops hot copies of the
+// path (or prefix) and re-reads the files this node owns from storage. It
+// returns the number of hot copies dropped and of files looked at.
+func (c *cluster) purgeLocal(p peering.Purge) (dropped, refreshed int) {
+	c.mu.RLock()
+	groups := make([]*group, 0, len(c.groups))
+	for name, g := range c.groups {
+		if p.Group == "" || p.Group == name {
+			groups = append(groups, g)
+		}
+	}
+	c.mu.RUnlock()
+	for _, g := range groups {
+		if h := g.hot.Load(); h != nil {
+			if p.Prefix {
+				dropped += h.DropPrefix(p.Path)
+			} else {
+				dropped += h.DropPrefix(p.Path + "\x00")
+			}
+		}
+		if st := g.store.Load(); st != nil {
+			refreshed += st.Refresh(p.Path, p.Prefix)
+		}
+	}
+	return dropped, refreshed
 }

@@ -131,6 +131,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	key := fmt.Sprintf("store|%s|%d|%s", cfg.Root, cfg.Memory, strings.Join(cfg.Precompressed, ","))
 	if c := app.cluster; c != nil {
+		if c.cfg.observer {
+			return errors.New("this Caddy is a cluster observer (a content director): it serves no shardcache content")
+		}
 		if h.Group == "" {
 			h.Group = h.Root
 		}
