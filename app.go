@@ -67,6 +67,13 @@ type App struct {
 	// observer without listing it.
 	Observer bool `json:"observer,omitempty"`
 
+	// How many nodes hold each file: its owner and the next replicas-1
+	// distinct nodes on the ring. A node asks the owner, then the
+	// replicas, then reads its own storage; the director sends a request
+	// to a live replica when the owner is down. Every node must use the
+	// same value. Default: 1.
+	Replicas int `json:"replicas,omitempty"`
+
 	mu      *sync.Mutex
 	sources []source
 	cluster *cluster // nil in single-node mode
@@ -122,6 +129,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.FetchTimeout == 0 {
 		a.FetchTimeout = caddy.Duration(DefaultFetchTimeout)
 	}
+	if a.Replicas == 0 {
+		a.Replicas = 1
+	}
 	if err := a.validate(); err != nil {
 		return err
 	}
@@ -142,8 +152,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	sort.Strings(members)
 	// Everything that makes a different node: a config that changes any of
 	// it gets a new one. The secret itself is not kept in the key.
-	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v|%s|%v", a.Node.Name, a.Node.Address,
-		strings.Join(members, ","), fingerprint(secret), a.TLS, a.Lan, a.Observer)
+	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v|%s|%v|%d", a.Node.Name, a.Node.Address,
+		strings.Join(members, ","), fingerprint(secret), a.TLS, a.Lan, a.Observer, a.Replicas)
 	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
 		return newCluster(clusterConfig{
 			name:         a.Node.Name,
@@ -154,6 +164,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			fetchTimeout: time.Duration(a.FetchTimeout),
 			lan:          a.Lan,
 			observer:     a.Observer,
+			replicas:     a.Replicas,
 			logger:       caddy.Log().Named("shardcache.cluster"),
 		})
 	})
@@ -197,6 +208,8 @@ func (a *App) validate() error {
 		return errors.New("use either secret or tls, not both")
 	case a.TLS != nil && (a.TLS.Cert == "" || a.TLS.Key == "" || a.TLS.CA == ""):
 		return errors.New("tls needs a certificate, a key and a CA file")
+	case a.Replicas < 0 || a.Replicas > len(a.Peers)+1:
+		return fmt.Errorf("replicas %d: want 1 to %d (the number of members)", a.Replicas, len(a.Peers)+1)
 	case a.Observer && len(a.Peers) == 0:
 		return errors.New("an observer needs the content nodes as `peer`s")
 	case a.Observer && a.Lan != "":

@@ -1,6 +1,8 @@
 package shardcache
 
 import (
+	"strconv"
+
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
@@ -28,6 +30,7 @@ func init() {
 //	    tls           <cert_file> <key_file> <ca_file>
 //	    fetch_timeout <duration>
 //	    lan           <host:port>
+//	    replicas      <n>
 //	    observer
 //	}
 //
@@ -107,6 +110,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.Lan = d.Val()
 			if d.NextArg() {
 				return d.Errf("lan: unexpected argument '%s'", d.Val())
+			}
+		case "replicas":
+			if !d.NextArg() {
+				return d.Err("replicas: missing count")
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("replicas: bad count '%s' (want 1 or more)", d.Val())
+			}
+			a.Replicas = n
+			if d.NextArg() {
+				return d.Errf("replicas: unexpected argument '%s'", d.Val())
 			}
 		case "observer":
 			if d.NextArg() {

@@ -171,7 +171,8 @@ func TestUnmarshalGlobalOptionErrors(t *testing.T) {
 		"shardcache {\n node n1 a:1\n secret x\n tls a b c\n}":          "either secret or tls",
 		"shardcache {\n node n1 a:1\n tls a b\n}":                       "tls: want <cert_file> <key_file> <ca_file>, got 2 arguments, at Testfile:3",
 		"shardcache {\n node n1 a:1\n secret s\n fetch_timeout soon\n}": "fetch_timeout: bad duration 'soon', at Testfile:4",
-		"shardcache {\n node n1 a:1\n secret s\n\n replicas 2x\n}":      "unrecognized shardcache option 'replicas', at Testfile:5",
+		"shardcache {\n node n1 a:1\n secret s\n\n replicas 2x\n}":      "replicas: bad count '2x' (want 1 or more), at Testfile:5",
+		"shardcache {\n node n1 a:1\n secret s\n\n replica 2\n}":        "unrecognized shardcache option 'replica', at Testfile:5",
 		"shardcache on {\n}":                                            "unexpected argument 'on'",
 	} {
 		var a App
@@ -194,6 +195,7 @@ func TestAppValidate(t *testing.T) {
 		{func(a *App) { a.Peers[0].Name = "n1" }, "peer n1: name already used by node"},
 		{func(a *App) { a.Peers[0].Address = "127.0.0.3" }, `peer n2: bad address "127.0.0.3"`},
 		{func(a *App) { a.Secret = "" }, "needs `secret <value>` or `tls"},
+		{func(a *App) { a.Replicas = 3 }, "replicas 3: want 1 to 2"},
 	} {
 		a := base()
 		tc.mod(&a)

@@ -26,6 +26,7 @@ type clusterConfig struct {
 	fetchTimeout time.Duration
 	lan          string
 	observer     bool
+	replicas     int
 	logger       *zap.Logger
 }
 
@@ -152,8 +153,26 @@ func (c *cluster) Destruct() error {
 	return nil
 }
 
-// owns reports whether this node owns path.
-func (c *cluster) owns(path string) bool { return c.ring.Owner(path) == c.cfg.name }
+// holders returns the nodes that hold path: its owner, then its replicas.
+func (c *cluster) holders(path string) []string {
+	if c.cfg.replicas <= 1 {
+		return []string{c.ring.Owner(path)}
+	}
+	return c.ring.Owners(path, c.cfg.replicas)
+}
+
+// owns reports whether this node holds path: as its owner or a replica.
+func (c *cluster) owns(path string) bool {
+	if c.cfg.replicas <= 1 {
+		return c.ring.Owner(path) == c.cfg.name
+	}
+	for _, h := range c.ring.Owners(path, c.cfg.replicas) {
+		if h == c.cfg.name {
+			return true
+		}
+	}
+	return false
+}
 
 // group returns the group named name, making it on first use.
 func (c *cluster) group(name string) *group {

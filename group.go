@@ -2,7 +2,7 @@ package shardcache
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -180,9 +180,10 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 	return g.fromStorage(it.Path, enc)
 }
 
-// fetchPeer asks the owner. The request has its own deadline, not the
-// client's: one impatient client must not fail the others waiting on the
-// same fetch.
+// fetchPeer asks the nodes that hold the item, the owner first, then its
+// replicas, skipping any that is not connected (no waiting on a dead
+// peer). The attempts share one deadline of their own, not the client's:
+// one impatient client must not fail the others waiting on the same fetch.
 func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 	n := g.c.node.Load()
 	if n == nil {
@@ -190,20 +191,35 @@ func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), g.c.cfg.fetchTimeout)
 	defer cancel()
-	m, data, err := n.Fetch(ctx, ri.owner, peering.Request{
-		Group:    g.name,
-		Path:     ri.it.Path,
-		Version:  ri.it.Version,
-		Encoding: enc,
-		Epoch:    g.c.ring.Epoch(),
-	})
-	if err != nil {
-		return nil, err
+	up := map[string]bool{}
+	for _, p := range n.Peers() {
+		up[p.Name] = p.Up
 	}
-	if m.Version != ri.it.Version {
-		return nil, errors.New("owner answered another version")
+	err := error(peering.ErrPeerDown)
+	for _, holder := range g.c.holders(ri.it.Path) {
+		if holder == g.c.cfg.name || !up[holder] {
+			continue
+		}
+		var m peering.Meta
+		var data []byte
+		m, data, err = n.Fetch(ctx, holder, peering.Request{
+			Group:    g.name,
+			Path:     ri.it.Path,
+			Version:  ri.it.Version,
+			Encoding: enc,
+			Epoch:    g.c.ring.Epoch(),
+		})
+		if err == nil && m.Version != ri.it.Version {
+			err = fmt.Errorf("%s answered version %s, want %s", holder, m.Version, ri.it.Version)
+		}
+		if err == nil {
+			return data, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	return data, nil
+	return nil, err
 }
 
 // fromStorage reads path from this node's own view of storage: the last
