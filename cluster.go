@@ -376,7 +376,7 @@ func (c *cluster) purgeLocal(p peering.Purge) (dropped, refreshed int) {
 			if p.Prefix {
 				dropped += h.DropPrefix(p.Path)
 			} else {
-				dropped += h.DropPrefix(p.Path + "\x00")
+				dropped += dropHot(h, p.Path)
 			}
 		}
 		if st := g.store.Load(); st != nil {

@@ -105,10 +105,10 @@ func (g *group) apply(owner string, d peering.Delta) {
 	}
 	if h := g.hot.Load(); h != nil {
 		for _, m := range d.Upserts {
-			h.DropPrefix(m.Path + "\x00")
+			dropHot(h, m.Path)
 		}
 		for _, p := range d.Deletes {
-			h.DropPrefix(p + "\x00")
+			dropHot(h, p)
 		}
 	}
 }
@@ -137,8 +137,25 @@ type body struct {
 	tier string
 }
 
-// hotKey names a copy in the hot cache: the path, and the encoding.
-func hotKey(path, enc string) string { return path + "\x00" + enc }
+// hotKey names a copy in the hot cache: the path for the identity bytes
+// (no allocation on a hit), the path and the encoding for a variant.
+func hotKey(path, enc string) string {
+	if enc == "" {
+		return path
+	}
+	return path + "\x00" + enc
+}
+
+// dropHot drops every copy of path (all its encodings) from h.
+func dropHot(h *shard.Hot, path string) int {
+	n := 0
+	for _, enc := range [...]string{"", "br", "zstd", "gzip"} {
+		if h.Drop(hotKey(path, enc)) {
+			n++
+		}
+	}
+	return n
+}
 
 // fetch returns the bytes of ri's item in encoding enc (""
 // identity): from the hot cache, else from the owner over the SAN, else

@@ -141,13 +141,16 @@ func (h *Hot) Admit(it *Item) bool {
 	return true
 }
 
-// Drop removes any copy of path (purge, or the owner said it changed).
-func (h *Hot) Drop(path string) {
+// Drop removes any copy of path (purge, or the owner said it changed) and
+// reports whether there was one.
+func (h *Hot) Drop(path string) bool {
 	h.mu.Lock()
-	if el, ok := h.items[path]; ok {
+	defer h.mu.Unlock()
+	el, ok := h.items[path]
+	if ok {
 		h.removeLocked(el)
 	}
-	h.mu.Unlock()
+	return ok
 }
 
 // DropPrefix removes the copies of every path starting with prefix.
