@@ -15,10 +15,18 @@ import (
 	"go.uber.org/zap"
 )
 
-// peer is a configured peer and our one connection to it.
+// peer is a configured peer and our one connection to it. SetPeers
+// replaces it by a new one when its address changes.
 type peer struct {
 	name string
 	addr string
+
+	// ctx ends when the node closes or SetPeers removes or replaces the
+	// peer (the cause says which); its dial loop then closes the
+	// connection and returns, and closes done.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	done   chan struct{}
 
 	conn     atomic.Pointer[quic.Conn] // nil while down
 	out      atomic.Pointer[outQueue]  // our control stream's writer; nil while down
@@ -42,16 +50,23 @@ func (p *peer) seen() { p.lastSeen.Store(time.Now().UnixNano()) }
 
 // dialLoop keeps one connection to p: it dials, runs the control session
 // until the connection dies, and dials again with exponential backoff
-// (capped at maxBackoff) while the peer is unreachable.
-func (n *Node) dialLoop(p *peer) {
+// (capped at maxBackoff) while the peer is unreachable. It returns when
+// p.ctx ends. prev, if set, is the peer p replaces: p is dialled only once
+// prev's loop has returned, so that the events of the old connection all
+// come before those of the new one.
+func (n *Node) dialLoop(p *peer, prev *peer) {
 	defer n.wg.Done()
+	defer close(p.done)
+	if prev != nil {
+		<-prev.done // cancelled before p was started: it ends soon
+	}
 	log := n.log.With(zap.String("peer", p.name), zap.String("peer_addr", p.addr))
 	backoff := minBackoff
 	failures := 0
-	for n.ctx.Err() == nil {
+	for p.ctx.Err() == nil {
 		conn, err := n.dial(p)
 		if err != nil {
-			if n.ctx.Err() != nil {
+			if p.ctx.Err() != nil {
 				return
 			}
 			failures++
@@ -64,7 +79,7 @@ func (n *Node) dialLoop(p *peer) {
 			d := time.Duration(float64(backoff) * (0.8 + 0.4*weakrand.Float64()))
 			select {
 			case <-time.After(d):
-			case <-n.ctx.Done():
+			case <-p.ctx.Done():
 				return
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -82,14 +97,14 @@ func (n *Node) dial(p *peer) (*quic.Conn, error) {
 	}
 	qc := *n.qconf
 	qc.MaxIncomingStreams = -1 // the acceptor never opens streams to us
-	return n.tr.Dial(n.ctx, addr, n.cfg.TLS.ClientConfig(p.name), &qc)
+	return n.tr.Dial(p.ctx, addr, n.cfg.TLS.ClientConfig(p.name), &qc)
 }
 
 // session runs the control stream of a fresh connection to p: HELLO both
 // ways, then the peer's snapshot and updates, turned into Events. It
 // returns when the connection dies, and leaves p down.
 func (n *Node) session(p *peer, conn *quic.Conn, log *zap.Logger) {
-	stop := context.AfterFunc(n.ctx, func() { conn.CloseWithError(CloseShutdown, "shutting down") })
+	stop := context.AfterFunc(p.ctx, func() { n.closeStopped(p, conn) })
 	defer stop()
 	err := n.runSession(p, conn, log)
 	wasUp := p.conn.Swap(nil) != nil
@@ -101,8 +116,20 @@ func (n *Node) session(p *peer, conn *quic.Conn, log *zap.Logger) {
 	} else if errors.Is(err, errBadIdentity) {
 		code, msg = CloseBadIdentity, err.Error()
 	}
-	conn.CloseWithError(code, msg)
+	if p.ctx.Err() != nil {
+		n.closeStopped(p, conn)
+	} else {
+		conn.CloseWithError(code, msg)
+	}
 	if n.ctx.Err() != nil {
+		return
+	}
+	if p.ctx.Err() != nil {
+		// Removed or moved by SetPeers.
+		log.Info("connection to peer closed", zap.Error(context.Cause(p.ctx)))
+		if wasUp {
+			n.emit(Event{Kind: EventDown, Peer: p.name})
+		}
 		return
 	}
 	if wasUp {
@@ -115,8 +142,18 @@ func (n *Node) session(p *peer, conn *quic.Conn, log *zap.Logger) {
 
 var errBadIdentity = errors.New("peering: peer identity mismatch")
 
+// closeStopped closes conn, our connection to p, once p.ctx has ended:
+// with CloseShutdown when the node closes, else with CloseRemoved.
+func (n *Node) closeStopped(p *peer, conn *quic.Conn) {
+	if n.ctx.Err() != nil {
+		conn.CloseWithError(CloseShutdown, "shutting down")
+		return
+	}
+	conn.CloseWithError(CloseRemoved, context.Cause(p.ctx).Error())
+}
+
 func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.StreamTimeout)
+	ctx, cancel := context.WithTimeout(p.ctx, n.cfg.StreamTimeout)
 	str, err := conn.OpenStreamSync(ctx)
 	cancel()
 	if err != nil {
@@ -235,6 +272,13 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 				return err
 			}
 			n.emit(Event{Kind: EventPurge, Peer: p.name, Purge: pg})
+		case frameLan:
+			lan, err := decodeLan(payload)
+			if err != nil {
+				return err
+			}
+			p.lan.Store(&lan)
+			log.Info("peer's LAN address changed", zap.String("lan", lan))
 		default:
 			// Unknown control frames are skipped: a newer peer may send
 			// messages this version does not know.
@@ -251,12 +295,16 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b 
 // Fetch gives up at ctx's deadline or after Config.FetchTimeout, whichever
 // comes first, and when ctx is cancelled; it then cancels the stream with
 // ErrCodeCanceled. It fails at once with ErrPeerDown when the peer has no
-// live connection. Errors from the peer are *Error values: test them with
+// live connection, or that is not (or no longer: SetPeers) a configured
+// peer. Errors from the peer are *Error values: test them with
 // errors.Is(err, ErrNotFound) and the like.
 func (n *Node) Fetch(ctx context.Context, peerName string, req Request) (Meta, []byte, error) {
-	p := n.peers[peerName]
+	p := n.peers.Load().byName[peerName]
 	if p == nil {
-		return Meta{}, nil, fmt.Errorf("peering: unknown peer %q", peerName)
+		if n.ctx.Err() != nil {
+			return Meta{}, nil, ErrClosed
+		}
+		return Meta{}, nil, fmt.Errorf("peering: %q is not a configured peer: %w", peerName, ErrPeerDown)
 	}
 	conn := p.conn.Load()
 	if conn == nil {

@@ -33,6 +33,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	pg, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/img/a.png"})
 	pp, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/css/", Prefix: true})
 	f.Add(append(pg, pp...))
+	lan, _ := appendLan(nil, "10.0.1.2:443")
+	nolan, _ := appendLan(nil, "")
+	f.Add(append(lan, nolan...))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// reader.uvarint decodes exactly as binary.Uvarint does.
@@ -118,6 +121,17 @@ func checkRoundTrip(t *testing.T, ft frameType, p []byte) {
 		}
 		if got, err := decodePurge(again[frameHeaderSize:]); err != nil || got != pg {
 			t.Fatalf("PURGE: %+v != %+v (%v)", got, pg, err)
+		}
+	case frameLan:
+		lan, derr := decodeLan(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendLan(nil, lan); err != nil {
+			t.Fatalf("re-encoding LAN %q: %v", lan, err)
+		}
+		if got, err := decodeLan(again[frameHeaderSize:]); err != nil || got != lan {
+			t.Fatalf("LAN: %q != %q (%v)", got, lan, err)
 		}
 	case frameTOC, frameUpsert:
 		g, items, derr := decodeItems(p)

@@ -308,6 +308,33 @@ func checkLan(s string) error {
 	return nil
 }
 
+// appendLan appends a LAN frame: the sender's advertised LAN address, ""
+// when it stopped advertising one.
+func appendLan(b []byte, lan string) ([]byte, error) {
+	if lan != "" {
+		if err := checkLan(lan); err != nil {
+			return b, errBadValue
+		}
+	}
+	b, start := beginFrame(b, frameLan)
+	b = appendStr(b, lan)
+	return endFrame(b, start)
+}
+
+// decodeLan decodes a LAN payload: one string, empty or a valid address
+// (checkLan).
+func decodeLan(p []byte) (string, error) {
+	r := newReader(p)
+	lan := r.str(maxFieldLen)
+	if err := r.done(); err != nil {
+		return "", err
+	}
+	if lan != "" && checkLan(lan) != nil {
+		return "", errBadValue
+	}
+	return lan, nil
+}
+
 // appendPurge appends a PURGE frame: group, path, flags.
 func appendPurge(b []byte, p *Purge) ([]byte, error) {
 	if err := errors.Join(checkLen(p.Group, maxFieldLen), checkLen(p.Path, maxPathLen)); err != nil {

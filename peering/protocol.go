@@ -39,8 +39,12 @@ const ALPN = "shardcache/1"
 // PURGE frames go both ways on it after the HELLOs: the dialer may send
 // them to the acceptor (the only frames it sends after its HELLO; this is
 // how an observer, which nobody dials, reaches the nodes), and the acceptor
-// to the dialer. A receiver ignores control frames of types it does not
-// know, so later versions can add messages.
+// to the dialer. LAN frames go from the acceptor to the dialer, at any time
+// after the HELLOs (even within the snapshot): the acceptor's advertised
+// LAN address changed (Node.SetLan), and replaces the one of its HELLO. A
+// receiver ignores control frames of types it does not know, so later
+// versions can add messages (a node that predates LAN keeps the address of
+// the HELLO until it re-dials).
 //
 // HELLO is name, flags, then optional fields: Lan (a string, sent only
 // when set). A version that adds a field after Lan must send Lan, empty if
@@ -66,15 +70,16 @@ const (
 type frameType byte
 
 const (
-	frameGet      frameType = 1 // client → server: Request
-	frameResponse frameType = 2 // server → client: status + Meta, then the body
-	frameHello    frameType = 3 // both ways, first on the control stream
-	frameReady    frameType = 4 // acceptor → dialer: ready state changed
-	frameTOC      frameType = 5 // acceptor → dialer: part of the snapshot
-	frameTOCEnd   frameType = 6 // acceptor → dialer: snapshot complete
-	frameUpsert   frameType = 7 // acceptor → dialer: items added or changed
-	frameDelete   frameType = 8 // acceptor → dialer: items removed
-	framePurge    frameType = 9 // both ways, after HELLO: drop cached content
+	frameGet      frameType = 1  // client → server: Request
+	frameResponse frameType = 2  // server → client: status + Meta, then the body
+	frameHello    frameType = 3  // both ways, first on the control stream
+	frameReady    frameType = 4  // acceptor → dialer: ready state changed
+	frameTOC      frameType = 5  // acceptor → dialer: part of the snapshot
+	frameTOCEnd   frameType = 6  // acceptor → dialer: snapshot complete
+	frameUpsert   frameType = 7  // acceptor → dialer: items added or changed
+	frameDelete   frameType = 8  // acceptor → dialer: items removed
+	framePurge    frameType = 9  // both ways, after HELLO: drop cached content
+	frameLan      frameType = 10 // acceptor → dialer, after HELLO: advertised LAN address changed
 )
 
 // Stream error codes: the status of a RESPONSE and the code of a stream
@@ -116,6 +121,11 @@ const (
 	// CloseGone: the connection died (the peer stopped answering); used
 	// when cleaning up locally.
 	CloseGone quic.ApplicationErrorCode = 0x104
+	// CloseRemoved: the dialer closed its connection because the acceptor
+	// is no longer one of its configured peers, or moved to another
+	// address (Node.SetPeers). The acceptor only loses a subscriber; a
+	// connection it dialled itself is not affected.
+	CloseRemoved quic.ApplicationErrorCode = 0x105
 )
 
 // Error is a protocol-level failure with its wire code. Backends return the

@@ -102,6 +102,17 @@ func TestCodecRoundTrip(t *testing.T) {
 		}
 	}
 
+	for _, lan := range []string{"10.0.1.2:443", "[::1]:8443", ""} {
+		b, err = appendLan(nil, lan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, ps := frames(t, b)
+		if got, err := decodeLan(ps[0]); ts[0] != frameLan || err != nil || got != lan {
+			t.Errorf("LAN round trip: %q %v", got, err)
+		}
+	}
+
 	for _, r := range []bool{true, false} {
 		_, ps = frames(t, appendReady(nil, r))
 		if got, err := decodeReady(ps[0]); err != nil || got != r {
@@ -212,9 +223,10 @@ func TestCodecMalformed(t *testing.T) {
 	items, _, _ := appendItems(nil, frameTOC, "g", []Meta{m})
 	hl, _ := appendHello(nil, &hello{Name: "n1"})
 	pg, _ := appendPurge(nil, &Purge{Group: "g", Path: "/p", Prefix: true})
+	lan, _ := appendLan(nil, "10.0.0.1:443")
 
 	// Every truncation of a valid frame is an error, never a panic.
-	for _, valid := range [][]byte{get, items, hl, pg} {
+	for _, valid := range [][]byte{get, items, hl, pg, lan} {
 		for i := range len(valid) {
 			if _, _, err := readFrame(bytes.NewReader(valid[:i]), nil); err == nil {
 				t.Fatalf("truncated frame (%d of %d bytes) accepted", i, len(valid))
@@ -247,6 +259,10 @@ func TestCodecMalformed(t *testing.T) {
 		"purge flags":       {1, byte(framePurge), 0, 0, 0, 3, 0, 0, 2},
 		"purge trailing":    {1, byte(framePurge), 0, 0, 0, 4, 0, 0, 1, 0},
 		"purge path long":   append([]byte{1, byte(framePurge), 0, 0, 0x10, 0x04, 0, 0x81, 0x20}, make([]byte, maxPathLen+1)...),
+		"lan empty payload": {1, byte(frameLan), 0, 0, 0, 0},
+		"lan bad address":   append([]byte{1, byte(frameLan), 0, 0, 0, 6, 5}, "x:0:1"...),
+		"lan no port":       append([]byte{1, byte(frameLan), 0, 0, 0, 5, 4}, "host"...),
+		"lan trailing":      {1, byte(frameLan), 0, 0, 0, 2, 0, 0},
 		"many variants":     itemsWithVariantCount(maxVariants + 1),
 		"huge size":         {1, byte(frameResponse), 0, 0, 0, 12, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f},
 	}
@@ -284,6 +300,11 @@ func TestCodecMalformed(t *testing.T) {
 	}
 	if _, err := appendHello(nil, &hello{Name: "n1", Lan: long}); err == nil {
 		t.Error("appendHello accepted a long LAN address")
+	}
+	for _, bad := range []string{"nope", "host:0", long + ":1"} {
+		if _, err := appendLan(nil, bad); err == nil {
+			t.Errorf("appendLan accepted %.20q", bad)
+		}
 	}
 	if _, err := appendPurge(nil, &Purge{Group: long}); err == nil {
 		t.Error("appendPurge accepted a long group")
@@ -324,6 +345,8 @@ func decodeAny(t frameType, p []byte) error {
 		_, _, err = decodeDeletes(p)
 	case framePurge:
 		_, err = decodePurge(p)
+	case frameLan:
+		_, err = decodeLan(p)
 	case frameTOCEnd:
 		if len(p) != 0 {
 			err = errTrailingBytes

@@ -248,7 +248,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		delete(n.subs, sub)
 		n.mu.Unlock()
 	}()
-	_, known := n.peers[h.Name]
+	_, known := n.peers.Load().byName[h.Name]
 	log.Info("peer subscribed", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.Bool("configured", known))
 
 	// The dialer sends PURGE frames; anything else it sends is read and
@@ -339,7 +339,7 @@ func (n *Node) writeQueue(str *quic.Stream, q *outQueue, conn *quic.Conn, stop <
 
 // hello is this node's HELLO, sent by both sides of a control stream.
 func (n *Node) hello() *hello {
-	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: n.cfg.Lan}
+	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load()}
 }
 
 // writeSnapshot sends the backend's table of content as TOC frames, in
@@ -428,8 +428,9 @@ func (n *Node) Purge(p Purge) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	sent := make(map[string]bool, len(n.order))
-	for _, pr := range n.order {
+	peers := n.peers.Load()
+	sent := make(map[string]bool, len(peers.order))
+	for _, pr := range peers.order {
 		if q := pr.out.Load(); q != nil {
 			q.enqueue(b)
 			sent[pr.name] = true

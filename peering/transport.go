@@ -11,6 +11,10 @@
 // reached (Config.Lan) and passes purges to every node it is connected to
 // (Purge). What it learns from peers arrives as Events.
 //
+// The peer list and the advertised LAN address can change while the Node
+// runs (SetPeers, SetLan): a configuration reload keeps the socket and the
+// connections that did not change.
+//
 // The package imports no Caddy package and not the shard package: it takes a
 // *zap.Logger and a Config, and the application plugs its store in as a
 // Backend.
@@ -23,6 +27,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -71,8 +76,9 @@ type PeerState struct {
 	// a control frame, answered a fetch), or when it was found down.
 	LastSeen time.Time
 	// Lan is the address of the peer's HTTP site that it advertised in
-	// its last HELLO (its Config.Lan); "" if it advertised none or never
-	// connected. Kept while the peer is down.
+	// its last HELLO (its Config.Lan) or since (its SetLan); "" if it
+	// advertised none or never connected. Kept while the peer is down, and
+	// when SetPeers changes its address.
 	Lan string
 }
 
@@ -84,7 +90,8 @@ const (
 	// EventUp: a peer is connected; Ready is its ready state. Its snapshot
 	// follows.
 	EventUp EventKind = iota + 1
-	// EventDown: the connection to a peer died or was refused.
+	// EventDown: the connection to a peer died or was refused, or
+	// SetPeers removed the peer or changed its address while it was up.
 	EventDown
 	// EventReady: a peer's ready state changed to Ready.
 	EventReady
@@ -154,6 +161,7 @@ type Config struct {
 	// Lan, if set, is where this node's HTTP site is reached, host:port
 	// (e.g. "10.0.1.1:443"): it is advertised in HELLO, and peers and
 	// observers report it in PeerState.Lan. At most 1024 bytes.
+	// Node.SetLan changes it later.
 	Lan string
 
 	// PacketConn, if set, is the socket to use instead of binding Addr.
@@ -161,7 +169,7 @@ type Config struct {
 	PacketConn net.PacketConn
 
 	// Peers are the cluster members to dial. An entry named Name is
-	// skipped.
+	// skipped. Node.SetPeers changes them later.
 	Peers []Peer
 
 	// TLS is this node's identity and the cluster CA. Required.
@@ -302,7 +310,8 @@ func quicConfig(idle time.Duration) *quic.Config {
 	}
 }
 
-// ErrPeerDown is returned by Fetch for a peer with no live connection.
+// ErrPeerDown is returned by Fetch for a peer with no live connection (or
+// one that is not, or no longer, configured).
 var ErrPeerDown = errors.New("peering: peer down")
 
 // ErrClosed is returned by Fetch after Close.
@@ -324,8 +333,12 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	peers map[string]*peer
-	order []*peer // as configured
+	// peers is the configured peer set: replaced whole by SetPeers (under
+	// mu), read without a lock.
+	peers atomic.Pointer[peerTable]
+	// lan is the advertised LAN address (Config.Lan, then SetLan); stored
+	// under mu.
+	lan atomic.Pointer[string]
 
 	inflight inflight
 
@@ -379,24 +392,16 @@ func Listen(cfg Config) (*Node, error) {
 		log:     log.With(zap.String("node", cfg.Name)),
 		backend: backend,
 		qconf:   quicConfig(cfg.IdleTimeout),
-		peers:   make(map[string]*peer),
 		inbound: make(map[*quic.Conn]struct{}),
 		subs:    make(map[*subscriber]struct{}),
 	}
 	n.inflight.m = make(map[*quic.Stream]time.Time)
-	for _, p := range cfg.Peers {
-		if p.Name == cfg.Name {
-			continue
-		}
-		if p.Name == "" || p.Addr == "" {
-			return nil, fmt.Errorf("peering: peer %q: name and address required", p.Name)
-		}
-		if _, dup := n.peers[p.Name]; dup {
-			return nil, fmt.Errorf("peering: peer %q listed twice", p.Name)
-		}
-		pr := &peer{name: p.Name, addr: p.Addr}
-		n.peers[p.Name] = pr
-		n.order = append(n.order, pr)
+	n.peers.Store(&peerTable{})
+	lan := cfg.Lan
+	n.lan.Store(&lan)
+	peers, err := checkPeers(cfg.Name, cfg.Peers)
+	if err != nil {
+		return nil, err
 	}
 
 	pc := cfg.PacketConn
@@ -420,12 +425,179 @@ func Listen(cfg Config) (*Node, error) {
 	n.wg.Add(2)
 	go n.acceptLoop()
 	go n.sweepLoop()
-	for _, p := range n.order {
-		n.wg.Add(1)
-		go n.dialLoop(p)
-	}
-	n.log.Info("peering listening", zap.Stringer("addr", pc.LocalAddr()), zap.Int("peers", len(n.order)))
+	n.mu.Lock()
+	n.setPeers(peers)
+	n.mu.Unlock()
+	n.log.Info("peering listening", zap.Stringer("addr", pc.LocalAddr()), zap.Int("peers", len(peers)))
 	return n, nil
+}
+
+// checkPeers returns the peers to dial: all but the one named self, each
+// with a name and an address, no name twice.
+func checkPeers(self string, peers []Peer) ([]Peer, error) {
+	out := make([]Peer, 0, len(peers))
+	seen := make(map[string]bool, len(peers))
+	for _, p := range peers {
+		if p.Name == self {
+			continue
+		}
+		if p.Name == "" || p.Addr == "" {
+			return nil, fmt.Errorf("peering: peer %q: name and address required", p.Name)
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("peering: peer %q listed twice", p.Name)
+		}
+		seen[p.Name] = true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// peerTable is a configured peer set. Immutable once stored in Node.peers.
+type peerTable struct {
+	byName map[string]*peer
+	order  []*peer // as configured
+}
+
+// SetPeers makes the configured peers equal to peers, as Config.Peers
+// would, without touching the socket. It is idempotent, safe to call
+// concurrently with every other method, and returns without waiting for
+// any connection:
+//
+//   - a new peer is dialled at once;
+//   - a peer that is no longer listed leaves Peers() and Fetch at once
+//     (Fetch then fails with ErrPeerDown); the connection this node
+//     dialled to it is closed with CloseRemoved and, if it was up, its
+//     EventDown follows (its last event; events already on their way may
+//     precede it);
+//   - a peer listed at another address is handled as removed and added
+//     again: its old connection is closed with CloseRemoved (EventDown if
+//     it was up), then it is dialled at the new address (EventUp and a
+//     snapshot), never before the old connection's events are delivered.
+//     Its PeerState keeps its Lan and LastSeen meanwhile;
+//   - a peer listed as before keeps its connection: no re-dial, no new
+//     HELLO or snapshot, no event. Only the order of Peers() follows the
+//     new list.
+//
+// Connections that other nodes dialled to this one are not affected: a
+// removed peer that still lists this node keeps being served like any
+// other holder of a cluster certificate that is not configured (an
+// observer): it gets the table of content and its purges arrive as
+// EventPurge, but it raises no EventUp or EventDown.
+//
+// Entries that Listen would refuse are left out and logged: one named like
+// this node (skipped silently, as in Listen), one without a name or an
+// address, and every entry after the first with a given name. After Close,
+// SetPeers does nothing.
+func (n *Node) SetPeers(peers []Peer) {
+	want := make([]Peer, 0, len(peers))
+	seen := make(map[string]bool, len(peers))
+	for _, p := range peers {
+		switch {
+		case p.Name == n.cfg.Name:
+			continue
+		case p.Name == "" || p.Addr == "":
+			n.log.Error("SetPeers: peer without a name or an address left out", zap.String("peer", p.Name), zap.String("peer_addr", p.Addr))
+			continue
+		case seen[p.Name]:
+			n.log.Error("SetPeers: peer listed twice; the first entry is kept", zap.String("peer", p.Name), zap.String("peer_addr", p.Addr))
+			continue
+		}
+		seen[p.Name] = true
+		want = append(want, p)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	n.setPeers(want)
+}
+
+// setPeers installs want (checked: see checkPeers) as the peer set, starting
+// dial loops for new peers and stopping those of removed ones. Called with
+// n.mu held, before Close.
+func (n *Node) setPeers(want []Peer) {
+	old := n.peers.Load()
+	t := &peerTable{byName: make(map[string]*peer, len(want)), order: make([]*peer, 0, len(want))}
+	var added, moved, removed []string
+	for _, w := range want {
+		prev := old.byName[w.Name]
+		p := prev
+		if prev == nil || prev.addr != w.Addr {
+			p = n.newPeer(w, prev)
+			if prev == nil {
+				added = append(added, w.Name)
+			} else {
+				moved = append(moved, w.Name)
+				prev.cancel(errPeerMoved)
+			}
+			n.wg.Add(1)
+			go n.dialLoop(p, prev)
+		}
+		t.byName[w.Name] = p
+		t.order = append(t.order, p)
+	}
+	for _, p := range old.order {
+		if _, ok := t.byName[p.name]; !ok {
+			removed = append(removed, p.name)
+			p.cancel(errPeerRemoved)
+		}
+	}
+	n.peers.Store(t)
+	if old.byName != nil && len(added)+len(moved)+len(removed) > 0 {
+		n.log.Info("peer list changed", zap.Strings("added", added), zap.Strings("moved", moved), zap.Strings("removed", removed))
+	}
+}
+
+var (
+	errPeerRemoved = errors.New("no longer a configured peer")
+	errPeerMoved   = errors.New("peer address changed")
+)
+
+// newPeer makes the peer to dial for w. prev, if set, is the one it
+// replaces (same name, other address): its LAN address and last sighting
+// carry over.
+func (n *Node) newPeer(w Peer, prev *peer) *peer {
+	p := &peer{name: w.Name, addr: w.Addr, done: make(chan struct{})}
+	p.ctx, p.cancel = context.WithCancelCause(n.ctx)
+	if prev != nil {
+		p.lan.Store(prev.lan.Load())
+		p.lastSeen.Store(prev.lastSeen.Load())
+	}
+	return p
+}
+
+// SetLan changes the LAN address this node advertises (Config.Lan; ""
+// advertises none), validated as Listen validates Config.Lan. Nodes that
+// dialled this one (peers and observers) get it in a LAN control frame and
+// report it in PeerState.Lan; nodes that connect later get it in HELLO. No
+// event is raised on either side. Safe to call concurrently with every
+// other method.
+func (n *Node) SetLan(lan string) error {
+	if lan != "" {
+		if err := checkLan(lan); err != nil {
+			return fmt.Errorf("peering: LAN address %.64q: %v", lan, err)
+		}
+	}
+	b, err := appendLan(nil, lan)
+	if err != nil {
+		return fmt.Errorf("peering: LAN address %.64q: %v", lan, err)
+	}
+	// Stored and sent under mu: a subscriber registered before gets the
+	// frame, one registered after reads the new address for its HELLO,
+	// and concurrent calls reach every subscriber in the same order.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if *n.lan.Load() == lan {
+		return nil
+	}
+	n.lan.Store(&lan)
+	for s := range n.subs {
+		s.enqueue(b)
+	}
+	n.log.Info("advertised LAN address changed", zap.String("lan", lan))
+	return nil
 }
 
 // Addr returns the address of the node's UDP socket.
@@ -436,8 +608,9 @@ func (n *Node) Name() string { return n.cfg.Name }
 
 // Peers returns the state of every configured peer, in configured order.
 func (n *Node) Peers() []PeerState {
-	out := make([]PeerState, 0, len(n.order))
-	for _, p := range n.order {
+	t := n.peers.Load()
+	out := make([]PeerState, 0, len(t.order))
+	for _, p := range t.order {
 		out = append(out, p.state())
 	}
 	return out
