@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -154,24 +156,30 @@ func (a *App) Provision(ctx caddy.Context) error {
 	// it gets a new one. The secret itself is not kept in the key.
 	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v|%s|%v|%d", a.Node.Name, a.Node.Address,
 		strings.Join(members, ","), fingerprint(secret), a.TLS, a.Lan, a.Observer, a.Replicas)
+	if other, ok := liveKeys.Load(a.Node.Address); ok && other.(string) != a.key {
+		// A reload would need a second socket on the same address, and the
+		// running node's connections and tables belong to its identity.
+		return fmt.Errorf("node %s at %s: its name, peers, replicas, lan, observer role or credentials changed; "+
+			"that takes a restart (a reload keeps the running node's SAN socket and connections)", a.Node.Name, a.Node.Address)
+	}
 	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
-		return newCluster(clusterConfig{
-			name:         a.Node.Name,
-			addr:         a.Node.Address,
-			peers:        a.Peers,
-			secret:       secret,
-			tls:          a.TLS,
-			fetchTimeout: time.Duration(a.FetchTimeout),
-			lan:          a.Lan,
-			observer:     a.Observer,
-			replicas:     a.Replicas,
-			logger:       caddy.Log().Named("shardcache.cluster"),
+		return newCluster(a.key, clusterConfig{
+			name:     a.Node.Name,
+			addr:     a.Node.Address,
+			peers:    a.Peers,
+			secret:   secret,
+			tls:      a.TLS,
+			lan:      a.Lan,
+			observer: a.Observer,
+			replicas: a.Replicas,
+			logger:   caddy.Log().Named("shardcache.cluster"),
 		})
 	})
 	if err != nil {
 		return err
 	}
 	a.cluster = val.(*cluster)
+	a.cluster.fetchTimeout.Store(int64(a.FetchTimeout))
 	return nil
 }
 
@@ -250,10 +258,11 @@ func validNodeName(s string) bool {
 // source is what one handler serves from: its store (started with the
 // app), its counters, and in a cluster its group.
 type source struct {
-	name  string // the group, or on a single node the root
-	store *shard.Store
-	stats *tierStats
-	grp   *group // nil on a single node
+	name   string // the group, or on a single node the root
+	budget int64  // memory + hot: the most its bodies may take
+	store  *shard.Store
+	stats  *tierStats
+	grp    *group // nil on a single node
 }
 
 // addSource registers a handler's store to start with the app. Called from
@@ -280,10 +289,15 @@ func (a *App) Start() error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	var budget int64
 	for _, s := range a.sources {
 		s.store.Start()
+		budget += s.budget
 	}
 	reg.set(a.sources, a.cluster)
+	if len(a.sources) > 0 {
+		setMemoryLimit(budget, a.logger)
+	}
 	return nil
 }
 
@@ -324,8 +338,12 @@ func (a *App) Cleanup() error {
 }
 
 // clusters keeps SAN sockets, peer connections and tables of content alive
-// across config reloads.
-var clusters = caddy.NewUsagePool()
+// across config reloads. liveKeys maps a SAN address to the key of the
+// cluster that holds it.
+var (
+	clusters = caddy.NewUsagePool()
+	liveKeys sync.Map
+)
 
 // Interface guards
 var (
@@ -333,3 +351,24 @@ var (
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
+
+// memoryOverhead is what the process may use beyond the stores' budgets
+// (plus a tenth of them) before the Go runtime collects harder: Caddy
+// itself, the items' metadata, and the garbage of requests and storage
+// reads.
+const memoryOverhead = 64 << 20
+
+// setMemoryLimit gives the Go runtime a soft memory limit of 1.1× the
+// stores' budgets plus memoryOverhead, unless the operator set GOMEMLIMIT. Without
+// it the collector lets the heap grow to twice what is live, and what is
+// live is mostly primed bytes: the resident set would reach about twice the
+// budget. The limit is soft: the runtime never fails an allocation for it.
+func setMemoryLimit(budget int64, log *zap.Logger) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	limit := budget + budget/10 + memoryOverhead
+	debug.SetMemoryLimit(limit)
+	log.Info("set the Go memory limit (set GOMEMLIMIT to choose another)",
+		zap.Int64("budgets", budget), zap.Int64("limit", limit))
+}

@@ -19,15 +19,14 @@ import (
 
 // clusterConfig is what makes a node.
 type clusterConfig struct {
-	name, addr   string
-	peers        []Member
-	secret       string
-	tls          *TLSFiles
-	fetchTimeout time.Duration
-	lan          string
-	observer     bool
-	replicas     int
-	logger       *zap.Logger
+	name, addr string
+	peers      []Member
+	secret     string
+	tls        *TLSFiles
+	lan        string
+	observer   bool
+	replicas   int
+	logger     *zap.Logger
 }
 
 // cluster is a node's membership in the cluster: the SAN endpoint, the
@@ -35,8 +34,13 @@ type clusterConfig struct {
 // reloads that keep the node keep it, its connections and its tables of
 // content.
 type cluster struct {
+	key  string // its usage pool key
 	cfg  clusterConfig
 	ring *peering.Ring // static: the configured members
+
+	// fetchTimeout bounds the attempts of one peer fetch. Not part of the
+	// node's identity: a reload sets it in place.
+	fetchTimeout atomic.Int64
 
 	startOnce sync.Once
 	startErr  error
@@ -48,7 +52,7 @@ type cluster struct {
 	done chan struct{}
 }
 
-func newCluster(cfg clusterConfig) (*cluster, error) {
+func newCluster(key string, cfg clusterConfig) (*cluster, error) {
 	var names []string
 	if !cfg.observer {
 		names = append(names, cfg.name) // an observer is in no ring
@@ -57,6 +61,7 @@ func newCluster(cfg clusterConfig) (*cluster, error) {
 		names = append(names, p.Name)
 	}
 	return &cluster{
+		key:    key,
 		cfg:    cfg,
 		ring:   peering.NewRing(0, nil, names...),
 		groups: make(map[string]*group),
@@ -96,14 +101,16 @@ func (c *cluster) start() error {
 			backend = nil // serves nothing
 		}
 		n, err := peering.Listen(peering.Config{
-			Name:         c.cfg.name,
-			Addr:         c.cfg.addr,
-			Peers:        peers,
-			TLS:          creds,
-			Backend:      backend,
-			OnEvent:      c.onEvent,
-			Logger:       c.cfg.logger,
-			FetchTimeout: c.cfg.fetchTimeout,
+			Name:    c.cfg.name,
+			Addr:    c.cfg.addr,
+			Peers:   peers,
+			TLS:     creds,
+			Backend: backend,
+			OnEvent: c.onEvent,
+			Logger:  c.cfg.logger,
+			// Each fetch carries its own deadline (fetch_timeout, which a
+			// reload may change); this is only a cap.
+			FetchTimeout: time.Minute,
 			Lan:          c.cfg.lan,
 			Observer:     c.cfg.observer,
 		})
@@ -113,6 +120,7 @@ func (c *cluster) start() error {
 			return
 		}
 		c.node.Store(n)
+		liveKeys.Store(c.cfg.addr, c.key)
 		c.cfg.logger.Info("node started", zap.String("node", c.cfg.name), zap.String("san", n.Addr().String()),
 			zap.Strings("ring", c.ring.Nodes()))
 		go c.announceReady()
@@ -147,6 +155,7 @@ func (c *cluster) announceReady() {
 // Destruct closes the node when the last config using it is gone.
 func (c *cluster) Destruct() error {
 	close(c.done)
+	liveKeys.CompareAndDelete(c.cfg.addr, c.key)
 	if n := c.node.Load(); n != nil {
 		return n.Close()
 	}

@@ -206,7 +206,7 @@ func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 	if n == nil {
 		return nil, peering.ErrPeerDown
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), g.c.cfg.fetchTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(g.c.fetchTimeout.Load()))
 	defer cancel()
 	up := map[string]bool{}
 	for _, p := range n.Peers() {

@@ -160,12 +160,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.key = key
 	ref := val.(storeRef)
 	h.store, h.stats = ref.Store, ref.stats
-	src := source{name: h.Root, store: h.store, stats: h.stats}
+	src := source{name: h.Root, budget: h.Memory, store: h.store, stats: h.stats}
 	if h.grp != nil {
 		h.grp.store.Store(h.store)
 		h.grp.setHot(h.Hot)
 		h.stats = &h.grp.stats
-		src = source{name: h.Group, store: h.store, stats: h.stats, grp: h.grp}
+		src = source{name: h.Group, budget: h.Memory + h.Hot, store: h.store, stats: h.stats, grp: h.grp}
 	}
 	app.addSource(src)
 	return nil

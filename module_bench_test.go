@@ -85,7 +85,7 @@ func TestLocalHitHeaders(t *testing.T) {
 func newHotHandler(tb testing.TB, size int) (*Handler, string) {
 	tb.Helper()
 	h := newBenchHandler(tb, 16)
-	c, _ := newCluster(clusterConfig{name: "n1", peers: []Member{{Name: "n2", Address: "127.0.0.1:1"}}, logger: zap.NewNop()})
+	c, _ := newCluster("test", clusterConfig{name: "n1", peers: []Member{{Name: "n2", Address: "127.0.0.1:1"}}, logger: zap.NewNop()})
 	g := c.group("site")
 	g.store.Store(h.store)
 	g.setHot(64 << 20)
