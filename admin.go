@@ -98,7 +98,7 @@ func currentStatus() Status {
 	sources, c := reg.get()
 	if c != nil {
 		st.Node = c.cfg.name
-		st.Epoch = c.ring.Epoch()
+		st.Epoch = c.ring().Epoch()
 		if n := c.node.Load(); n != nil {
 			st.SAN = n.Addr().String()
 			for _, p := range n.Peers() {
@@ -167,7 +167,7 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 	if c == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("not a cluster node")}
 	}
-	owner := c.ring.Owner(p)
+	owner := c.ring().Owner(p)
 	c.mu.RLock()
 	groups := make([]*group, 0, len(c.groups))
 	for _, g := range c.groups {

@@ -6,7 +6,6 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -78,8 +77,9 @@ type App struct {
 
 	mu      *sync.Mutex
 	sources []source
-	cluster *cluster // nil in single-node mode
-	key     string   // the usage pool key of cluster
+	cluster *cluster    // nil in single-node mode
+	members *membership // this config's ring
+	key     string      // the usage pool key of cluster
 	logger  *zap.Logger
 }
 
@@ -147,31 +147,27 @@ func (a *App) Provision(ctx caddy.Context) error {
 				redactSecret(a.Secret), len(secret), minSecretLen)
 		}
 	}
-	members := []string{a.Node.Name}
-	for _, p := range a.Peers {
-		members = append(members, p.Name+"="+p.Address)
-	}
-	sort.Strings(members)
-	// Everything that makes a different node: a config that changes any of
-	// it gets a new one. The secret itself is not kept in the key.
-	a.key = fmt.Sprintf("cluster|%s|%s|%s|%s|%v|%s|%v|%d", a.Node.Name, a.Node.Address,
-		strings.Join(members, ","), fingerprint(secret), a.TLS, a.Lan, a.Observer, a.Replicas)
+	a.members = newMembership(a.Node.Name, a.Observer, a.Peers, a.Replicas)
+	// The node's identity: a config that changes it needs a new node (and
+	// a restart, as the SAN socket stays bound). Peers, replicas and lan
+	// change in place on reload. The secret itself is not kept in the key.
+	a.key = fmt.Sprintf("cluster|%s|%s|%s|%v|%v", a.Node.Name, a.Node.Address,
+		fingerprint(secret), a.TLS, a.Observer)
 	if other, ok := liveKeys.Load(a.Node.Address); ok && other.(string) != a.key {
 		// A reload would need a second socket on the same address, and the
 		// running node's connections and tables belong to its identity.
-		return fmt.Errorf("node %s at %s: its name, peers, replicas, lan, observer role or credentials changed; "+
+		return fmt.Errorf("node %s at %s: its name, observer role or credentials changed; "+
 			"that takes a restart (a reload keeps the running node's SAN socket and connections)", a.Node.Name, a.Node.Address)
 	}
 	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
 		return newCluster(a.key, clusterConfig{
 			name:     a.Node.Name,
 			addr:     a.Node.Address,
-			peers:    a.Peers,
 			secret:   secret,
 			tls:      a.TLS,
 			lan:      a.Lan,
 			observer: a.Observer,
-			replicas: a.Replicas,
+			members:  a.members,
 			logger:   caddy.Log().Named("shardcache.cluster"),
 		})
 	})
@@ -286,6 +282,7 @@ func (a *App) Start() error {
 		if err := a.cluster.start(); err != nil {
 			return err
 		}
+		a.cluster.reconfigure(a.members, a.Lan)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -20,12 +20,11 @@ import (
 // clusterConfig is what makes a node.
 type clusterConfig struct {
 	name, addr string
-	peers      []Member
 	secret     string
 	tls        *TLSFiles
 	lan        string
 	observer   bool
-	replicas   int
+	members    *membership
 	logger     *zap.Logger
 }
 
@@ -34,9 +33,10 @@ type clusterConfig struct {
 // reloads that keep the node keep it, its connections and its tables of
 // content.
 type cluster struct {
-	key  string // its usage pool key
-	cfg  clusterConfig
-	ring *peering.Ring // static: the configured members
+	key     string // its usage pool key
+	cfg     clusterConfig
+	members atomic.Pointer[membership] // swapped by reloads
+	lan     atomicString               // what this node advertises
 
 	// fetchTimeout bounds the attempts of one peer fetch. Not part of the
 	// node's identity: a reload sets it in place.
@@ -53,20 +53,42 @@ type cluster struct {
 }
 
 func newCluster(key string, cfg clusterConfig) (*cluster, error) {
-	var names []string
-	if !cfg.observer {
-		names = append(names, cfg.name) // an observer is in no ring
-	}
-	for _, p := range cfg.peers {
-		names = append(names, p.Name)
-	}
-	return &cluster{
+	c := &cluster{
 		key:    key,
 		cfg:    cfg,
-		ring:   peering.NewRing(0, nil, names...),
 		groups: make(map[string]*group),
 		done:   make(chan struct{}),
-	}, nil
+	}
+	c.members.Store(cfg.members)
+	return c, nil
+}
+
+// ring returns the current ring.
+func (c *cluster) ring() *peering.Ring { return c.members.Load().ring }
+
+// reconfigure makes m the cluster's membership (a reload that changed the
+// peers or replicas) and advertises lan: the node keeps its socket, and its
+// connections to the peers that stay.
+func (c *cluster) reconfigure(m *membership, lan string) {
+	old := c.members.Swap(m)
+	n := c.node.Load()
+	if n == nil {
+		return
+	}
+	if old != m {
+		n.SetPeers(m.peeringPeers())
+		if old.ring.Epoch() != m.ring.Epoch() || old.replicas != m.replicas {
+			c.cfg.logger.Info("cluster membership changed", zap.String("node", c.cfg.name),
+				zap.Strings("ring", m.ring.Nodes()), zap.Int("replicas", m.replicas))
+		}
+	}
+	if lan != c.lan.Load() {
+		if err := n.SetLan(lan); err != nil {
+			c.cfg.logger.Error("advertising lan", zap.String("lan", lan), zap.Error(err))
+		} else {
+			c.lan.Store(lan)
+		}
+	}
 }
 
 // fingerprint names a secret without revealing it.
@@ -92,10 +114,7 @@ func (c *cluster) start() error {
 			c.startErr = fmt.Errorf("node %s: credentials: %v", c.cfg.name, err)
 			return
 		}
-		peers := make([]peering.Peer, len(c.cfg.peers))
-		for i, p := range c.cfg.peers {
-			peers[i] = peering.Peer{Name: p.Name, Addr: p.Address}
-		}
+		peers := c.members.Load().peeringPeers()
 		var backend peering.Backend = c
 		if c.cfg.observer {
 			backend = nil // serves nothing
@@ -120,9 +139,10 @@ func (c *cluster) start() error {
 			return
 		}
 		c.node.Store(n)
+		c.lan.Store(c.cfg.lan)
 		liveKeys.Store(c.cfg.addr, c.key)
 		c.cfg.logger.Info("node started", zap.String("node", c.cfg.name), zap.String("san", n.Addr().String()),
-			zap.Strings("ring", c.ring.Nodes()))
+			zap.Strings("ring", c.ring().Nodes()))
 		go c.announceReady()
 	})
 	return c.startErr
@@ -163,25 +183,22 @@ func (c *cluster) Destruct() error {
 }
 
 // holders returns the nodes that hold path: its owner, then its replicas.
-func (c *cluster) holders(path string) []string {
-	if c.cfg.replicas <= 1 {
-		return []string{c.ring.Owner(path)}
-	}
-	return c.ring.Owners(path, c.cfg.replicas)
-}
+func (c *cluster) holders(path string) []string { return c.members.Load().holders(path) }
 
 // owns reports whether this node holds path: as its owner or a replica.
-func (c *cluster) owns(path string) bool {
-	if c.cfg.replicas <= 1 {
-		return c.ring.Owner(path) == c.cfg.name
+func (c *cluster) owns(path string) bool { return c.members.Load().owns(path) }
+
+// atomicString is a string read and written atomically.
+type atomicString struct{ v atomic.Pointer[string] }
+
+func (a *atomicString) Load() string {
+	if p := a.v.Load(); p != nil {
+		return *p
 	}
-	for _, h := range c.ring.Owners(path, c.cfg.replicas) {
-		if h == c.cfg.name {
-			return true
-		}
-	}
-	return false
+	return ""
 }
+
+func (a *atomicString) Store(s string) { a.v.Store(&s) }
 
 // group returns the group named name, making it on first use.
 func (c *cluster) group(name string) *group {

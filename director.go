@@ -90,7 +90,8 @@ func (d *Director) pick(pool reverseproxy.UpstreamPool, key string) *reverseprox
 		return nil
 	}
 	peers := n.Peers()
-	for _, name := range d.c.ring.Owners(key, d.c.ring.Len()) {
+	ring := d.c.ring()
+	for _, name := range ring.Owners(key, ring.Len()) {
 		for i := range peers {
 			p := &peers[i]
 			if p.Name != name || !p.Up || !p.Ready || p.Lan == "" {

@@ -224,7 +224,7 @@ func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 			Path:     ri.it.Path,
 			Version:  ri.it.Version,
 			Encoding: enc,
-			Epoch:    g.c.ring.Epoch(),
+			Epoch:    g.c.ring().Epoch(),
 		})
 		if err == nil && m.Version != ri.it.Version {
 			err = fmt.Errorf("%s answered version %s, want %s", holder, m.Version, ri.it.Version)

@@ -142,10 +142,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.grp = c.group(h.Group)
 		group := h.Group
-		cfg.Owns = c.owns
+		cfg.Owns = app.members.owns
 		cfg.OnChange = func(p string, it *shard.Item) { c.publish(group, p, it) }
 		// The store primes this node's share: it depends on the ring.
-		key += fmt.Sprintf("|%s|%s|%d", group, c.cfg.name, c.ring.Epoch())
+		key += fmt.Sprintf("|%s|%s|%d", group, c.cfg.name, app.members.epoch())
 	}
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s, err := shard.New(cfg)
@@ -319,7 +319,7 @@ func (h *Handler) lookup(p string) (it *shard.Item, owner *remoteItem, isDir boo
 	if ri, ok := h.grp.lookup(p); ok {
 		return ri.it, ri, false, nil
 	}
-	if h.grp.c.peerReady(h.grp.c.ring.Owner(p)) {
+	if h.grp.c.peerReady(h.grp.c.ring().Owner(p)) {
 		return nil, nil, false, shard.ErrNotFound
 	}
 	it, isDir, err = h.store.Lookup(p)

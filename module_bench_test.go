@@ -85,14 +85,15 @@ func TestLocalHitHeaders(t *testing.T) {
 func newHotHandler(tb testing.TB, size int) (*Handler, string) {
 	tb.Helper()
 	h := newBenchHandler(tb, 16)
-	c, _ := newCluster("test", clusterConfig{name: "n1", peers: []Member{{Name: "n2", Address: "127.0.0.1:1"}}, logger: zap.NewNop()})
+	c, _ := newCluster("test", clusterConfig{name: "n1", logger: zap.NewNop(),
+		members: newMembership("n1", false, []Member{{Name: "n2", Address: "127.0.0.1:1"}}, 1)})
 	g := c.group("site")
 	g.store.Store(h.store)
 	g.setHot(64 << 20)
 	// A path the ring gives to n2.
 	p := ""
 	for i := 0; p == ""; i++ {
-		if q := fmt.Sprintf("/remote%d.css", i); c.ring.Owner(q) == "n2" {
+		if q := fmt.Sprintf("/remote%d.css", i); c.ring().Owner(q) == "n2" {
 			p = q
 		}
 	}
