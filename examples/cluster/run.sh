@@ -3,8 +3,12 @@
 # n2.Caddyfile and n3.Caddyfile: HTTP on 127.0.0.1:8081-8083, peering over
 # QUIC on 127.0.0.2-4:7946, admin API on 127.0.0.1:2991-2993.
 #
-#	examples/cluster/run.sh          build, start, show a cross-node fetch, stop
-#	examples/cluster/run.sh --keep   ... and leave the nodes running until Ctrl-C
+#	examples/cluster/run.sh             build, start, show a cross-node fetch, stop
+#	examples/cluster/run.sh --keep      ... and leave the nodes running until Ctrl-C
+#	examples/cluster/run.sh --director  ... also start the content director of
+#	                                    examples/director (HTTP 127.0.0.1:8090,
+#	                                    SAN 127.0.0.9:7946, admin 127.0.0.1:2990)
+#	                                    and fetch every file through it
 #
 # It builds ./cmd/caddy, makes a fresh cluster secret (exported as
 # SHARDCACHE_SECRET, which the Caddyfiles read), starts the three nodes,
@@ -15,14 +19,17 @@
 set -euo pipefail
 
 keep=0
-case "${1:-}" in
---keep) keep=1 ;;
-"") ;;
-*)
-	echo "usage: $0 [--keep]" >&2
-	exit 2
-	;;
-esac
+director=0
+for arg in "$@"; do
+	case "$arg" in
+	--keep) keep=1 ;;
+	--director) director=1 ;;
+	*)
+		echo "usage: $0 [--keep] [--director]" >&2
+		exit 2
+		;;
+	esac
+done
 
 cd "$(dirname "$0")/../.." # the repository root: the Caddyfiles' root is relative to it
 site=examples/single/site
@@ -135,12 +142,71 @@ for i in 1 2 3; do
 	"$caddy" shardcache status --address "127.0.0.1:299$i" | sed -n '/^GROUP/,$p'
 done
 
+if ((director)); then
+	echo
+	echo "== starting the content director (examples/director/director.Caddyfile; log in $work/director/caddy.log)"
+	d=$work/director
+	mkdir -p "$d"
+	HOME=$d XDG_DATA_HOME=$d/data XDG_CONFIG_HOME=$d/config \
+		"$caddy" run --config examples/director/director.Caddyfile >"$d/caddy.log" 2>&1 &
+	pids+=("$!")
+	echo "director: pid $!"
+	# Ready: it sees the three nodes up and primed.
+	for ((try = 0; ; try++)); do
+		st=$(curl -fsS --max-time 2 http://127.0.0.1:2990/shardcache/status 2>/dev/null) || st=
+		if [[ $(grep -c '"ready": true' <<<"$st") -ge 4 ]] && ! grep -q '"up": false' <<<"$st"; then
+			break
+		fi
+		if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+			echo "the director exited:" >&2
+			tail -n 20 "$d/caddy.log" >&2
+			exit 1
+		fi
+		if ((try >= 150)); then
+			echo "the director does not see the nodes ready after 30s:" >&2
+			tail -n 20 "$d/caddy.log" >&2
+			exit 1
+		fi
+		sleep 0.2
+	done
+	"$caddy" shardcache status --address 127.0.0.1:2990 | sed -n '1,/^$/p'
+
+	echo "== every file through the director (127.0.0.1:8090): each goes to its owner, a local hit there"
+	declare -A local_before
+	for i in 1 2 3; do
+		local_before[$i]=$(curl -fsS --max-time 2 "http://127.0.0.1:299$i/shardcache/status" |
+			tr -d ' \n' | sed -n 's/.*"local":{"requests":\([0-9]*\).*/\1/p')
+	done
+	n=0
+	while IFS= read -r f; do
+		p=/${f#"$site"/}
+		code=$(curl -sS --max-time 5 -o "$work/body" -w '%{http_code}' "http://127.0.0.1:8090$p")
+		if [[ $code == 200 ]] && cmp -s "$work/body" "$f"; then
+			n=$((n + 1))
+		else
+			echo "$p: $code, DIFFERENT" >&2
+			failed=1
+		fi
+	done < <(find "$site" -type f ! -name '*.gz' | sort)
+	moved=0
+	for i in 1 2 3; do
+		now=$(curl -fsS --max-time 2 "http://127.0.0.1:299$i/shardcache/status" |
+			tr -d ' \n' | sed -n 's/.*"local":{"requests":\([0-9]*\).*/\1/p')
+		moved=$((moved + now - ${local_before[$i]:-0}))
+	done
+	echo "$n files served byte for byte through the director; the nodes' local hits grew by $moved"
+fi
+
 if ((failed)); then
 	echo "some files were not served byte for byte" >&2
 	exit 1
 fi
 if ((keep)); then
 	echo
-	echo "== running: http://127.0.0.1:8081/ http://127.0.0.1:8082/ http://127.0.0.1:8083/ (Ctrl-C stops them)"
+	if ((director)); then
+		echo "== running: http://127.0.0.1:8090/ (the director), http://127.0.0.1:8081-8083/ (the nodes) (Ctrl-C stops them)"
+	else
+		echo "== running: http://127.0.0.1:8081/ http://127.0.0.1:8082/ http://127.0.0.1:8083/ (Ctrl-C stops them)"
+	fi
 	wait
 fi
