@@ -400,7 +400,7 @@ for i in 1 2 3; do
 done
 waitready
 
-declare -A LOCAL=() REMOTE=()
+declare -A LOCAL=() REMOTE=() NUSED=()
 for s in "${SIZES[@]}"; do
 	for f in "$SRC"/f/"$s"-*.bin; do
 		p=/f/${f##*/}
@@ -419,7 +419,15 @@ for s in "${SIZES[@]}"; do
 		log "cluster.sh: ${LABEL[$s]}: n1 owns ${LOCAL[$s]:-none of the files}, the others ${REMOTE[$s]:-none}; try a larger -n"
 		exit 1
 	fi
-	log "  ${LABEL[$s]}: n1 owns $(wc -w <<<"${LOCAL[$s]}"), n2/n3 own $(wc -w <<<"${REMOTE[$s]}")"
+	# The same number of files of each kind, so that the bytes cycled
+	# through (the cache footprint: 8 MiB for 8 files of 1 MiB) are alike.
+	nl=$(wc -w <<<"${LOCAL[$s]}")
+	nr=$(wc -w <<<"${REMOTE[$s]}")
+	k=$((nl < nr ? nl : nr))
+	LOCAL[$s]=$(tr ' ' '\n' <<<"${LOCAL[$s]}" | grep . | head -n "$k" | paste -sd' ')
+	REMOTE[$s]=$(tr ' ' '\n' <<<"${REMOTE[$s]}" | grep . | head -n "$k" | paste -sd' ')
+	NUSED[$s]=$k
+	log "  ${LABEL[$s]}: n1 owns $nl, n2/n3 own $nr; measuring $k of each"
 	# shellcheck disable=SC2086
 	luascript "$TMP/local-$s.lua" ${LOCAL[$s]}
 	# shellcheck disable=SC2086
@@ -519,8 +527,9 @@ verdict() { awk -v r="$1" -v t="$HOT_TARGET" 'BEGIN { if (r == "-") print "n/a";
 	echo "shardcache cluster bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
 	echo "$(go version | cut -d' ' -f3), Caddy $("$CADDY" version | cut -d' ' -f1), CGO_ENABLED=0 ${BUILD[*]:1}"
 	echo "3 nodes (SAN ${SAN_HOSTS[0]}-${SAN_HOSTS[2]##*.}:$SAN_PORT, memory 256MiB, hot 64MiB; phase 2: n1 hot 1KiB) all on CPU $SERVER_CPU;"
-	echo "wrk -t1 -c$CONNS -d${DUR}s (after ${WARM}s warm-up, best of $REPEATS) on CPU $CLIENT_CPU against n1, cycling through the files of a kind;"
-	echo "$NFILES random files of each size; load average before $LOAD_BEFORE, after $LOAD_AFTER"
+	echo "wrk -t1 -c$CONNS -d${DUR}s (after ${WARM}s warm-up, best of $REPEATS) on CPU $CLIENT_CPU against n1, cycling through the files of a kind"
+	echo "($NFILES random files of each size; per size as many local as remote files: $(for s in "${SIZES[@]}"; do printf '%s %s; ' "${LABEL[$s]}" "${NUSED[$s]}"; done | sed 's/; $//'))"
+	echo "load average before $LOAD_BEFORE, after $LOAD_AFTER"
 	echo
 	printf '%-7s | %8s %8s | %8s %8s | %8s %8s | %9s %6s | %8s %8s\n' \
 		size local MiB/s hot MiB/s remote MiB/s hot/local target remote/l2 local2
