@@ -91,7 +91,7 @@ USED_PORTS=" "
 freeport() {
 	local p
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % 22000)) # below the ephemeral range (32768-)
 		if [[ $USED_PORTS != *" $p "* ]] && ! ss -Htln "sport = :$p" | grep -q .; then
 			USED_PORTS+="$p "
 			PORT=$p
