@@ -90,6 +90,10 @@ func printStatus(out io.Writer, st Status) {
 		}
 		fmt.Fprintln(tw)
 	}
+	if len(st.Groups) == 0 {
+		tw.Flush()
+		return
+	}
 	fmt.Fprintf(tw, "GROUP\tROOT\tREADY\tPRIMED\tITEMS\tBYTES\tHOT ITEMS\tHOT BYTES\tLOCAL\tHOT\tPEER\tSTORAGE\n")
 	for _, g := range st.Groups {
 		var hotItems, hotBytes int64
