@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -122,60 +121,6 @@ type clusterNode struct {
 	base      string // http://127.0.0.1:port
 	root      string
 	caddyfile string
-}
-
-// launchCaddy writes caddyfile to a temp dir and starts `caddy run` on it
-// with the extra environment variables env ("K=V"), without waiting for it
-// to answer (see waitUp): several nodes start at once. The process is
-// stopped by its PID when the test ends.
-func launchCaddy(t *testing.T, caddyfile string, env ...string) *node {
-	t.Helper()
-	m := adminRe.FindStringSubmatch(caddyfile)
-	if m == nil {
-		t.Fatal("launchCaddy: the Caddyfile must set `admin 127.0.0.1:<port>` in its global block")
-	}
-	dir := t.TempDir()
-	n := &node{
-		t:       t,
-		dir:     dir,
-		config:  filepath.Join(dir, "Caddyfile"),
-		logPath: filepath.Join(dir, "caddy.log"),
-		admin:   m[1],
-		exited:  make(chan struct{}),
-	}
-	if err := os.WriteFile(n.config, []byte(caddyfile), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logFile, err := os.Create(n.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close() // the child has its own descriptor
-
-	n.cmd = exec.Command(caddyBin, "run", "--config", n.config, "--adapter", "caddyfile")
-	n.cmd.Dir = repoRoot
-	n.cmd.Env = append(caddyEnv(dir), env...)
-	n.cmd.Stdout = logFile
-	n.cmd.Stderr = logFile
-	if err := n.cmd.Start(); err != nil {
-		t.Fatalf("starting caddy: %v", err)
-	}
-	go func() {
-		n.waitErr = n.cmd.Wait()
-		close(n.exited)
-	}()
-	t.Cleanup(n.stop)
-	return n
-}
-
-// waitUp waits until the node's admin endpoint and every site address of
-// caddyfile answer.
-func (n *node) waitUp(caddyfile string, deadline time.Time) {
-	n.t.Helper()
-	n.waitHTTP("http://"+n.admin+"/config/", deadline)
-	for _, site := range siteRe.FindAllString(caddyfile, -1) {
-		n.waitHTTP(site+"/", deadline)
-	}
 }
 
 // startClusterNodes starts one Caddy process per config, all at once, with
@@ -771,25 +716,6 @@ func refusedAtConnection(err error) bool {
 // endsWith reports whether b ends with suffix (the body after the
 // response's metadata).
 func endsWith(b, suffix []byte) bool { return bytes.HasSuffix(b, suffix) }
-
-// runCaddyEnv runs a one-shot caddy subcommand with the extra environment
-// variables env, bounded in time, and returns its stdout and stderr.
-func runCaddyEnv(t *testing.T, timeout time.Duration, env []string, args ...string) (stdout, stderr string, err error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, caddyBin, args...)
-	cmd.Dir = repoRoot
-	cmd.Env = append(caddyEnv(t.TempDir()), env...)
-	var o, e bytes.Buffer
-	cmd.Stdout = &o
-	cmd.Stderr = &e
-	err = cmd.Run()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
-	}
-	return o.String(), e.String(), err
-}
 
 // logDigest returns the node's log without the admin endpoint's request
 // lines (the tests poll it), at most the last 100 lines.

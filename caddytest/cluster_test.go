@@ -507,7 +507,7 @@ func TestClusterServing(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		waitForCluster(t, 5*time.Second, "n1's table of content to list "+present+" and "+absent, func() bool {
+		waitFor(t, 5*time.Second, "n1's table of content to list "+present+" and "+absent, func() bool {
 			a, err1 := n1.where(present)
 			b, err2 := n1.where(absent)
 			return err1 == nil && err2 == nil && a.Found && b.Found
@@ -538,7 +538,7 @@ func TestClusterServing(t *testing.T) {
 			t.Fatalf("%s still running after stop", victim.name)
 		}
 		t.Logf("%s (pid %d) stopped in %s: %v", victim.name, victim.cmd.Process.Pid, time.Since(stopped).Round(time.Millisecond), victim.waitErr)
-		waitForCluster(t, 8*time.Second, "n1 to see n2 down", func() bool {
+		waitFor(t, 8*time.Second, "n1 to see n2 down", func() bool {
 			var st clusterStatus
 			if err := n1.adminGet("/shardcache/status", &st); err != nil {
 				return false
@@ -663,18 +663,6 @@ func siteBytes(s clusterSite) int64 {
 	return n
 }
 
-// waitForCluster polls cond every 50ms until it is true, at most timeout.
-func waitForCluster(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestClusterHandshakeRefusals checks that the SAN port answers only
 // holders of a certificate from the cluster CA: (a) a QUIC client without a
 // client certificate, (b) a fourth node with the wrong secret, (c) a client
@@ -773,12 +761,12 @@ func TestClusterHandshakeRefusals(t *testing.T) {
 	t.Run("b_fourth_node_with_the_wrong_secret", func(t *testing.T) {
 		// Both ways fail: n4 dials the others and they dial n4.
 		for _, o := range good {
-			waitForCluster(t, 10*time.Second, "n4 to fail dialling "+o.name, func() bool {
+			waitFor(t, 10*time.Second, "n4 to fail dialling "+o.name, func() bool {
 				return len(n4.findLogs(func(e logEntry) bool {
 					return e.str("msg") == "dialling peer failed; retrying" && e.str("peer") == o.name
 				})) > 0
 			})
-			waitForCluster(t, 10*time.Second, o.name+" to fail dialling n4", func() bool {
+			waitFor(t, 10*time.Second, o.name+" to fail dialling n4", func() bool {
 				return len(o.findLogs(func(e logEntry) bool {
 					return e.str("msg") == "dialling peer failed; retrying" && e.str("peer") == "n4"
 				})) > 0

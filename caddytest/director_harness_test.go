@@ -16,7 +16,6 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
 )
 
 // directorSAN is the director's SAN address.
@@ -248,27 +247,6 @@ func sumTiers(m map[string]int64) int64 {
 	return s
 }
 
-// writeSparse creates a sparse file of size bytes at p (no disk blocks:
-// reading it yields zeros, as fast as the kernel can zero-fill), with the
-// modification time fixedTime.
-func writeSparse(t *testing.T, p string, size int64) {
-	t.Helper()
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(p, fixedTime, fixedTime); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // rewriteUnseen replaces the bytes of the file at p with data (the same
 // length) through a shared memory mapping, then sets its modification time
 // back: inotify reports no write through a mapping, and the size and the
@@ -391,19 +369,4 @@ func metricValue(samples []metricSample, name string, want ...string) (float64, 
 		}
 	}
 	return 0, false
-}
-
-// pollUntil polls cond every 25ms for at most timeout and reports whether it
-// became true, and when.
-func pollUntil(timeout time.Duration, cond func() bool) (bool, time.Duration) {
-	start := time.Now()
-	for {
-		if cond() {
-			return true, time.Since(start)
-		}
-		if time.Since(start) > timeout {
-			return false, time.Since(start)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
 }

@@ -21,7 +21,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
-	"os"
 	"sort"
 	"strings"
 	"sync"
@@ -483,7 +482,7 @@ func ftSampleRSS(pid int, every time.Duration) *ftRSSSampler {
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
-			if v := ftReadRSS(pid); v > 0 {
+			if v, _ := readRSS(pid); v > 0 {
 				s.n.Add(1)
 				if v > s.max.Load() {
 					s.max.Store(v)
@@ -504,22 +503,6 @@ func (s *ftRSSSampler) stop() (int64, int64) {
 	close(s.stopc)
 	<-s.done
 	return s.max.Load(), s.n.Load()
-}
-
-// ftReadRSS returns the VmRSS of pid in bytes, 0 if it cannot be read.
-func ftReadRSS(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			var kb int64
-			fmt.Sscan(f[1], &kb)
-			return kb << 10
-		}
-	}
-	return 0
 }
 
 // Raw QUIC clients of the SAN port.
@@ -642,24 +625,4 @@ func ftQuantile(ds []time.Duration, q float64) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[min(len(s)-1, int(q*float64(len(s))))]
-}
-
-// ftWriteSparse creates a sparse file of size bytes at p (no disk blocks:
-// reading it yields zeros), with the modification time fixedTime.
-func ftWriteSparse(t *testing.T, p string, size int64) {
-	t.Helper()
-	f, err := os.Create(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(p, fixedTime, fixedTime); err != nil {
-		t.Fatal(err)
-	}
 }

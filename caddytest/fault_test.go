@@ -63,7 +63,7 @@ func TestFaultNodeLoss(t *testing.T) {
 	for i, made := 0, 0; made < 2 && i < 1000; i++ {
 		p := fmt.Sprintf("/big/blob-%03d.bin", i)
 		if ring.Owner(p) == victimName {
-			ftWriteSparse(t, filepath.Join(roots[victimIdx], filepath.FromSlash(p[1:])), 1<<30)
+			writeSparse(t, filepath.Join(roots[victimIdx], filepath.FromSlash(p[1:])), 1<<30)
 			made++
 		}
 	}

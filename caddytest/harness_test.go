@@ -156,9 +156,20 @@ var (
 // test failed.
 func startCaddy(t *testing.T, caddyfile string) *node {
 	t.Helper()
+	n := launchCaddy(t, caddyfile)
+	n.waitUp(caddyfile, time.Now().Add(20*time.Second))
+	return n
+}
+
+// launchCaddy writes caddyfile to a temp dir and starts `caddy run` on it
+// with the extra environment variables env ("K=V"), without waiting for it
+// to answer (see waitUp): several nodes start at once. The process is
+// stopped by its PID when the test ends.
+func launchCaddy(t *testing.T, caddyfile string, env ...string) *node {
+	t.Helper()
 	m := adminRe.FindStringSubmatch(caddyfile)
 	if m == nil {
-		t.Fatal("startCaddy: the Caddyfile must set `admin 127.0.0.1:<port>` in its global block")
+		t.Fatal("launchCaddy: the Caddyfile must set `admin 127.0.0.1:<port>` in its global block")
 	}
 	dir := t.TempDir()
 	n := &node{
@@ -180,7 +191,7 @@ func startCaddy(t *testing.T, caddyfile string) *node {
 
 	n.cmd = exec.Command(caddyBin, "run", "--config", n.config, "--adapter", "caddyfile")
 	n.cmd.Dir = repoRoot
-	n.cmd.Env = caddyEnv(dir)
+	n.cmd.Env = append(caddyEnv(dir), env...)
 	n.cmd.Stdout = logFile
 	n.cmd.Stderr = logFile
 	if err := n.cmd.Start(); err != nil {
@@ -191,13 +202,17 @@ func startCaddy(t *testing.T, caddyfile string) *node {
 		close(n.exited)
 	}()
 	t.Cleanup(n.stop)
+	return n
+}
 
-	deadline := time.Now().Add(20 * time.Second)
+// waitUp waits until the node's admin endpoint and every site address of
+// caddyfile answer.
+func (n *node) waitUp(caddyfile string, deadline time.Time) {
+	n.t.Helper()
 	n.waitHTTP("http://"+n.admin+"/config/", deadline)
 	for _, site := range siteRe.FindAllString(caddyfile, -1) {
 		n.waitHTTP(site+"/", deadline)
 	}
-	return n
 }
 
 // caddyEnv is the environment of a Caddy child process: the test's, with
@@ -405,58 +420,70 @@ func (n *node) goroutines() int {
 // rss returns the process's resident set size in bytes.
 func (n *node) rss() int64 {
 	n.t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.cmd.Process.Pid))
+	v, err := readRSS(n.cmd.Process.Pid)
 	if err != nil {
 		n.t.Fatalf("reading RSS: %v", err)
+	}
+	return v
+}
+
+// readRSS returns the VmRSS of pid in bytes.
+func readRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
 			kb, err := strconv.ParseInt(f[1], 10, 64)
 			if err != nil {
-				n.t.Fatalf("reading RSS: %q: %v", line, err)
+				return 0, fmt.Errorf("%q: %v", line, err)
 			}
-			return kb << 10
+			return kb << 10, nil
 		}
 	}
-	n.t.Fatal("reading RSS: no VmRSS in /proc/<pid>/status")
-	return 0
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", pid)
 }
 
 // runCaddy runs a one-shot caddy subcommand (adapt, validate, ...) with a
 // bounded time and returns its combined output.
 func runCaddy(t *testing.T, timeout time.Duration, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, caddyBin, args...)
-	cmd.Dir = repoRoot
-	cmd.Env = caddyEnv(t.TempDir())
 	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = &out
-	err := cmd.Run()
-	if ctx.Err() != nil {
-		return out.String(), fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
-	}
+	err := runCaddyTo(t, timeout, nil, &out, &out, args...)
 	return out.String(), err
 }
 
 // runCaddySplit is runCaddy with stdout and stderr kept apart.
 func runCaddySplit(t *testing.T, timeout time.Duration, args ...string) (stdout, stderr string, err error) {
 	t.Helper()
+	return runCaddyEnv(t, timeout, nil, args...)
+}
+
+// runCaddyEnv is runCaddySplit with the extra environment variables env.
+func runCaddyEnv(t *testing.T, timeout time.Duration, env []string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	var o, e bytes.Buffer
+	err = runCaddyTo(t, timeout, env, &o, &e, args...)
+	return o.String(), e.String(), err
+}
+
+// runCaddyTo runs a one-shot caddy subcommand with the extra environment
+// variables env, bounded in time, its output going to stdout and stderr.
+func runCaddyTo(t *testing.T, timeout time.Duration, env []string, stdout, stderr io.Writer, args ...string) error {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, caddyBin, args...)
 	cmd.Dir = repoRoot
-	cmd.Env = caddyEnv(t.TempDir())
-	var o, e bytes.Buffer
-	cmd.Stdout = &o
-	cmd.Stderr = &e
-	err = cmd.Run()
+	cmd.Env = append(caddyEnv(t.TempDir()), env...)
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
+	err := cmd.Run()
 	if ctx.Err() != nil {
-		err = fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
+		return fmt.Errorf("caddy %s: still running after %s", strings.Join(args, " "), timeout)
 	}
-	return o.String(), e.String(), err
+	return err
 }
 
 func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -617,4 +644,58 @@ func parallel(n int, f func(i int)) {
 		}()
 	}
 	wg.Wait()
+}
+
+// writeSparse creates a sparse file of size bytes at p (no disk blocks:
+// reading it yields zeros, as fast as the kernel can zero-fill), with the
+// modification time fixedTime.
+func writeSparse(t *testing.T, p string, size int64) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, fixedTime, fixedTime); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitFor polls cond every 50ms until it is true, at most timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pollUntil polls cond every 25ms for at most timeout and reports whether it
+// became true, and when.
+func pollUntil(timeout time.Duration, cond func() bool) (bool, time.Duration) {
+	return pollEvery(timeout, 25*time.Millisecond, cond)
+}
+
+// pollEvery polls cond every interval for at most timeout and reports
+// whether it became true, and when.
+func pollEvery(timeout, every time.Duration, cond func() bool) (bool, time.Duration) {
+	start := time.Now()
+	for {
+		if cond() {
+			return true, time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			return false, time.Since(start)
+		}
+		time.Sleep(every)
+	}
 }

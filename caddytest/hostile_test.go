@@ -733,7 +733,7 @@ func TestHostileFakePeer(t *testing.T) {
 	sentIn := time.Since(began)
 	// Until n1 has taken it all in.
 	var st1 clusterGroupStatus
-	ok, took := pollUntilFT(20*time.Second, func() bool {
+	ok, took := pollEvery(20*time.Second, 50*time.Millisecond, func() bool {
 		st1 = n1.status(t).group()
 		return st1.TOCItems >= 2*total-total/1000
 	})
@@ -763,20 +763,6 @@ func TestHostileFakePeer(t *testing.T) {
 	t.Logf("GET /evil/000123.bin (named only by evil's table): %d in %s", r.status, time.Since(b).Round(time.Millisecond))
 	if r.status != http.StatusBadGateway && r.status != http.StatusNotFound {
 		t.Errorf("GET /evil/000123.bin: %d; want 502 (known, unreadable) or 404", r.status)
-	}
-}
-
-// pollUntilFT polls cond every 50ms for at most timeout.
-func pollUntilFT(timeout time.Duration, cond func() bool) (bool, time.Duration) {
-	start := time.Now()
-	for {
-		if cond() {
-			return true, time.Since(start)
-		}
-		if time.Since(start) > timeout {
-			return false, time.Since(start)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

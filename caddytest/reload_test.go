@@ -132,15 +132,3 @@ http://127.0.0.1:%d {
 	})
 	checkFiles("after the reload back to the first root", filesA, len(filesA))
 }
-
-// waitFor polls cond every 50ms until it is true, at most timeout.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
