@@ -83,34 +83,71 @@ type clusterNodeConfig struct {
 // shardcache global option (node, peers, secret from the environment,
 // fetch_timeout 2s) and one site served by the shardcache handler.
 func clusterCaddyfile(c clusterNodeConfig) string {
-	memory, hot := c.memory, c.hot
+	return globalBlock(c.admin, shardcacheOption(c.self, c.members, "{env."+clusterSecretEnv+"}", "fetch_timeout 2s")) +
+		clusterSiteBlock(c.port, c.root, c.memory, c.hot)
+}
+
+// shardcacheOption returns the shardcache global option (for globalBlock)
+// of the node self: its node line, a peer line for every other member, the
+// secret line and the extra lines given.
+func shardcacheOption(self clusterMember, members []clusterMember, secret string, extra ...string) string {
+	var g strings.Builder
+	g.WriteString("shardcache {\n")
+	fmt.Fprintf(&g, "\t\tnode %s %s\n", self.name, self.san)
+	for _, m := range members {
+		if m.name != self.name {
+			fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
+		}
+	}
+	fmt.Fprintf(&g, "\t\tsecret %s\n", secret)
+	for _, l := range extra {
+		g.WriteString("\t\t" + l + "\n")
+	}
+	g.WriteString("\t}")
+	return g.String()
+}
+
+// observerOption is the shardcache global option of a content director:
+// an observer named director at san, peering with every member, the secret
+// from the environment.
+func observerOption(san string, members []clusterMember) string {
+	return shardcacheOption(clusterMember{name: "director", san: san}, members, "{env."+clusterSecretEnv+"}", "observer")
+}
+
+// clusterSiteBlock returns the site http://127.0.0.1:<port> served by the
+// shardcache handler from root in the test group (memory default 64MiB, hot
+// default 8MiB), with the `header` lines given ("X-Node n1").
+func clusterSiteBlock(port int, root, memory, hot string, headers ...string) string {
 	if memory == "" {
 		memory = "64MiB"
 	}
 	if hot == "" {
 		hot = "8MiB"
 	}
-	var g strings.Builder
-	g.WriteString("shardcache {\n")
-	fmt.Fprintf(&g, "\t\tnode %s %s\n", c.self.name, c.self.san)
-	for _, m := range c.members {
-		if m.name != c.self.name {
-			fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
-		}
+	var h strings.Builder
+	for _, l := range headers {
+		h.WriteString("\theader " + l + "\n")
 	}
-	fmt.Fprintf(&g, "\t\tsecret {env.%s}\n", clusterSecretEnv)
-	g.WriteString("\t\tfetch_timeout 2s\n\t}")
-	return globalBlock(c.admin, g.String()) + fmt.Sprintf(`
+	return fmt.Sprintf(`
 http://127.0.0.1:%d {
 	bind 127.0.0.1
-	shardcache {
+%s	shardcache {
 		root %s
 		group %s
 		memory %s
 		hot %s
 	}
 }
-`, c.port, c.root, clusterGroup, memory, hot)
+`, port, h.String(), root, clusterGroup, memory, hot)
+}
+
+// upstreams returns the members' sites (127.0.0.1:<port>) for reverse_proxy.
+func upstreams(ports []int) string {
+	var ups []string
+	for _, p := range ports {
+		ups = append(ups, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	return strings.Join(ups, " ")
 }
 
 // clusterNode is one running member of a test cluster.
@@ -123,42 +160,84 @@ type clusterNode struct {
 	caddyfile string
 }
 
+// launchClusterNode starts a Caddy process on caddyfile with secret in its
+// environment, without waiting for it. base is the site a test talks to.
+func launchClusterNode(t *testing.T, secret, name, san, base, root, caddyfile string) *clusterNode {
+	t.Helper()
+	n := launchCaddy(t, caddyfile, clusterSecretEnv+"="+secret)
+	return &clusterNode{node: n, name: name, san: san, base: base, root: root, caddyfile: caddyfile}
+}
+
 // startClusterNodes starts one Caddy process per config, all at once, with
 // the secret in their environment, and waits until each answers HTTP.
 func startClusterNodes(t *testing.T, secret string, cfgs []clusterNodeConfig) []*clusterNode {
 	t.Helper()
 	nodes := make([]*clusterNode, len(cfgs))
 	for i, c := range cfgs {
-		cf := clusterCaddyfile(c)
-		n := launchCaddy(t, cf, clusterSecretEnv+"="+secret)
-		nodes[i] = &clusterNode{node: n, name: c.self.name, san: c.self.san,
-			base: fmt.Sprintf("http://127.0.0.1:%d", c.port), root: c.root, caddyfile: cf}
+		nodes[i] = launchClusterNode(t, secret, c.self.name, c.self.san,
+			fmt.Sprintf("http://127.0.0.1:%d", c.port), c.root, clusterCaddyfile(c))
 	}
 	// Stop them all at once when the test ends (before the harness's own
 	// cleanup, which then finds them stopped), and say which were slow to
 	// exit.
-	t.Cleanup(func() {
-		closeIdleClients()
-		var wg sync.WaitGroup
-		for _, n := range nodes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				start := time.Now()
-				n.stop()
-				if d := time.Since(start); d > 2*time.Second {
-					t.Logf("%s (pid %d) took %s to exit after SIGTERM; its log from the signal on:\n%s",
-						n.name, n.cmd.Process.Pid, d.Round(time.Millisecond), n.logSince("SIGTERM"))
-				}
-			}()
-		}
-		wg.Wait()
-	})
+	t.Cleanup(func() { stopNodes(t, nodes, true) })
 	deadline := time.Now().Add(20 * time.Second)
 	for _, n := range nodes {
 		n.waitUp(n.caddyfile, deadline)
 	}
 	return nodes
+}
+
+// stopNodes closes the test clients' idle connections and stops every node
+// at once (SIGTERM, then SIGKILL: node.stop). With logSlow it logs which
+// took more than 2s to exit, and their log from the signal on.
+func stopNodes(t *testing.T, nodes []*clusterNode, logSlow bool) {
+	closeIdleClients()
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			n.stop()
+			if d := time.Since(start); logSlow && d > 2*time.Second {
+				t.Logf("%s (pid %d) took %s to exit after SIGTERM; its log from the signal on:\n%s",
+					n.name, n.cmd.Process.Pid, d.Round(time.Millisecond), n.logSince("SIGTERM"))
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// nodeGroup is a set of Caddy processes started by one test, stopped all at
+// once (in parallel) when it ends.
+type nodeGroup struct {
+	t      *testing.T
+	secret string
+	mu     sync.Mutex
+	all    []*clusterNode
+}
+
+func newNodeGroup(t *testing.T, secret string) *nodeGroup {
+	g := &nodeGroup{t: t, secret: secret}
+	t.Cleanup(func() {
+		g.mu.Lock()
+		all := g.all
+		g.mu.Unlock()
+		stopNodes(t, all, false)
+	})
+	return g
+}
+
+// launch starts a Caddy process on caddyfile (with the group's secret in its
+// environment) without waiting for it. base is the site a test talks to.
+func (g *nodeGroup) launch(name, san, base, root, caddyfile string) *clusterNode {
+	g.t.Helper()
+	cn := launchClusterNode(g.t, g.secret, name, san, base, root, caddyfile)
+	g.mu.Lock()
+	g.all = append(g.all, cn)
+	g.mu.Unlock()
+	return cn
 }
 
 // logSince returns the node's log lines from the first one containing
@@ -262,6 +341,30 @@ func (n *clusterNode) adminGet(p string, v any) error {
 	return nil
 }
 
+// tryStatus returns n's GET /shardcache/status, or ok false.
+func tryStatus(n *clusterNode) (clusterStatus, bool) {
+	var st clusterStatus
+	if err := n.adminGet("/shardcache/status", &st); err != nil {
+		return st, false
+	}
+	return st, true
+}
+
+// allKnow reports whether every node's primed items plus its table of
+// content add up to want (false if a status cannot be read).
+func allKnow(nodes []*clusterNode, want int) bool {
+	for _, n := range nodes {
+		st, ok := tryStatus(n)
+		if !ok {
+			return false
+		}
+		if g := st.group(); g.PrimedItems+g.TOCItems != int64(want) {
+			return false
+		}
+	}
+	return true
+}
+
 // status returns the node's GET /shardcache/status.
 func (n *clusterNode) status(t *testing.T) clusterStatus {
 	t.Helper()
@@ -353,18 +456,7 @@ func waitClusterReady(t *testing.T, nodes []*clusterNode, paths []string, want i
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	complete := func() bool {
-		for _, n := range nodes {
-			var st clusterStatus
-			if err := n.adminGet("/shardcache/status", &st); err != nil {
-				return false
-			}
-			if g := st.group(); g.PrimedItems+g.TOCItems != int64(want) {
-				return false
-			}
-		}
-		return true
-	}
+	complete := func() bool { return allKnow(nodes, want) }
 	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if complete() {
 			return true
@@ -404,19 +496,7 @@ func healTOCs(t *testing.T, nodes []*clusterNode, paths []string, want int) bool
 		}
 	}
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		done := true
-		for _, n := range nodes {
-			var st clusterStatus
-			if n.adminGet("/shardcache/status", &st) != nil {
-				done = false
-				break
-			}
-			if g := st.group(); g.PrimedItems+g.TOCItems != int64(want) {
-				done = false
-				break
-			}
-		}
-		if done {
+		if allKnow(nodes, want) {
 			t.Logf("WORKAROUND: after touching the %d files the nodes own (on the owners' copies), every table of content is complete; the checks go on", touched)
 			return true
 		}
@@ -648,19 +728,7 @@ func pathOwnedBy(t *testing.T, n *clusterNode, owner, pattern string) string {
 func sanGet(addr string, tc *tls.Config, group, p string) (status uint64, rest []byte, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()
-	raddr, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return 0, nil, err
-	}
-	// A socket of its own on loopback (quic.DialAddr would bind 0.0.0.0).
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return 0, nil, err
-	}
-	tr := &quic.Transport{Conn: udp}
-	defer udp.Close()
-	defer tr.Close()
-	conn, err := tr.Dial(ctx, raddr, tc, &quic.Config{
+	conn, closeConn, err := dialSAN(ctx, addr, tc, &quic.Config{
 		HandshakeIdleTimeout: 2 * time.Second,
 		MaxIdleTimeout:       3 * time.Second,
 		Versions:             []quic.Version{quic.Version1},
@@ -668,19 +736,12 @@ func sanGet(addr string, tc *tls.Config, group, p string) (status uint64, rest [
 	if err != nil {
 		return 0, nil, fmt.Errorf("dial: %w", err)
 	}
-	defer conn.CloseWithError(0, "")
+	defer closeConn()
 	str, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return 0, nil, fmt.Errorf("open stream: %w", err)
 	}
-	var payload []byte
-	for _, s := range []string{group, p, "", ""} {
-		payload = binary.AppendUvarint(payload, uint64(len(s)))
-		payload = append(payload, s...)
-	}
-	payload = binary.AppendUvarint(payload, 0)
-	frame := append([]byte{1, 1, 0, 0, 0, 0}, payload...)
-	binary.BigEndian.PutUint32(frame[2:], uint32(len(payload)))
+	frame := sanFrame(1, sanGetPayload(group, p))
 	_ = str.SetDeadline(time.Now().Add(3 * time.Second))
 	if _, err := str.Write(frame); err != nil {
 		return 0, nil, fmt.Errorf("write: %w", err)
@@ -700,6 +761,55 @@ func sanGet(addr string, tc *tls.Config, group, p string) (status uint64, rest [
 		return 0, all, errors.New("bad status")
 	}
 	return st, all[6+k:], nil
+}
+
+// dialSAN opens a QUIC connection to addr with tc and qc from a loopback
+// socket of its own (quic.DialAddr would bind 0.0.0.0). close releases the
+// connection and the socket.
+func dialSAN(ctx context.Context, addr string, tc *tls.Config, qc *quic.Config) (conn *quic.Conn, close func(), err error) {
+	raddr, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	conn, err = tr.Dial(ctx, raddr, tc, qc)
+	if err != nil {
+		tr.Close()
+		udp.Close()
+		return nil, nil, err
+	}
+	return conn, func() {
+		conn.CloseWithError(0, "")
+		tr.Close()
+		udp.Close()
+	}, nil
+}
+
+// sanFrame returns one frame of the peering protocol (protocol.go): version
+// 1, type t, a 4-byte big-endian length, the payload.
+func sanFrame(t byte, payload []byte) []byte {
+	b := []byte{1, t, 0, 0, 0, 0}
+	binary.BigEndian.PutUint32(b[2:], uint32(len(payload)))
+	return append(b, payload...)
+}
+
+// sanStr appends a string field: uvarint length, bytes.
+func sanStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// sanGetPayload is a GET's payload: group, path, version, encoding, epoch.
+func sanGetPayload(group, p string) []byte {
+	var b []byte
+	for _, s := range []string{group, p, "", ""} {
+		b = sanStr(b, s)
+	}
+	return binary.AppendUvarint(b, 0)
 }
 
 // refusedAtConnection reports whether err is a failure of the connection

@@ -13,7 +13,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 )
@@ -26,49 +25,17 @@ const directorSAN = "127.0.0.9:7946"
 // that a response through the director says which node served it. tag is
 // a value of the extra header X-Config (to make a reload change something).
 func directorNodeCaddyfile(c clusterNodeConfig, tag string) string {
-	var g strings.Builder
-	g.WriteString("shardcache {\n")
-	fmt.Fprintf(&g, "\t\tnode %s %s\n", c.self.name, c.self.san)
-	for _, m := range c.members {
-		if m.name != c.self.name {
-			fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
-		}
-	}
-	fmt.Fprintf(&g, "\t\tsecret {env.%s}\n", clusterSecretEnv)
-	fmt.Fprintf(&g, "\t\tlan 127.0.0.1:%d\n", c.port)
-	g.WriteString("\t\tfetch_timeout 2s\n\t}")
-	return globalBlock(c.admin, g.String()) + fmt.Sprintf(`
-http://127.0.0.1:%d {
-	bind 127.0.0.1
-	header X-Node %s
-	header X-Config %s
-	shardcache {
-		root %s
-		group %s
-		memory 64MiB
-		hot 8MiB
-	}
-}
-`, c.port, c.self.name, tag, c.root, clusterGroup)
+	return globalBlock(c.admin, shardcacheOption(c.self, c.members, "{env."+clusterSecretEnv+"}",
+		fmt.Sprintf("lan 127.0.0.1:%d", c.port), "fetch_timeout 2s")) +
+		clusterSiteBlock(c.port, c.root, "64MiB", "8MiB", "X-Node "+c.self.name, "X-Config "+tag)
 }
 
 // directorCaddyfile is the director's Caddyfile: an observer of members,
 // with one site per load-balancing policy (port → policy), each proxying to
 // the members' sites (ports, in members' order).
 func directorCaddyfile(admin string, members []clusterMember, nodePorts []int, sites map[int]string) string {
-	var g strings.Builder
-	g.WriteString("shardcache {\n")
-	fmt.Fprintf(&g, "\t\tnode director %s\n", directorSAN)
-	for _, m := range members {
-		fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
-	}
-	fmt.Fprintf(&g, "\t\tsecret {env.%s}\n\t\tobserver\n\t}", clusterSecretEnv)
-	var ups []string
-	for _, p := range nodePorts {
-		ups = append(ups, fmt.Sprintf("127.0.0.1:%d", p))
-	}
 	var b strings.Builder
-	b.WriteString(globalBlock(admin, g.String()))
+	b.WriteString(globalBlock(admin, observerOption(directorSAN, members)))
 	for port, policy := range sites {
 		fmt.Fprintf(&b, `
 http://127.0.0.1:%d {
@@ -77,7 +44,7 @@ http://127.0.0.1:%d {
 		lb_policy %s
 	}
 }
-`, port, strings.Join(ups, " "), policy)
+`, port, upstreams(nodePorts), policy)
 	}
 	return b.String()
 }
@@ -85,16 +52,12 @@ http://127.0.0.1:%d {
 // directorCluster is three content nodes and a director. Content nodes may
 // be launched later than the others (launch).
 type directorCluster struct {
-	t        *testing.T
-	secret   string
+	*nodeGroup
 	members  []clusterMember
 	cfgs     []clusterNodeConfig
 	nodes    []*clusterNode // by member index; nil until launched
 	director *clusterNode
 	sites    map[string]string // policy → http://127.0.0.1:port on the director
-
-	mu  sync.Mutex
-	all []*clusterNode
 }
 
 // newDirectorCluster prepares the configs (free ports, one root per
@@ -102,43 +65,18 @@ type directorCluster struct {
 // once.
 func newDirectorCluster(t *testing.T, roots []string) *directorCluster {
 	t.Helper()
-	d := &directorCluster{t: t, secret: newClusterSecret(t), members: clusterMembers(3)}
+	d := &directorCluster{nodeGroup: newNodeGroup(t, newClusterSecret(t)), members: clusterMembers(3)}
 	d.cfgs = clusterConfigs(t, d.members, roots)
 	d.nodes = make([]*clusterNode, len(d.members))
-	t.Cleanup(func() {
-		closeIdleClients()
-		d.mu.Lock()
-		all := d.all
-		d.mu.Unlock()
-		var wg sync.WaitGroup
-		for _, n := range all {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				n.stop()
-			}()
-		}
-		wg.Wait()
-	})
 	return d
-}
-
-func (d *directorCluster) track(n *clusterNode) {
-	d.mu.Lock()
-	d.all = append(d.all, n)
-	d.mu.Unlock()
 }
 
 // launch starts content node i without waiting for it.
 func (d *directorCluster) launch(i int) *clusterNode {
 	d.t.Helper()
 	c := d.cfgs[i]
-	cf := directorNodeCaddyfile(c, "v1")
-	n := launchCaddy(d.t, cf, clusterSecretEnv+"="+d.secret)
-	cn := &clusterNode{node: n, name: c.self.name, san: c.self.san,
-		base: fmt.Sprintf("http://127.0.0.1:%d", c.port), root: c.root, caddyfile: cf}
+	cn := d.nodeGroup.launch(c.self.name, c.self.san, fmt.Sprintf("http://127.0.0.1:%d", c.port), c.root, directorNodeCaddyfile(c, "v1"))
 	d.nodes[i] = cn
-	d.track(cn)
 	return cn
 }
 
@@ -158,9 +96,7 @@ func (d *directorCluster) launchDirector(policies ...string) *clusterNode {
 	}
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(d.t))
 	cf := directorCaddyfile(admin, d.members, ports, sites)
-	n := launchCaddy(d.t, cf, clusterSecretEnv+"="+d.secret)
-	d.director = &clusterNode{node: n, name: "director", san: directorSAN, base: d.sites[policies[0]], caddyfile: cf}
-	d.track(d.director)
+	d.director = d.nodeGroup.launch("director", directorSAN, d.sites[policies[0]], "", cf)
 	return d.director
 }
 
@@ -178,8 +114,8 @@ func (d *directorCluster) byName(name string) *clusterNode {
 // memberView returns how n sees the member named name (ok false if it
 // does not list it or its status cannot be read).
 func memberView(n *clusterNode, name string) (clusterMemberState, bool) {
-	var st clusterStatus
-	if err := n.adminGet("/shardcache/status", &st); err != nil {
+	st, ok := tryStatus(n)
+	if !ok {
 		return clusterMemberState{}, false
 	}
 	return st.member(name)
@@ -187,11 +123,8 @@ func memberView(n *clusterNode, name string) (clusterMemberState, bool) {
 
 // nodeReady reports whether n's own status says ready (false on an error).
 func nodeReady(n *clusterNode) bool {
-	var st clusterStatus
-	if err := n.adminGet("/shardcache/status", &st); err != nil {
-		return false
-	}
-	return st.Ready && st.group().Ready
+	st, ok := tryStatus(n)
+	return ok && st.Ready && st.group().Ready
 }
 
 // tierCounters is a node's tier counters (requests, bytes) and its fetches served for

@@ -68,112 +68,36 @@ const ftQuietAdmin = "log default {\n\t\texclude admin.api\n\t}"
 // ftNodeCaddyfile returns a content node's Caddyfile: the shardcache global
 // option and one site that says which node served it (X-Node).
 func ftNodeCaddyfile(o ftNodeOpts) string {
-	if o.memory == "" {
-		o.memory = "64MiB"
-	}
-	if o.hot == "" {
-		o.hot = "8MiB"
-	}
 	if o.fetch == "" {
 		o.fetch = "2s"
 	}
 	if o.secret == "" {
 		o.secret = "{env." + clusterSecretEnv + "}"
 	}
-	var g strings.Builder
-	g.WriteString("shardcache {\n")
-	fmt.Fprintf(&g, "\t\tnode %s %s\n", o.self.name, o.self.san)
-	for _, m := range o.members {
-		if m.name != o.self.name {
-			fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
-		}
-	}
-	fmt.Fprintf(&g, "\t\tsecret %s\n", o.secret)
+	var extra []string
 	if o.lan {
-		fmt.Fprintf(&g, "\t\tlan 127.0.0.1:%d\n", o.port)
+		extra = append(extra, fmt.Sprintf("lan 127.0.0.1:%d", o.port))
 	}
 	if o.replicas > 0 {
-		fmt.Fprintf(&g, "\t\treplicas %d\n", o.replicas)
+		extra = append(extra, fmt.Sprintf("replicas %d", o.replicas))
 	}
-	fmt.Fprintf(&g, "\t\tfetch_timeout %s\n\t}", o.fetch)
-	return globalBlock(o.admin, ftQuietAdmin, g.String()) + fmt.Sprintf(`
-http://127.0.0.1:%d {
-	bind 127.0.0.1
-	header X-Node %s
-	shardcache {
-		root %s
-		group %s
-		memory %s
-		hot %s
-	}
-}
-`, o.port, o.self.name, o.root, clusterGroup, o.memory, o.hot) + o.extraSites
+	extra = append(extra, "fetch_timeout "+o.fetch)
+	return globalBlock(o.admin, ftQuietAdmin, shardcacheOption(o.self, o.members, o.secret, extra...)) +
+		clusterSiteBlock(o.port, o.root, o.memory, o.hot, "X-Node "+o.self.name) + o.extraSites
 }
 
 // ftDirectorCaddyfile returns a director's Caddyfile: an observer at san of
 // the members, proxying http://127.0.0.1:<port> to the members' sites with
 // lb_policy shardcache.
 func ftDirectorCaddyfile(admin, san string, port int, members []clusterMember, nodePorts []int) string {
-	var g strings.Builder
-	g.WriteString("shardcache {\n")
-	fmt.Fprintf(&g, "\t\tnode director %s\n", san)
-	for _, m := range members {
-		fmt.Fprintf(&g, "\t\tpeer %s %s\n", m.name, m.san)
-	}
-	fmt.Fprintf(&g, "\t\tsecret {env.%s}\n\t\tobserver\n\t}", clusterSecretEnv)
-	var ups []string
-	for _, p := range nodePorts {
-		ups = append(ups, fmt.Sprintf("127.0.0.1:%d", p))
-	}
-	return globalBlock(admin, ftQuietAdmin, g.String()) + fmt.Sprintf(`
+	return globalBlock(admin, ftQuietAdmin, observerOption(san, members)) + fmt.Sprintf(`
 http://127.0.0.1:%d {
 	bind 127.0.0.1
 	reverse_proxy %s {
 		lb_policy shardcache
 	}
 }
-`, port, strings.Join(ups, " "))
-}
-
-// ftGroup is a set of Caddy processes started by one test, stopped all at
-// once (in parallel) when it ends.
-type ftGroup struct {
-	t      *testing.T
-	secret string
-	mu     sync.Mutex
-	all    []*clusterNode
-}
-
-func newFTGroup(t *testing.T, secret string) *ftGroup {
-	g := &ftGroup{t: t, secret: secret}
-	t.Cleanup(func() {
-		closeIdleClients()
-		g.mu.Lock()
-		all := g.all
-		g.mu.Unlock()
-		var wg sync.WaitGroup
-		for _, n := range all {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				n.stop()
-			}()
-		}
-		wg.Wait()
-	})
-	return g
-}
-
-// launch starts a Caddy process on caddyfile (with the group's secret in its
-// environment) without waiting for it. base is the site a test talks to.
-func (g *ftGroup) launch(name, san, base, root, caddyfile string) *clusterNode {
-	g.t.Helper()
-	n := launchCaddy(g.t, caddyfile, clusterSecretEnv+"="+g.secret)
-	cn := &clusterNode{node: n, name: name, san: san, base: base, root: root, caddyfile: caddyfile}
-	g.mu.Lock()
-	g.all = append(g.all, cn)
-	g.mu.Unlock()
-	return cn
+`, port, upstreams(nodePorts))
 }
 
 // ftKill sends SIGKILL to n and waits for it to exit.
@@ -189,19 +113,10 @@ func ftKill(t *testing.T, n *clusterNode) {
 	}
 }
 
-// ftStatus returns n's status, or ok false.
-func ftStatus(n *clusterNode) (clusterStatus, bool) {
-	var st clusterStatus
-	if err := n.adminGet("/shardcache/status", &st); err != nil {
-		return st, false
-	}
-	return st, true
-}
-
 // ftSeesReady reports whether n's status shows every one of names up and
 // ready.
 func ftSeesReady(n *clusterNode, names ...string) bool {
-	st, ok := ftStatus(n)
+	st, ok := tryStatus(n)
 	if !ok {
 		return false
 	}
@@ -226,7 +141,7 @@ func ftWaitReady(t *testing.T, timeout time.Duration, content []*clusterNode, ob
 	}
 	check := func() (bool, string) {
 		for _, n := range content {
-			st, ok := ftStatus(n)
+			st, ok := tryStatus(n)
 			if !ok || !st.Ready {
 				return false, n.name + " not ready"
 			}
@@ -241,7 +156,7 @@ func ftWaitReady(t *testing.T, timeout time.Duration, content []*clusterNode, ob
 		}
 		for _, o := range observers {
 			if !ftSeesReady(o, names...) {
-				st, _ := ftStatus(o)
+				st, _ := tryStatus(o)
 				return false, fmt.Sprintf("%s sees %+v", o.name, st.Members)
 			}
 		}
@@ -510,65 +425,23 @@ func (s *ftRSSSampler) stop() (int64, int64) {
 // ftDial opens a QUIC connection to addr with tc from a loopback socket of
 // its own. close releases the connection and the socket.
 func ftDial(ctx context.Context, addr string, tc *tls.Config) (conn *quic.Conn, close func(), err error) {
-	raddr, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, nil, err
-	}
-	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		return nil, nil, err
-	}
-	tr := &quic.Transport{Conn: udp}
-	conn, err = tr.Dial(ctx, raddr, tc, &quic.Config{
+	return dialSAN(ctx, addr, tc, &quic.Config{
 		HandshakeIdleTimeout: 2 * time.Second,
 		MaxIdleTimeout:       20 * time.Second,
 		KeepAlivePeriod:      time.Second,
 		Versions:             []quic.Version{quic.Version1},
 	})
-	if err != nil {
-		tr.Close()
-		udp.Close()
-		return nil, nil, err
-	}
-	return conn, func() {
-		conn.CloseWithError(0, "")
-		tr.Close()
-		udp.Close()
-	}, nil
-}
-
-// ftFrame returns one frame of the peering protocol (protocol.go): version
-// 1, type t, a 4-byte big-endian length, the payload.
-func ftFrame(t byte, payload []byte) []byte {
-	b := []byte{1, t, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(b[2:], uint32(len(payload)))
-	return append(b, payload...)
-}
-
-// ftStr appends a string field: uvarint length, bytes.
-func ftStr(b []byte, s string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
-
-// ftGetPayload is a GET's payload: group, path, version, encoding, epoch.
-func ftGetPayload(group, p string) []byte {
-	var b []byte
-	for _, s := range []string{group, p, "", ""} {
-		b = ftStr(b, s)
-	}
-	return binary.AppendUvarint(b, 0)
 }
 
 // ftItem appends one item of a TOC/UPSERT payload (with variants: none).
 func ftItem(b []byte, p, version string, size int64) []byte {
-	b = ftStr(b, p)
-	b = ftStr(b, version)
+	b = sanStr(b, p)
+	b = sanStr(b, version)
 	b = binary.AppendUvarint(b, uint64(size))
-	b = ftStr(b, "application/octet-stream")
+	b = sanStr(b, "application/octet-stream")
 	b = binary.AppendVarint(b, fixedTime.UnixNano())
-	b = ftStr(b, `"`+version+`"`)
-	b = ftStr(b, "")                  // encoding
+	b = sanStr(b, `"`+version+`"`)
+	b = sanStr(b, "")                 // encoding
 	return binary.AppendUvarint(b, 0) // no variants
 }
 

@@ -69,7 +69,7 @@ func TestFaultNodeLoss(t *testing.T) {
 	}
 
 	secret := newClusterSecret(t)
-	g := newFTGroup(t, secret)
+	g := newNodeGroup(t, secret)
 	var opts []ftNodeOpts
 	var ports []int
 	for i, m := range members {
@@ -116,7 +116,7 @@ func TestFaultNodeLoss(t *testing.T) {
 	parallel(len(observers), func(i int) {
 		o := observers[i]
 		for time.Since(killAt) < 5*time.Second {
-			st, ok := ftStatus(o)
+			st, ok := tryStatus(o)
 			if m, found := st.member(victimName); ok && found && !m.Up {
 				dmu.Lock()
 				downAfter[o.name] = time.Since(killAt)
@@ -153,7 +153,7 @@ func TestFaultNodeLoss(t *testing.T) {
 		}
 		if firstReady.IsZero() {
 			asked := time.Now()
-			if st, ok := ftStatus(victim2); ok && st.Ready && st.group().Ready {
+			if st, ok := tryStatus(victim2); ok && st.Ready && st.group().Ready {
 				firstReady = time.Now()
 			} else {
 				lastNotReady = asked
@@ -290,7 +290,7 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 	members := ftMembers(3, 3)
 	tmp := t.TempDir()
 	secret := newClusterSecret(t)
-	g := newFTGroup(t, secret)
+	g := newNodeGroup(t, secret)
 	var opts []ftNodeOpts
 	nodes := make([]*clusterNode, len(members))
 	for i, m := range members {
@@ -323,7 +323,7 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 		defer close(watchDone)
 		for {
 			for _, n := range nodes {
-				st, ok := ftStatus(n)
+				st, ok := tryStatus(n)
 				if !ok {
 					continue
 				}
@@ -714,7 +714,7 @@ http://127.0.0.1:%d {
 		writeTree(t, root, site)
 		members := ftMembers(3, 3)
 		secret := newClusterSecret(t)
-		g := newFTGroup(t, secret)
+		g := newNodeGroup(t, secret)
 		var nodes []*clusterNode
 		for _, m := range members {
 			o := ftNodeOpts{self: m, members: members, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), port: freePort(t),

@@ -151,7 +151,7 @@ func TestHostileSAN(t *testing.T) {
 	tmp := t.TempDir()
 	canary := ftCanary(t)
 	secret := newClusterSecret(t)
-	g := newFTGroup(t, secret)
+	g := newNodeGroup(t, secret)
 	h := &hostileSAN{t: t, secret: secret, site: site, canary: canary}
 	var nodes []*clusterNode
 	for _, m := range members {
@@ -203,7 +203,7 @@ func TestHostileSAN(t *testing.T) {
 	// goodGet checks that conn still serves a well-formed GET.
 	goodGet := func(t *testing.T, conn *quic.Conn, when string) {
 		t.Helper()
-		got, err, _ := ftStreamOutcome(conn, ftFrame(1, ftGetPayload(clusterGroup, own)), true, 3*time.Second)
+		got, err, _ := ftStreamOutcome(conn, sanFrame(1, sanGetPayload(clusterGroup, own)), true, 3*time.Second)
 		if err != nil || !bytes.HasSuffix(got, site.file(own)) {
 			t.Errorf("%s: a good GET of %s on the same connection: %d bytes, %v", when, own, len(got), err)
 		}
@@ -275,9 +275,9 @@ func TestHostileSAN(t *testing.T) {
 	t.Run("malformed_frames", func(t *testing.T) {
 		conn, closeFn := dial(t)
 		defer closeFn()
-		good := ftGetPayload(clusterGroup, own)
-		long := ftGetPayload(clusterGroup, "/"+strings.Repeat("a", 5000))
-		truncated := ftFrame(1, good)[:10]
+		good := sanGetPayload(clusterGroup, own)
+		long := sanGetPayload(clusterGroup, "/"+strings.Repeat("a", 5000))
+		truncated := sanFrame(1, good)[:10]
 		binary.BigEndian.PutUint32(truncated[2:], 40)
 		cases := []struct {
 			name string
@@ -285,23 +285,23 @@ func TestHostileSAN(t *testing.T) {
 		}{
 			{"version 2", []byte{2, 1, 0, 0, 0, 0}},
 			{"version 0 with a payload", append([]byte{0, 1, 0, 0, 0, 3}, 1, 2, 3)},
-			{"unknown frame type 0x7f", ftFrame(0x7f, nil)},
-			{"a RESPONSE sent to the server", ftFrame(2, []byte{0})},
-			{"READY as the first frame", ftFrame(4, []byte{1})},
-			{"TOC_END as the first frame", ftFrame(6, nil)},
+			{"unknown frame type 0x7f", sanFrame(0x7f, nil)},
+			{"a RESPONSE sent to the server", sanFrame(2, []byte{0})},
+			{"READY as the first frame", sanFrame(4, []byte{1})},
+			{"TOC_END as the first frame", sanFrame(6, nil)},
 			{"header only (3 bytes)", []byte{1, 1, 0}},
 			{"GET: payload shorter than its length", truncated},
-			{"GET: a trailing byte in the payload", ftFrame(1, append(append([]byte{}, good...), 0))},
-			{"GET: uvarint overflow", ftFrame(1, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f})},
-			{"GET: string longer than the payload", ftFrame(1, []byte{0x50, 'a'})},
-			{"GET: path over 4096 bytes", ftFrame(1, long)},
-			{"GET: empty payload", ftFrame(1, nil)},
-			{"GET then bytes after the frame", append(ftFrame(1, good), 'x', 'y')},
-			{"two GETs on one stream", append(ftFrame(1, good), ftFrame(1, good)...)},
+			{"GET: a trailing byte in the payload", sanFrame(1, append(append([]byte{}, good...), 0))},
+			{"GET: uvarint overflow", sanFrame(1, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f})},
+			{"GET: string longer than the payload", sanFrame(1, []byte{0x50, 'a'})},
+			{"GET: path over 4096 bytes", sanFrame(1, long)},
+			{"GET: empty payload", sanFrame(1, nil)},
+			{"GET then bytes after the frame", append(sanFrame(1, good), 'x', 'y')},
+			{"two GETs on one stream", append(sanFrame(1, good), sanFrame(1, good)...)},
 			{"empty stream (FIN only)", nil},
-			{"HELLO with an empty name", ftFrame(3, append(ftStr(nil, ""), 0))},
-			{"HELLO without flags", ftFrame(3, ftStr(nil, "probe"))},
-			{"HELLO with a bad lan", ftFrame(3, ftStr(append(ftStr(nil, "probe"), 0), "no port here"))},
+			{"HELLO with an empty name", sanFrame(3, append(sanStr(nil, ""), 0))},
+			{"HELLO without flags", sanFrame(3, sanStr(nil, "probe"))},
+			{"HELLO with a bad lan", sanFrame(3, sanStr(append(sanStr(nil, "probe"), 0), "no port here"))},
 		}
 		h.health(t, time.Second, func() {
 			for _, c := range cases {
@@ -323,10 +323,10 @@ func TestHostileSAN(t *testing.T) {
 			data []byte
 			want quic.ApplicationErrorCode
 		}{
-			{"HELLO naming another node than the certificate", ftFrame(3, append(ftStr(nil, "n2"), 0)), peering.CloseBadIdentity},
-			{"control stream: a frame over MaxFrameSize after HELLO", append(ftFrame(3, append(ftStr(nil, "probe"), 0)), 1, 9, 0xff, 0xff, 0xff, 0xff), peering.CloseProtocolError},
-			{"control stream: a malformed PURGE after HELLO", append(ftFrame(3, append(ftStr(nil, "probe"), 0)), ftFrame(9, []byte{0x7f})...), peering.CloseProtocolError},
-			{"control stream: bad version after HELLO", append(ftFrame(3, append(ftStr(nil, "probe"), 0)), 7, 9, 0, 0, 0, 0), peering.CloseProtocolError},
+			{"HELLO naming another node than the certificate", sanFrame(3, append(sanStr(nil, "n2"), 0)), peering.CloseBadIdentity},
+			{"control stream: a frame over MaxFrameSize after HELLO", append(sanFrame(3, append(sanStr(nil, "probe"), 0)), 1, 9, 0xff, 0xff, 0xff, 0xff), peering.CloseProtocolError},
+			{"control stream: a malformed PURGE after HELLO", append(sanFrame(3, append(sanStr(nil, "probe"), 0)), sanFrame(9, []byte{0x7f})...), peering.CloseProtocolError},
+			{"control stream: bad version after HELLO", append(sanFrame(3, append(sanStr(nil, "probe"), 0)), 7, 9, 0, 0, 0, 0), peering.CloseProtocolError},
 		}
 		h.health(t, time.Second, func() {
 			for _, c := range closing {
@@ -392,7 +392,7 @@ func TestHostileSAN(t *testing.T) {
 		h.health(t, time.Second, func() {
 			for _, grp := range groups {
 				for _, p := range paths {
-					got, err, took := ftStreamOutcome(conn, ftFrame(1, ftGetPayload(grp, p)), true, 3*time.Second)
+					got, err, took := ftStreamOutcome(conn, sanFrame(1, sanGetPayload(grp, p)), true, 3*time.Second)
 					if bytes.Contains(got, canary) || bytes.Contains(got, []byte("root:x:0:0")) {
 						t.Errorf("group %q, GET %q: the answer holds bytes from outside the root: %s", grp, p, clusterPreview(got))
 					}
@@ -499,7 +499,7 @@ func TestHostileSAN(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := str.Write(ftFrame(3, append(ftStr(nil, "probe"), 0))); err != nil {
+		if _, err := str.Write(sanFrame(3, append(sanStr(nil, "probe"), 0))); err != nil {
 			t.Fatal(err)
 		}
 		var readBack atomic.Int64
@@ -524,7 +524,7 @@ func TestHostileSAN(t *testing.T) {
 		h.health(t, time.Second, func() {
 			began := time.Now()
 			for i := 0; i < frames; i++ {
-				p := ftStr(nil, clusterGroup)
+				p := sanStr(nil, clusterGroup)
 				for len(p) < peering.MaxFrameSize-200 {
 					path := fmt.Sprintf("/flood/%d/%d.bin", i, items)
 					if items%50 == 0 {
@@ -533,7 +533,7 @@ func TestHostileSAN(t *testing.T) {
 					p = ftItem(p, path, fmt.Sprintf("%032x", items), 1<<40)
 					items++
 				}
-				f := ftFrame(7, p)
+				f := sanFrame(7, p)
 				if _, err := str.Write(f); err != nil {
 					t.Fatalf("writing UPSERT %d: %v", i, err)
 				}
@@ -565,7 +565,7 @@ func TestHostileSAN(t *testing.T) {
 			began := time.Now()
 			var b []byte
 			for i := 0; i < purges; i++ {
-				b = append(b, ftFrame(9, append(ftStr(ftStr(nil, clusterGroup), ""), 1))...)
+				b = append(b, sanFrame(9, append(sanStr(sanStr(nil, clusterGroup), ""), 1))...)
 			}
 			if _, err := str.Write(b); err != nil {
 				t.Fatalf("writing PURGEs: %v", err)
@@ -629,7 +629,7 @@ func TestHostileFakePeer(t *testing.T) {
 	}
 	defer ln.Close()
 
-	g := newFTGroup(t, secret)
+	g := newNodeGroup(t, secret)
 	o := ftNodeOpts{self: members[0], members: members, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), port: freePort(t), root: root, hot: "1"}
 	n1 := g.launch("n1", members[0].san, fmt.Sprintf("http://127.0.0.1:%d", o.port), root, ftNodeCaddyfile(o))
 	n1.waitUp(n1.caddyfile, time.Now().Add(20*time.Second))
@@ -662,12 +662,12 @@ func TestHostileFakePeer(t *testing.T) {
 			}
 			go func() {
 				_, _ = io.Copy(io.Discard, s)
-				_, _ = s.Write(ftFrame(2, []byte{1}))
+				_, _ = s.Write(sanFrame(2, []byte{1}))
 				_ = s.Close()
 			}()
 		}
 	}()
-	if _, err := ctl.Write(ftFrame(3, append(ftStr(nil, "evil"), 1))); err != nil {
+	if _, err := ctl.Write(sanFrame(3, append(sanStr(nil, "evil"), 1))); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "n1 to see evil up", func() bool { return ftSeesReady(n1, "evil") })
@@ -683,7 +683,7 @@ func TestHostileFakePeer(t *testing.T) {
 	const total = 300000
 	write := func(typ byte, from, to int) (frames int) {
 		for i := from; i < to; {
-			p := ftStr(nil, clusterGroup)
+			p := sanStr(nil, clusterGroup)
 			for ; i < to && len(p) < peering.MaxFrameSize-200; i++ {
 				path := fmt.Sprintf("/evil/%06d.bin", i)
 				if typ == 7 && i%1000 == 0 && len(own) > 0 {
@@ -691,7 +691,7 @@ func TestHostileFakePeer(t *testing.T) {
 				}
 				p = ftItem(p, path, fmt.Sprintf("%032x", i), int64(i))
 			}
-			if _, err := ctl.Write(ftFrame(typ, p)); err != nil {
+			if _, err := ctl.Write(sanFrame(typ, p)); err != nil {
 				t.Fatalf("writing frame: %v", err)
 			}
 			frames++
@@ -728,7 +728,7 @@ func TestHostileFakePeer(t *testing.T) {
 	}()
 	began := time.Now()
 	frames := write(5, 0, total)
-	_, _ = ctl.Write(ftFrame(6, nil))
+	_, _ = ctl.Write(sanFrame(6, nil))
 	frames += write(7, total, 2*total)
 	sentIn := time.Since(began)
 	// Until n1 has taken it all in.
