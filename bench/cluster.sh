@@ -52,6 +52,7 @@ done
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
+source "$BENCH/lib.sh"
 OUT=$BENCH/out
 mkdir -p "$OUT"
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -68,38 +69,14 @@ fi
 TMP=$(mktemp -d /tmp/shardcluster.XXXXXX)
 PIDS=()
 
-cleanup() {
-	local pid
-	trap '' INT TERM PIPE HUP
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
-log() { printf '%s\n' "$*" >&2; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_BEFORE=$(loadavg)
 
 # --- ports -------------------------------------------------------------------
 
-declare -A TAKEN=()
-freeport() { # freeport VAR: a loopback TCP port nothing listens on
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 30000))
-		[ -z "${TAKEN[$p]:-}" ] || continue
-		if ss -Htan "sport = :$p" | grep -q .; then continue; fi
-		TAKEN[$p]=1
-		printf -v "$1" '%d' "$p"
-		return
-	done
-}
 declare -A ADMIN=() HTTP=()
 for i in 1 2 3; do
 	freeport ADMIN[$i]
@@ -129,7 +106,6 @@ fi
 
 # --- build and site ----------------------------------------------------------
 
-BUILD=(go build -trimpath -tags nobadger,nomysql,nopgx)
 mkdir -p "$TMP/bin"
 log "building ./cmd/caddy: CGO_ENABLED=0 ${BUILD[*]}"
 (cd "$REPO" && CGO_ENABLED=0 "${BUILD[@]}" -o "$TMP/bin/caddy" ./cmd/caddy)
@@ -254,33 +230,6 @@ where() { # where PATH: n1's /shardcache/where answer for PATH (the group's entr
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_TRIES=${QUIET_TRIES:-4}
 QUIET_WAIT=${QUIET_WAIT:-30}
-HZ=$(getconf CLK_TCK)
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
-proc_ticks() {
-	local p t=0
-	for p in "$@"; do
-		[ -r "/proc/$p/stat" ] && t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-	done
-	echo "$t"
-}
-waitquiet() {
-	local i a b
-	for i in $(seq 1 $((QUIET_WAIT * 2))); do
-		a=$(sys_ticks)
-		sleep 0.5
-		b=$(sys_ticks)
-		if [ $(((b - a) * 200 / HZ)) -le "$QUIET_PCT" ]; then return 0; fi
-	done
-	return 0
-}
-better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
-tomib() {
-	awk -v t="$1" 'BEGIN {
-		n = t + 0; u = t; sub(/^[0-9.]+/, "", u)
-		f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1/1024 : 1/1048576
-		printf "%.1f", n * f
-	}'
-}
 
 # luascript FILE PATH...: a wrk script that cycles through the paths (the
 # requests are formatted once, at init).
@@ -521,7 +470,6 @@ fi
 
 # --- table ----------------------------------------------------------------------------
 
-cell() { if [ -n "${RPS[$1]:-}" ]; then printf '%s%.0f' "${NOISY[$1]:+~}" "${RPS[$1]}"; else echo "-"; fi; }
 verdict() { awk -v r="$1" -v t="$HOT_TARGET" 'BEGIN { if (r == "-") print "n/a"; else print (r + 0 >= t ? "met" : "MISSED") }'; }
 {
 	echo "shardcache cluster bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"

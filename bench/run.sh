@@ -50,6 +50,7 @@ done
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(dirname "$BENCH")
+source "$BENCH/lib.sh"
 OUT=$BENCH/out
 mkdir -p "$OUT"
 STAMP=$(date +%Y%m%d-%H%M%S)
@@ -65,41 +66,11 @@ fi
 TMP=$(mktemp -d /tmp/shardbench.XXXXXX)
 PIDS=()
 
-cleanup() {
-	local pid
-	trap '' INT TERM PIPE HUP
-	for pid in "${PIDS[@]}"; do
-		kill "$pid" 2>/dev/null || true
-	done
-	for pid in "${PIDS[@]}"; do
-		wait "$pid" 2>/dev/null || true
-	done
-	rm -rf "$TMP"
-}
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP PIPE
 
-log() { printf '%s\n' "$*" >&2; }
-
-# --- ports -----------------------------------------------------------------
-
-declare -A TAKEN=()
-# freeport VAR: set VAR to a loopback TCP port nothing listens on.
-freeport() {
-	local p
-	while :; do
-		p=$((20000 + RANDOM % 30000))
-		[ -z "${TAKEN[$p]:-}" ] || continue
-		if ss -Htan "sport = :$p" | grep -q .; then continue; fi
-		TAKEN[$p]=1
-		printf -v "$1" '%d' "$p"
-		return
-	done
-}
-
 # --- build -----------------------------------------------------------------
 
-BUILD=(go build -trimpath -tags nobadger,nomysql,nopgx)
 mkdir -p "$TMP/bin"
 log "building stock Caddy (bench/stockcaddy) and ours (./cmd/caddy): CGO_ENABLED=0 ${BUILD[*]}"
 (cd "$REPO" && CGO_ENABLED=0 "${BUILD[@]}" -o "$TMP/bin/caddy-stock" ./bench/stockcaddy)
@@ -283,15 +254,6 @@ check() {
 
 declare -A RPS=() MBS=() NOTE=()
 
-# tomib: MiB/s from wrk's Transfer/sec ("12.34MB", 1024-based units).
-tomib() {
-	awk -v t="$1" 'BEGIN {
-		n = t + 0; u = t; sub(/^[0-9.]+/, "", u)
-		f = (u == "GB") ? 1024 : (u == "MB") ? 1 : (u == "KB") ? 1/1024 : 1/1048576
-		printf "%.1f", n * f
-	}'
-}
-
 # Other work on the machine (a build, a test suite) skews a measurement
 # badly on 2 CPUs. Every run checks how much CPU went to anything but the
 # servers and wrk: /proc/stat's user+nice+system time, less the Caddy
@@ -301,33 +263,9 @@ tomib() {
 # is kept and the table marks the cell with "~".
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_TRIES=${QUIET_TRIES:-6}
-HZ=$(getconf CLK_TCK)
 declare -A NOISY=()
-# user + nice + system + steal (time the host took from this VM's CPUs)
-sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
-proc_ticks() { # proc_ticks PID...: user+system ticks of the processes
-	local p t=0
-	for p in "$@"; do
-		[ -r "/proc/$p/stat" ] && t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-	done
-	echo "$t"
-}
 
-# waitquiet: wait (up to QUIET_WAIT s) for half a second in which the
-# machine is idle but for QUIET_PCT of a CPU.
 QUIET_WAIT=${QUIET_WAIT:-60}
-waitquiet() {
-	local i a b
-	for i in $(seq 1 $((QUIET_WAIT * 2))); do
-		a=$(sys_ticks)
-		sleep 0.5
-		b=$(sys_ticks)
-		if [ $(((b - a) * 200 / HZ)) -le "$QUIET_PCT" ]; then return 0; fi
-	done
-	return 0
-}
-
-better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
 
 # measure SERVER PROTO SIZE: warm up, run wrk, keep the best req/s.
 measure() {
@@ -489,9 +427,6 @@ ratio() { # ratio A B
 	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
 }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
-cell() { # cell KEY: req/s of KEY, "~" marking a cell no quiet try was had for
-	if [ -n "${RPS[$1]:-}" ]; then printf '%s%.0f' "${NOISY[$1]:+~}" "${RPS[$1]}"; else echo "-"; fi
-}
 
 {
 	echo "shardcache bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
