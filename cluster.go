@@ -49,7 +49,8 @@ type cluster struct {
 	mu     sync.RWMutex
 	groups map[string]*group
 
-	done chan struct{}
+	purges chan peering.Purge // from peers, applied by purgeLoop
+	done   chan struct{}
 }
 
 func newCluster(key string, cfg clusterConfig) (*cluster, error) {
@@ -57,6 +58,7 @@ func newCluster(key string, cfg clusterConfig) (*cluster, error) {
 		key:    key,
 		cfg:    cfg,
 		groups: make(map[string]*group),
+		purges: make(chan peering.Purge, 64),
 		done:   make(chan struct{}),
 	}
 	c.members.Store(cfg.members)
@@ -144,6 +146,7 @@ func (c *cluster) start() error {
 		c.cfg.logger.Info("node started", zap.String("node", c.cfg.name), zap.String("san", n.Addr().String()),
 			zap.Strings("ring", c.ring().Nodes()))
 		go c.announceReady()
+		go c.purgeLoop()
 	})
 	return c.startErr
 }
@@ -326,8 +329,14 @@ func (c *cluster) onEvent(ev peering.Event) {
 		c.group(ev.Delta.Group).apply(ev.Peer, ev.Delta)
 	case peering.EventPurge:
 		// Re-reading from storage may take a while: not on the peer's
-		// connection goroutine.
-		go c.purgeLocal(ev.Purge)
+		// connection goroutine, and one at a time, so that a burst of
+		// purges costs a bounded queue, not a goroutine each.
+		select {
+		case c.purges <- ev.Purge:
+		default:
+			c.cfg.logger.Warn("purge dropped: too many queued", zap.String("peer", ev.Peer),
+				zap.String("path", ev.Purge.Path), zap.Bool("prefix", ev.Purge.Prefix))
+		}
 	}
 }
 
@@ -410,4 +419,16 @@ func (c *cluster) purgeLocal(p peering.Purge) (dropped, refreshed int) {
 		}
 	}
 	return dropped, refreshed
+}
+
+// purgeLoop applies the purges peers send, one at a time.
+func (c *cluster) purgeLoop() {
+	for {
+		select {
+		case <-c.done:
+			return
+		case p := <-c.purges:
+			c.purgeLocal(p)
+		}
+	}
 }
