@@ -123,7 +123,7 @@ func freePort(t *testing.T) int {
 // period and the extra lines given.
 func globalBlock(admin string, extra ...string) string {
 	var b strings.Builder
-	b.WriteString("{\n\tadmin " + admin + "\n\tdefault_bind 127.0.0.1\n\tgrace_period 500ms\n")
+	b.WriteString("{\n\tadmin " + admin + "\n\tdefault_bind 127.0.0.1\n\tgrace_period 5s\n")
 	for _, l := range extra {
 		b.WriteString("\t" + l + "\n")
 	}
