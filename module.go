@@ -397,7 +397,7 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name str
 	}
 	if b.enc != "" {
 		hdr["Content-Encoding"] = own(0, b.enc)
-	} else if _, set := hdr["Content-Encoding"]; set {
+	} else {
 		delete(hdr, "Content-Encoding")
 	}
 	// Let an ETag or Content-Type set by an earlier handler win, as
@@ -536,10 +536,7 @@ func (n noBody) Seek(offset int64, whence int) (int64, error) {
 
 func (noBody) Read([]byte) (int, error) { return 0, errors.New("shardcache: body not fetched") }
 
-var (
-	acceptRangesBytes = []string{"bytes"}
-	allowGetHead      = []string{"GET, HEAD"}
-)
+var allowGetHead = []string{"GET, HEAD"}
 
 // plainRequest reports whether r carries none of the headers that make
 // http.ServeContent do more than send the whole body.

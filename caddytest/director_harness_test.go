@@ -100,17 +100,6 @@ func (d *directorCluster) launchDirector(policies ...string) *clusterNode {
 	return d.director
 }
 
-// byName returns the content node named name.
-func (d *directorCluster) byName(name string) *clusterNode {
-	for _, n := range d.nodes {
-		if n != nil && n.name == name {
-			return n
-		}
-	}
-	d.t.Fatalf("no content node %s", name)
-	return nil
-}
-
 // memberView returns how n sees the member named name (ok false if it
 // does not list it or its status cannot be read).
 func memberView(n *clusterNode, name string) (clusterMemberState, bool) {

@@ -489,13 +489,3 @@ func ftProbeCreds(t *testing.T, secret, name string) *peering.Credentials {
 	}
 	return c
 }
-
-// ftQuantile returns the q-quantile of ds.
-func ftQuantile(ds []time.Duration, q float64) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[min(len(s)-1, int(q*float64(len(s))))]
-}

@@ -424,8 +424,6 @@ func diffResponses(c parityCase, want, got *response) string {
 	return strings.Join(d, "\n")
 }
 
-var boundaryRe = regexp.MustCompile(`boundary=([0-9a-zA-Z'()+_,\-./:=?]+)`)
-
 // normaliseMultipart replaces the random multipart boundary of r in its
 // Content-Type and body by a fixed one.
 func normaliseMultipart(r *response) ([]byte, http.Header) {
