@@ -136,8 +136,7 @@ func (c *cluster) start() error {
 			Observer:     c.cfg.observer,
 		})
 		if err != nil {
-			c.startErr = fmt.Errorf("node %s: listening on %s: %v (a running node's name, address, peers or credentials change only with a restart)",
-				c.cfg.name, c.cfg.addr, err)
+			c.startErr = fmt.Errorf("node %s: listening on %s: %v", c.cfg.name, c.cfg.addr, err)
 			return
 		}
 		c.node.Store(n)

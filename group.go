@@ -198,9 +198,10 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 }
 
 // fetchPeer asks the nodes that hold the item, the owner first, then its
-// replicas, skipping any that is not connected (no waiting on a dead
-// peer) or not primed yet. The attempts share one deadline of their own, not the client's:
-// one impatient client must not fail the others waiting on the same fetch.
+// replicas, skipping any that is not connected (no waiting on a dead peer)
+// or not primed yet (a priming node is sent no traffic). The attempts
+// share one deadline of their own, not the client's: one impatient client
+// must not fail the others waiting on the same fetch.
 func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 	n := g.c.node.Load()
 	if n == nil {
@@ -208,15 +209,9 @@ func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(g.c.fetchTimeout.Load()))
 	defer cancel()
-	// Only peers that are connected and primed get requests (a priming
-	// node is sent no traffic; its own requests come from storage).
-	serving := map[string]bool{}
-	for _, p := range n.Peers() {
-		serving[p.Name] = p.Up && p.Ready
-	}
 	err := error(peering.ErrPeerDown)
 	for _, holder := range g.c.holders(ri.it.Path) {
-		if holder == g.c.cfg.name || !serving[holder] {
+		if holder == g.c.cfg.name || !g.c.peerReady(holder) {
 			continue
 		}
 		var m peering.Meta
