@@ -73,23 +73,30 @@ ready() {
 	st=$(curl -fsS --max-time 2 "http://127.0.0.1:299$1/shardcache/status" 2>/dev/null) || return 1
 	grep -q '"members"' <<<"$st" && ! grep -q '"ready": false' <<<"$st" && ! grep -q '"up": false' <<<"$st"
 }
-for i in 1 2 3; do
+# wait_for WHAT PID LOG CHECK...: runs CHECK every 0.2 s until it
+# succeeds; gives up, showing the end of LOG, when PID exits or after 30 s.
+wait_for() {
+	local what=$1 pid=$2 log=$3
+	shift 3
 	for ((try = 0; ; try++)); do
-		if ready "$i"; then
-			break
+		if "$@"; then
+			return 0
 		fi
-		if ! kill -0 "${pids[$((i - 1))]}" 2>/dev/null; then
-			echo "n$i exited:" >&2
-			tail -n 20 "$work/n$i/caddy.log" >&2
+		if ! kill -0 "$pid" 2>/dev/null; then
+			echo "$what exited:" >&2
+			tail -n 20 "$log" >&2
 			exit 1
 		fi
 		if ((try >= 150)); then
-			echo "n$i not ready after 30s:" >&2
-			tail -n 20 "$work/n$i/caddy.log" >&2
+			echo "$what not ready after 30s:" >&2
+			tail -n 20 "$log" >&2
 			exit 1
 		fi
 		sleep 0.2
 	done
+}
+for i in 1 2 3; do
+	wait_for "n$i" "${pids[$((i - 1))]}" "$work/n$i/caddy.log" ready "$i"
 done
 echo "== all three nodes ready"
 "$caddy" shardcache status --address 127.0.0.1:2991
@@ -152,23 +159,12 @@ if ((director)); then
 	pids+=("$!")
 	echo "director: pid $!"
 	# Ready: it sees the three nodes up and primed.
-	for ((try = 0; ; try++)); do
+	director_sees_all() {
+		local st
 		st=$(curl -fsS --max-time 2 http://127.0.0.1:2990/shardcache/status 2>/dev/null) || st=
-		if [[ $(grep -c '"ready": true' <<<"$st") -ge 4 ]] && ! grep -q '"up": false' <<<"$st"; then
-			break
-		fi
-		if ! kill -0 "${pids[-1]}" 2>/dev/null; then
-			echo "the director exited:" >&2
-			tail -n 20 "$d/caddy.log" >&2
-			exit 1
-		fi
-		if ((try >= 150)); then
-			echo "the director does not see the nodes ready after 30s:" >&2
-			tail -n 20 "$d/caddy.log" >&2
-			exit 1
-		fi
-		sleep 0.2
-	done
+		[[ $(grep -c '"ready": true' <<<"$st") -ge 4 ]] && ! grep -q '"up": false' <<<"$st"
+	}
+	wait_for "the director (seeing the three nodes ready)" "${pids[-1]}" "$d/caddy.log" director_sees_all
 	"$caddy" shardcache status --address 127.0.0.1:2990 | sed -n '1,/^$/p'
 
 	echo "== every file through the director (127.0.0.1:8090): each goes to its owner, a local hit there"
