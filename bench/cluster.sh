@@ -58,19 +58,7 @@ mkdir -p "$OUT"
 STAMP=$(date +%Y%m%d-%H%M%S)
 WRKLOG=$OUT/cluster-wrk-$STAMP.txt
 
-for tool in go wrk taskset curl jq cmp ss; do
-	command -v "$tool" >/dev/null || { echo "cluster.sh: $tool not found" >&2; exit 1; }
-done
-if [ "$(nproc)" -lt 2 ]; then
-	echo "cluster.sh: needs 2 CPUs (Caddys on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU)" >&2
-	exit 1
-fi
-
-TMP=$(mktemp -d /tmp/shardcluster.XXXXXX)
-PIDS=()
-
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP PIPE
+bench_setup cluster.sh Caddys shardcluster go wrk taskset curl jq cmp ss
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_BEFORE=$(loadavg)

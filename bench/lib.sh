@@ -21,6 +21,26 @@ cleanup() {
 
 log() { printf '%s\n' "$*" >&2; }
 
+# bench_setup NAME WHO TMPNAME TOOLS...: checks that the tools are here and
+# that there are two CPUs (WHO on SERVER_CPU, wrk on CLIENT_CPU), makes the
+# temporary directory TMP, and sets the traps that stop every process in
+# PIDS and remove TMP.
+bench_setup() {
+	local name=$1 who=$2 tmpname=$3 tool
+	shift 3
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || { echo "$name: $tool not found" >&2; exit 1; }
+	done
+	if [ "$(nproc)" -lt 2 ]; then
+		echo "$name: needs 2 CPUs ($who on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU)" >&2
+		exit 1
+	fi
+	TMP=$(mktemp -d "/tmp/$tmpname.XXXXXX")
+	PIDS=()
+	trap cleanup EXIT
+	trap 'exit 130' INT TERM HUP PIPE
+}
+
 # --- ports -------------------------------------------------------------------
 
 declare -A TAKEN=()

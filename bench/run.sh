@@ -55,19 +55,7 @@ OUT=$BENCH/out
 mkdir -p "$OUT"
 STAMP=$(date +%Y%m%d-%H%M%S)
 
-for tool in go wrk taskset curl jq sha256sum ss; do
-	command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
-done
-if [ "$(nproc)" -lt 2 ]; then
-	echo "run.sh: needs 2 CPUs (server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU)" >&2
-	exit 1
-fi
-
-TMP=$(mktemp -d /tmp/shardbench.XXXXXX)
-PIDS=()
-
-trap cleanup EXIT
-trap 'exit 130' INT TERM HUP PIPE
+bench_setup run.sh server shardbench go wrk taskset curl jq sha256sum ss
 
 # --- build -----------------------------------------------------------------
 
