@@ -54,15 +54,7 @@ func TestChangesOnDisk(t *testing.T) {
 		"del.txt":      []byte("to be deleted\n"),
 		"sub/keep.txt": []byte("keep\n"),
 	})
-	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	port := freePort(t)
-	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
-http://127.0.0.1:%d {
-	shardcache * %s
-}
-`, port, root))
-	waitPrimed(n, root)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	base := startPrimed(t, root)
 
 	r0 := get(t, base, "/mod.txt")
 	if r0.status != 200 || string(r0.body) != "version one\n" {
@@ -150,15 +142,7 @@ func TestChangesUnderLoad(t *testing.T) {
 		"burst.bin":   versions[0],
 		"inplace.bin": versions[0],
 	})
-	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	port := freePort(t)
-	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
-http://127.0.0.1:%d {
-	shardcache * %s
-}
-`, port, root))
-	waitPrimed(n, root)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
+	base := startPrimed(t, root)
 
 	versionOf := func(b []byte) int {
 		for i, v := range versions {
@@ -377,4 +361,19 @@ func gzipBytes(b []byte, level int) []byte {
 	_, _ = zw.Write(b)
 	_ = zw.Close()
 	return buf.Bytes()
+}
+
+// startPrimed runs Caddy with one site serving root through shardcache
+// and returns the site's base URL once root is primed.
+func startPrimed(t *testing.T, root string) string {
+	t.Helper()
+	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	port := freePort(t)
+	n := startCaddy(t, globalBlock(admin)+fmt.Sprintf(`
+http://127.0.0.1:%d {
+	shardcache * %s
+}
+`, port, root))
+	waitPrimed(n, root)
+	return fmt.Sprintf("http://127.0.0.1:%d", port)
 }
