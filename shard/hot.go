@@ -57,9 +57,9 @@ func NewHot(budget int64) *Hot {
 
 // cost is what holding it counts against the budget.
 func cost(it *Item) int64 {
-	c := int64(len(it.Body)) + entryOverhead + int64(len(it.Path))
+	c := held(it) + entryOverhead + int64(len(it.Path))
 	for i := range it.Variants {
-		c += int64(len(it.Variants[i].Body))
+		c += int64(len(it.Variants[i].Body)) + it.Variants[i].Chunks.Len()
 	}
 	return c
 }
@@ -101,7 +101,7 @@ func (h *Hot) Contains(path, version string) bool {
 // body.
 func (h *Hot) Admit(it *Item) bool {
 	c := cost(it)
-	if c > h.budget || it.Body == nil && it.Size > 0 {
+	if c > h.budget || !it.Resident() {
 		h.rejects.Add(1)
 		return false
 	}

@@ -19,7 +19,7 @@ func held(it *Item) int64 {
 	if it == nil {
 		return 0
 	}
-	return int64(len(it.Body))
+	return int64(len(it.Body)) + it.Chunks.Len()
 }
 
 // sameContent reports whether a and b (file data, no Variants) describe the
@@ -27,7 +27,7 @@ func held(it *Item) int64 {
 // in favour of a.
 func sameContent(a, b *Item) bool {
 	return a != nil && b != nil && a.Version == b.Version && a.Size == b.Size &&
-		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && (a.Body == nil) == (b.Body == nil)
+		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
 }
 
 // sniffLen is how many leading bytes http.DetectContentType looks at.
@@ -101,6 +101,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 		ContentType: base.ContentType,
 		ETag:        base.ETag,
 		Body:        base.Body,
+		Chunks:      base.Chunks,
 		Version:     base.Version,
 	}
 	it.Variants = make([]Variant, 0, len(sibs))
@@ -114,6 +115,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			ModTime:  v.ModTime,
 			ETag:     v.ETag,
 			Body:     v.Body,
+			Chunks:   v.Chunks,
 		})
 	}
 	return &it
@@ -130,14 +132,14 @@ func sameItem(a, b *Item) bool {
 		return a == b
 	}
 	if a.Path != b.Path || a.Size != b.Size || !a.ModTime.Equal(b.ModTime) ||
-		a.ContentType != b.ContentType || a.ETag != b.ETag || !sameBytes(a.Body, b.Body) ||
+		a.ContentType != b.ContentType || a.ETag != b.ETag || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks, b.Chunks) ||
 		len(a.Variants) != len(b.Variants) {
 		return false
 	}
 	for i := range a.Variants {
 		v, w := &a.Variants[i], &b.Variants[i]
 		if v.Encoding != w.Encoding || v.Size != w.Size || !v.ModTime.Equal(w.ModTime) ||
-			v.ETag != w.ETag || !sameBytes(v.Body, w.Body) {
+			v.ETag != w.ETag || !sameBytes(v.Body, w.Body) || !sameChunks(v.Chunks, w.Chunks) {
 			return false
 		}
 	}

@@ -92,8 +92,8 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	}
 	old := rec.data
 	if !sameContent(old, c) {
-		if c.Body != nil && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
-			c.Body = nil // the hard limit wins over any plan
+		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
+			c.Body, c.Chunks = nil, nil // the hard limit wins over any plan
 		}
 		s.held.Add(held(c) - held(old))
 		rec.data = c

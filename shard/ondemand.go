@@ -141,7 +141,7 @@ func (s *Store) readTransient(p string, fi fs.FileInfo) (*Item, error) {
 	}
 	s.stats.storageReads.Add(1)
 	s.stats.storageBytes.Add(c.Size)
-	if c.Body == nil && c.Size > 0 {
+	if !c.Resident() {
 		s.memo.put(p, c)
 	}
 	return c, nil

@@ -31,7 +31,7 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 	if it == nil || it == dirItem {
 		return nil, ErrNotFound
 	}
-	p, size, mtime, body := it.Path, it.Size, it.ModTime, it.Body
+	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime, it.Body, it.Chunks
 	if encoding != "" {
 		var v *Variant
 		for i := range it.Variants {
@@ -44,7 +44,10 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 		if v == nil || !ok {
 			return nil, fmt.Errorf("shard: %s has no %s variant: %w", it.Path, encoding, ErrNotFound)
 		}
-		p, size, mtime, body = p+ext, v.Size, v.ModTime, v.Body
+		p, size, mtime, body, chunks = p+ext, v.Size, v.ModTime, v.Body, v.Chunks
+	}
+	if chunks != nil {
+		return NewChunksReader(chunks), nil
 	}
 	if body != nil || size == 0 {
 		return memFile{bytes.NewReader(body)}, nil
@@ -86,4 +89,5 @@ func (s *Store) stale(p string) {
 var (
 	_ File = (*os.File)(nil)
 	_ File = memFile{}
+	_ File = (*ChunksReader)(nil)
 )

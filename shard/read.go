@@ -46,25 +46,38 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 	h := newHash()
 	var head []byte
 	if wantBody(c.Size) {
-		body := make([]byte, c.Size)
-		for off := 0; off < len(body); {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			end := min(off+readChunk, len(body))
-			n, err := io.ReadFull(f, body[off:end])
-			if err != nil {
-				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-					return nil, errChanging // truncated while we read
-				}
-				return nil, err
-			}
-			h.Write(body[off : off+n])
-			off += n
+		// A body of up to ChunkSize is one slice; a larger one is held in
+		// chunks, so that it never needs more contiguous memory than that.
+		var chunks Chunks
+		if c.Size > ChunkSize {
+			chunks = newChunks(c.Size)
+		} else if c.Size > 0 {
+			chunks = Chunks{make([]byte, c.Size)}
 		}
-		head = body
-		if c.Size > 0 {
-			c.Body = body
+		for _, body := range chunks {
+			for off := 0; off < len(body); {
+				if err := ctx.Err(); err != nil {
+					return nil, err
+				}
+				end := min(off+readChunk, len(body))
+				n, err := io.ReadFull(f, body[off:end])
+				if err != nil {
+					if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+						return nil, errChanging // truncated while we read
+					}
+					return nil, err
+				}
+				h.Write(body[off : off+n])
+				off += n
+			}
+		}
+		switch {
+		case len(chunks) == 0:
+			head = []byte{}
+		case c.Size > ChunkSize:
+			head, c.Chunks = chunks[0], chunks
+		default:
+			head, c.Body = chunks[0], chunks[0]
 		}
 	} else {
 		bp := chunkPool.Get().(*[]byte)

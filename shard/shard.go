@@ -62,10 +62,15 @@ type Item struct {
 	// content only: the same on every machine that holds the same bytes.
 	ETag string
 
-	// Body holds the content when the item is resident in memory; nil when
-	// it is not (over the memory budget, or a transient item of a file over
-	// 1 MiB read on demand): read it with Store.Open. Never modify it.
+	// Body holds the content when the item is resident in memory and at
+	// most ChunkSize bytes long; nil when it is not resident (over the
+	// memory budget, or a transient item of a file over 1 MiB read on
+	// demand: read it with Store.Open) or held in Chunks. Never modify it.
 	Body []byte
+
+	// Chunks holds the content of a resident item larger than ChunkSize,
+	// in ChunkSize pieces; nil otherwise. Never modify it.
+	Chunks Chunks
 
 	// Variants are the precompressed siblings (x.css.br, x.css.gz,
 	// x.css.zst) of this item, in the Store's preference order. They are
@@ -107,12 +112,17 @@ type Variant struct {
 	// ETag is a strong entity tag of the compressed bytes.
 	ETag string
 
-	// Body holds the compressed bytes when resident; nil when not.
+	// Body holds the compressed bytes when resident and at most ChunkSize
+	// bytes long; nil when not.
 	Body []byte
+
+	// Chunks holds the compressed bytes of a resident variant larger than
+	// ChunkSize; nil otherwise.
+	Chunks Chunks
 }
 
 // Resident reports whether the item's bytes are held in memory.
-func (it *Item) Resident() bool { return it.Body != nil || it.Size == 0 }
+func (it *Item) Resident() bool { return it.Body != nil || it.Chunks != nil || it.Size == 0 }
 
 // Config configures a Store.
 type Config struct {
