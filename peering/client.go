@@ -391,6 +391,9 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	if status != ErrCodeNoError {
 		return Meta{}, nil, codeError(status)
 	}
+	if req.Length > 0 && meta.Size > req.Length {
+		return Meta{}, nil, ErrBadRequest // more than the range asked for
+	}
 	if meta.Size > n.cfg.MaxBodySize {
 		abort(str, ErrCodeTooLarge)
 		return Meta{}, nil, ErrTooLarge

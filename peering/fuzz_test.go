@@ -16,6 +16,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	req := Request{Group: "/srv/www", Path: "/a.css", Version: "v1", Encoding: "br", Epoch: 42}
 	get, _ := appendGet(nil, &req)
 	f.Add(get)
+	req.Offset, req.Length = 4<<20, 4<<20
+	ranged, _ := appendGet(nil, &req)
+	f.Add(ranged)
 	m := sampleMeta(7)
 	m.Variants = nil
 	resp, _ := appendResponse(nil, ErrCodeNoError, &m)

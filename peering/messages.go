@@ -28,6 +28,12 @@ type Request struct {
 	// Epoch is the sender's ring epoch (Ring.Epoch); 0 if unknown.
 	Epoch uint64
 
+	// Offset and Length ask for a byte range of the body: the Length
+	// bytes from Offset on (fewer when the body ends first). Length 0 asks
+	// for the whole body (Offset must be 0). A node fetches a large item
+	// chunk by chunk this way, and only the chunks a Range request needs.
+	Offset, Length int64
+
 	// Peer is the name of the node that sent the request, from its
 	// verified certificate. Set by the server; not sent on the wire.
 	Peer string
@@ -123,6 +129,14 @@ func appendGet(b []byte, r *Request) ([]byte, error) {
 	b = appendStr(b, r.Version)
 	b = appendStr(b, r.Encoding)
 	b = binary.AppendUvarint(b, r.Epoch)
+	if r.Offset < 0 || r.Length < 0 || r.Length > maxContentSize || r.Offset > maxContentSize ||
+		r.Length == 0 && r.Offset != 0 {
+		return b[:start], errBadValue
+	}
+	if r.Length > 0 {
+		b = binary.AppendUvarint(b, uint64(r.Offset))
+		b = binary.AppendUvarint(b, uint64(r.Length))
+	}
 	return endFrame(b, start)
 }
 
@@ -134,6 +148,12 @@ func decodeGet(p []byte) (Request, error) {
 		Version:  r.str(maxFieldLen),
 		Encoding: r.str(maxFieldLen),
 		Epoch:    r.uvarint(),
+	}
+	if r.more() {
+		req.Offset, req.Length = r.size(), r.size()
+		if r.err == nil && req.Length == 0 {
+			return req, errBadValue
+		}
 	}
 	return req, r.done()
 }

@@ -27,6 +27,8 @@ type memBackend struct {
 	gets     atomic.Int64
 	block    chan struct{} // if set, Get waits for it or the context
 	canceled atomic.Int64  // Gets that saw their context end
+
+	overshoot atomic.Bool // answer a range with the rest of the body
 }
 
 type memItem struct {
@@ -69,6 +71,16 @@ func (b *memBackend) Get(ctx context.Context, req Request) (Meta, []byte, error)
 	}
 	m := it.meta
 	m.Variants = nil
+	if req.Length > 0 {
+		if req.Offset > int64(len(it.body)) {
+			return Meta{}, nil, ErrBadRequest
+		}
+		end := min(int64(len(it.body)), req.Offset+req.Length)
+		if b.overshoot.Load() {
+			end = int64(len(it.body)) // a broken server: sends more than asked
+		}
+		return m, it.body[req.Offset:end], nil
+	}
 	return m, it.body, nil
 }
 
@@ -306,6 +318,33 @@ func TestFetchTooLarge(t *testing.T) {
 	}
 	if _, b, err := nodes[1].Fetch(context.Background(), "n1", Request{Group: "g", Path: "/ok"}); err != nil || len(b) != 1<<20 {
 		t.Fatalf("at the limit: %d bytes, %v", len(b), err)
+	}
+}
+
+// A range request moves the bytes of the range only; one past the end is
+// short; a server that sends more than the range is refused.
+func TestFetchRange(t *testing.T) {
+	nodes := startCluster(t, []string{"n1", "n2"}, nil)
+	full := body(3<<20+5, 7)
+	nodes[0].backend.put("g", Meta{Path: "/big", Version: "v1"}, full)
+	waitUp(t, nodes)
+	ctx := context.Background()
+	for _, r := range [][2]int64{{0, 1 << 20}, {1 << 20, 1 << 20}, {3 << 20, 1 << 20}, {5, 1}, {0, 3<<20 + 5}} {
+		m, got, err := nodes[1].Fetch(ctx, "n1", Request{Group: "g", Path: "/big", Version: "v1", Offset: r[0], Length: r[1]})
+		end := min(r[0]+r[1], int64(len(full)))
+		if err != nil || !bytes.Equal(got, full[r[0]:end]) || m.Size != end-r[0] {
+			t.Fatalf("range %d+%d: %d bytes (Size %d), %v; want %d bytes", r[0], r[1], len(got), m.Size, err, end-r[0])
+		}
+	}
+	if _, _, err := nodes[1].Fetch(ctx, "n1", Request{Group: "g", Path: "/big", Offset: 4 << 20, Length: 1}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("range past the end: %v; want ErrBadRequest", err)
+	}
+	if _, _, err := nodes[1].Fetch(ctx, "n1", Request{Group: "g", Path: "/big", Offset: 5}); err == nil {
+		t.Fatal("offset without length: no error")
+	}
+	nodes[0].backend.overshoot.Store(true)
+	if _, _, err := nodes[1].Fetch(ctx, "n1", Request{Group: "g", Path: "/big", Offset: 0, Length: 10}); !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("server sent more than the range: %v; want ErrBadRequest", err)
 	}
 }
 

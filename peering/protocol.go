@@ -46,6 +46,11 @@ const ALPN = "shardcache/1"
 // versions can add messages (a node that predates LAN keeps the address of
 // the HELLO until it re-dials).
 //
+// GET is group, path, version, encoding, epoch, then, for a byte range
+// only, offset and length (uvarints; length > 0). The RESPONSE's Size is the
+// number of body bytes that follow: the whole body, or the range (shorter
+// when the body ends first).
+//
 // HELLO is name, flags, then optional fields: Lan (a string, sent only
 // when set). A version that adds a field after Lan must send Lan, empty if
 // need be, and a receiver ignores fields past those it knows; every other

@@ -41,8 +41,10 @@ type Backend interface {
 	// hop: nodes whose rings disagree cannot deadlock). It returns
 	// ErrNotFound (or an error wrapping it) for an item it does not hold
 	// at req.Version, other *Error sentinels to choose a status, and any
-	// other error for ErrInternal. The body must not be modified
-	// afterwards; the response's Size is len(body).
+	// other error for ErrInternal. For a range (req.Length > 0) the body
+	// is the bytes of the range, ErrBadRequest when req.Offset is past the
+	// end. The body must not be modified afterwards; the response's Size is
+	// len(body).
 	Get(ctx context.Context, req Request) (Meta, []byte, error)
 
 	// Snapshot returns this node's table of content: the items it owns,
