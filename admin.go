@@ -77,6 +77,7 @@ type GroupStatus struct {
 	Tiers       map[string]TierCount `json:"tiers"`
 	PeerErrors  int64                `json:"peer_errors"`
 	ServedPeers int64                `json:"served_to_peers"`
+	ServedBytes int64                `json:"served_bytes_to_peers"`
 }
 
 // TierCount counts the requests (with bytes) one tier answered.
@@ -134,6 +135,7 @@ func currentStatus() Status {
 			gs.Tiers["peer"] = TierCount{t.peer.Load(), t.peerBytes.Load()}
 			gs.PeerErrors = t.peerErrors.Load()
 			gs.ServedPeers = t.served.Load()
+			gs.ServedBytes = t.servedBytes.Load()
 		}
 		st.Groups = append(st.Groups, gs)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -238,28 +237,23 @@ func (c *cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 	if req.Version != "" && it.Version != req.Version {
 		return peering.Meta{}, nil, peering.ErrNotFound
 	}
-	body, size := it.Body, it.Size
-	if req.Encoding != "" {
-		v := variant(it, req.Encoding)
-		if v == nil {
+	_, _, size, ok := heldBytes(it, req.Encoding)
+	if !ok {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	off, n := int64(0), size
+	if req.Length > 0 {
+		if req.Offset > size {
+			return peering.Meta{}, nil, peering.ErrBadRequest
+		}
+		off, n = req.Offset, min(req.Length, size-req.Offset)
+	}
+	body, err := readRange(st, it, req.Encoding, off, n)
+	if err != nil {
+		if errors.Is(err, shard.ErrChanged) {
 			return peering.Meta{}, nil, peering.ErrNotFound
 		}
-		body, size = v.Body, v.Size
-	}
-	if body == nil && size > 0 {
-		// Not held in memory: read it from storage for the peer.
-		f, err := st.Open(it, req.Encoding)
-		if err != nil {
-			if errors.Is(err, shard.ErrChanged) {
-				return peering.Meta{}, nil, peering.ErrNotFound
-			}
-			return peering.Meta{}, nil, err
-		}
-		defer f.Close()
-		body = make([]byte, size)
-		if _, err := io.ReadFull(f, body); err != nil {
-			return peering.Meta{}, nil, err
-		}
+		return peering.Meta{}, nil, err
 	}
 	g.stats.served.Add(1)
 	g.stats.servedBytes.Add(int64(len(body)))
@@ -410,7 +404,11 @@ func (c *cluster) purgeLocal(p peering.Purge) (dropped, refreshed int) {
 			if p.Prefix {
 				dropped += h.DropPrefix(p.Path)
 			} else {
-				dropped += dropHot(h, p.Path)
+				var old *shard.Item
+				if ri, ok := g.lookup(p.Path); ok {
+					old = ri.it
+				}
+				dropped += dropHot(h, p.Path, old)
 			}
 		}
 		if st := g.store.Load(); st != nil {

@@ -93,23 +93,27 @@ func (g *group) apply(owner string, d peering.Delta) {
 		paths = make(map[string]bool)
 		g.byOwner[owner] = paths
 	}
+	h := g.hot.Load()
+	drop := func(p string) {
+		if h != nil {
+			var old *shard.Item
+			if ri := g.toc[p]; ri != nil {
+				old = ri.it
+			}
+			dropHot(h, p, old)
+		}
+	}
 	for _, m := range d.Upserts {
+		drop(m.Path)
 		g.toc[m.Path] = &remoteItem{owner: owner, it: fromMeta(m)}
 		paths[m.Path] = true
 	}
 	for _, p := range d.Deletes {
+		drop(p)
 		if ri := g.toc[p]; ri != nil && ri.owner == owner {
 			delete(g.toc, p)
 		}
 		delete(paths, p)
-	}
-	if h := g.hot.Load(); h != nil {
-		for _, m := range d.Upserts {
-			dropHot(h, m.Path)
-		}
-		for _, p := range d.Deletes {
-			dropHot(h, p)
-		}
 	}
 }
 
@@ -128,13 +132,17 @@ func fromMeta(m peering.Meta) *shard.Item {
 	return it
 }
 
-// body is where a response's bytes come from: data in memory, or a file.
+// body is where a response's bytes come from: data in memory (one slice,
+// or chunks), a large item another node owns (fetched chunk by chunk), or
+// a file.
 type body struct {
-	it   *shard.Item // the item the bytes belong to (its headers)
-	enc  string      // their Content-Encoding
-	data []byte
-	file shard.File
-	tier string
+	it     *shard.Item // the item the bytes belong to (its headers)
+	enc    string      // their Content-Encoding
+	data   []byte
+	chunks shard.Chunks
+	remote *remoteBody
+	file   shard.File
+	tier   string
 }
 
 // hotKey names a copy in the hot cache: the path for the identity bytes
@@ -146,12 +154,23 @@ func hotKey(path, enc string) string {
 	return path + "\x00" + enc
 }
 
-// dropHot drops every copy of path (all its encodings) from h.
-func dropHot(h *shard.Hot, path string) int {
+// dropHot drops every copy of path (all its encodings) from h, and the
+// chunks of old (the table of content's entry for path, if any).
+func dropHot(h *shard.Hot, path string, old *shard.Item) int {
 	n := 0
 	for _, enc := range [...]string{"", "br", "zstd", "gzip"} {
 		if h.Drop(hotKey(path, enc)) {
 			n++
+		}
+		if old == nil {
+			continue
+		}
+		if size := sizeOf(old, enc); size > shard.ChunkSize && (enc == "" || variant(old, enc) != nil) {
+			for i := range shard.NumChunks(size) {
+				if h.Drop(chunkKey(path, enc, i)) {
+					n++
+				}
+			}
 		}
 	}
 	return n
@@ -174,7 +193,7 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 	}
 	v, err, _ := g.flight.Do(key+"@"+it.Version, func() (any, error) {
 		start := time.Now()
-		data, err := g.fetchPeer(ri, enc)
+		data, err := g.fetchPeer(ri, enc, 0, 0)
 		if err == nil {
 			observePeerFetch(time.Since(start))
 		} else {
@@ -201,8 +220,9 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 // replicas, skipping any that is not connected (no waiting on a dead peer)
 // or not primed yet (a priming node is sent no traffic). The attempts
 // share one deadline of their own, not the client's: one impatient client
-// must not fail the others waiting on the same fetch.
-func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
+// must not fail the others waiting on the same fetch. length > 0 asks for
+// the length bytes at off only (a chunk).
+func (g *group) fetchPeer(ri *remoteItem, enc string, off, length int64) ([]byte, error) {
 	n := g.c.node.Load()
 	if n == nil {
 		return nil, peering.ErrPeerDown
@@ -222,6 +242,8 @@ func (g *group) fetchPeer(ri *remoteItem, enc string) ([]byte, error) {
 			Version:  ri.it.Version,
 			Encoding: enc,
 			Epoch:    g.c.ring().Epoch(),
+			Offset:   off,
+			Length:   length,
 		})
 		if err == nil && m.Version != ri.it.Version {
 			err = fmt.Errorf("%s answered version %s, want %s", holder, m.Version, ri.it.Version)
@@ -250,17 +272,13 @@ func (g *group) fromStorage(path, enc string) (body, error) {
 	if isDir {
 		return body{}, shard.ErrNotFound
 	}
-	data, size := it.Body, it.Size
-	if enc != "" {
-		v := variant(it, enc)
-		if v == nil {
-			enc = "" // storage has no such sidecar: send the identity
-		} else {
-			data, size = v.Body, v.Size
-		}
+	data, chunks, size, ok := heldBytes(it, enc)
+	if !ok {
+		enc = "" // storage has no such sidecar: send the identity
+		data, chunks, size, _ = heldBytes(it, enc)
 	}
-	b := body{it: it, enc: enc, data: data, tier: "storage"}
-	if data == nil && size > 0 {
+	b := body{it: it, enc: enc, data: data, chunks: chunks, tier: "storage"}
+	if data == nil && chunks == nil && size > 0 {
 		f, err := st.Open(it, enc)
 		if err != nil {
 			return body{}, err

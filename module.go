@@ -293,7 +293,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.stats.local.Add(1)
 		return h.write(w, r, body{it: it, enc: enc}, name)
 	}
-	b, err := h.grp.fetch(owner, enc)
+	var b body
+	if sizeOf(it, enc) > shard.ChunkSize {
+		b, err = h.grp.fetchChunked(owner, enc, r)
+		if err != nil {
+			b, err = h.grp.fromStorage(it.Path, enc)
+		}
+	} else {
+		b, err = h.grp.fetch(owner, enc)
+	}
 	if err != nil {
 		// The file exists (its owner listed it) but neither the owner nor
 		// this node's storage can supply it now: a gateway error, not a
@@ -341,13 +349,10 @@ func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
 
 // serveLocal serves an item of this node's store.
 func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.Item, enc, name string) error {
-	b := body{it: it, enc: enc, data: it.Body, tier: "local"}
-	size := it.Size
-	if enc != "" {
-		v := variant(it, enc)
-		b.data, size = v.Body, v.Size
-	}
-	if b.data == nil && size > 0 {
+	b := body{it: it, enc: enc, tier: "local"}
+	var size int64
+	b.data, b.chunks, size, _ = heldBytes(it, enc)
+	if b.data == nil && b.chunks == nil && size > 0 {
 		// Not held in memory: serve it from storage.
 		f, err := h.store.Open(it, enc)
 		if err != nil {
@@ -417,14 +422,25 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name str
 	// The fast path: a plain GET or HEAD of bytes in memory goes out in one
 	// write, with no parsing of conditional or Range headers, and no
 	// allocation: the header values are the item's own.
-	if b.file == nil && statusOverride == 0 && plainRequest(r) && (b.data != nil || hv.size == 0 || r.Method == http.MethodHead) {
+	if b.file == nil && statusOverride == 0 && plainRequest(r) &&
+		(b.data != nil || b.chunks != nil || b.remote != nil || hv.size == 0 || r.Method == http.MethodHead) {
 		hdr["Accept-Ranges"] = own(3, "bytes")
 		if hv.lastModified != "" {
 			hdr["Last-Modified"] = own(4, hv.lastModified)
 		}
 		hdr["Content-Length"] = own(6, hv.contentLength)
 		w.WriteHeader(http.StatusOK)
-		if r.Method != http.MethodHead {
+		if r.Method == http.MethodHead {
+			return nil
+		}
+		switch {
+		case b.chunks != nil:
+			_, _ = shard.NewChunksReader(b.chunks).WriteTo(w)
+		case b.remote != nil:
+			if _, err := b.remote.WriteTo(w); err != nil {
+				h.cutShort(it, err)
+			}
+		default:
 			_, _ = w.Write(b.data)
 		}
 		return nil
@@ -438,13 +454,29 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name str
 	switch {
 	case b.file != nil:
 		content = b.file
+	case b.chunks != nil:
+		content = shard.NewChunksReader(b.chunks)
+	case b.remote != nil:
+		content = b.remote
 	case b.data != nil || hv.size == 0:
 		content = bytes.NewReader(b.data)
 	default:
 		content = noBody(hv.size) // HEAD, 304, 412: never read
 	}
 	http.ServeContent(overrideStatus(w, statusOverride), r, name, hv.modTime, content)
+	if b.remote != nil && b.remote.err != nil {
+		h.cutShort(it, b.remote.err)
+	}
 	return nil
+}
+
+// cutShort logs a response whose body could not be completed after its
+// headers were sent: net/http closes the connection (the body is shorter
+// than its Content-Length), so the client sees the failure and no cache
+// keeps the partial body.
+func (h *Handler) cutShort(it *shard.Item, err error) {
+	h.logger.Error("response cut short: a chunk of a large item could not be fetched",
+		zap.String("path", it.Path), zap.Error(err))
 }
 
 // itemHeaders are the response header values of one encoding of an item,

@@ -301,6 +301,7 @@ type clusterGroupStatus struct {
 	Tiers       map[string]clusterTier `json:"tiers"`
 	PeerErrors  int64                  `json:"peer_errors"`
 	ServedPeers int64                  `json:"served_to_peers"`
+	ServedBytes int64                  `json:"served_bytes_to_peers"`
 }
 
 type clusterTier struct {
