@@ -9,6 +9,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -386,9 +387,9 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name str
 	it := b.it
 	hv := headersOf(it, b.enc)
 	// The values are the item's own strings, but each response gets its
-	// own slices (one allocation for all of them): the header directive's
-	// replace operations modify header values in place.
-	vals := new([7]string)
+	// own slices: the header directive's replace operations modify header
+	// values in place.
+	vals := headerVals()
 	own := func(i int, v string) []string {
 		vals[i] = v
 		return vals[i : i+1 : i+1]
@@ -478,6 +479,29 @@ func (h *Handler) cutShort(it *shard.Item, err error) {
 	h.logger.Error("response cut short: a chunk of a large item could not be fetched",
 		zap.String("path", it.Path), zap.Error(err))
 }
+
+// headerVals returns room for the 7 header values of one response (each
+// used as a slice of length and capacity 1, so that an append never reaches
+// the next). They are cut from shared arrays of valsPerSlab responses, as
+// net/textproto does for request headers: one allocation per valsPerSlab
+// responses rather than one per response. An array lives as long as a
+// header map still refers to any part of it.
+func headerVals() []string {
+	s := slabs.Get().(*valSlab)
+	if len(s.vals) < 7 {
+		s.vals = make([]string, 7*valsPerSlab)
+	}
+	v := s.vals[:7:7]
+	s.vals = s.vals[7:]
+	slabs.Put(s)
+	return v
+}
+
+const valsPerSlab = 64
+
+type valSlab struct{ vals []string }
+
+var slabs = sync.Pool{New: func() any { return new(valSlab) }}
 
 // itemHeaders are the response header values of one encoding of an item,
 // built once.

@@ -141,3 +141,62 @@ func TestHotHit(t *testing.T) {
 		t.Fatalf("hot %d, peer %d: want the hot tier", h.grp.stats.hot.Load(), h.grp.stats.peer.Load())
 	}
 }
+
+// A local hit allocates nothing in the handler's own code (the header value
+// slices are cut from shared arrays: one allocation per valsPerSlab hits,
+// which AllocsPerRun's integer average reports as 0).
+func TestLocalHitAllocs(t *testing.T) {
+	h := newBenchHandler(t, 1024)
+	r := httptest.NewRequest(http.MethodGet, "/a.css", nil)
+	w := &discard{h: make(http.Header, 8)}
+	var next caddyhttp.Handler = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	allocs := testing.AllocsPerRun(10*valsPerSlab, func() {
+		clear(w.h)
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("a local hit allocates %v times; want 0", allocs)
+	}
+}
+
+// Each response's header values are its own: a later handler editing them
+// in place (as Caddy's header directive's replace does) changes neither the
+// item's memo nor another response.
+func TestHeaderValuesNotShared(t *testing.T) {
+	h := newBenchHandler(t, 1024)
+	r := httptest.NewRequest(http.MethodGet, "/a.css", nil)
+	var hdrs []http.Header
+	for range 3 * valsPerSlab {
+		w := &discard{h: make(http.Header)}
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		hdrs = append(hdrs, w.h)
+	}
+	want := hdrs[0].Clone()
+	for k, vs := range hdrs[1] {
+		for i := range vs {
+			vs[i] = "edited"
+		}
+		hdrs[1][k] = append(vs, "appended") // must not spill into a neighbour
+	}
+	for i, hd := range hdrs {
+		if i == 1 {
+			continue
+		}
+		for k, v := range want {
+			if got := hd[k]; len(got) != len(v) || got[0] != v[0] {
+				t.Fatalf("response %d: %s = %q after another response's values were edited; want %q", i, k, got, v)
+			}
+		}
+	}
+	w := &discard{h: make(http.Header)}
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.h.Get("Etag"); got != want.Get("Etag") {
+		t.Fatalf("a new response's ETag is %q; want %q", got, want.Get("Etag"))
+	}
+}
