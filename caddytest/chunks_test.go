@@ -102,7 +102,9 @@ func TestClusterLargeChunked(t *testing.T) {
 
 	t.Run("range_moves_only_needed_chunks", func(t *testing.T) {
 		// 1000 bytes inside chunk 2: one chunk moves.
-		n, by := moved(func() { checkRange(a, fmt.Sprintf("%d-%d", 2*chunkSize+100, 2*chunkSize+1099), 2*chunkSize+100, 2*chunkSize+1100) })
+		n, by := moved(func() {
+			checkRange(a, fmt.Sprintf("%d-%d", 2*chunkSize+100, 2*chunkSize+1099), 2*chunkSize+100, 2*chunkSize+1100)
+		})
 		if n != 1 || by != chunkSize {
 			t.Errorf("1000 bytes of chunk 2: owner served %d fetches, %d bytes; want 1, %d", n, by, chunkSize)
 		}
