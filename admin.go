@@ -153,6 +153,10 @@ type Where struct {
 	Version  string `json:"version,omitempty"`
 	Size     int64  `json:"size,omitempty"`
 	Resident bool   `json:"resident"` // its bytes are in this node's memory (primed or hot)
+	// For a large file another node owns: how many of its chunks (the
+	// identity bytes) are hot here, of how many.
+	HotChunks int `json:"hot_chunks,omitempty"`
+	Chunks    int `json:"chunks,omitempty"`
 }
 
 func handleWhere(w http.ResponseWriter, r *http.Request) error {
@@ -187,7 +191,17 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 		} else if ri, ok := g.lookup(p); ok {
 			wh.Found, wh.Version, wh.Size = true, ri.it.Version, ri.it.Size
 			if h := g.hot.Load(); h != nil {
-				wh.Resident = h.Contains(hotKey(p, ""), ri.it.Version)
+				if ri.it.Size > shard.ChunkSize {
+					wh.Chunks = shard.NumChunks(ri.it.Size)
+					for i := range wh.Chunks {
+						if h.Contains(chunkKey(p, "", i), ri.it.Version) {
+							wh.HotChunks++
+						}
+					}
+					wh.Resident = wh.HotChunks == wh.Chunks
+				} else {
+					wh.Resident = h.Contains(hotKey(p, ""), ri.it.Version)
+				}
 			}
 		}
 		out = append(out, wh)

@@ -169,6 +169,10 @@ func TestClusterLargeChunked(t *testing.T) {
 		if g := a.status(t).group(); g.Hot == nil || g.Hot.Hits < 3 || g.tier("hot").Requests < 3 {
 			t.Errorf("%s: hot %+v, tiers %+v; want 3 hot hits", a.name, g.Hot, g.Tiers)
 		}
+		// Chunks 1 and 3 were asked for at least twice: hot; 0 and 2 once.
+		if w := a.mustWhere(t, "/big.bin"); w.Chunks != 4 || w.HotChunks != 2 || w.Resident {
+			t.Errorf("%s: where /big.bin: %d of %d chunks hot, resident %v; want 2 of 4, not resident", a.name, w.HotChunks, w.Chunks, w.Resident)
+		}
 	})
 
 	t.Run("owner_gone", func(t *testing.T) {

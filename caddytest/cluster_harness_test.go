@@ -318,6 +318,9 @@ type clusterWhere struct {
 	Version  string `json:"version"`
 	Size     int64  `json:"size"`
 	Resident bool   `json:"resident"`
+	// large files another node owns
+	HotChunks int `json:"hot_chunks"`
+	Chunks    int `json:"chunks"`
 }
 
 var adminClient = &http.Client{Timeout: 5 * time.Second}
