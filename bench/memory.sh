@@ -2,11 +2,12 @@
 # bench/memory.sh: the memory a primed store costs, against the bytes it
 # holds: 100,000 small files (256 B-4 KiB) and 4 files of 192 MiB, plus an
 # almost empty tree for Caddy's own baseline. Target: RSS <= 1.1 x held + 64 MiB.
+# smallfit is the small tree again with a budget that fits it (memory 256MiB).
 #
 #   bench/memory.sh [-c cases] [-s secs] [-n] [-f]
 set -euo pipefail
 
-CASES=empty,small,large # -c: which cases, in this order
+CASES=empty,small,smallfit,large # -c: which cases, in this order
 SETTLE=2                # -s: seconds between the checks and the readings
 FORCE=0                 # -f: run even when free memory or disk looks short
 PROFILE=1               # -n: no heap profile of the small case
@@ -22,7 +23,8 @@ CLIENT_CPU=0
 usage() {
 	sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
 	cat <<EOF
-  -c cases    comma-separated, from empty, small, large (default $CASES)
+  -c cases    comma-separated, from empty, small, smallfit, large
+              (default $CASES)
   -s secs     wait after the checks before reading memory (default $SETTLE)
   -n          skip the heap profile of the small case (a second start of
               Caddy on the same tree, with GODEBUG=memprofilerate=1)
@@ -136,17 +138,27 @@ waitprimed() {
 # procmib PID FIELD: a /proc/PID/status figure (kB) in MiB.
 procmib() { awk -v f="$2:" '$1 == f {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
+# heapstats ADMINPORT: the runtime's own figures (MiB; no GC forced), from
+# the end of the text heap profile.
+heapstats() {
+	curl -s "http://127.0.0.1:$1/debug/pprof/heap?debug=1" | awk '
+		/^# (HeapAlloc|HeapInuse|HeapIdle|HeapReleased|Sys|NumGC|StackInuse|MSpanInuse) = / {
+			v = $4; if ($2 != "NumGC") v = sprintf("%.1f", v / 1048576); printf "%s %s ", $2, v
+		}'
+}
+
 # --- cases ---------------------------------------------------------------------
 
-declare -A ITEMS HELD RSS HWM ANON FILE GCRSS HEAP ROUND PRIMED NOTE
+declare -A GOLIMIT ITEMS HELD RSS HWM ANON FILE GCRSS HEAP ROUND PRIMED NOTE SERVED
 ORDER=()
 HEAP_PROF=""
 
 runcase() {
-	local c=$1 tree=$TMP/tree-$1 gen admin port line pid f rel i st
+	local c=$1 tree=$TMP/tree-$1 gen admin port line pid f rel i st mem=2GiB
 	case $c in
 	empty) gen=(-n 1 -dirs 1 -min 1024 -max 1024) ;;
 	small) gen=(-n "$SMALL_N" -dirs "$SMALL_DIRS" -min 256 -max 4096) ;;
+	smallfit) gen=(-n "$SMALL_N" -dirs "$SMALL_DIRS" -min 256 -max 4096) mem=256MiB ;;
 	large) gen=(-n "$LARGE_N" -dirs 1 -min "$LARGE_SIZE" -max "$LARGE_SIZE") ;;
 	*) log "memory.sh: unknown case $c"; exit 2 ;;
 	esac
@@ -168,7 +180,7 @@ runcase() {
 http://127.0.0.1:$port {
 	shardcache {
 		root $tree
-		memory 2GiB
+		memory $mem
 	}
 }
 EOF
@@ -206,12 +218,9 @@ EOF
 	HWM[$c]=$(procmib "$pid" VmHWM)
 	ANON[$c]=$(procmib "$pid" RssAnon)
 	FILE[$c]=$(procmib "$pid" RssFile)
-	# The runtime's own figures (no GC forced), from the end of the text heap
-	# profile.
-	HEAP[$c]=$(curl -s "http://127.0.0.1:$admin/debug/pprof/heap?debug=1" | awk '
-		/^# (HeapAlloc|HeapInuse|HeapIdle|HeapReleased|Sys|NumGC|StackInuse|MSpanInuse) = / {
-			v = $4; if ($2 != "NumGC") v = sprintf("%.1f", v / 1048576); printf "%s %s ", $2, v
-		}')
+	HEAP[$c]=$(heapstats "$admin")
+	# The soft limit the app gives the Go runtime (app.go: setMemoryLimit).
+	GOLIMIT[$c]=$(grep -a '"msg"' "$CADDY_LOG" | jq -rR 'fromjson? | select(.msg | startswith("set the Go memory limit")) | .limit' | awk '{printf "%.1f MiB", $1 / 1048576}' | head -n 1)
 	st=$(curl -s "http://127.0.0.1:$admin/shardcache/status")
 	local sitems sbytes
 	sitems=$(jq -r '.groups[0].primed_items' <<<"$st")
@@ -225,6 +234,21 @@ EOF
 	curl -s -o /dev/null "http://127.0.0.1:$admin/debug/pprof/heap?gc=1"
 	sleep 1
 	GCRSS[$c]=$(procmib "$pid" VmRSS)
+
+	if [ "$c" = small ] || [ "$c" = smallfit ]; then
+		# Steady state of a warm site: every item served once, which makes
+		# the handler keep its response header values (Item.Memo) for each.
+		local t0 n
+		t0=$(date +%s.%N)
+		(cd "$tree" && find . -type f -name '*.bin' | sed "s|^\./|url = \"http://127.0.0.1:$port/|; s|\$|\"\noutput = /dev/null|") >"$TMP/urls.curl"
+		n=$(curl -s -K "$TMP/urls.curl" -w '%{http_code}\n' | grep -c '^200$' || true)
+		sleep "$SETTLE"
+		SERVED[$c]="after serving every item once ($n of ${ITEMS[$c]} answered 200, $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.0f", b - a}') s): RSS $(procmib "$pid" VmRSS) MiB, peak $(procmib "$pid" VmHWM) MiB; heap (MiB) $(heapstats "$admin")"
+		curl -s -o /dev/null "http://127.0.0.1:$admin/debug/pprof/heap?gc=1"
+		sleep 1
+		SERVED[$c]+="; RSS 1 s after a forced GC $(procmib "$pid" VmRSS) MiB, HeapAlloc $(heapstats "$admin" | awk '{for (i = 1; i < NF; i++) if ($i == "HeapAlloc") print $(i + 1)}') MiB"
+		log "  ${SERVED[$c]}"
+	fi
 	stopcaddy "$pid"
 
 	if [ "$c" = small ] && [ "$PROFILE" = 1 ]; then
@@ -261,11 +285,11 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 {
 	echo "shardcache memory bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(free -m | awk '/^Mem:/ {print $2}') MiB RAM"
 	echo "$(go version | cut -d' ' -f3), Caddy $("$BIN" version | cut -d' ' -f1), CGO_ENABLED=0 ${BUILD[*]:1}; tree $(git -C "$REPO" describe --always --dirty)"
-	echo "shardcache { memory 2GiB } on all CPUs; readings ${SETTLE}s after priming and 5 checked GETs; target RSS <= 1.1 x held + 64 MiB"
+	echo "shardcache { memory 2GiB } (smallfit: 256MiB) on all CPUs; readings ${SETTLE}s after priming and 5 checked GETs; target RSS <= 1.1 x held + 64 MiB"
 	echo
-	printf '%-6s | %7s | %9s | %8s | %8s | %8s | %9s | %8s | %8s | %s\n' \
+	printf '%-8s | %7s | %9s | %8s | %8s | %8s | %9s | %8s | %8s | %s\n' \
 		case items "held MiB" "RSS MiB" "peak MiB" RSS/held "ovh MiB" "B/item" "B/item-0" target
-	printf -- '-%.0s' $(seq 1 108); echo
+	printf -- '-%.0s' $(seq 1 110); echo
 	base=${RSS[empty]:-}
 	for c in "${ORDER[@]}"; do
 		held=$(mib "${HELD[$c]}")
@@ -277,7 +301,7 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 				net = (n > 0 && b != "" && c != "empty") ? sprintf("%.0f", (ovh - b) * 1048576 / n) : "-"
 				lim = 1.1 * h + 64
 				verdict = sprintf("%s (<= %.0f MiB)", (r <= lim) ? "met" : "MISSED", lim)
-				printf "%-6s | %7d | %9.1f | %8.1f | %8.1f | %8s | %9.1f | %8s | %8s | %s\n",
+				printf "%-8s | %7d | %9.1f | %8.1f | %8.1f | %8s | %9.1f | %8s | %8s | %s\n",
 					c, n, h, r, p, ratio, ovh, per, net, verdict
 			}'
 	done
@@ -285,8 +309,9 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 	echo "held: the primed line's resident_bytes (body bytes); ovh = RSS - held; B/item = ovh / items;"
 	echo "B/item-0 = (ovh - the empty case's RSS) / items: what each item costs beyond Caddy's own baseline."
 	for c in "${ORDER[@]}"; do
-		echo "$c: RSS anon ${ANON[$c]} + file ${FILE[$c]} MiB; ${GCRSS[$c]} MiB 1 s after a forced GC; heap (MiB) ${HEAP[$c]}; bodies as heap objects (size-class rounded) $(mib "${ROUND[$c]}") MiB"
+		echo "$c: Go memory limit ${GOLIMIT[$c]:-none logged}; RSS anon ${ANON[$c]} + file ${FILE[$c]} MiB; ${GCRSS[$c]} MiB 1 s after a forced GC; heap (MiB) ${HEAP[$c]}; bodies as heap objects (size-class rounded) $(mib "${ROUND[$c]}") MiB"
 		echo "$c: store: $(jq -c '{items, bytes, duration, resident_bytes}' <<<"${PRIMED[$c]}")${NOTE[$c]:+; !! ${NOTE[$c]}}"
+		if [ -n "${SERVED[$c]:-}" ]; then echo "$c: ${SERVED[$c]}"; fi
 	done
 	if [ -n "$HEAP_PROF" ]; then
 		echo
