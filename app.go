@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -294,6 +292,7 @@ func (a *App) Start() error {
 	reg.set(a.sources, a.cluster)
 	if len(a.sources) > 0 {
 		setMemoryLimit(budget, a.logger)
+		startMemoryGovernor(a.logger)
 	}
 	return nil
 }
@@ -348,24 +347,3 @@ var (
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
-
-// memoryOverhead is what the process may use beyond the stores' budgets
-// (plus a tenth of them) before the Go runtime collects harder: Caddy
-// itself, the items' metadata, and the garbage of requests and storage
-// reads.
-const memoryOverhead = 64 << 20
-
-// setMemoryLimit gives the Go runtime a soft memory limit of 1.1× the
-// stores' budgets plus memoryOverhead, unless the operator set GOMEMLIMIT. Without
-// it the collector lets the heap grow to twice what is live, and what is
-// live is mostly primed bytes: the resident set would reach about twice the
-// budget. The limit is soft: the runtime never fails an allocation for it.
-func setMemoryLimit(budget int64, log *zap.Logger) {
-	if os.Getenv("GOMEMLIMIT") != "" {
-		return
-	}
-	limit := budget + budget/10 + memoryOverhead
-	debug.SetMemoryLimit(limit)
-	log.Info("set the Go memory limit (set GOMEMLIMIT to choose another)",
-		zap.Int64("budgets", budget), zap.Int64("limit", limit))
-}

@@ -48,11 +48,12 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 	if wantBody(c.Size) {
 		// A body of up to ChunkSize is one slice; a larger one is held in
 		// chunks, so that it never needs more contiguous memory than that.
-		var chunks Chunks
+		var one [1][]byte
+		chunks := one[:0]
 		if c.Size > ChunkSize {
 			chunks = newChunks(c.Size)
 		} else if c.Size > 0 {
-			chunks = Chunks{make([]byte, c.Size)}
+			chunks = append(chunks, make([]byte, c.Size))
 		}
 		for _, body := range chunks {
 			for off := 0; off < len(body); {

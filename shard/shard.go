@@ -44,6 +44,9 @@ import (
 // storage makes a new Item that replaces the old one in the Store, so a
 // request that holds an Item never sees a mix of old and new bytes.
 type Item struct {
+	// First: a zero-size last field would be padded to 8 bytes.
+	_ noCopy
+
 	// Path is the item's slash-separated path relative to the root, with a
 	// leading slash: "/css/site.css".
 	Path string
@@ -86,8 +89,6 @@ type Item struct {
 	// header values here, so a hit allocates nothing). The store never
 	// reads it. An Item must not be copied once in use (go vet says so).
 	Memo atomic.Value
-
-	_ noCopy
 }
 
 // noCopy makes go vet's copylocks check flag copies of the struct that
