@@ -125,6 +125,16 @@ func TestClusterLargeChunked(t *testing.T) {
 		if n != 2 || by != chunkSize+12345 {
 			t.Errorf("chunks 0 and 3: owner served %d fetches, %d bytes; want 2, %d", n, by, chunkSize+12345)
 		}
+		// Nothing satisfiable: 416, and nothing moves.
+		n, by = moved(func() {
+			r := mustDo(t, http.MethodGet, a.base, "/big.bin", "Range: bytes="+fmt.Sprint(size+10)+"-")
+			if r.status != http.StatusRequestedRangeNotSatisfiable {
+				t.Fatalf("Range past the end: %d; want 416", r.status)
+			}
+		})
+		if n != 0 || by != 0 {
+			t.Errorf("416: owner served %d fetches, %d bytes; want none", n, by)
+		}
 		// HEAD moves nothing.
 		n, by = moved(func() {
 			r := mustDo(t, http.MethodHead, a.base, "/big.bin")
