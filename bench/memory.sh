@@ -219,8 +219,9 @@ EOF
 	ANON[$c]=$(procmib "$pid" RssAnon)
 	FILE[$c]=$(procmib "$pid" RssFile)
 	HEAP[$c]=$(heapstats "$admin")
-	# The soft limit the app gives the Go runtime (app.go: setMemoryLimit).
-	GOLIMIT[$c]=$(grep -a '"msg"' "$CADDY_LOG" | jq -rR 'fromjson? | select(.msg | startswith("set the Go memory limit")) | .limit' | awk '{printf "%.1f MiB", $1 / 1048576}' | head -n 1)
+	# The soft limit the app gives the Go runtime (memlimit.go): the one
+	# for priming, then the one that follows the bytes held once primed.
+	GOLIMIT[$c]=$(grep -a '"msg"' "$CADDY_LOG" | jq -rR 'fromjson? | select(.msg | startswith("set the Go memory limit") or startswith("primed: the Go memory limit")) | .limit' | awk '{printf "%s%.1f MiB", (NR > 1 ? " then " : ""), $1 / 1048576}' | tr -d '\n')
 	st=$(curl -s "http://127.0.0.1:$admin/shardcache/status")
 	local sitems sbytes
 	sitems=$(jq -r '.groups[0].primed_items' <<<"$st")
