@@ -397,7 +397,7 @@ if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
 		PRIME_LINE=$(jq -r --argjson t0 "$CADDY_T0" --arg rss "$rss" '
 			def r($x; $n): ($x * $n | round) / $n;
 			"priming: \(.items) files, \(r(.bytes / 1073741824; 100)) GiB in \(r(.duration; 1000)) s"
-			+ " = \(.mb_per_s | floor) MB/s (store); \(r(.resident_bytes / 1073741824; 100)) GiB resident;"
+			+ " = \(.mb_per_s | floor) MB/s, \(.items / .duration | floor) items/s (store); \(r(.resident_bytes / 1073741824; 100)) GiB resident;"
 			+ " ready \(r(.ts - $t0; 1000)) s after exec; server RSS \($rss) MiB"
 		' <<<"$line")
 	else
