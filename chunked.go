@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -94,31 +93,11 @@ func readRange(st *shard.Store, it *shard.Item, enc string, off, n int64) ([]byt
 // bytes of two versions). tier says which.
 func (g *group) chunk(ri *remoteItem, enc string, size int64, i int) (data []byte, tier string, err error) {
 	it := ri.it
-	key := chunkKey(it.Path, enc, i)
-	hot := g.hot.Load()
-	if hot != nil {
-		if c, ok := hot.Get(key, it.Version); ok {
-			return c.Body, "hot", nil
-		}
-	}
 	off, n := shard.ChunkRange(size, i)
-	v, err, _ := g.flight.Do(key+"@"+it.Version, func() (any, error) {
-		start := time.Now()
-		data, err := g.fetchPeer(ri, enc, off, n)
-		if err == nil && int64(len(data)) != n {
-			err = fmt.Errorf("chunk %d of %s: %d bytes, want %d", i, it.Path, len(data), n)
-		}
-		if err == nil {
-			observePeerFetch(time.Since(start))
-		} else {
-			g.stats.countPeerError(err)
-		}
-		return data, err
-	})
+	data, fromHot, err := g.fetchCached(ri, enc, chunkKey(it.Path, enc, i), off, n)
 	if err == nil {
-		data := v.([]byte)
-		if hot != nil {
-			hot.Admit(&shard.Item{Path: key, Version: it.Version, Size: n, Body: data})
+		if fromHot {
+			return data, "hot", nil
 		}
 		return data, "peer", nil
 	}

@@ -182,18 +182,42 @@ func dropHot(h *shard.Hot, path string, old *shard.Item) int {
 // result may be a newer version than ri's when storage has one.
 func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 	it := ri.it
-	key := hotKey(it.Path, enc)
+	data, fromHot, err := g.fetchCached(ri, enc, hotKey(it.Path, enc), 0, 0)
+	if err == nil {
+		if fromHot {
+			g.stats.hot.Add(1)
+			g.stats.hotBytes.Add(int64(len(data)))
+			return body{it: it, enc: enc, data: data, tier: "hot"}, nil
+		}
+		g.stats.peer.Add(1)
+		g.stats.peerBytes.Add(int64(len(data)))
+		return body{it: it, enc: enc, data: data, tier: "peer"}, nil
+	}
+	if c := g.c.cfg.logger.Check(zap.WarnLevel, "peer fetch failed; reading from own storage"); c != nil {
+		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.String("owner", ri.owner), zap.Error(err))
+	}
+	return g.fromStorage(it.Path, enc)
+}
+
+// fetchCached returns the bytes the hot cache names key, of ri's item at
+// its version in encoding enc: the whole body (length 0) or the length
+// bytes at off (a chunk). They come from the hot cache (fromHot), else from
+// one fetch from a holder, shared by every request for key meanwhile, which
+// the hot cache may then keep.
+func (g *group) fetchCached(ri *remoteItem, enc, key string, off, length int64) (data []byte, fromHot bool, err error) {
+	version := ri.it.Version
 	hot := g.hot.Load()
 	if hot != nil {
-		if c, ok := hot.Get(key, it.Version); ok {
-			g.stats.hot.Add(1)
-			g.stats.hotBytes.Add(int64(len(c.Body)))
-			return body{it: it, enc: enc, data: c.Body, tier: "hot"}, nil
+		if c, ok := hot.Get(key, version); ok {
+			return c.Body, true, nil
 		}
 	}
-	v, err, _ := g.flight.Do(key+"@"+it.Version, func() (any, error) {
+	v, err, _ := g.flight.Do(key+"@"+version, func() (any, error) {
 		start := time.Now()
-		data, err := g.fetchPeer(ri, enc, 0, 0)
+		data, err := g.fetchPeer(ri, enc, off, length)
+		if err == nil && length > 0 && int64(len(data)) != length {
+			err = fmt.Errorf("%s at %d: %d bytes, want %d", ri.it.Path, off, len(data), length)
+		}
 		if err == nil {
 			observePeerFetch(time.Since(start))
 		} else {
@@ -201,19 +225,14 @@ func (g *group) fetch(ri *remoteItem, enc string) (body, error) {
 		}
 		return data, err
 	})
-	if err == nil {
-		data := v.([]byte)
-		g.stats.peer.Add(1)
-		g.stats.peerBytes.Add(int64(len(data)))
-		if hot != nil {
-			hot.Admit(&shard.Item{Path: key, Version: it.Version, Size: int64(len(data)), Body: data})
-		}
-		return body{it: it, enc: enc, data: data, tier: "peer"}, nil
+	if err != nil {
+		return nil, false, err
 	}
-	if c := g.c.cfg.logger.Check(zap.WarnLevel, "peer fetch failed; reading from own storage"); c != nil {
-		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.String("owner", ri.owner), zap.Error(err))
+	data = v.([]byte)
+	if hot != nil {
+		hot.Admit(&shard.Item{Path: key, Version: version, Size: int64(len(data)), Body: data})
 	}
-	return g.fromStorage(it.Path, enc)
+	return data, false, nil
 }
 
 // fetchPeer asks the nodes that hold the item, the owner first, then its
