@@ -248,6 +248,11 @@ func (c *cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 		}
 		off, n = req.Offset, min(req.Length, size-req.Offset)
 	}
+	if n > shard.ChunkSize {
+		// Large items move a chunk at a time (chunked.go): a request for
+		// more would make this node build one slice of that size.
+		return peering.Meta{}, nil, peering.ErrTooLarge
+	}
 	body, err := readRange(st, it, req.Encoding, off, n)
 	if err != nil {
 		if errors.Is(err, shard.ErrChanged) {

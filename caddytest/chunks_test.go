@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shardcache/caddy-shardcache/peering"
 )
 
 // chunkSize is shard.ChunkSize, the unit large items are held and moved in.
@@ -40,7 +42,8 @@ func TestClusterLargeChunked(t *testing.T) {
 	for i := range cfgs {
 		cfgs[i].hot = "32MiB"
 	}
-	nodes := startClusterNodes(t, newClusterSecret(t), cfgs)
+	secret := newClusterSecret(t)
+	nodes := startClusterNodes(t, secret, cfgs)
 	if !waitClusterReady(t, nodes, site.paths(), len(site)) {
 		return
 	}
@@ -144,6 +147,25 @@ func TestClusterLargeChunked(t *testing.T) {
 		})
 		if n != 0 || by != 0 {
 			t.Errorf("HEAD: owner served %d fetches, %d bytes; want none", n, by)
+		}
+	})
+
+	t.Run("peer_asking_for_more_than_a_chunk", func(t *testing.T) {
+		// A peer (here a client with a certificate from the cluster CA)
+		// that asks for a large item whole is refused: the owner never
+		// builds one slice of more than a chunk.
+		probe, err := peering.CredentialsFromSecret(secret, "probe")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, by := moved(func() {
+			st, _, err := sanGet(owner.san, probe.ClientConfig(owner.name), clusterGroup, "/big.bin")
+			if err != nil || st != uint64(peering.ErrCodeTooLarge) {
+				t.Fatalf("GET /big.bin whole over the SAN: status %d, %v; want %d (too large)", st, err, peering.ErrCodeTooLarge)
+			}
+		})
+		if n != 0 || by != 0 {
+			t.Errorf("owner served %d fetches, %d bytes; want none", n, by)
 		}
 	})
 
