@@ -208,7 +208,32 @@ func TestClusterLargeChunked(t *testing.T) {
 	})
 
 	t.Run("owner_gone", func(t *testing.T) {
+		// A response under way when the owner goes: a reads the first
+		// 64 KiB of the file, the owner is stopped, then a reads the
+		// rest. Chunks fetched before come from memory, the others from
+		// a's own storage (the same version): the body is whole and right.
+		req, err := http.NewRequest(http.MethodGet, a.base+"/big.bin", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		got := make([]byte, 64<<10)
+		if _, err := io.ReadFull(resp.Body, got); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s: GET /big.bin: %d, %v", a.name, resp.StatusCode, err)
+		}
 		stopNodes(t, []*clusterNode{owner}, false)
+		rest, err := io.ReadAll(io.LimitReader(resp.Body, size))
+		got = append(got, rest...)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: GET /big.bin with the owner stopped mid-response: %d bytes, %v; want %d bytes, the file's", a.name, len(got), err, size)
+		}
+		g := a.status(t).group()
+		t.Logf("%s: tiers after the owner went mid-response: %+v", a.name, g.Tiers)
+
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			if m, ok := b.status(t).member(owner.name); ok && !m.Up {
