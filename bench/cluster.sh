@@ -51,16 +51,11 @@ while getopts "d:w:c:r:s:n:Ph" opt; do
 done
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-source "$BENCH/lib.sh"
-OUT=$BENCH/out
-mkdir -p "$OUT"
-STAMP=$(date +%Y%m%d-%H%M%S)
+source "$BENCH/lib.sh" # REPO, OUT, STAMP and the helpers
 WRKLOG=$OUT/cluster-wrk-$STAMP.txt
 
 bench_setup cluster.sh Caddys shardcluster go wrk taskset curl jq cmp ss
 
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_BEFORE=$(loadavg)
 
 # --- ports -------------------------------------------------------------------
@@ -74,23 +69,7 @@ done
 # The SAN addresses are fixed (127.0.0.2-4:7946); other clusters on this
 # machine (tests, examples/cluster) may hold them for a while.
 PORT_WAIT=${PORT_WAIT:-300}
-sanbusy() {
-	local h
-	for h in "${SAN_HOSTS[@]}"; do
-		if ss -Huan "src $h:$SAN_PORT" | grep -q .; then return 0; fi
-	done
-	return 1
-}
-for i in $(seq 1 $((PORT_WAIT * 2))); do
-	sanbusy || break
-	[ "$i" = 1 ] && log "waiting (up to ${PORT_WAIT}s) for UDP ${SAN_HOSTS[*]} :$SAN_PORT to be free"
-	sleep 0.5
-done
-if sanbusy; then
-	log "cluster.sh: UDP port $SAN_PORT is in use on one of ${SAN_HOSTS[*]}:"
-	ss -Huanp "sport = :$SAN_PORT" >&2 || true
-	exit 1
-fi
+sanwait "one of ${SAN_HOSTS[*]}:"
 
 # --- build and site ----------------------------------------------------------
 
@@ -152,58 +131,8 @@ EOF
 
 # --- nodes ---------------------------------------------------------------------
 
+# startnode, stopnode, status and waitready (lib.sh): nodes n1-n3.
 declare -A NPID=()
-startnode() { # startnode I CADDYFILE
-	local i=$1 cf=$2 t
-	local home=$TMP/home$i
-	mkdir -p "$home/data" "$home/config"
-	HOME=$home XDG_DATA_HOME=$home/data XDG_CONFIG_HOME=$home/config \
-		taskset -c "$SERVER_CPU" "$CADDY" run --adapter caddyfile --config "$cf" \
-		>>"$TMP/n$i.log" 2>&1 </dev/null &
-	NPID[$i]=$!
-	PIDS+=("$!")
-	for t in $(seq 1 200); do
-		curl -sf -o /dev/null "http://127.0.0.1:${ADMIN[$i]}/config/" && return 0
-		kill -0 "${NPID[$i]}" 2>/dev/null || break
-		sleep 0.05
-	done
-	log "cluster.sh: n$i did not start; its log:"
-	tail -n 30 "$TMP/n$i.log" >&2
-	exit 1
-}
-
-stopnode() { # stopnode I
-	local pid=${NPID[$1]} t p keep=()
-	kill "$pid" 2>/dev/null || true
-	for t in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -9 "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-status() { curl -fsS --max-time 5 "http://127.0.0.1:${ADMIN[$1]}/shardcache/status"; }
-
-# waitready: every node primed (ready true) and seeing both peers up and ready.
-waitready() {
-	local i t st
-	for i in 1 2 3; do
-		for t in $(seq 1 300); do
-			st=$(status "$i" 2>/dev/null || true)
-			if [ -n "$st" ] && jq -e '.ready and (.members | length == 2) and all(.members[]; .up and .ready)' <<<"$st" >/dev/null; then
-				continue 2
-			fi
-			kill -0 "${NPID[$i]}" 2>/dev/null || break
-			sleep 0.2
-		done
-		log "cluster.sh: n$i not ready after 60 s; status: ${st:-none}"
-		tail -n 20 "$TMP/n$i.log" >&2
-		exit 1
-	done
-}
 
 where() { # where PATH: n1's /shardcache/where answer for PATH (the group's entry)
 	curl -fsS --max-time 5 "http://127.0.0.1:${ADMIN[1]}/shardcache/where?path=$1" | jq -c '.[0]'
@@ -335,7 +264,7 @@ done
 for i in 1 2 3; do
 	startnode "$i" "$TMP/n$i.caddy"
 done
-waitready
+waitready 1 2 3
 
 declare -A LOCAL=() REMOTE=() NUSED=()
 for s in "${SIZES[@]}"; do
@@ -419,7 +348,7 @@ log "phase 2: n1 restarted with hot 1KiB (no file fits: an entry costs its size 
 stopnode 1
 nodecf 1 1KiB >"$TMP/n1-nohot.caddy"
 startnode 1 "$TMP/n1-nohot.caddy"
-waitready
+waitready 1 2 3
 for s in "${SIZES[@]}"; do
 	# shellcheck disable=SC2086
 	verify ${LOCAL[$s]} ${REMOTE[$s]} ${REMOTE[$s]} ${REMOTE[$s]}

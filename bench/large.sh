@@ -48,11 +48,7 @@ NEED_MEM_MIB=3584 # two nodes holding 1 GiB each, the 1 GiB file in the page cac
 NEED_DISK_MIB=2048 # the file (hard-linked into both roots), the binary, slack
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-source "$BENCH/lib.sh"
-OUT=$BENCH/out
-mkdir -p "$OUT"
-STAMP=$(date +%Y%m%d-%H%M%S)
+source "$BENCH/lib.sh" # REPO, OUT, STAMP and the helpers
 
 # --- resources -----------------------------------------------------------------
 
@@ -66,7 +62,6 @@ fi
 
 bench_setup large.sh Caddys shardlarge go taskset curl jq cmp ss sha256sum dd python3
 START=$(date +%s)
-loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_BEFORE=$(loadavg)
 UPTIME_BEFORE=$(uptime)
 
@@ -78,23 +73,7 @@ for i in 1 2; do
 	freeport HTTP[$i]
 done
 PORT_WAIT=${PORT_WAIT:-60}
-sanbusy() {
-	local h
-	for h in "${SAN_HOSTS[@]}"; do
-		if ss -Huan "src $h:$SAN_PORT" | grep -q .; then return 0; fi
-	done
-	return 1
-}
-for t in $(seq 1 $((PORT_WAIT * 2))); do
-	sanbusy || break
-	[ "$t" = 1 ] && log "waiting (up to ${PORT_WAIT}s) for UDP ${SAN_HOSTS[*]} :$SAN_PORT to be free"
-	sleep 0.5
-done
-if sanbusy; then
-	log "large.sh: UDP port $SAN_PORT is in use on ${SAN_HOSTS[*]} (set SAN_PORT):"
-	ss -Huanp "sport = :$SAN_PORT" >&2 || true
-	exit 1
-fi
+sanwait "${SAN_HOSTS[*]} (set SAN_PORT):"
 
 # --- build and file ------------------------------------------------------------
 
@@ -156,58 +135,14 @@ EOF
 
 # --- nodes -----------------------------------------------------------------------
 
-startnode() { # startnode I
-	local i=$1 t home=$TMP/home$1
-	mkdir -p "$home/data" "$home/config"
+# startnode, stopnode, status and waitready (lib.sh): nodes n1 and n2,
+# each with the Caddyfile $TMP/nI.caddy.
+for i in 1 2; do
 	nodecf "$i" >"$TMP/n$i.caddy"
-	HOME=$home XDG_DATA_HOME=$home/data XDG_CONFIG_HOME=$home/config \
-		taskset -c "$SERVER_CPU" "$CADDY" run --adapter caddyfile --config "$TMP/n$i.caddy" \
-		>>"$TMP/n$i.log" 2>&1 </dev/null &
-	NPID[$i]=$!
-	PIDS+=("$!")
-	for t in $(seq 1 200); do
-		curl -sf -o /dev/null "http://127.0.0.1:${ADMIN[$i]}/config/" && return 0
-		kill -0 "${NPID[$i]}" 2>/dev/null || break
-		sleep 0.05
-	done
-	log "large.sh: n$i did not start; its log:"
-	tail -n 30 "$TMP/n$i.log" >&2
-	exit 1
-}
+done
 
-stopnode() { # stopnode I
-	local pid=${NPID[$1]} t p keep=()
-	kill "$pid" 2>/dev/null || true
-	for t in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -9 "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-status() { curl -fsS --max-time 5 "http://127.0.0.1:${ADMIN[$1]}/shardcache/status"; }
 # grp I: node nI's status of group "big"
 grp() { status "$1" | jq -c '.groups[] | select(.group == "big")'; }
-
-waitready() { # waitready I...: primed and seeing its peer up and ready
-	local i t st
-	for i in "$@"; do
-		for t in $(seq 1 300); do
-			st=$(status "$i" 2>/dev/null || true)
-			if [ -n "$st" ] && jq -e '.ready and (.members | length == 1) and all(.members[]; .up and .ready)' <<<"$st" >/dev/null; then
-				continue 2
-			fi
-			kill -0 "${NPID[$i]}" 2>/dev/null || break
-			sleep 0.2
-		done
-		log "large.sh: n$i not ready after 60 s; status: ${st:-none}"
-		tail -n 20 "$TMP/n$i.log" >&2
-		exit 1
-	done
-}
 
 mem() { # mem PID FIELD: VmRSS or VmHWM in MiB
 	awk -v f="$2:" '$1 == f {printf "%.0f", $2 / 1024}' "/proc/$1/status"
@@ -297,8 +232,8 @@ row() { ROWS+=("$(printf '%-40s | %10s | %8s | %14s | %11s | %s' "$@")"); }
 
 log "load before: $UPTIME_BEFORE"
 log "starting n1 and n2 (both on CPU $SERVER_CPU; curl on CPU $CLIENT_CPU)"
-startnode 1
-startnode 2
+startnode 1 "$TMP/n1.caddy"
+startnode 2 "$TMP/n2.caddy"
 T0=$(date +%s.%N)
 waitready 1 2
 READY=$(awk -v a="$T0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
@@ -330,11 +265,16 @@ fetch "$OWN" hash
 checkwhole "owner GET (hashed)" hash
 LOCAL_H=$BPS
 log "2. owner GET, hashed: $CODE, $(mbs "$BPS") MB/s (${SECS}s), sha256 ok; other CPU ${OTHER}"
+# ownerget CHECK WHAT: a whole-file GET from the owner, body discarded;
+# checkwhole CHECK, logged as WHAT.
+ownerget() {
+	fetch "$OWN" null
+	checkwhole "$1" null
+	log "   $2, discarded: $CODE, $(mbs "$BPS") MB/s (${SECS}s); $CPUS; other CPU ${OTHER}"
+}
 LOCAL_BPS=0 all=""
 for r in $(seq 1 "$REPEATS"); do
-	fetch "$OWN" null
-	checkwhole "owner GET" null
-	log "   owner GET $r, discarded: $CODE, $(mbs "$BPS") MB/s (${SECS}s); $CPUS; other CPU ${OTHER}"
+	ownerget "owner GET" "owner GET $r"
 	all+="${all:+/}$(mbs "$BPS")"
 	if better "$BPS" "$LOCAL_BPS"; then LOCAL_BPS=$BPS lnote="${SECS}s; $CPUS; other CPU ${OTHER}"; fi
 done
@@ -368,7 +308,7 @@ series() { # series MODE KEY
 restart_nonowner() {
 	log "   restarting the non-owner n$OTH (an empty hot cache)"
 	stopnode "$OTH"
-	startnode "$OTH"
+	startnode "$OTH" "$TMP/n$OTH.caddy"
 	waitready 1 2
 }
 series hash h
@@ -379,9 +319,7 @@ for r in $(seq 1 "$REPEATS"); do
 	restart_nonowner
 	series null "$r"
 	# the owner's GET again, right after the hot one: a check on drift
-	fetch "$OWN" null
-	checkwhole "owner GET again" null
-	log "   owner GET again, discarded: $CODE, $(mbs "$BPS") MB/s (${SECS}s); $CPUS; other CPU ${OTHER}"
+	ownerget "owner GET again" "owner GET again"
 	all2+="${all2:+/}$(mbs "$BPS")"
 	if better "$BPS" "$LOCAL2"; then LOCAL2=$BPS l2note="${SECS}s; $CPUS; other CPU ${OTHER}"; fi
 done

@@ -19,6 +19,7 @@ LARGE_SIZE=$((192 << 20))
 # here: priming is parallel and there is no client to compete with).
 SERVER_CPU=1
 CLIENT_CPU=0
+CADDY_CPUS=0-$(($(nproc) - 1)) # startcaddy: Caddy on all CPUs
 
 usage() {
 	sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
@@ -44,11 +45,7 @@ while getopts "c:s:nfh" opt; do
 done
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-source "$BENCH/lib.sh"
-OUT=$BENCH/out
-mkdir -p "$OUT"
-STAMP=$(date +%Y%m%d-%H%M%S)
+source "$BENCH/lib.sh" # REPO, OUT, STAMP and the helpers
 
 # --- room ----------------------------------------------------------------------
 
@@ -79,61 +76,7 @@ log "building ours (./cmd/caddy): CGO_ENABLED=0 ${BUILD[*]}"
 (cd "$REPO" && go build -o "$TMP/bin/gensmall" ./bench/gensmall)
 BIN=$TMP/bin/caddy
 
-# --- Caddy (as in run.sh) ------------------------------------------------------
-
-# startcaddy NAME CADDYFILE ADMINPORT: run Caddy on all CPUs with its own
-# HOME and XDG dirs (and CADDY_ENV, words VAR=value, in its environment);
-# sets CADDY_PID and CADDY_LOG.
-startcaddy() {
-	local name=$1 cf=$2 admin=$3 i
-	local home=$TMP/home-$name
-	mkdir -p "$home/data" "$home/config"
-	CADDY_LOG=$TMP/$name.log
-	# shellcheck disable=SC2086 # CADDY_ENV is words
-	env ${CADDY_ENV:-} HOME=$home XDG_DATA_HOME=$home/data XDG_CONFIG_HOME=$home/config \
-		taskset -c "0-$(($(nproc) - 1))" "$BIN" run --adapter caddyfile --config "$cf" \
-		>"$CADDY_LOG" 2>&1 </dev/null &
-	CADDY_PID=$!
-	PIDS+=("$CADDY_PID")
-	for i in $(seq 1 200); do
-		if curl -sf -o /dev/null "http://127.0.0.1:$admin/config/"; then
-			return 0
-		fi
-		if ! kill -0 "$CADDY_PID" 2>/dev/null; then break; fi
-		sleep 0.05
-	done
-	log "memory.sh: Caddy ($name) did not start; its log:"
-	tail -n 30 "$CADDY_LOG" >&2
-	exit 1
-}
-
-stopcaddy() {
-	local pid=$1 i
-	kill "$pid" 2>/dev/null || true
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -9 "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	local keep=() p
-	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-# waitprimed LOG SECS: wait for the store's "primed" log line; prints it.
-waitprimed() {
-	local logf=$1 secs=$2 i line
-	for i in $(seq 1 $((secs * 20))); do
-		line=$(grep -a '"msg"' "$logf" 2>/dev/null | jq -cR 'fromjson? | select(.msg == "primed")' 2>/dev/null | head -n 1 || true)
-		if [ -n "$line" ]; then
-			printf '%s\n' "$line"
-			return 0
-		fi
-		sleep 0.05
-	done
-	return 1
-}
+# --- readings ------------------------------------------------------------------
 
 # procmib PID FIELD: a /proc/PID/status figure (kB) in MiB.
 procmib() { awk -v f="$2:" '$1 == f {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
@@ -184,7 +127,7 @@ http://127.0.0.1:$port {
 	}
 }
 EOF
-	startcaddy "$c" "$TMP/$c.caddy" "$admin"
+	startcaddy "$c" "$BIN" "$TMP/$c.caddy" "$admin"
 	pid=$CADDY_PID
 	if ! line=$(waitprimed "$CADDY_LOG" 180); then
 		log "memory.sh: $c: no \"primed\" log line within 180 s; its log:"
@@ -259,7 +202,7 @@ EOF
 		# only estimates the many small objects. Its buckets live outside the
 		# heap, so the readings above come from the run without it.
 		log "  heap profile: starting again with GODEBUG=memprofilerate=1"
-		CADDY_ENV=GODEBUG=memprofilerate=1 startcaddy "$c-prof" "$TMP/$c.caddy" "$admin"
+		CADDY_ENV=GODEBUG=memprofilerate=1 startcaddy "$c-prof" "$BIN" "$TMP/$c.caddy" "$admin"
 		pid=$CADDY_PID
 		if ! line=$(waitprimed "$CADDY_LOG" 180); then
 			log "memory.sh: $c (profiled): no \"primed\" log line within 180 s"

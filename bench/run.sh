@@ -49,11 +49,7 @@ while getopts "d:w:c:r:psPG:h" opt; do
 done
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(dirname "$BENCH")
-source "$BENCH/lib.sh"
-OUT=$BENCH/out
-mkdir -p "$OUT"
-STAMP=$(date +%Y%m%d-%H%M%S)
+source "$BENCH/lib.sh" # REPO, OUT, STAMP and the helpers
 
 bench_setup run.sh server shardbench go wrk taskset curl jq sha256sum ss
 
@@ -102,59 +98,6 @@ globals() {
 	}
 }
 EOF
-}
-
-# startcaddy NAME BIN CADDYFILE ADMINPORT: run Caddy pinned to the server
-# CPU with its own HOME and XDG dirs; sets CADDY_PID and CADDY_LOG.
-startcaddy() {
-	local name=$1 bin=$2 cf=$3 admin=$4 i
-	local home=$TMP/home-$name
-	mkdir -p "$home/data" "$home/config"
-	CADDY_LOG=$TMP/$name.log
-	CADDY_T0=$(date +%s.%N)
-	HOME=$home XDG_DATA_HOME=$home/data XDG_CONFIG_HOME=$home/config \
-		taskset -c "${CADDY_CPUS:-$SERVER_CPU}" "$bin" run --adapter caddyfile --config "$cf" \
-		>"$CADDY_LOG" 2>&1 </dev/null &
-	CADDY_PID=$!
-	PIDS+=("$CADDY_PID")
-	for i in $(seq 1 200); do
-		if curl -sf -o /dev/null "http://127.0.0.1:$admin/config/"; then
-			return 0
-		fi
-		if ! kill -0 "$CADDY_PID" 2>/dev/null; then break; fi
-		sleep 0.05
-	done
-	log "run.sh: Caddy ($name) did not start; its log:"
-	tail -n 30 "$CADDY_LOG" >&2
-	exit 1
-}
-
-stopcaddy() {
-	local pid=$1 i
-	kill "$pid" 2>/dev/null || true
-	for i in $(seq 1 100); do
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.1
-	done
-	kill -9 "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	local keep=() p
-	for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-	PIDS=("${keep[@]}")
-}
-
-# waitprimed LOG SECS: wait for the store's "primed" log line; prints it.
-waitprimed() {
-	local logf=$1 secs=$2 i line
-	for i in $(seq 1 $((secs * 20))); do
-		line=$(grep -a '"msg"' "$logf" 2>/dev/null | jq -cR 'fromjson? | select(.msg == "primed")' 2>/dev/null | head -n 1 || true)
-		if [ -n "$line" ]; then
-			printf '%s\n' "$line"
-			return 0
-		fi
-		sleep 0.05
-	done
-	return 1
 }
 
 # body snippet for respond: each size inlined as a heredoc, with an explicit
