@@ -30,10 +30,10 @@ type Store struct {
 	workers int
 	log     *zap.Logger
 
-	// index maps a slash-rooted path to its published *Item, or to dirItem
-	// for a directory. It is the read side: Lookup touches nothing else for
-	// a known path.
-	index sync.Map
+	// index maps a slash-rooted path to its published *Item, or to a
+	// directory's item (isDir). It is the read side: Lookup touches nothing
+	// else for a known path. Written under mu.
+	index *index
 
 	// mu guards the writer side below (see tree.go) and the planned flag.
 	// Lookups take it only on a miss.
@@ -73,8 +73,11 @@ type Store struct {
 	primed progressCounters
 }
 
-// dirItem marks a directory in the index.
-var dirItem = &Item{Path: "(directory)"}
+// dirItem returns the index entry of the directory at p.
+func dirItem(p string) *Item { return &Item{Path: p, Size: -1} }
+
+// isDir reports whether it is a directory's index entry.
+func (it *Item) isDir() bool { return it.Size < 0 }
 
 // New returns a Store for cfg after checking it. It is cheap: it reads no
 // file (it runs in `caddy validate`); Start does the work.
@@ -129,6 +132,7 @@ func New(cfg Config) (*Store, error) {
 		budget:   cfg.Memory,
 		workers:  workers,
 		log:      log.With(zap.String("root", root)),
+		index:    newIndex(),
 		files:    make(map[string]*fileRec),
 		dirs:     make(map[string]*dirRec),
 		ctx:      ctx,
@@ -173,7 +177,7 @@ func (s *Store) Close() error {
 	s.rootMu.Unlock()
 
 	s.mu.Lock()
-	s.index.Clear()
+	s.index.clear()
 	s.files = make(map[string]*fileRec)
 	s.dirs = make(map[string]*dirRec)
 	s.held.Store(0)
@@ -205,9 +209,8 @@ func (s *Store) Root() string { return s.root }
 // A precompressed sibling (x.css.gz, with gzip configured, when x.css
 // exists) is not found: it is a Variant of the item it compresses.
 func (s *Store) Lookup(path string) (it *Item, isDir bool, err error) {
-	if v, ok := s.index.Load(path); ok {
-		it := v.(*Item)
-		if it == dirItem {
+	if it, ok := s.index.load(path); ok {
+		if it.isDir() {
 			return nil, true, nil
 		}
 		return it, false, nil
@@ -244,9 +247,8 @@ func (s *Store) lookupSlow(p string) (*Item, bool, error) {
 // from memory), in no particular order, until fn returns false. Items added
 // or removed meanwhile may or may not be seen.
 func (s *Store) Each(fn func(*Item) bool) {
-	s.index.Range(func(_, v any) bool {
-		it := v.(*Item)
-		if it == dirItem {
+	s.index.each(func(it *Item) bool {
+		if it.isDir() {
 			return true
 		}
 		return fn(it)

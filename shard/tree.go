@@ -119,7 +119,7 @@ func (s *Store) addDirLocked(p string, links int) {
 			pd.kids[path.Base(p)] = struct{}{}
 		}
 	}
-	s.index.Store(p, dirItem)
+	s.index.store(dirItem(p))
 	s.stats.dirs.Add(1)
 }
 
@@ -136,7 +136,7 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 	if pd := s.dirs[path.Dir(p)]; pd != nil && p != "/" {
 		delete(pd.kids, path.Base(p))
 	}
-	s.index.Delete(p)
+	s.index.delete(p)
 	s.stats.dirs.Add(-1)
 	if d.links == 0 {
 		s.unwatchLocked(p) // never watched otherwise (scanDir)
@@ -254,18 +254,15 @@ func (s *Store) republishLocked(p string) {
 		return
 	}
 	want := s.desiredLocked(p)
-	var cur *Item
-	if v, ok := s.index.Load(p); ok {
-		cur = v.(*Item)
-	}
+	cur, _ := s.index.load(p)
 	if sameItem(cur, want) {
 		return
 	}
 	if want == nil {
-		s.index.Delete(p)
+		s.index.delete(p)
 		s.stats.items.Add(-1)
 	} else {
-		s.index.Store(p, want)
+		s.index.store(want)
 		if cur == nil {
 			s.stats.items.Add(1)
 		}
