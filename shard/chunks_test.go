@@ -152,3 +152,22 @@ func TestLargeOverBudget(t *testing.T) {
 		t.Errorf("ResidentBytes = %d; want 0", got)
 	}
 }
+
+// A precompressed sibling larger than a chunk is held in chunks too, as the
+// item's variant, and reads back byte for byte.
+func TestLargeVariantInChunks(t *testing.T) {
+	big := randomBytes(ChunkSize+100, 5)
+	gz := randomBytes(ChunkSize+50, 6) // stands for the compressed bytes
+	s := newStore(t, Config{Precompressed: []string{"gzip"}}, map[string]string{"big.txt": string(big), "big.txt.gz": string(gz)})
+	startReady(t, s)
+	it := mustLookup(t, s, "/big.txt", string(big))
+	if len(it.Variants) != 1 || it.Variants[0].Encoding != "gzip" {
+		t.Fatalf("variants %+v; want one gzip", it.Variants)
+	}
+	if v := it.Variants[0]; v.Body != nil || len(v.Chunks) != 2 || v.Chunks.Len() != int64(len(gz)) {
+		t.Fatalf("gzip variant: Body %d bytes, %d chunks (%d bytes); want 2 chunks of %d bytes", len(v.Body), len(v.Chunks), v.Chunks.Len(), len(gz))
+	}
+	if got := body(t, s, it, "gzip"); string(got) != string(gz) {
+		t.Fatalf("gzip variant reads back %d bytes, not its own", len(got))
+	}
+}
