@@ -8,7 +8,6 @@ import (
 	"mime"
 	"mime/multipart"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -32,12 +31,7 @@ func TestClusterLargeChunked(t *testing.T) {
 	site["big.bin"] = clusterContent(rand.New(rand.NewPCG(6, 7)), "big.bin", size)
 	want := site["big.bin"]
 	members := clusterMembers(3)
-	tmp := t.TempDir()
-	roots := make([]string, len(members))
-	for i, m := range members {
-		roots[i] = filepath.Join(tmp, m.name, "site")
-		writeClusterSite(t, roots[i], site)
-	}
+	roots := writeClusterRoots(t, members, site)
 	cfgs := clusterConfigs(t, members, roots)
 	for i := range cfgs {
 		cfgs[i].hot = "32MiB"

@@ -677,6 +677,19 @@ func writeClusterSite(t *testing.T, root string, site clusterSite) {
 	writeTree(t, root, site)
 }
 
+// writeClusterRoots gives each member its own copy of site, in a temporary
+// directory of the test, and returns their roots in the members' order.
+func writeClusterRoots(t *testing.T, members []clusterMember, site clusterSite) []string {
+	t.Helper()
+	tmp := t.TempDir()
+	roots := make([]string, len(members))
+	for i, m := range members {
+		roots[i] = filepath.Join(tmp, m.name, "site")
+		writeClusterSite(t, roots[i], site)
+	}
+	return roots
+}
+
 // clusterPreview shows the start of b.
 func clusterPreview(b []byte) string {
 	if len(b) > 60 {

@@ -48,12 +48,7 @@ func TestClusterServing(t *testing.T) {
 	began := time.Now()
 	site := genClusterSite(300, 1)
 	members := clusterMembers(3)
-	tmp := t.TempDir()
-	roots := make([]string, len(members))
-	for i, m := range members {
-		roots[i] = filepath.Join(tmp, m.name, "site")
-		writeClusterSite(t, roots[i], site)
-	}
+	roots := writeClusterRoots(t, members, site)
 	secret := newClusterSecret(t)
 	nodes := startClusterNodes(t, secret, clusterConfigs(t, members, roots))
 	if !waitClusterReady(t, nodes, site.paths(), len(site)) {
@@ -673,12 +668,7 @@ func TestClusterHandshakeRefusals(t *testing.T) {
 	needCaddy(t)
 	site := genClusterSite(40, 2)
 	members := clusterMembers(4) // n4 is the one with the wrong secret
-	tmp := t.TempDir()
-	roots := make([]string, len(members))
-	for i, m := range members {
-		roots[i] = filepath.Join(tmp, m.name, "site")
-		writeClusterSite(t, roots[i], site)
-	}
+	roots := writeClusterRoots(t, members, site)
 	secret, wrong := newClusterSecret(t), newClusterSecret(t)
 	cfgs := clusterConfigs(t, members, roots)
 	good := startClusterNodes(t, secret, cfgs[:3])

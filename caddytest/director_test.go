@@ -48,13 +48,8 @@ func TestDirector(t *testing.T) {
 	needCaddy(t)
 	began := time.Now()
 	site := genClusterSite(300, 4)
-	tmp := t.TempDir()
 	members := clusterMembers(3)
-	roots := make([]string, len(members))
-	for i, m := range members {
-		roots[i] = filepath.Join(tmp, m.name, "site")
-		writeClusterSite(t, roots[i], site)
-	}
+	roots := writeClusterRoots(t, members, site)
 	// The ring the nodes compute (an observer is in no ring).
 	ring := peering.NewRing(0, nil, "n1", "n2", "n3")
 	owners := map[string]string{}

@@ -48,12 +48,7 @@ func TestFaultNodeLoss(t *testing.T) {
 	members := ftMembers(3, 3)
 	const victimIdx = 1
 	victimName := members[victimIdx].name
-	tmp := t.TempDir()
-	roots := make([]string, len(members))
-	for i, m := range members {
-		roots[i] = filepath.Join(tmp, m.name, "site")
-		writeClusterSite(t, roots[i], site)
-	}
+	roots := writeClusterRoots(t, members, site)
 	// Slow priming on the victim: big sparse files it owns, only in its copy
 	// (never requested by the load).
 	ring := peering.NewRing(0, nil, "n1", "n2", "n3")
