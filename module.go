@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -89,8 +90,51 @@ type Handler struct {
 	store  *shard.Store
 	grp    *group // nil on a single node
 	stats  *tierStats
-	key    string // the usage pool key of store
 	logger *zap.Logger
+
+	life *lifetime
+}
+
+// lifetime holds a handler's reference to its store until the handler's
+// config is cleaned up and the last request it is serving has finished:
+// on a reload Caddy cleans the old config up without waiting for the old
+// servers' requests (their grace period runs on in the background), and
+// those must not find their store closed.
+type lifetime struct {
+	key      string // the store's usage pool key
+	active   atomic.Int64
+	released atomic.Bool
+	once     sync.Once
+	logger   *zap.Logger
+}
+
+// enter starts a request.
+func (l *lifetime) enter() { l.active.Add(1) }
+
+// leave ends a request: the last one out after the cleanup releases the
+// store.
+func (l *lifetime) leave() {
+	if l.active.Add(-1) == 0 && l.released.Load() {
+		l.release()
+	}
+}
+
+// cleanup marks the config gone, and releases the store now if no request
+// is being served.
+func (l *lifetime) cleanup() {
+	l.released.Store(true)
+	if l.active.Load() == 0 {
+		l.release()
+	}
+}
+
+// release drops the reference to the store in the usage pool, once.
+func (l *lifetime) release() {
+	l.once.Do(func() {
+		if _, err := stores.Delete(l.key); err != nil {
+			l.logger.Error("closing the store", zap.String("key", l.key), zap.Error(err))
+		}
+	})
 }
 
 // CaddyModule returns the Caddy module information.
@@ -158,7 +202,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("root %q: %v", h.Root, err)
 	}
-	h.key = key
+	h.life = &lifetime{key: key, logger: h.logger}
 	ref := val.(storeRef)
 	h.store, h.stats = ref.Store, ref.stats
 	src := source{name: h.Root, budget: h.Memory, store: h.store, stats: h.stats}
@@ -201,15 +245,14 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// Cleanup releases h's reference to the shared store; the store is closed
-// when no config uses it any more.
+// Cleanup releases h's reference to the shared store, once the requests h
+// is still serving have finished; the store is closed when no config uses
+// it any more.
 func (h *Handler) Cleanup() error {
-	if h.store == nil {
-		return nil
+	if h.life != nil {
+		h.life.cleanup()
 	}
-	_, err := stores.Delete(h.key)
-	h.store = nil
-	return err
+	return nil
 }
 
 // encodingSuffix maps the supported Content-Encodings to their sidecar
@@ -232,6 +275,8 @@ func (r storeRef) Destruct() error { return r.Close() }
 // ServeHTTP serves the file the request names: from this node's memory,
 // from the hot cache, from the owner's memory over the SAN, or from storage.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	h.life.enter()
+	defer h.life.leave()
 	reqPath := r.URL.Path
 	if strings.IndexByte(reqPath, 0) >= 0 {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("NUL byte in path"))

@@ -1,6 +1,7 @@
 package shardcache
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/shardcache/caddy-shardcache/peering"
@@ -41,7 +43,7 @@ func newBenchHandler(tb testing.TB, size int) *Handler {
 	for !st.Ready() && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st, stats: new(tierStats)}
+	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st, stats: new(tierStats), life: new(lifetime)}
 }
 
 // BenchmarkLocalHit is the hot path: a plain GET of a file held in memory.
@@ -198,5 +200,45 @@ func TestHeaderValuesNotShared(t *testing.T) {
 	}
 	if got := w.h.Get("Etag"); got != want.Get("Etag") {
 		t.Fatalf("a new response's ETag is %q; want %q", got, want.Get("Etag"))
+	}
+}
+
+// A config cleaned up while one of its requests is still being served (a
+// reload: Caddy does not wait for the old servers) keeps its store open
+// until that request has finished; then the store is closed.
+func TestStoreOutlivesCleanupUntilRequestsEnd(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "a.css"), []byte("body{}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key := "test|" + dir
+	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		st, err := shard.New(shard.Config{Root: dir})
+		return storeRef{st, new(tierStats)}, err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := val.(storeRef).Store
+	l := &lifetime{key: key, logger: zap.NewNop()}
+
+	l.enter() // a request under way
+	l.cleanup()
+	if _, _, err := st.Lookup("/a.css"); err != nil {
+		t.Fatalf("Lookup during the request, after cleanup: %v; want the item", err)
+	}
+	l.leave()
+	if _, _, err := st.Lookup("/a.css"); !errors.Is(err, shard.ErrClosed) {
+		t.Fatalf("Lookup after the last request: %v; want ErrClosed", err)
+	}
+
+	// With no request under way, cleanup releases at once.
+	val, _, _ = stores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		st, err := shard.New(shard.Config{Root: dir})
+		return storeRef{st, new(tierStats)}, err
+	})
+	(&lifetime{key: key, logger: zap.NewNop()}).cleanup()
+	if _, _, err := val.(storeRef).Lookup("/a.css"); !errors.Is(err, shard.ErrClosed) {
+		t.Fatalf("Lookup after cleanup with no request: %v; want ErrClosed", err)
 	}
 }
