@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/peering"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
@@ -47,43 +48,35 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 
 // Status is the body of GET /shardcache/status.
 type Status struct {
-	Node    string        `json:"node,omitempty"`
-	SAN     string        `json:"san,omitempty"`
-	Ready   bool          `json:"ready"`
-	Epoch   uint64        `json:"ring_epoch,omitempty"`
-	Members []MemberState `json:"members,omitempty"`
-	Groups  []GroupStatus `json:"groups"`
-}
-
-// MemberState is one peer as this node sees it.
-type MemberState struct {
-	Name    string `json:"name"`
-	Address string `json:"address"`
-	Up      bool   `json:"up"`
-	Ready   bool   `json:"ready"`
+	Node    string                 `json:"node,omitempty"`
+	SAN     string                 `json:"san,omitempty"`
+	Ready   bool                   `json:"ready"`
+	Epoch   uint64                 `json:"ring_epoch,omitempty"`
+	Ring    []string               `json:"ring,omitempty"`
+	Members []cluster.MemberStatus `json:"members,omitempty"`
+	Groups  []GroupStatus          `json:"groups"`
 }
 
 // GroupStatus is one content tree on this node.
 type GroupStatus struct {
-	Group       string               `json:"group"`
-	Root        string               `json:"root"`
-	Ready       bool                 `json:"ready"`
-	Progress    shard.Progress       `json:"progress"`
-	PrimedItems int64                `json:"primed_items"`
-	PrimedBytes int64                `json:"primed_bytes"`
-	Memory      int64                `json:"memory"`
-	TOCItems    int                  `json:"toc_items"`
-	Hot         *shard.HotStats      `json:"hot,omitempty"`
-	Tiers       map[string]TierCount `json:"tiers"`
-	PeerErrors  int64                `json:"peer_errors"`
-	ServedPeers int64                `json:"served_to_peers"`
-	ServedBytes int64                `json:"served_bytes_to_peers"`
-}
-
-// TierCount counts the requests (with bytes) one tier answered.
-type TierCount struct {
-	Requests int64 `json:"requests"`
-	Bytes    int64 `json:"bytes"`
+	Group       string                       `json:"group"`
+	Root        string                       `json:"root"`
+	Ready       bool                         `json:"ready"`
+	Progress    shard.Progress               `json:"progress"`
+	PrimedItems int64                        `json:"primed_items"`
+	PrimedBytes int64                        `json:"primed_bytes"`
+	Memory      int64                        `json:"memory"`
+	TOCItems    int                          `json:"toc_items"`
+	Hot         *shard.HotStats              `json:"hot,omitempty"`
+	Tiers       map[string]cluster.TierCount `json:"tiers"`
+	PeerErrors  int64                        `json:"peer_errors"`
+	ServedPeers int64                        `json:"served_to_peers"`
+	ServedBytes int64                        `json:"served_bytes_to_peers"`
+	// Lookups of paths other nodes hold answered from this node's storage
+	// because no holder's table of content was trusted.
+	StorageNoTable int64 `json:"storage_no_table,omitempty"`
+	// Table-of-content entries refused from peers.
+	RefusedEntries int64 `json:"refused_toc_entries,omitempty"`
 }
 
 func handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -98,18 +91,13 @@ func currentStatus() Status {
 	st.Ready = true
 	sources, c := reg.get()
 	if c != nil {
-		st.Node = c.cfg.name
-		st.Epoch = c.ring().Epoch()
-		if n := c.node.Load(); n != nil {
-			st.SAN = n.Addr().String()
-			for _, p := range n.Peers() {
-				st.Members = append(st.Members, MemberState{Name: p.Name, Address: p.Addr, Up: p.Up, Ready: p.Ready})
-			}
-		}
+		cs := c.Status()
+		st.Node, st.SAN, st.Epoch, st.Ring, st.Members = cs.Node, cs.SAN, cs.Epoch, cs.Ring, cs.Members
 	}
 	for _, src := range sources {
 		s := src.store
 		stats := s.Stats()
+		snap := src.stats.Snapshot()
 		gs := GroupStatus{
 			Group:       src.name,
 			Root:        s.Root(),
@@ -117,25 +105,22 @@ func currentStatus() Status {
 			Progress:    s.Progress(),
 			PrimedItems: stats.PrimedItems,
 			PrimedBytes: stats.PrimedBytes,
-			Tiers:       map[string]TierCount{},
+			Tiers:       map[string]cluster.TierCount{"local": snap.Tiers["local"], "storage": snap.Tiers["storage"]},
 		}
 		st.Ready = st.Ready && gs.Ready
-		t := src.stats
-		gs.Tiers["local"] = TierCount{t.local.Load(), t.localBytes.Load()}
-		gs.Tiers["storage"] = TierCount{t.storage.Load(), t.storageBytes.Load()}
 		if g := src.grp; g != nil {
-			g.mu.RLock()
-			gs.TOCItems = len(g.toc)
-			g.mu.RUnlock()
-			if h := g.hot.Load(); h != nil {
+			gs.TOCItems = g.TOCLen()
+			if h := g.Hot(); h != nil {
 				hs := h.Stats()
 				gs.Hot = &hs
 			}
-			gs.Tiers["hot"] = TierCount{t.hot.Load(), t.hotBytes.Load()}
-			gs.Tiers["peer"] = TierCount{t.peer.Load(), t.peerBytes.Load()}
-			gs.PeerErrors = t.peerErrors.Load()
-			gs.ServedPeers = t.served.Load()
-			gs.ServedBytes = t.servedBytes.Load()
+			gs.Tiers["hot"] = snap.Tiers["hot"]
+			gs.Tiers["peer"] = snap.Tiers["peer"]
+			gs.PeerErrors = snap.PeerErrorTotal()
+			gs.ServedPeers = snap.Served
+			gs.ServedBytes = snap.ServedBytes
+			gs.StorageNoTable = snap.NoTable
+			gs.RefusedEntries = snap.RefusedEntries
 		}
 		st.Groups = append(st.Groups, gs)
 	}
@@ -143,21 +128,8 @@ func currentStatus() Status {
 	return st
 }
 
-// Where is the body of GET /shardcache/where.
-type Where struct {
-	Path     string `json:"path"`
-	Group    string `json:"group,omitempty"`
-	Owner    string `json:"owner,omitempty"`
-	Local    bool   `json:"local"` // this node owns it
-	Found    bool   `json:"found"` // the path names a file
-	Version  string `json:"version,omitempty"`
-	Size     int64  `json:"size,omitempty"`
-	Resident bool   `json:"resident"` // its bytes are in this node's memory (primed or hot)
-	// For a large file another node owns: how many of its chunks (the
-	// identity bytes) are hot here, of how many.
-	HotChunks int `json:"hot_chunks,omitempty"`
-	Chunks    int `json:"chunks,omitempty"`
-}
+// Where is one element of the body of GET /shardcache/where.
+type Where = cluster.Where
 
 func handleWhere(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
@@ -167,46 +139,11 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 	if p == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("missing ?path=")}
 	}
-	p = cleanPath(p)
 	_, c := reg.get()
-	var out []Where
 	if c == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("not a cluster node")}
 	}
-	owner := c.ring().Owner(p)
-	c.mu.RLock()
-	groups := make([]*group, 0, len(c.groups))
-	for _, g := range c.groups {
-		groups = append(groups, g)
-	}
-	c.mu.RUnlock()
-	for _, g := range groups {
-		wh := Where{Path: p, Group: g.name, Owner: owner, Local: owner == c.cfg.name}
-		if wh.Local {
-			if s := g.store.Load(); s != nil {
-				if it, isDir, err := s.Lookup(p); err == nil && !isDir {
-					wh.Found, wh.Version, wh.Size, wh.Resident = true, it.Version, it.Size, it.Resident()
-				}
-			}
-		} else if ri, ok := g.lookup(p); ok {
-			wh.Found, wh.Version, wh.Size = true, ri.it.Version, ri.it.Size
-			if h := g.hot.Load(); h != nil {
-				if ri.it.Size > shard.ChunkSize {
-					wh.Chunks = shard.NumChunks(ri.it.Size)
-					for i := range wh.Chunks {
-						if h.Contains(chunkKey(p, "", i), ri.it.Version) {
-							wh.HotChunks++
-						}
-					}
-					wh.Resident = wh.HotChunks == wh.Chunks
-				} else {
-					wh.Resident = h.Contains(hotKey(p, ""), ri.it.Version)
-				}
-			}
-		}
-		out = append(out, wh)
-	}
-	return writeJSON(w, out)
+	return writeJSON(w, c.Where(cleanPath(p)))
 }
 
 // PurgeRequest is the body of POST /shardcache/purge: a path, or a prefix
@@ -252,11 +189,7 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	sources, c := reg.get()
 	var res PurgeResult
 	if c != nil {
-		res.HotDropped, res.Refreshed = c.purgeLocal(p)
-		if n := c.node.Load(); n != nil {
-			n.Purge(p)
-			res.Broadcast = true
-		}
+		res.HotDropped, res.Refreshed, res.Broadcast = c.Purge(p)
 	} else {
 		for _, src := range sources {
 			if p.Group == "" || p.Group == src.name {

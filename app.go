@@ -1,6 +1,8 @@
 package shardcache
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
+	"github.com/shardcache/caddy-shardcache/peering"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
 
@@ -75,9 +79,9 @@ type App struct {
 
 	mu      *sync.Mutex
 	sources []source
-	cluster *cluster    // nil in single-node mode
-	members *membership // this config's ring
-	key     string      // the usage pool key of cluster
+	cluster *clusterRef         // nil in single-node mode
+	members *cluster.Membership // this config's ring
+	key     string              // the usage pool key of cluster
 	logger  *zap.Logger
 }
 
@@ -145,12 +149,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 				redactSecret(a.Secret), len(secret), minSecretLen)
 		}
 	}
-	a.members = newMembership(a.Node.Name, a.Observer, a.Peers, a.Replicas)
+	peers := make([]peering.Peer, len(a.Peers))
+	for i, p := range a.Peers {
+		peers[i] = peering.Peer{Name: p.Name, Addr: p.Address}
+	}
+	a.members = cluster.NewMembership(a.Node.Name, a.Observer, peers, a.Replicas)
 	// The node's identity: a config that changes it needs a new node (and
-	// a restart, as the SAN socket stays bound). Peers, replicas and lan
-	// change in place on reload. The secret itself is not kept in the key.
+	// a restart, as the SAN socket stays bound). Peers, replicas, lan,
+	// fetch_timeout and the contents of tls files change in place on
+	// reload. The secret itself is not kept in the key.
 	a.key = fmt.Sprintf("cluster|%s|%s|%s|%v|%v", a.Node.Name, a.Node.Address,
-		fingerprint(secret), a.TLS, a.Observer)
+		fingerprint(secret), a.TLS != nil, a.Observer)
 	if other, ok := liveKeys.Load(a.Node.Address); ok && other.(string) != a.key {
 		// A reload would need a second socket on the same address, and the
 		// running node's connections and tables belong to its identity.
@@ -158,22 +167,19 @@ func (a *App) Provision(ctx caddy.Context) error {
 			"that takes a restart (a reload keeps the running node's SAN socket and connections)", a.Node.Name, a.Node.Address)
 	}
 	val, _, err := clusters.LoadOrNew(a.key, func() (caddy.Destructor, error) {
-		return newCluster(a.key, clusterConfig{
-			name:     a.Node.Name,
-			addr:     a.Node.Address,
-			secret:   secret,
-			tls:      a.TLS,
-			lan:      a.Lan,
-			observer: a.Observer,
-			members:  a.members,
-			logger:   caddy.Log().Named("shardcache.cluster"),
-		})
+		c := cluster.New(cluster.Config{
+			Name:        a.Node.Name,
+			Addr:        a.Node.Address,
+			Observer:    a.Observer,
+			Logger:      caddy.Log().Named("shardcache.cluster"),
+			OnPeerFetch: observePeerFetch,
+		}, a.members)
+		return &clusterRef{Cluster: c, key: a.key, addr: a.Node.Address, secret: secret}, nil
 	})
 	if err != nil {
 		return err
 	}
-	a.cluster = val.(*cluster)
-	a.cluster.fetchTimeout.Store(int64(a.FetchTimeout))
+	a.cluster = val.(*clusterRef)
 	return nil
 }
 
@@ -254,13 +260,14 @@ func validNodeName(s string) bool {
 type source struct {
 	name   string // the group, or on a single node the root
 	budget int64  // memory + hot: the most its bodies may take
+	hot    int64  // the hot cache's budget, in a cluster
 	store  *shard.Store
-	stats  *tierStats
-	grp    *group // nil on a single node
+	stats  *cluster.Stats
+	grp    *cluster.Group // nil on a single node
 }
 
 // addSource registers a handler's store to start with the app. Called from
-// handlers' Provision.
+// handlers' Provision: nothing runs or is shared before Start.
 func (a *App) addSource(s source) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -268,28 +275,46 @@ func (a *App) addSource(s source) {
 		if o.store == s.store {
 			return // two handlers (sites) sharing one store
 		}
+		if s.grp != nil && o.grp == s.grp {
+			// Both stores prime and serve their own sites; the group (what
+			// peers fetch and see) is the first one's.
+			a.logger.Warn("two handlers of one group with different settings (memory or precompressed): "+
+				"each holds its own copy; peers are served from the first",
+				zap.String("group", s.name), zap.String("root", s.store.Root()))
+		}
 	}
 	a.sources = append(a.sources, s)
 }
 
-// Start binds the SAN socket (once per node: a reload reuses it) and starts
-// priming every store of this config. A store kept from the previous config
-// is already primed or priming; starting it again does nothing.
+// Start commits this config: it binds the SAN socket (once per node: a
+// reload reuses it), hands the cluster this config's membership and
+// groups, and starts priming every store of this config. A store kept
+// from the previous config is already primed or priming; starting it
+// again does nothing. Provision changed nothing a running node shares, so
+// a config that fails before this point leaves the running one as it was.
 func (a *App) Start() error {
-	if a.cluster != nil {
-		if err := a.cluster.start(); err != nil {
-			return err
-		}
-		a.cluster.reconfigure(a.members, a.Lan)
-	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if c := a.cluster; c != nil {
+		if err := c.start(a); err != nil {
+			return err
+		}
+		cm := cluster.Commit{Members: a.members, Lan: a.Lan, FetchTimeout: time.Duration(a.FetchTimeout)}
+		seen := map[string]bool{}
+		for _, s := range a.sources {
+			if !seen[s.name] {
+				seen[s.name] = true
+				cm.Groups = append(cm.Groups, cluster.GroupConfig{Name: s.name, Store: s.store, Hot: s.hot})
+			}
+		}
+		c.Commit(cm)
+	}
 	var budget int64
 	for _, s := range a.sources {
 		s.store.Start()
 		budget += s.budget
 	}
-	reg.set(a.sources, a.cluster)
+	reg.set(a, a.sources, a.cluster)
 	if len(a.sources) > 0 {
 		setMemoryLimit(budget, a.logger)
 		startMemoryGovernor(a.logger)
@@ -297,22 +322,32 @@ func (a *App) Start() error {
 	return nil
 }
 
-// reg is what the running config serves, for the admin API.
+// reg is what the running config serves, for the admin API and metrics.
 var reg registry
 
 type registry struct {
 	mu      sync.Mutex
+	owner   *App
 	sources []source
-	cluster *cluster
+	cluster *clusterRef
 }
 
-func (r *registry) set(sources []source, c *cluster) {
+func (r *registry) set(owner *App, sources []source, c *clusterRef) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.sources, r.cluster = sources, c
+	r.owner, r.sources, r.cluster = owner, sources, c
 }
 
-func (r *registry) get() ([]source, *cluster) {
+// clear forgets owner's config, unless a newer one replaced it.
+func (r *registry) clear(owner *App) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.owner == owner {
+		r.owner, r.sources, r.cluster = nil, nil, nil
+	}
+}
+
+func (r *registry) get() ([]source, *clusterRef) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.sources, r.cluster
@@ -325,6 +360,9 @@ func (a *App) Stop() error { return nil }
 // Cleanup releases this config's reference to the cluster node; the last
 // one closes it.
 func (a *App) Cleanup() error {
+	// A config without shardcache that replaced this one exports no
+	// stores and shows none in the admin API.
+	reg.clear(a)
 	if a.cluster == nil {
 		return nil
 	}
@@ -340,6 +378,54 @@ var (
 	clusters = caddy.NewUsagePool()
 	liveKeys sync.Map
 )
+
+// clusterRef lets a *cluster.Cluster live in a caddy.UsagePool.
+type clusterRef struct {
+	*cluster.Cluster
+	key, addr string
+	secret    string // with placeholders replaced
+
+	startOnce sync.Once
+	startErr  error
+}
+
+// start binds the cluster's SAN socket, once, with a's credentials.
+func (c *clusterRef) start(a *App) error {
+	c.startOnce.Do(func() {
+		var creds *peering.Credentials
+		var err error
+		if a.TLS != nil {
+			creds, err = peering.CredentialsFromFiles(a.TLS.Cert, a.TLS.Key, a.TLS.CA)
+		} else {
+			creds, err = peering.CredentialsFromSecret(c.secret, a.Node.Name)
+		}
+		if err != nil {
+			c.startErr = fmt.Errorf("node %s: credentials: %v", a.Node.Name, err)
+			return
+		}
+		if err := c.Start(creds, a.Lan); err != nil {
+			c.startErr = err
+			return
+		}
+		liveKeys.Store(c.addr, c.key)
+	})
+	return c.startErr
+}
+
+// Destruct closes the node when the last config using it is gone.
+func (c *clusterRef) Destruct() error {
+	liveKeys.CompareAndDelete(c.addr, c.key)
+	return c.Close()
+}
+
+// fingerprint names a secret without revealing it.
+func fingerprint(secret string) string {
+	if secret == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte("shardcache fingerprint\x00" + secret))
+	return hex.EncodeToString(sum[:8])
+}
 
 // Interface guards
 var (

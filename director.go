@@ -37,7 +37,7 @@ type Director struct {
 	// Index file name used to route directory paths. Default: `index.html`.
 	Index string `json:"index,omitempty"`
 
-	c *cluster
+	c *clusterRef
 }
 
 // CaddyModule returns the Caddy module information.
@@ -85,12 +85,12 @@ func (d *Director) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 // pick walks the ring from key's owner and returns the first member that
 // is up, primed and reachable through an available upstream.
 func (d *Director) pick(pool reverseproxy.UpstreamPool, key string) *reverseproxy.Upstream {
-	n := d.c.node.Load()
+	n := d.c.Node()
 	if n == nil {
 		return nil
 	}
 	peers := n.Peers()
-	ring := d.c.ring()
+	ring := d.c.Members().Ring()
 	for _, name := range ring.Owners(key, ring.Len()) {
 		for i := range peers {
 			p := &peers[i]

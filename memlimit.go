@@ -85,7 +85,7 @@ func governMemory(log *zap.Logger) {
 			held += s.store.Stats().ResidentBytes
 			budgets += s.budget
 			if s.grp != nil {
-				if h := s.grp.hot.Load(); h != nil {
+				if h := s.grp.Hot(); h != nil {
 					held += h.Stats().Bytes
 				}
 			}

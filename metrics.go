@@ -1,13 +1,13 @@
 package shardcache
 
 import (
-	"context"
 	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/shardcache/caddy-shardcache/peering"
+	"github.com/shardcache/caddy-shardcache/cluster"
+	"github.com/shardcache/caddy-shardcache/shard"
 )
 
 // Metrics, all named caddy_shardcache_*. The counters live in the stores,
@@ -45,35 +45,6 @@ func registerMetrics(reg prometheus.Registerer) error {
 
 // observePeerFetch records a successful peer fetch's latency.
 func observePeerFetch(d time.Duration) { peerFetchSeconds.Observe(d.Seconds()) }
-
-// peerErrorKind maps a peer fetch error to a small fixed set of labels.
-func peerErrorKind(err error) string {
-	switch {
-	case errors.Is(err, peering.ErrPeerDown):
-		return "down"
-	case errors.Is(err, peering.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
-		return "timeout"
-	case errors.Is(err, peering.ErrNotFound):
-		return "not_found"
-	default:
-		return "other"
-	}
-}
-
-// peerErrorKinds are the values of the kind label, in the order of
-// tierStats.peerErrorsByKind.
-var peerErrorKinds = [...]string{"down", "timeout", "not_found", "other"}
-
-// countPeerError counts a failed peer fetch by kind.
-func (t *tierStats) countPeerError(err error) {
-	t.peerErrors.Add(1)
-	kind := peerErrorKind(err)
-	for i, k := range peerErrorKinds {
-		if k == kind {
-			t.peerErrorsByKind[i].Add(1)
-		}
-	}
-}
 
 var (
 	descRequests = prometheus.NewDesc("caddy_shardcache_requests_total",
@@ -119,59 +90,106 @@ func (statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
+// Collect reports the running config's counters. Several handlers may
+// share a group (or, on a single node, a root) with stores of their own
+// (two sites on one root with different budgets): their values are summed
+// into one series per label set, so the registry never sees a duplicate.
 func (statsCollector) Collect(ch chan<- prometheus.Metric) {
 	sources, c := reg.get()
+	type group struct {
+		items, bytes, resident int64
+		ready                  bool
+		stats                  []*cluster.Stats
+		hot                    []*shard.Hot
+	}
+	var order []string
+	groups := map[string]*group{}
+	seenStore := map[*shard.Store]bool{}
+	seenStats := map[*cluster.Stats]bool{}
+	seenHot := map[*shard.Hot]bool{}
+	for _, src := range sources {
+		g := groups[src.name]
+		if g == nil {
+			g = &group{ready: true}
+			groups[src.name] = g
+			order = append(order, src.name)
+		}
+		if !seenStore[src.store] {
+			seenStore[src.store] = true
+			st := src.store.Stats()
+			g.items += st.PrimedItems
+			g.bytes += st.PrimedBytes
+			g.resident += st.ResidentBytes
+			g.ready = g.ready && src.store.Ready()
+		}
+		if !seenStats[src.stats] {
+			seenStats[src.stats] = true
+			g.stats = append(g.stats, src.stats)
+		}
+		if src.grp != nil {
+			if h := src.grp.Hot(); h != nil && !seenHot[h] {
+				seenHot[h] = true
+				g.hot = append(g.hot, h)
+			}
+		}
+	}
 	counter := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
 	gauge := func(d *prometheus.Desc, v int64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v), labels...)
 	}
-	seen := map[*tierStats]bool{}
-	for _, src := range sources {
-		g := src.name
-		st := src.store.Stats()
-		gauge(descPrimedItems, st.PrimedItems, g)
-		gauge(descPrimedBytes, st.PrimedBytes, g)
-		gauge(descResidentBytes, st.ResidentBytes, g)
+	for _, name := range order {
+		g := groups[name]
+		gauge(descPrimedItems, g.items, name)
+		gauge(descPrimedBytes, g.bytes, name)
+		gauge(descResidentBytes, g.resident, name)
 		ready := int64(0)
-		if src.store.Ready() {
+		if g.ready {
 			ready = 1
 		}
-		gauge(descReady, ready, g)
-		if seen[src.stats] {
-			continue
-		}
-		seen[src.stats] = true
-		t := src.stats
-		for _, tc := range []struct {
-			tier     string
-			n, bytes int64
-		}{
-			{"local", t.local.Load(), t.localBytes.Load()},
-			{"hot", t.hot.Load(), t.hotBytes.Load()},
-			{"peer", t.peer.Load(), t.peerBytes.Load()},
-			{"storage", t.storage.Load(), t.storageBytes.Load()},
-		} {
-			counter(descRequests, tc.n, g, tc.tier)
-			counter(descBytes, tc.bytes, g, tc.tier)
-		}
-		for i, kind := range peerErrorKinds {
-			counter(descPeerErrors, t.peerErrorsByKind[i].Load(), g, kind)
-		}
-		counter(descServed, t.served.Load(), g)
-		if src.grp != nil {
-			if h := src.grp.hot.Load(); h != nil {
-				hs := h.Stats()
-				gauge(descHotItems, hs.Items, g)
-				gauge(descHotBytes, hs.Bytes, g)
-				counter(descHotAdmissions, hs.Admits, g)
-				counter(descHotEvictions, hs.Evicts, g)
+		gauge(descReady, ready, name)
+		var sum cluster.Snapshot
+		for i, st := range g.stats {
+			snap := st.Snapshot()
+			if i == 0 {
+				sum = snap
+				continue
 			}
+			for k, v := range snap.Tiers {
+				t := sum.Tiers[k]
+				sum.Tiers[k] = cluster.TierCount{Requests: t.Requests + v.Requests, Bytes: t.Bytes + v.Bytes}
+			}
+			for k, v := range snap.PeerErrors {
+				sum.PeerErrors[k] += v
+			}
+			sum.Served += snap.Served
+		}
+		for _, tier := range cluster.Tiers {
+			counter(descRequests, sum.Tiers[tier].Requests, name, tier)
+			counter(descBytes, sum.Tiers[tier].Bytes, name, tier)
+		}
+		for _, kind := range cluster.PeerErrorKinds {
+			counter(descPeerErrors, sum.PeerErrors[kind], name, kind)
+		}
+		counter(descServed, sum.Served, name)
+		if len(g.hot) > 0 {
+			var hs shard.HotStats
+			for _, h := range g.hot {
+				s := h.Stats()
+				hs.Items += s.Items
+				hs.Bytes += s.Bytes
+				hs.Admits += s.Admits
+				hs.Evicts += s.Evicts
+			}
+			gauge(descHotItems, hs.Items, name)
+			gauge(descHotBytes, hs.Bytes, name)
+			counter(descHotAdmissions, hs.Admits, name)
+			counter(descHotEvictions, hs.Evicts, name)
 		}
 	}
 	if c != nil {
-		if n := c.node.Load(); n != nil {
+		if n := c.Node(); n != nil {
 			up, all := 0, 0
 			for _, p := range n.Peers() {
 				all++

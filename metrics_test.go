@@ -8,18 +8,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/peering"
 )
 
 func TestMetricsCollect(t *testing.T) {
 	h := newBenchHandler(t, 100)
-	stats := new(tierStats)
-	stats.local.Add(3)
-	stats.localBytes.Add(300)
-	stats.countPeerError(peering.ErrPeerDown)
-	stats.countPeerError(errors.New("boom"))
-	reg.set([]source{{name: "site", store: h.store, stats: stats}}, nil)
-	t.Cleanup(func() { reg.set(nil, nil) })
+	stats := new(cluster.Stats)
+	for range 3 {
+		stats.Count(cluster.TierLocal, 100)
+	}
+	stats.CountPeerError(peering.ErrPeerDown)
+	stats.CountPeerError(errors.New("boom"))
+	reg.set(nil, []source{{name: "site", store: h.store, stats: stats}}, nil)
+	t.Cleanup(func() { reg.set(nil, nil, nil) })
 
 	r1, r2 := prometheus.NewRegistry(), prometheus.NewRegistry()
 	for _, r := range []*prometheus.Registry{r1, r2, r2} { // twice: tolerated
@@ -52,7 +54,7 @@ caddy_shardcache_primed_items{group="site"} 1
 	}
 	// The values live in the stats, not in the registry: a new registry
 	// (a reload) sees them keep counting.
-	stats.local.Add(1)
+	stats.Count(cluster.TierLocal, 1)
 	r3 := prometheus.NewRegistry()
 	if err := registerMetrics(r3); err != nil {
 		t.Fatal(err)

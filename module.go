@@ -1,17 +1,13 @@
 package shardcache
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"path"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -20,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/encode"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
 
@@ -88,8 +85,8 @@ type Handler struct {
 	Group string `json:"group,omitempty"`
 
 	store  *shard.Store
-	grp    *group // nil on a single node
-	stats  *tierStats
+	grp    *cluster.Group // nil on a single node
+	stats  *cluster.Stats
 	logger *zap.Logger
 
 	life *lifetime
@@ -176,7 +173,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	key := fmt.Sprintf("store|%s|%d|%s", cfg.Root, cfg.Memory, strings.Join(cfg.Precompressed, ","))
 	if c := app.cluster; c != nil {
-		if c.cfg.observer {
+		if c.Observer() {
 			return errors.New("this Caddy is a cluster observer (a content director): it serves no shardcache content")
 		}
 		if h.Group == "" {
@@ -185,19 +182,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.Hot == 0 {
 			h.Hot = h.Memory / 4
 		}
-		h.grp = c.group(h.Group)
-		group := h.Group
-		cfg.Owns = app.members.owns
-		cfg.OnChange = func(p string, it *shard.Item) { c.publish(group, p, it) }
+		// Only a lookup: the group's store and hot budget change when the
+		// config is committed (App.Start), never here.
+		h.grp = c.Group(h.Group)
+		group, cl := h.Group, c.Cluster
+		cfg.Owns = app.members.Owns
+		cfg.OnChange = func(p string, it *shard.Item) { cl.Publish(group, p, it) }
 		// The store primes this node's share: it depends on the ring.
-		key += fmt.Sprintf("|%s|%s|%d", group, c.cfg.name, app.members.epoch())
+		key += fmt.Sprintf("|%s|%s|%d", group, c.Name(), app.members.Epoch())
 	}
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s, err := shard.New(cfg)
 		if err != nil {
 			return nil, err
 		}
-		return storeRef{s, new(tierStats)}, nil
+		return storeRef{s, new(cluster.Stats)}, nil
 	})
 	if err != nil {
 		return fmt.Errorf("root %q: %v", h.Root, err)
@@ -207,10 +206,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.store, h.stats = ref.Store, ref.stats
 	src := source{name: h.Root, budget: h.Memory, store: h.store, stats: h.stats}
 	if h.grp != nil {
-		h.grp.store.Store(h.store)
-		h.grp.setHot(h.Hot)
-		h.stats = &h.grp.stats
-		src = source{name: h.Group, budget: h.Memory + h.Hot, store: h.store, stats: h.stats, grp: h.grp}
+		h.stats = h.grp.Stats()
+		src = source{name: h.Group, budget: h.Memory + h.Hot, hot: h.Hot, store: h.store, stats: h.stats, grp: h.grp}
 	}
 	app.addSource(src)
 	return nil
@@ -267,7 +264,7 @@ var stores = caddy.NewUsagePool()
 // of the requests it serves on a single node.
 type storeRef struct {
 	*shard.Store
-	stats *tierStats
+	stats *cluster.Stats
 }
 
 func (r storeRef) Destruct() error { return r.Close() }
@@ -283,17 +280,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	name := cleanPath(reqPath)
 
-	it, owner, isDir, err := h.lookup(name)
+	res, err := h.resolve(name)
 	implicitIndex := false
-	if err == nil && isDir || errors.Is(err, shard.ErrNotFound) && h.grp != nil {
+	if err == nil && res.IsDir || errors.Is(err, shard.ErrNotFound) && h.grp != nil {
 		// A directory: serve its index. (In a cluster the table of content
 		// lists files only, so a name it does not know may be a directory.)
-		it, err = nil, shard.ErrNotFound
+		res, err = cluster.Resolved{}, shard.ErrNotFound
 		for _, index := range h.IndexNames {
 			ip := path.Join(name, index)
-			iit, iowner, iisDir, ierr := h.lookup(ip)
-			if ierr == nil && !iisDir {
-				it, owner, name, implicitIndex, err = iit, iowner, ip, true, nil
+			ires, ierr := h.resolve(ip)
+			if ierr == nil && !ires.IsDir {
+				res, name, implicitIndex, err = ires, ip, true, nil
 				break
 			}
 		}
@@ -328,56 +325,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
+	it := res.Item
 	enc := h.encoding(r, it)
-	if owner == nil {
-		return h.serveLocal(w, r, it, enc, name)
+	var resp response
+	prepare(&resp, w, r, it, enc)
+	if res.Remote == nil {
+		return h.serveLocal(w, r, &resp, name)
 	}
 
-	// Another node owns it. HEAD, 304 and 412 need no bytes: answer them
+	// Another node holds it. HEAD, 304 and 412 need no bytes: answered
 	// from the table of content.
-	if r.Method == http.MethodHead || !needsBody(r, it, enc) {
-		h.stats.local.Add(1)
-		return h.write(w, r, body{it: it, enc: enc}, name)
+	if !resp.needsBody(r) {
+		h.stats.Count(cluster.TierMeta, 0)
+		return h.write(w, r, &resp, cluster.Body{}, name)
 	}
-	var b body
-	if sizeOf(it, enc) > shard.ChunkSize {
-		b, err = h.grp.fetchChunked(owner, enc, r)
-		if err != nil {
-			b, err = h.grp.fromStorage(it.Path, enc)
-		}
-	} else {
-		b, err = h.grp.fetch(owner, enc)
-	}
+	b, err := h.grp.Open(h.store, res.Remote, enc, resp.rangeHdr)
 	if err != nil {
-		// The file exists (its owner listed it) but neither the owner nor
-		// this node's storage can supply it now: a gateway error, not a
-		// 404, so that no cache or client takes it for gone.
+		// The file exists (its holder listed it) but neither the holder
+		// nor this node's storage can supply it now: a gateway error, not
+		// a 404, so that no cache or client takes it for gone.
 		return caddyhttp.Error(http.StatusBadGateway,
-			fmt.Errorf("%s: owner %s unavailable and not readable from this node's storage: %w", it.Path, owner.owner, err))
+			fmt.Errorf("%s: owner %s unavailable and not readable from this node's storage: %w", it.Path, res.Remote.Owner, err))
 	}
-	if b.file != nil {
-		defer b.file.Close()
-	}
-	return h.write(w, r, b, name)
+	defer b.Close()
+	return h.write(w, r, &resp, b, name)
 }
 
-// lookup finds the item at path: in this node's store when it owns the
-// path (or runs alone), else in the table of content (owner set). When the
-// table does not know the path and its owner is not connected and primed
-// (so its table may be incomplete), storage answers.
-func (h *Handler) lookup(p string) (it *shard.Item, owner *remoteItem, isDir bool, err error) {
-	if h.grp == nil || h.grp.c.owns(p) {
-		it, isDir, err = h.store.Lookup(p)
-		return it, nil, isDir, err
+// resolve finds the item at path: in this node's store on a single node,
+// else through the group (this node's store for what it holds, the table
+// of content for the rest, its storage when no table is trusted).
+func (h *Handler) resolve(p string) (cluster.Resolved, error) {
+	if h.grp == nil {
+		it, isDir, err := h.store.Lookup(p)
+		return cluster.Resolved{Item: it, IsDir: isDir}, err
 	}
-	if ri, ok := h.grp.lookup(p); ok {
-		return ri.it, ri, false, nil
-	}
-	if h.grp.c.peerReady(h.grp.c.ring().Owner(p)) {
-		return nil, nil, false, shard.ErrNotFound
-	}
-	it, isDir, err = h.store.Lookup(p)
-	return it, nil, isDir, err
+	return h.grp.Resolve(h.store, p)
 }
 
 // encoding picks the precompressed variant of it to send, "" for none.
@@ -386,7 +368,7 @@ func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
 		return ""
 	}
 	for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {
-		if variant(it, ae) != nil {
+		if cluster.Variant(it, ae) != nil {
 			return ae
 		}
 	}
@@ -394,11 +376,16 @@ func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
 }
 
 // serveLocal serves an item of this node's store.
-func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.Item, enc, name string) error {
-	b := body{it: it, enc: enc, tier: "local"}
+func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, resp *response, name string) error {
+	it, enc := resp.it, resp.enc
+	if !resp.needsBody(r) {
+		h.stats.Count(cluster.TierMeta, 0)
+		return h.write(w, r, resp, cluster.Body{}, name)
+	}
+	b := cluster.Body{Item: it, Enc: enc, Tier: cluster.TierLocal}
 	var size int64
-	b.data, b.chunks, size, _ = heldBytes(it, enc)
-	if b.data == nil && b.chunks == nil && size > 0 {
+	b.Data, b.Chunks, size, _ = cluster.HeldBytes(it, enc)
+	if b.Data == nil && b.Chunks == nil && size > 0 {
 		// Not held in memory: serve it from storage.
 		f, err := h.store.Open(it, enc)
 		if err != nil {
@@ -406,248 +393,16 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, it *shard.I
 				// The file changed between lookup and open: look again.
 				nit, isDir, lerr := h.store.Lookup(it.Path)
 				if lerr == nil && !isDir && nit != it {
-					return h.serveLocal(w, r, nit, h.encoding(r, nit), name)
+					return h.serveLocal(w, r, prepareAgain(w, r, nit, h.encoding(r, nit)), name)
 				}
 			}
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		defer f.Close()
-		b.file, b.tier = f, "storage"
+		b.File, b.Tier = f, cluster.TierStorage
 	}
-	if b.tier == "local" {
-		h.stats.local.Add(1)
-		h.stats.localBytes.Add(size)
-	} else {
-		h.stats.storage.Add(1)
-		h.stats.storageBytes.Add(size)
-	}
-	return h.write(w, r, b, name)
-}
-
-// write sends b: its item's headers and, unless the request needs none,
-// its bytes (b.data, or b.file, or none at all for HEAD and 304 answered
-// from the table of content).
-func (h *Handler) write(w http.ResponseWriter, r *http.Request, b body, name string) error {
-	hdr := w.Header()
-	it := b.it
-	hv := headersOf(it, b.enc)
-	// The values are the item's own strings, but each response gets its
-	// own slices: the header directive's replace operations modify header
-	// values in place.
-	vals := headerVals()
-	own := func(i int, v string) []string {
-		vals[i] = v
-		return vals[i : i+1 : i+1]
-	}
-	// file_server always adds this to file responses, compressed or not, so
-	// that caches key on it.
-	if v, set := hdr["Vary"]; set {
-		hdr["Vary"] = append(v, "Accept-Encoding")
-	} else {
-		hdr["Vary"] = own(5, "Accept-Encoding")
-	}
-	if b.enc != "" {
-		hdr["Content-Encoding"] = own(0, b.enc)
-	} else {
-		delete(hdr, "Content-Encoding")
-	}
-	// Let an ETag or Content-Type set by an earlier handler win, as
-	// file_server does.
-	if _, set := hdr["Etag"]; !set {
-		hdr["Etag"] = own(1, hv.etag)
-	}
-	if _, set := hdr["Content-Type"]; !set {
-		if hv.contentType != "" {
-			hdr["Content-Type"] = own(2, hv.contentType)
-		} else {
-			hdr["Content-Type"] = nil // never let net/http sniff
-		}
-	}
-	statusOverride := errorStatus(r)
-
-	// The fast path: a plain GET or HEAD of bytes in memory goes out in one
-	// write, with no parsing of conditional or Range headers, and no
-	// allocation: the header values are the item's own.
-	if b.file == nil && statusOverride == 0 && plainRequest(r) &&
-		(b.data != nil || b.chunks != nil || b.remote != nil || hv.size == 0 || r.Method == http.MethodHead) {
-		hdr["Accept-Ranges"] = own(3, "bytes")
-		if hv.lastModified != "" {
-			hdr["Last-Modified"] = own(4, hv.lastModified)
-		}
-		hdr["Content-Length"] = own(6, hv.contentLength)
-		w.WriteHeader(http.StatusOK)
-		if r.Method == http.MethodHead {
-			return nil
-		}
-		switch {
-		case b.chunks != nil:
-			_, _ = shard.NewChunksReader(b.chunks).WriteTo(w)
-		case b.remote != nil:
-			if _, err := b.remote.WriteTo(w); err != nil {
-				h.cutShort(it, err)
-			}
-		default:
-			_, _ = w.Write(b.data)
-		}
-		return nil
-	}
-	if b.enc != "" && r.Header.Get("Range") == "" {
-		// net/http does not set Content-Length when Content-Encoding is
-		// set (caddyserver/caddy#7040); file_server sets it too.
-		hdr["Content-Length"] = []string{hv.contentLength}
-	}
-	var content io.ReadSeeker
-	switch {
-	case b.file != nil:
-		content = b.file
-	case b.chunks != nil:
-		content = shard.NewChunksReader(b.chunks)
-	case b.remote != nil:
-		content = b.remote
-	case b.data != nil || hv.size == 0:
-		content = bytes.NewReader(b.data)
-	default:
-		content = noBody(hv.size) // HEAD, 304, 412: never read
-	}
-	http.ServeContent(overrideStatus(w, statusOverride), r, name, hv.modTime, content)
-	if b.remote != nil && b.remote.err != nil {
-		h.cutShort(it, b.remote.err)
-	}
-	return nil
-}
-
-// cutShort logs a response whose body could not be completed after its
-// headers were sent: net/http closes the connection (the body is shorter
-// than its Content-Length), so the client sees the failure and no cache
-// keeps the partial body.
-func (h *Handler) cutShort(it *shard.Item, err error) {
-	h.logger.Error("response cut short: a chunk of a large item could not be fetched",
-		zap.String("path", it.Path), zap.Error(err))
-}
-
-// headerVals returns room for the 7 header values of one response (each
-// used as a slice of length and capacity 1, so that an append never reaches
-// the next). They are cut from shared arrays of valsPerSlab responses, as
-// net/textproto does for request headers: one allocation per valsPerSlab
-// responses rather than one per response. An array lives as long as a
-// header map still refers to any part of it.
-func headerVals() []string {
-	s := slabs.Get().(*valSlab)
-	if len(s.vals) < 7 {
-		s.vals = make([]string, 7*valsPerSlab)
-	}
-	v := s.vals[:7:7]
-	s.vals = s.vals[7:]
-	slabs.Put(s)
-	return v
-}
-
-const valsPerSlab = 64
-
-type valSlab struct{ vals []string }
-
-var slabs = sync.Pool{New: func() any { return new(valSlab) }}
-
-// itemHeaders are the response header values of one encoding of an item,
-// built once.
-type itemHeaders struct {
-	etag, contentType, contentLength, lastModified string
-
-	size    int64
-	modTime time.Time // zero when not a useful validator
-}
-
-// headersOf returns the header values of it in encoding enc ("" identity,
-// else one of it.Variants), building them on first use.
-func headersOf(it *shard.Item, enc string) *itemHeaders {
-	all, _ := it.Memo.Load().([]itemHeaders)
-	if len(all) != 1+len(it.Variants) {
-		all = make([]itemHeaders, 1+len(it.Variants))
-		modTime := it.ModTime
-		if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
-			modTime = time.Time{}
-		}
-		lastModified := ""
-		if !modTime.IsZero() {
-			lastModified = modTime.UTC().Format(http.TimeFormat)
-		}
-		for i := range all {
-			etag, size := it.ETag, it.Size
-			if i > 0 {
-				etag, size = it.Variants[i-1].ETag, it.Variants[i-1].Size
-			}
-			all[i] = itemHeaders{
-				etag:          etag,
-				contentType:   it.ContentType,
-				contentLength: strconv.FormatInt(size, 10),
-				lastModified:  lastModified,
-				size:          size,
-				modTime:       modTime,
-			}
-		}
-		it.Memo.Store(all) // a concurrent first use builds the same values
-	}
-	if enc != "" {
-		for i := range it.Variants {
-			if it.Variants[i].Encoding == enc {
-				return &all[i+1]
-			}
-		}
-	}
-	return &all[0]
-}
-
-// needsBody reports whether a GET of it must send bytes: false when the
-// request's validators already tell a 304 (If-None-Match, or
-// If-Modified-Since without If-None-Match).
-func needsBody(r *http.Request, it *shard.Item, enc string) bool {
-	etag := it.ETag
-	if enc != "" {
-		etag = variant(it, enc).ETag
-	}
-	if inm := r.Header.Get("If-None-Match"); inm != "" {
-		for _, t := range strings.Split(inm, ",") {
-			t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
-			if t == "*" || t == strings.TrimPrefix(etag, "W/") {
-				return false
-			}
-		}
-		return true
-	}
-	if ims := r.Header.Get("If-Modified-Since"); ims != "" && !it.ModTime.IsZero() {
-		if t, err := http.ParseTime(ims); err == nil && !it.ModTime.Truncate(time.Second).After(t) {
-			return false
-		}
-	}
-	return true
-}
-
-// noBody stands for bytes of a known size that are never read: it lets
-// http.ServeContent answer HEAD and 304 from metadata alone.
-type noBody int64
-
-func (n noBody) Seek(offset int64, whence int) (int64, error) {
-	switch whence {
-	case io.SeekEnd:
-		return int64(n) + offset, nil
-	default:
-		return offset, nil
-	}
-}
-
-func (noBody) Read([]byte) (int, error) { return 0, errors.New("shardcache: body not fetched") }
-
-var allowGetHead = []string{"GET, HEAD"}
-
-// plainRequest reports whether r carries none of the headers that make
-// http.ServeContent do more than send the whole body.
-func plainRequest(r *http.Request) bool {
-	h := r.Header
-	return len(h["Range"]) == 0 &&
-		len(h["If-None-Match"]) == 0 &&
-		len(h["If-Modified-Since"]) == 0 &&
-		len(h["If-Match"]) == 0 &&
-		len(h["If-Unmodified-Since"]) == 0
+	h.stats.Count(b.Tier, size)
+	return h.write(w, r, resp, b, name)
 }
 
 func (h *Handler) notFound(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -685,38 +440,6 @@ func redirect(w http.ResponseWriter, r *http.Request, toPath string) error {
 	http.Redirect(w, r, toPath, http.StatusPermanentRedirect)
 	return nil
 }
-
-// errorStatus returns the status of the error being handled when the
-// handler runs in an error route (to serve an error page), else 0.
-func errorStatus(r *http.Request) int {
-	reqErr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
-	if !ok {
-		return 0
-	}
-	var herr caddyhttp.HandlerError
-	if errors.As(reqErr, &herr) && herr.StatusCode > 0 {
-		return herr.StatusCode
-	}
-	return http.StatusInternalServerError
-}
-
-// overrideStatus wraps w so that a 200 from http.ServeContent becomes code,
-// when code is not 0.
-func overrideStatus(w http.ResponseWriter, code int) http.ResponseWriter {
-	if code == 0 {
-		return w
-	}
-	return statusWriter{ResponseWriter: w, code: code}
-}
-
-type statusWriter struct {
-	http.ResponseWriter
-	code int
-}
-
-func (s statusWriter) WriteHeader(int) { s.ResponseWriter.WriteHeader(s.code) }
-
-func (s statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // Interface guards
 var (

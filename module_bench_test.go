@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/peering"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
@@ -43,7 +44,7 @@ func newBenchHandler(tb testing.TB, size int) *Handler {
 	for !st.Ready() && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st, stats: new(tierStats), life: new(lifetime)}
+	return &Handler{Root: dir, IndexNames: []string{"index.html"}, store: st, stats: new(cluster.Stats), life: new(lifetime)}
 }
 
 // BenchmarkLocalHit is the hot path: a plain GET of a file held in memory.
@@ -87,27 +88,27 @@ func TestLocalHitHeaders(t *testing.T) {
 func newHotHandler(tb testing.TB, size int) (*Handler, string) {
 	tb.Helper()
 	h := newBenchHandler(tb, 16)
-	c, _ := newCluster("test", clusterConfig{name: "n1", logger: zap.NewNop(),
-		members: newMembership("n1", false, []Member{{Name: "n2", Address: "127.0.0.1:1"}}, 1)})
-	g := c.group("site")
-	g.store.Store(h.store)
-	g.setHot(64 << 20)
+	m := cluster.NewMembership("n1", false, []peering.Peer{{Name: "n2", Addr: "127.0.0.1:1"}}, 1)
+	c := cluster.New(cluster.Config{Name: "n1"}, m)
+	c.Commit(cluster.Commit{Members: m, Groups: []cluster.GroupConfig{{Name: "site", Store: h.store, Hot: 64 << 20}}})
+	g := c.Group("site")
 	// A path the ring gives to n2.
 	p := ""
 	for i := 0; p == ""; i++ {
-		if q := fmt.Sprintf("/remote%d.css", i); c.ring().Owner(q) == "n2" {
+		if q := fmt.Sprintf("/remote%d.css", i); m.Owner(q) == "n2" {
 			p = q
 		}
 	}
 	it := &shard.Item{Path: p, Size: int64(size), ContentType: "text/css", ETag: `"v1"`, Version: "v1", ModTime: time.Now()}
-	g.apply("n2", peering.Delta{Group: "site", Upserts: []peering.Meta{toMeta(it)}})
-	hot := g.hot.Load()
+	g.Learn("n2", peering.Delta{Group: "site", Upserts: []peering.Meta{{Path: it.Path, Size: it.Size,
+		ContentType: it.ContentType, ETag: it.ETag, Version: it.Version, ModTime: it.ModTime}}})
+	hot := g.Hot()
 	hot.Get(p, "v1") // two requests seen: admissible
 	hot.Get(p, "v1")
 	if !hot.Admit(&shard.Item{Path: p, Version: "v1", Size: int64(size), Body: make([]byte, size)}) {
 		tb.Fatal("not admitted")
 	}
-	h.grp, h.stats = g, &g.stats
+	h.grp, h.stats = g, g.Stats()
 	return h, p
 }
 
@@ -125,7 +126,7 @@ func BenchmarkHotHit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if s := h.grp.stats.hot.Load(); s == 0 {
+	if s := h.grp.Stats().Snapshot().Tiers["hot"].Requests; s == 0 {
 		b.Fatal("no hot hits counted")
 	}
 }
@@ -139,8 +140,8 @@ func TestHotHit(t *testing.T) {
 	if w.Code != 200 || w.Body.Len() != 1024 || w.Header().Get("Etag") != `"v1"` {
 		t.Fatalf("status %d, %d bytes, etag %q", w.Code, w.Body.Len(), w.Header().Get("Etag"))
 	}
-	if h.grp.stats.hot.Load() != 1 || h.grp.stats.peer.Load() != 0 {
-		t.Fatalf("hot %d, peer %d: want the hot tier", h.grp.stats.hot.Load(), h.grp.stats.peer.Load())
+	if tiers := h.grp.Stats().Snapshot().Tiers; tiers["hot"].Requests != 1 || tiers["peer"].Requests != 0 {
+		t.Fatalf("hot %d, peer %d: want the hot tier", tiers["hot"].Requests, tiers["peer"].Requests)
 	}
 }
 
@@ -214,7 +215,7 @@ func TestStoreOutlivesCleanupUntilRequestsEnd(t *testing.T) {
 	key := "test|" + dir
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		st, err := shard.New(shard.Config{Root: dir})
-		return storeRef{st, new(tierStats)}, err
+		return storeRef{st, new(cluster.Stats)}, err
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -235,7 +236,7 @@ func TestStoreOutlivesCleanupUntilRequestsEnd(t *testing.T) {
 	// With no request under way, cleanup releases at once.
 	val, _, _ = stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		st, err := shard.New(shard.Config{Root: dir})
-		return storeRef{st, new(tierStats)}, err
+		return storeRef{st, new(cluster.Stats)}, err
 	})
 	(&lifetime{key: key, logger: zap.NewNop()}).cleanup()
 	if _, _, err := val.(storeRef).Lookup("/a.css"); !errors.Is(err, shard.ErrClosed) {

@@ -1,12 +1,13 @@
-package shardcache
+package cluster
 
 import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -30,23 +31,27 @@ func chunkKey(path, enc string, i int) string {
 	return hotKey(path, enc) + "\x00" + strconv.Itoa(i)
 }
 
-// sizeOf is the length of it's bytes in encoding enc ("" identity).
-func sizeOf(it *shard.Item, enc string) int64 {
+// ChunkKey names chunk i of path's bytes in encoding enc in the hot cache.
+func ChunkKey(path, enc string, i int) string { return chunkKey(path, enc, i) }
+
+// SizeOf is the length of it's bytes in encoding enc ("" identity).
+func SizeOf(it *shard.Item, enc string) int64 {
 	if enc != "" {
-		if v := variant(it, enc); v != nil {
+		if v := Variant(it, enc); v != nil {
 			return v.Size
 		}
 	}
 	return it.Size
 }
 
-// heldBytes returns the bytes of it in encoding enc as this node holds
-// them: one slice, or chunks; both nil when they are not in memory.
-func heldBytes(it *shard.Item, enc string) (data []byte, chunks shard.Chunks, size int64, ok bool) {
+// HeldBytes returns the bytes of it in encoding enc as this node holds
+// them: one slice, or chunks; both nil when they are not in memory. ok is
+// false when it has no such encoding.
+func HeldBytes(it *shard.Item, enc string) (data []byte, chunks shard.Chunks, size int64, ok bool) {
 	if enc == "" {
 		return it.Body, it.Chunks, it.Size, true
 	}
-	v := variant(it, enc)
+	v := Variant(it, enc)
 	if v == nil {
 		return nil, nil, 0, false
 	}
@@ -56,7 +61,7 @@ func heldBytes(it *shard.Item, enc string) (data []byte, chunks shard.Chunks, si
 // readRange reads n bytes at off of it's bytes in encoding enc: from memory
 // (no copy when they lie in one slice or chunk) or from storage.
 func readRange(st *shard.Store, it *shard.Item, enc string, off, n int64) ([]byte, error) {
-	data, chunks, size, ok := heldBytes(it, enc)
+	data, chunks, size, ok := HeldBytes(it, enc)
 	if !ok {
 		return nil, shard.ErrNotFound
 	}
@@ -86,68 +91,60 @@ func readRange(st *shard.Store, it *shard.Item, enc string, off, n int64) ([]byt
 	return b, nil
 }
 
-// chunk returns chunk i of ri's item in encoding enc (size bytes in all):
+// chunk returns chunk i of e's item in encoding enc (size bytes in all):
 // from the hot cache, else from a holder over the SAN (that chunk's bytes
 // only; concurrent requests for it share one fetch), else from this node's
 // own storage if it has the very same version (a response never mixes the
-// bytes of two versions). tier says which.
-func (g *group) chunk(ri *remoteItem, enc string, size int64, i int) (data []byte, tier string, err error) {
-	it := ri.it
+// bytes of two versions).
+func (g *Group) chunk(e *Entry, enc string, size int64, i int) (data []byte, tier Tier, err error) {
+	it := e.Item
 	off, n := shard.ChunkRange(size, i)
-	data, fromHot, err := g.fetchCached(ri, enc, chunkKey(it.Path, enc, i), off, n)
+	data, fromHot, err := g.fetchCached(e, enc, chunkKey(it.Path, enc, i), off, n)
 	if err == nil {
 		if fromHot {
-			return data, "hot", nil
+			return data, TierHot, nil
 		}
-		return data, "peer", nil
+		return data, TierPeer, nil
 	}
-	if c := g.c.cfg.logger.Check(zap.WarnLevel, "peer fetch of a chunk failed; reading from own storage"); c != nil {
+	if c := g.c.log.Check(zap.WarnLevel, "peer fetch of a chunk failed; reading from own storage"); c != nil {
 		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.Int("chunk", i),
-			zap.String("owner", ri.owner), zap.Error(err))
+			zap.String("owner", e.Owner), zap.Error(err))
 	}
 	st := g.store.Load()
 	if st == nil {
-		return nil, "", err
+		return nil, 0, err
 	}
 	own, isDir, lerr := st.Lookup(it.Path)
 	switch {
 	case lerr != nil:
-		return nil, "", fmt.Errorf("%w; own storage: %v", err, lerr)
+		return nil, 0, fmt.Errorf("%w; own storage: %v", err, lerr)
 	case isDir || own.Version != it.Version:
-		return nil, "", fmt.Errorf("%w; own storage has another version", err)
+		return nil, 0, fmt.Errorf("%w; own storage has another version", err)
 	}
 	data, serr := readRange(st, own, enc, off, n)
 	if serr != nil {
-		return nil, "", fmt.Errorf("%w; own storage: %v", err, serr)
+		return nil, 0, fmt.Errorf("%w; own storage: %v", err, serr)
 	}
-	return data, "storage", nil
+	return data, TierStorage, nil
 }
 
-// fetchChunked starts the response body of a large item another node owns:
-// it fetches the first chunk the request needs now (so that a failure is
-// a 502, not a cut response) and the rest as the response is written.
-func (g *group) fetchChunked(ri *remoteItem, enc string, r *http.Request) (body, error) {
-	size := sizeOf(ri.it, enc)
-	rb := &remoteBody{g: g, ri: ri, enc: enc, size: size, curIdx: -1, ahead: map[int]*chunkCall{}}
-	rb.spans = wantedSpans(r.Header.Get("Range"), size)
-	tier := "local" // no byte needed (416): answered from the table of content
+// openChunked starts the response body of a large item another node holds:
+// it fetches the first chunk the response needs now (so that a failure is
+// a 502 or a read from storage, not a cut response) and the rest as the
+// response is written.
+func (g *Group) openChunked(e *Entry, enc, rangeHdr string) (Body, error) {
+	size := SizeOf(e.Item, enc)
+	rb := &RemoteBody{g: g, e: e, enc: enc, size: size, curIdx: -1, ahead: map[int]*chunkCall{}}
+	rb.spans = wantedSpans(rangeHdr, size)
+	tier := TierMeta // no byte needed (416): answered from the table of content
 	if len(rb.spans) > 0 {
 		if _, err := rb.get(int(rb.spans[0].lo / shard.ChunkSize)); err != nil {
-			return body{}, err
+			return Body{}, err
 		}
 		tier = rb.firstTier
 	}
-	switch tier {
-	case "local":
-		g.stats.local.Add(1)
-	case "hot":
-		g.stats.hot.Add(1)
-	case "storage":
-		g.stats.storage.Add(1)
-	default:
-		g.stats.peer.Add(1)
-	}
-	return body{it: ri.it, enc: enc, remote: rb, tier: tier}, nil
+	g.stats.Count(tier, 0) // bytes are counted chunk by chunk
+	return Body{Item: e.Item, Enc: enc, Remote: rb, Tier: tier}, nil
 }
 
 // span is a byte range [lo, hi).
@@ -160,9 +157,8 @@ const maxSpans = 16
 // wantedSpans is what of a body of size bytes a request with the given
 // Range header needs, in the header's order: the whole body when the
 // header is absent or not understood, none when no range is satisfiable.
-// http.ServeContent decides what is sent (and may send everything, for
-// instance when If-Range does not match); this only bounds what is
-// fetched ahead.
+// The caller passes "" when the response will not honour the Range (an
+// If-Range that does not match).
 func wantedSpans(rangeHdr string, size int64) []span {
 	all := []span{{0, size}}
 	if size == 0 {
@@ -210,22 +206,31 @@ func wantedSpans(rangeHdr string, size int64) []span {
 	return out
 }
 
-// remoteBody is the body of a large item another node owns, read chunk by
-// chunk as http.ServeContent (or the plain-GET path) asks for it. It is
-// used by one request's goroutine; only its prefetches run elsewhere.
-type remoteBody struct {
-	g    *group
-	ri   *remoteItem
+// errBodyClosed is what a RemoteBody read after Close returns.
+var errBodyClosed = errors.New("cluster: response body closed")
+
+// RemoteBody is the body of a large item another node holds, read chunk by
+// chunk as the response asks for it. Reads may come from a goroutine other
+// than the one that opened it (http.ServeContent writes multi-range
+// responses from one), and may go on after the response has ended (that
+// goroutine notices only at its next write): a mutex orders them, and Close
+// makes later reads fail at once instead of fetching.
+type RemoteBody struct {
+	g    *Group
+	e    *Entry
 	enc  string
 	size int64
 
+	closed atomic.Bool // set by Close, without waiting for a read in progress
+
+	mu    sync.Mutex
 	pos   int64
 	spans []span // what the request needs: only chunks in them are fetched ahead
 
 	cur       []byte
 	curIdx    int
 	ahead     map[int]*chunkCall // chunks being fetched ahead
-	firstTier string
+	firstTier Tier
 	err       error // the first chunk that could not be had, if any
 }
 
@@ -233,13 +238,30 @@ type remoteBody struct {
 type chunkCall struct {
 	done chan struct{}
 	data []byte
-	tier string
+	tier Tier
 	err  error
 }
 
+// Err returns the error of the first chunk that could not be had, if any:
+// the response was cut short by the cluster (not by the client).
+func (rb *RemoteBody) Err() error {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
+	return rb.err
+}
+
+// Close ends the body: later reads fail without fetching.
+func (rb *RemoteBody) Close() {
+	rb.closed.Store(true)
+}
+
 // get returns chunk i, fetched ahead or now, and starts fetching the next
-// ones the response will need.
-func (rb *remoteBody) get(i int) ([]byte, error) {
+// ones the response will need. Called with rb.mu held (or before rb is
+// shared).
+func (rb *RemoteBody) get(i int) ([]byte, error) {
+	if rb.closed.Load() {
+		return nil, errBodyClosed
+	}
 	if i == rb.curIdx {
 		return rb.cur, nil
 	}
@@ -247,7 +269,7 @@ func (rb *remoteBody) get(i int) ([]byte, error) {
 	delete(rb.ahead, i)
 	if c == nil {
 		c = &chunkCall{}
-		c.data, c.tier, c.err = rb.g.chunk(rb.ri, rb.enc, rb.size, i)
+		c.data, c.tier, c.err = rb.g.chunk(rb.e, rb.enc, rb.size, i)
 	} else {
 		<-c.done
 	}
@@ -258,7 +280,7 @@ func (rb *remoteBody) get(i int) ([]byte, error) {
 			rb.ahead[j] = a
 			go func() {
 				defer close(a.done)
-				a.data, a.tier, a.err = rb.g.chunk(rb.ri, rb.enc, rb.size, j)
+				a.data, a.tier, a.err = rb.g.chunk(rb.e, rb.enc, rb.size, j)
 			}()
 		}
 	}
@@ -268,24 +290,16 @@ func (rb *remoteBody) get(i int) ([]byte, error) {
 		}
 		return nil, c.err
 	}
-	if rb.firstTier == "" {
+	if rb.curIdx == -1 {
 		rb.firstTier = c.tier
 	}
-	st := &rb.g.stats
-	switch c.tier {
-	case "hot":
-		st.hotBytes.Add(int64(len(c.data)))
-	case "storage":
-		st.storageBytes.Add(int64(len(c.data)))
-	default:
-		st.peerBytes.Add(int64(len(c.data)))
-	}
+	rb.g.stats.AddBytes(c.tier, int64(len(c.data)))
 	rb.cur, rb.curIdx = c.data, i
 	return c.data, nil
 }
 
 // needs reports whether chunk i holds bytes the request wants.
-func (rb *remoteBody) needs(i int) bool {
+func (rb *RemoteBody) needs(i int) bool {
 	off, n := shard.ChunkRange(rb.size, i)
 	for _, sp := range rb.spans {
 		if sp.lo < off+n && off < sp.hi {
@@ -295,7 +309,10 @@ func (rb *remoteBody) needs(i int) bool {
 	return false
 }
 
-func (rb *remoteBody) Read(p []byte) (int, error) {
+// Read reads the body at the current offset.
+func (rb *RemoteBody) Read(p []byte) (int, error) {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
 	if rb.pos >= rb.size {
 		return 0, io.EOF
 	}
@@ -309,7 +326,9 @@ func (rb *remoteBody) Read(p []byte) (int, error) {
 }
 
 // Seek sets the offset of the next Read; it fetches nothing.
-func (rb *remoteBody) Seek(offset int64, whence int) (int64, error) {
+func (rb *RemoteBody) Seek(offset int64, whence int) (int64, error) {
+	rb.mu.Lock()
+	defer rb.mu.Unlock()
 	switch whence {
 	case io.SeekCurrent:
 		offset += rb.pos
@@ -324,20 +343,29 @@ func (rb *remoteBody) Seek(offset int64, whence int) (int64, error) {
 }
 
 // WriteTo writes the rest of the body to w, a chunk per write, straight
-// from the fetched (or hot) chunks.
-func (rb *remoteBody) WriteTo(w io.Writer) (int64, error) {
+// from the fetched (or hot) chunks. The error tells whether the body
+// (Err() set) or w failed.
+func (rb *RemoteBody) WriteTo(w io.Writer) (int64, error) {
 	var total int64
-	for rb.pos < rb.size {
+	for {
+		rb.mu.Lock()
+		if rb.pos >= rb.size {
+			rb.mu.Unlock()
+			return total, nil
+		}
 		data, err := rb.get(int(rb.pos / shard.ChunkSize))
+		pos := rb.pos
+		rb.mu.Unlock()
 		if err != nil {
 			return total, err
 		}
-		n, err := w.Write(data[rb.pos%shard.ChunkSize:])
+		n, err := w.Write(data[pos%shard.ChunkSize:])
+		rb.mu.Lock()
 		rb.pos += int64(n)
+		rb.mu.Unlock()
 		total += int64(n)
 		if err != nil {
 			return total, err
 		}
 	}
-	return total, nil
 }

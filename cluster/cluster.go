@@ -1,0 +1,769 @@
+// Package cluster is a node's membership in a shardcache cluster, without
+// Caddy: its groups (one per content tree), the tables of content of what
+// its peers hold, fetches from their memory over the SAN (with a hot cache
+// of popular copies), and what it tells its peers about itself.
+//
+// It sits between the Caddy glue (the root package: config, HTTP
+// semantics) and the packages shard (a node's memory) and peering (QUIC,
+// mutual TLS, frames, ring). A Cluster is made once per node identity and
+// lives across config reloads; each committed config hands it its
+// membership and its groups' stores (Commit), so that a config that fails
+// to load changes nothing a running node shares.
+//
+// The rule it holds above all: a node answers 404 for a path another node
+// holds only when one of that path's holders is trusted for its group —
+// connected, in the same ring, with the group primed and its table of
+// content received. Otherwise the node's own storage answers.
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/shardcache/caddy-shardcache/peering"
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// Config is a node's identity in the cluster: what cannot change without
+// a new Cluster (and a new SAN socket).
+type Config struct {
+	// Name is this node's name: in its certificate and the ring.
+	Name string
+	// Addr is the SAN (UDP) address to bind.
+	Addr string
+	// Observer: a content director that holds nothing and is in no ring.
+	Observer bool
+	// Logger receives the cluster's logs; nil means none.
+	Logger *zap.Logger
+	// OnPeerFetch, if set, observes the latency of each successful peer
+	// fetch.
+	OnPeerFetch func(time.Duration)
+	// Peering, if set, adjusts the peering configuration before the node
+	// listens (tests: timeouts, a socket of their own).
+	Peering func(*peering.Config)
+}
+
+// Cluster is a node's membership in the cluster: the SAN endpoint, the
+// ring, and its groups.
+type Cluster struct {
+	cfg     Config
+	log     *zap.Logger
+	members atomic.Pointer[Membership]
+
+	lan          atomic.Pointer[string]
+	fetchTimeout atomic.Int64
+
+	startOnce sync.Once
+	startErr  error
+	node      atomic.Pointer[peering.Node]
+
+	mu     sync.RWMutex
+	groups map[string]*Group    // every group known: ours and our peers'
+	own    map[string]*ownGroup // the groups of the committed config
+	peers  map[string]*peerView // what each peer told us about itself
+
+	// stateMu serialises what this node tells its peers about itself
+	// (tables of content, state, readiness), so that they arrive in order.
+	stateMu   sync.Mutex
+	lastReady bool
+
+	purges chan peering.Purge // from peers, applied by purgeLoop
+	done   chan struct{}
+	closed atomic.Bool
+}
+
+// ownGroup is a group of the committed config: its store, and whether its
+// whole table of content has been sent since the store became ready.
+type ownGroup struct {
+	g     *Group
+	store *shard.Store
+	sent  bool
+}
+
+// peerView is what a peer told us about itself.
+type peerView struct {
+	state  peering.State
+	synced bool // its table of content arrived since it connected
+	warned string
+}
+
+// New makes a cluster node; Start binds its socket.
+func New(cfg Config, m *Membership) *Cluster {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	c := &Cluster{
+		cfg:    cfg,
+		log:    log,
+		groups: make(map[string]*Group),
+		own:    make(map[string]*ownGroup),
+		peers:  make(map[string]*peerView),
+		purges: make(chan peering.Purge, 64),
+		done:   make(chan struct{}),
+	}
+	c.members.Store(m)
+	c.fetchTimeout.Store(int64(2 * time.Second))
+	empty := ""
+	c.lan.Store(&empty)
+	return c
+}
+
+// Name is this node's name.
+func (c *Cluster) Name() string { return c.cfg.Name }
+
+// Observer reports whether this node is a content director.
+func (c *Cluster) Observer() bool { return c.cfg.Observer }
+
+// Members is the committed membership.
+func (c *Cluster) Members() *Membership { return c.members.Load() }
+
+// Node is the peering node, nil before Start.
+func (c *Cluster) Node() *peering.Node { return c.node.Load() }
+
+// Start binds the SAN socket and starts dialling the members of the
+// membership New was given, once. lan is the HTTP address to advertise.
+func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
+	c.startOnce.Do(func() {
+		var backend peering.Backend = c
+		if c.cfg.Observer {
+			backend = nil // serves nothing
+		}
+		pc := peering.Config{
+			Name:    c.cfg.Name,
+			Addr:    c.cfg.Addr,
+			Peers:   c.members.Load().Peers(),
+			TLS:     creds,
+			Backend: backend,
+			OnEvent: c.onEvent,
+			Logger:  c.log,
+			// Each fetch carries its own deadline (fetch_timeout, which a
+			// reload may change); this is only a cap.
+			FetchTimeout: time.Minute,
+			Lan:          lan,
+			Observer:     c.cfg.Observer,
+			State:        c.state(),
+		}
+		if c.cfg.Peering != nil {
+			c.cfg.Peering(&pc)
+		}
+		n, err := peering.Listen(pc)
+		if err != nil {
+			c.startErr = fmt.Errorf("node %s: listening on %s: %v", c.cfg.Name, c.cfg.Addr, err)
+			return
+		}
+		c.lan.Store(&lan)
+		c.node.Store(n)
+		c.log.Info("node started", zap.String("node", c.cfg.Name), zap.String("san", n.Addr().String()),
+			zap.Strings("ring", c.members.Load().Ring().Nodes()))
+		go c.purgeLoop()
+		go c.watchReady()
+	})
+	return c.startErr
+}
+
+// Close stops the node.
+func (c *Cluster) Close() error {
+	if !c.closed.CompareAndSwap(false, true) {
+		return nil
+	}
+	close(c.done)
+	if n := c.node.Load(); n != nil {
+		return n.Close()
+	}
+	return nil
+}
+
+// GroupConfig is one group of a committed config.
+type GroupConfig struct {
+	Name  string
+	Store *shard.Store
+	Hot   int64 // the hot cache's budget
+}
+
+// Commit is what a committed config shares: called from the config's
+// Start, never from Provision, so that a config that fails to load changes
+// nothing.
+type Commit struct {
+	Members      *Membership
+	Lan          string
+	FetchTimeout time.Duration
+	Groups       []GroupConfig
+}
+
+// Commit makes cm what this node serves and tells its peers. A changed
+// membership re-dials the peers that changed and drops the table-of-content
+// entries whose publisher no longer holds their path. A group whose store
+// changed is advertised as not ready until the new store is primed and its
+// whole table of content sent; groups that cm lacks are no longer served
+// to peers.
+func (c *Cluster) Commit(cm Commit) {
+	if cm.FetchTimeout > 0 {
+		c.fetchTimeout.Store(int64(cm.FetchTimeout))
+	}
+	old := c.members.Swap(cm.Members)
+	n := c.node.Load()
+	if old != cm.Members {
+		if n != nil {
+			n.SetPeers(cm.Members.Peers())
+		}
+		if old.Epoch() != cm.Members.Epoch() {
+			dropped := 0
+			c.mu.RLock()
+			for _, g := range c.groups {
+				dropped += g.prune(cm.Members)
+			}
+			c.mu.RUnlock()
+			c.log.Info("cluster membership changed", zap.String("node", c.cfg.Name),
+				zap.Strings("ring", cm.Members.Ring().Nodes()), zap.Int("replicas", cm.Members.Replicas()),
+				zap.Int("toc_entries_dropped", dropped))
+		}
+	}
+	if n != nil && cm.Lan != *c.lan.Load() {
+		if err := n.SetLan(cm.Lan); err != nil {
+			c.log.Error("advertising lan", zap.String("lan", cm.Lan), zap.Error(err))
+		} else {
+			lan := cm.Lan
+			c.lan.Store(&lan)
+		}
+	}
+
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	c.mu.Lock()
+	own := make(map[string]*ownGroup, len(cm.Groups))
+	for _, gc := range cm.Groups {
+		g := c.groupLocked(gc.Name)
+		prev := c.own[gc.Name]
+		og := &ownGroup{g: g, store: gc.Store}
+		if prev != nil && prev.store == gc.Store {
+			og.sent = prev.sent
+		}
+		own[gc.Name] = og
+		g.store.Store(gc.Store)
+		g.setHot(gc.Hot)
+	}
+	for name, og := range c.own {
+		if own[name] == nil {
+			og.g.store.Store(nil)
+		}
+	}
+	c.own = own
+	c.mu.Unlock()
+	c.publishStateLocked()
+}
+
+// watchReady publishes each group's table of content and readiness once
+// its store is primed.
+func (c *Cluster) watchReady() {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		c.stateMu.Lock()
+		c.publishStateLocked()
+		c.stateMu.Unlock()
+	}
+}
+
+// publishStateLocked sends the whole table of content of every group whose
+// store became ready since, then this node's state and readiness when they
+// changed. Called with stateMu held.
+func (c *Cluster) publishStateLocked() {
+	n := c.node.Load()
+	if n == nil {
+		return
+	}
+	c.mu.RLock()
+	var fresh []*ownGroup
+	for _, og := range c.own {
+		if !og.sent && og.store != nil && og.store.Ready() {
+			fresh = append(fresh, og)
+		}
+	}
+	c.mu.RUnlock()
+	m := c.members.Load()
+	for _, og := range fresh {
+		// Stores report no changes while priming: peers that connected
+		// meanwhile got a partial table. Send it whole, before saying
+		// the group is ready.
+		var items []peering.Meta
+		og.store.Each(func(it *shard.Item) bool {
+			if m.Owns(it.Path) {
+				items = append(items, toMeta(it))
+			}
+			return true
+		})
+		n.Publish(peering.Delta{Group: og.g.name, Upserts: items})
+		c.mu.Lock()
+		og.sent = true
+		c.mu.Unlock()
+		c.log.Info("group ready: table of content sent to peers", zap.String("group", og.g.name),
+			zap.Int("items", len(items)))
+	}
+	st := c.state()
+	if !stateEqual(st, n.State()) {
+		n.SetState(st)
+	}
+	if ready := c.Ready(); ready != c.lastReady {
+		c.lastReady = ready
+		n.PublishReady(ready)
+	}
+}
+
+// state is what this node advertises: its ring and its groups.
+func (c *Cluster) state() peering.State {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	st := peering.State{Epoch: c.members.Load().Epoch()}
+	for name, og := range c.own {
+		st.Groups = append(st.Groups, peering.GroupState{Name: name, Ready: og.sent})
+	}
+	sort.Slice(st.Groups, func(i, j int) bool { return st.Groups[i].Name < st.Groups[j].Name })
+	return st
+}
+
+func stateEqual(a, b peering.State) bool {
+	return a.Epoch == b.Epoch && slices.Equal(a.Groups, b.Groups)
+}
+
+// Group returns the group named name, making it on first use (a config
+// being provisioned looks its groups up; only Commit gives them stores).
+func (c *Cluster) Group(name string) *Group {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.groupLocked(name)
+}
+
+func (c *Cluster) groupLocked(name string) *Group {
+	g := c.groups[name]
+	if g == nil {
+		g = &Group{name: name, c: c, toc: make(map[string]*Entry),
+			byOwner: make(map[string]map[string]bool), weight: make(map[string]int64)}
+		c.groups[name] = g
+	}
+	return g
+}
+
+// maxPeerGroups bounds the groups made for names only peers sent.
+const maxPeerGroups = 256
+
+// peerGroup returns the group a peer's table of content names, or nil
+// when there are already too many groups (a peer cannot make this node
+// allocate without bound).
+func (c *Cluster) peerGroup(name string) *Group {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if g := c.groups[name]; g != nil {
+		return g
+	}
+	if len(c.groups) >= maxPeerGroups+len(c.own) {
+		return nil
+	}
+	return c.groupLocked(name)
+}
+
+// Groups lists the groups of the committed config, by name.
+func (c *Cluster) Groups() []*Group {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*Group, 0, len(c.own))
+	for _, og := range c.own {
+		out = append(out, og.g)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+func (c *Cluster) lookupGroup(name string) *Group {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.groups[name]
+}
+
+// Get serves a peer's fetch from this node's memory or storage. It never
+// asks another node, and refuses a path this node does not hold without
+// reading or hashing anything.
+func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, []byte, error) {
+	g := c.lookupGroup(req.Group)
+	if g == nil {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	st := g.store.Load()
+	if st == nil {
+		return peering.Meta{}, nil, peering.ErrUnavailable
+	}
+	if !c.members.Load().Owns(req.Path) {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	it, isDir, err := st.Lookup(req.Path)
+	if err != nil || isDir {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	if req.Version != "" && it.Version != req.Version {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	_, _, size, ok := HeldBytes(it, req.Encoding)
+	if !ok {
+		return peering.Meta{}, nil, peering.ErrNotFound
+	}
+	off, n := int64(0), size
+	if req.Length > 0 {
+		if req.Offset > size {
+			return peering.Meta{}, nil, peering.ErrBadRequest
+		}
+		off, n = req.Offset, min(req.Length, size-req.Offset)
+	}
+	if n > shard.ChunkSize {
+		// Large items move a chunk at a time (chunked.go): a request for
+		// more would make this node build one slice of that size.
+		return peering.Meta{}, nil, peering.ErrTooLarge
+	}
+	body, err := readRange(st, it, req.Encoding, off, n)
+	if err != nil {
+		if errors.Is(err, shard.ErrChanged) {
+			return peering.Meta{}, nil, peering.ErrNotFound
+		}
+		return peering.Meta{}, nil, err
+	}
+	g.stats.served.Add(1)
+	g.stats.servedB.Add(int64(len(body)))
+	m := toMeta(it)
+	m.Encoding = req.Encoding
+	m.Size = int64(len(body))
+	m.Variants = nil
+	return m, body, nil
+}
+
+// Snapshot lists the items this node holds, per group of the committed
+// config.
+func (c *Cluster) Snapshot() []peering.GroupTOC {
+	c.mu.RLock()
+	own := make([]*ownGroup, 0, len(c.own))
+	for _, og := range c.own {
+		own = append(own, og)
+	}
+	c.mu.RUnlock()
+	m := c.members.Load()
+	var out []peering.GroupTOC
+	for _, og := range own {
+		toc := peering.GroupTOC{Group: og.g.name}
+		og.store.Each(func(it *shard.Item) bool {
+			if m.Owns(it.Path) {
+				toc.Items = append(toc.Items, toMeta(it))
+			}
+			return true
+		})
+		out = append(out, toc)
+	}
+	return out
+}
+
+// Ready reports whether every group of the committed config is primed and
+// its table of content sent.
+func (c *Cluster) Ready() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, og := range c.own {
+		if !og.sent {
+			return false
+		}
+	}
+	return true
+}
+
+// onEvent applies what peers tell us.
+func (c *Cluster) onEvent(ev peering.Event) {
+	switch ev.Kind {
+	case peering.EventUp:
+		c.mu.Lock()
+		c.peers[ev.Peer] = &peerView{state: ev.State}
+		c.mu.Unlock()
+		c.checkPeerState(ev.Peer)
+	case peering.EventDown:
+		c.mu.Lock()
+		if pv := c.peers[ev.Peer]; pv != nil {
+			pv.synced = false
+		}
+		c.mu.Unlock()
+	case peering.EventState:
+		c.mu.Lock()
+		pv := c.peers[ev.Peer]
+		if pv == nil {
+			pv = &peerView{}
+			c.peers[ev.Peer] = pv
+		}
+		pv.state = ev.State
+		c.mu.Unlock()
+		c.checkPeerState(ev.Peer)
+	case peering.EventSnapshot:
+		m := c.members.Load()
+		seen := map[string]bool{}
+		for _, toc := range ev.Snapshot {
+			if g := c.peerGroup(toc.Group); g != nil {
+				g.replace(ev.Peer, toc.Items, m)
+			} else {
+				c.log.Warn("table of content for too many groups: ignored", zap.String("peer", ev.Peer),
+					zap.String("group", toc.Group), zap.Int("max_groups", maxPeerGroups))
+			}
+			seen[toc.Group] = true
+		}
+		c.mu.Lock()
+		var stale []*Group
+		for name, g := range c.groups {
+			if !seen[name] {
+				stale = append(stale, g)
+			}
+		}
+		pv := c.peers[ev.Peer]
+		if pv == nil {
+			pv = &peerView{}
+			c.peers[ev.Peer] = pv
+		}
+		pv.synced = true
+		c.mu.Unlock()
+		for _, g := range stale {
+			g.replace(ev.Peer, nil, m)
+		}
+	case peering.EventDelta:
+		if g := c.peerGroup(ev.Delta.Group); g != nil {
+			g.apply(ev.Peer, ev.Delta, c.members.Load())
+		}
+	case peering.EventPurge:
+		if ev.Purge.Prefix && ev.Purge.Path == "" {
+			c.log.Warn("refused a purge of everything from a peer", zap.String("peer", ev.Peer),
+				zap.String("group", ev.Purge.Group))
+			return
+		}
+		// Re-reading from storage may take a while: not on the peer's
+		// connection goroutine, and one at a time (coalesced), so that a
+		// burst of purges costs a bounded queue, not a goroutine each.
+		select {
+		case c.purges <- ev.Purge:
+		default:
+			c.log.Warn("purge dropped: too many queued", zap.String("peer", ev.Peer),
+				zap.String("path", ev.Purge.Path), zap.Bool("prefix", ev.Purge.Prefix))
+		}
+	}
+}
+
+// checkPeerState warns, once per difference, when a peer uses another
+// ring or names its groups otherwise than this node: the files it holds in
+// the groups it lacks are then served from this node's storage.
+func (c *Cluster) checkPeerState(peer string) {
+	c.mu.Lock()
+	pv := c.peers[peer]
+	if pv == nil {
+		c.mu.Unlock()
+		return
+	}
+	ours := make([]string, 0, len(c.own))
+	for name := range c.own {
+		ours = append(ours, name)
+	}
+	theirs := make([]string, 0, len(pv.state.Groups))
+	for _, gs := range pv.state.Groups {
+		theirs = append(theirs, gs.Name)
+	}
+	sort.Strings(ours)
+	missing, extra := diff(ours, theirs), diff(theirs, ours)
+	epochDiffers := pv.state.Epoch != 0 && pv.state.Epoch != c.members.Load().Epoch()
+	key := fmt.Sprint(missing, extra, epochDiffers)
+	if key == pv.warned {
+		c.mu.Unlock()
+		return
+	}
+	pv.warned = key
+	c.mu.Unlock()
+	if len(missing) > 0 && !c.cfg.Observer {
+		c.log.Warn("groups differ between nodes: files the peer holds in a group it lacks are served from this node's storage; "+
+			"give the group the same name on every node (`group <name>` in the shardcache handler)",
+			zap.String("node", c.cfg.Name), zap.String("peer", peer),
+			zap.Strings("node_groups", ours), zap.Strings("peer_groups", theirs),
+			zap.Strings("missing_on_peer", missing), zap.Strings("only_on_peer", extra))
+	}
+	if epochDiffers {
+		c.log.Warn("peer uses another ring (its peer list or replicas differ): its table of content is not trusted; "+
+			"files it holds are served from this node's storage until the configs agree",
+			zap.String("node", c.cfg.Name), zap.String("peer", peer))
+	}
+}
+
+// diff lists the names of a that b lacks.
+func diff(a, b []string) []string {
+	var out []string
+	for _, s := range a {
+		if !slices.Contains(b, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// peerUp reports whether the peer named name is connected.
+func (c *Cluster) peerUp(name string) (up, ready bool) {
+	n := c.node.Load()
+	if n == nil {
+		return false, false
+	}
+	for _, p := range n.Peers() {
+		if p.Name == name {
+			return p.Up, p.Ready
+		}
+	}
+	return false, false
+}
+
+// peerReady reports whether the peer named name is connected and primed,
+// so worth asking for bytes.
+func (c *Cluster) peerReady(name string) bool {
+	up, ready := c.peerUp(name)
+	return up && ready
+}
+
+// trusted reports whether this node may take name's table of content for
+// group as complete: name is connected, has sent its table since, uses the
+// same ring, and has the group primed.
+func (c *Cluster) trusted(name, group string, m *Membership) bool {
+	if up, _ := c.peerUp(name); !up {
+		return false
+	}
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	pv := c.peers[name]
+	if pv == nil || !pv.synced || pv.state.Epoch != m.Epoch() {
+		return false
+	}
+	for _, gs := range pv.state.Groups {
+		if gs.Name == group {
+			return gs.Ready
+		}
+	}
+	return false
+}
+
+// Publish sends a change of one of this node's items to the peers: call it
+// from the store's OnChange.
+func (c *Cluster) Publish(group, path string, it *shard.Item) {
+	n := c.node.Load()
+	if n == nil || !c.members.Load().Owns(path) {
+		return // peers get the whole table when the group is ready
+	}
+	d := peering.Delta{Group: group}
+	if it == nil {
+		d.Deletes = []string{path}
+	} else {
+		d.Upserts = []peering.Meta{toMeta(it)}
+	}
+	n.Publish(d)
+}
+
+// Purge applies p on this node and sends it to every node connected to it.
+// It returns what it did here.
+func (c *Cluster) Purge(p peering.Purge) (dropped, refreshed int, broadcast bool) {
+	dropped, refreshed = c.purgeLocal(p)
+	if n := c.node.Load(); n != nil {
+		n.Purge(p)
+		broadcast = true
+	}
+	return dropped, refreshed, broadcast
+}
+
+// purgeLocal applies a purge on this node: it drops hot copies of the
+// path (or prefix) and re-reads the files this node holds from storage. It
+// returns the number of hot copies dropped and of files looked at.
+func (c *Cluster) purgeLocal(p peering.Purge) (dropped, refreshed int) {
+	c.mu.RLock()
+	groups := make([]*Group, 0, len(c.own))
+	for name, og := range c.own {
+		if p.Group == "" || p.Group == name {
+			groups = append(groups, og.g)
+		}
+	}
+	c.mu.RUnlock()
+	for _, g := range groups {
+		if h := g.hot.Load(); h != nil {
+			if p.Prefix {
+				dropped += h.DropPrefix(p.Path)
+			} else {
+				var old *shard.Item
+				if e, ok := g.entry(p.Path); ok {
+					old = e.Item
+				}
+				dropped += dropHot(h, p.Path, old)
+			}
+		}
+		if st := g.store.Load(); st != nil {
+			refreshed += st.Refresh(p.Path, p.Prefix)
+		}
+	}
+	return dropped, refreshed
+}
+
+// purgeLoop applies the purges peers send, one batch at a time: what
+// queued meanwhile is coalesced (the same purge twice is applied once, a
+// prefix covers the paths under it), so a node sent purges faster than it
+// can apply them never re-reads the same files once per frame.
+func (c *Cluster) purgeLoop() {
+	for {
+		var batch []peering.Purge
+		select {
+		case <-c.done:
+			return
+		case p := <-c.purges:
+			batch = append(batch, p)
+		}
+	drain:
+		for len(batch) < cap(c.purges) {
+			select {
+			case p := <-c.purges:
+				batch = append(batch, p)
+			default:
+				break drain
+			}
+		}
+		for _, p := range coalesce(batch) {
+			c.purgeLocal(p)
+		}
+	}
+}
+
+// coalesce drops the purges of a batch that another one covers.
+func coalesce(batch []peering.Purge) []peering.Purge {
+	covers := func(a, b peering.Purge) bool { // a does everything b does
+		if a.Group != "" && a.Group != b.Group {
+			return false
+		}
+		if a.Prefix {
+			return strings.HasPrefix(b.Path, a.Path)
+		}
+		return !b.Prefix && a.Path == b.Path
+	}
+	var out []peering.Purge
+	for i, b := range batch {
+		covered := false
+		for j, a := range batch {
+			if i != j && covers(a, b) && (!covers(b, a) || j < i) {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			out = append(out, b)
+		}
+	}
+	return out
+}

@@ -1,0 +1,520 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/shardcache/caddy-shardcache/peering"
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// A Group is one content tree (one root) in a cluster: this node's store
+// of the items it holds, the table of content of the items its peers hold,
+// and the hot cache of copies of their popular items.
+//
+// A group's store and hot budget are set by Cluster.Commit, when Caddy
+// commits a config; a config being provisioned only looks the group up.
+type Group struct {
+	name string
+	c    *Cluster
+
+	store atomic.Pointer[shard.Store]
+	hot   atomic.Pointer[shard.Hot]
+
+	mu      sync.RWMutex
+	toc     map[string]*Entry          // path → an item a peer holds
+	byOwner map[string]map[string]bool // peer → the paths it published
+	weight  map[string]int64           // peer → bytes of metadata it published
+
+	flight singleflight.Group
+	stats  Stats
+
+	lastNoTableLog atomic.Int64 // unix nanos of the last "no trusted table" warning
+}
+
+// Entry is an entry of the table of content: an item's metadata (Body nil)
+// and the peer that published it.
+type Entry struct {
+	Owner string
+	Item  *shard.Item
+}
+
+// Name is the group's name.
+func (g *Group) Name() string { return g.name }
+
+// Stats are the group's counters.
+func (g *Group) Stats() *Stats { return &g.stats }
+
+// Store is the store committed for the group (nil if none).
+func (g *Group) Store() *shard.Store { return g.store.Load() }
+
+// Hot is the group's hot cache (nil if none).
+func (g *Group) Hot() *shard.Hot { return g.hot.Load() }
+
+// TOCLen is the number of entries in the group's table of content.
+func (g *Group) TOCLen() int {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	return len(g.toc)
+}
+
+// setHot sizes the hot cache; a new budget starts an empty cache.
+func (g *Group) setHot(budget int64) {
+	if h := g.hot.Load(); h != nil && h.Stats().Budget == budget {
+		return
+	}
+	g.hot.Store(shard.NewHot(budget))
+}
+
+// entry answers path from the table of content.
+func (g *Group) entry(path string) (*Entry, bool) {
+	g.mu.RLock()
+	e, ok := g.toc[path]
+	g.mu.RUnlock()
+	return e, ok
+}
+
+// Resolved is what a path names in a group, as a handler sees it.
+type Resolved struct {
+	// Item is the item's metadata (and, when this node holds it, its
+	// bytes).
+	Item  *shard.Item
+	IsDir bool
+	// Remote is set when another node holds the item: its bytes come
+	// through Open.
+	Remote *Entry
+}
+
+// Resolve looks path up for a response. A path this node holds is looked
+// up in store (the handler's own); another node's path in the table of
+// content. When that table does not list the path, the answer is 404 only
+// if one of the path's holders is trusted for this group (connected,
+// primed, in the same ring, with the same group and its table of content
+// received): otherwise the table may be incomplete or for other content,
+// and store (this node's own view of storage) answers. A node never
+// answers 404 for a file its own storage has just because a peer's table
+// is missing.
+func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
+	m := g.c.members.Load()
+	if m.Owns(path) {
+		it, isDir, err := store.Lookup(path)
+		return Resolved{Item: it, IsDir: isDir}, err
+	}
+	if e, ok := g.entry(path); ok {
+		return Resolved{Item: e.Item, Remote: e}, nil
+	}
+	for _, h := range m.Holders(path) {
+		if h != g.c.cfg.Name && g.c.trusted(h, g.name, m) {
+			return Resolved{}, shard.ErrNotFound
+		}
+	}
+	it, isDir, err := store.Lookup(path)
+	if err == nil && !isDir {
+		g.stats.noTable.Add(1)
+		g.warnNoTable(path, m)
+	}
+	return Resolved{Item: it, IsDir: isDir}, err
+}
+
+// warnNoTable logs, at most once a minute per group, that a path another
+// node holds was answered from this node's storage.
+func (g *Group) warnNoTable(path string, m *Membership) {
+	now := time.Now().UnixNano()
+	last := g.lastNoTableLog.Load()
+	if now-last < int64(time.Minute) || !g.lastNoTableLog.CompareAndSwap(last, now) {
+		return
+	}
+	holders := m.Holders(path)
+	g.c.log.Warn("serving from this node's storage: no trusted table of content from the path's holders "+
+		"(down, priming, another ring, or without this group: see /shardcache/status)",
+		zap.String("group", g.name), zap.String("path", path), zap.Strings("holders", holders),
+		zap.Int64("so_far", g.stats.noTable.Load()))
+}
+
+// replace sets everything owner publishes in this group (a snapshot).
+func (g *Group) replace(owner string, items []peering.Meta, m *Membership) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for p := range g.byOwner[owner] {
+		if e := g.toc[p]; e != nil && e.Owner == owner {
+			delete(g.toc, p)
+		}
+	}
+	delete(g.byOwner, owner)
+	g.weight[owner] = 0
+	g.upsertLocked(owner, items, m, false)
+}
+
+// apply applies a delta from owner.
+func (g *Group) apply(owner string, d peering.Delta, m *Membership) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.upsertLocked(owner, d.Upserts, m, true)
+	paths := g.byOwner[owner]
+	for _, p := range d.Deletes {
+		g.dropHotLocked(p)
+		if e := g.toc[p]; e != nil && e.Owner == owner {
+			delete(g.toc, p)
+			g.weight[owner] -= metaWeight(e.Item)
+		}
+		delete(paths, p)
+	}
+}
+
+// Bounds on what one peer may publish in one group: a holder of a cluster
+// certificate must not be able to exhaust a node's memory with invented
+// entries. 4M entries is 4× the largest site a node is measured with.
+const (
+	maxEntriesPerPeer = 4 << 20
+	maxWeightPerPeer  = 1 << 30 // bytes of paths, types, ETags and versions
+)
+
+// metaWeight is what an entry's strings take.
+func metaWeight(it *shard.Item) int64 {
+	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag) + len(it.Version))
+	for _, v := range it.Variants {
+		w += int64(len(v.Encoding) + len(v.ETag))
+	}
+	return w
+}
+
+// upsertLocked adds items published by owner: only those it holds under
+// this node's ring (a peer cannot claim another node's paths or forge
+// their ETags), and no more than the per-peer bounds.
+func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, dropHot bool) {
+	paths := g.byOwner[owner]
+	if paths == nil {
+		paths = make(map[string]bool)
+		g.byOwner[owner] = paths
+	}
+	refusedRing, refusedCap := 0, 0
+	for _, meta := range items {
+		if !m.Holds(owner, meta.Path) {
+			refusedRing++
+			continue
+		}
+		it := fromMeta(meta)
+		w := metaWeight(it)
+		old := g.toc[meta.Path]
+		if !paths[meta.Path] && (len(paths) >= maxEntriesPerPeer || g.weight[owner]+w > maxWeightPerPeer) {
+			refusedCap++
+			continue
+		}
+		if dropHot {
+			g.dropHotLocked(meta.Path)
+		}
+		if old != nil && old.Owner == owner {
+			g.weight[owner] -= metaWeight(old.Item)
+		}
+		g.toc[meta.Path] = &Entry{Owner: owner, Item: it}
+		g.weight[owner] += w
+		paths[meta.Path] = true
+	}
+	if refusedRing+refusedCap > 0 {
+		g.stats.refusedEntries.Add(int64(refusedRing + refusedCap))
+		g.c.log.Warn("refused table-of-content entries from a peer",
+			zap.String("peer", owner), zap.String("group", g.name),
+			zap.Int("not_its_paths", refusedRing), zap.Int("over_cap", refusedCap),
+			zap.Int("cap_entries", maxEntriesPerPeer), zap.Int64("cap_bytes", maxWeightPerPeer))
+	}
+}
+
+// dropHotLocked drops the hot copies of the version of path the table
+// lists (a new version or a delete replaces it).
+func (g *Group) dropHotLocked(path string) {
+	h := g.hot.Load()
+	if h == nil {
+		return
+	}
+	var old *shard.Item
+	if e := g.toc[path]; e != nil {
+		old = e.Item
+	}
+	dropHot(h, path, old)
+}
+
+// prune drops the entries whose publisher no longer holds their path under
+// m (a member left, or the ring changed), and everything of peers that are
+// no longer members.
+func (g *Group) prune(m *Membership) (dropped int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for owner, paths := range g.byOwner {
+		member := m.IsMember(owner)
+		for p := range paths {
+			if member && m.Holds(owner, p) {
+				continue
+			}
+			if e := g.toc[p]; e != nil && e.Owner == owner {
+				delete(g.toc, p)
+				g.weight[owner] -= metaWeight(e.Item)
+				dropped++
+			}
+			delete(paths, p)
+		}
+		if !member {
+			delete(g.byOwner, owner)
+			delete(g.weight, owner)
+		}
+	}
+	return dropped
+}
+
+func fromMeta(m peering.Meta) *shard.Item {
+	it := &shard.Item{
+		Path:        m.Path,
+		Size:        m.Size,
+		ModTime:     m.ModTime,
+		ContentType: m.ContentType,
+		ETag:        m.ETag,
+		Version:     m.Version,
+	}
+	for _, v := range m.Variants {
+		it.Variants = append(it.Variants, shard.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	}
+	return it
+}
+
+func toMeta(it *shard.Item) peering.Meta {
+	m := peering.Meta{
+		Path:        it.Path,
+		Version:     it.Version,
+		Size:        it.Size,
+		ContentType: it.ContentType,
+		ModTime:     it.ModTime,
+		ETag:        it.ETag,
+	}
+	for _, v := range it.Variants {
+		m.Variants = append(m.Variants, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	}
+	return m
+}
+
+// Body is where a response's bytes come from: data in memory (one slice,
+// or chunks), a large item another node holds (fetched chunk by chunk), or
+// a file. A Body with a File or Remote must be closed.
+type Body struct {
+	Item   *shard.Item // the item the bytes belong to (its headers)
+	Enc    string      // their Content-Encoding
+	Data   []byte
+	Chunks shard.Chunks
+	Remote *RemoteBody
+	File   shard.File
+	Tier   Tier
+}
+
+// Close releases the body's file, or stops the remote body's fetches.
+func (b *Body) Close() {
+	if b.File != nil {
+		b.File.Close()
+	}
+	if b.Remote != nil {
+		b.Remote.Close()
+	}
+}
+
+// hotKey names a copy in the hot cache: the path for the identity bytes
+// (no allocation on a hit), the path and the encoding for a variant.
+func hotKey(path, enc string) string {
+	if enc == "" {
+		return path
+	}
+	return path + "\x00" + enc
+}
+
+// HotKey names the hot copy of path's bytes in encoding enc.
+func HotKey(path, enc string) string { return hotKey(path, enc) }
+
+// dropHot drops every copy of path (all its encodings) from h, and the
+// chunks of old (the table of content's entry for path, if any).
+func dropHot(h *shard.Hot, path string, old *shard.Item) int {
+	n := 0
+	for _, enc := range [...]string{"", "br", "zstd", "gzip"} {
+		if h.Drop(hotKey(path, enc)) {
+			n++
+		}
+		if old == nil {
+			continue
+		}
+		if size := SizeOf(old, enc); size > shard.ChunkSize && (enc == "" || Variant(old, enc) != nil) {
+			for i := range shard.NumChunks(size) {
+				if h.Drop(chunkKey(path, enc, i)) {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// Open returns the body of e's item in encoding enc for a response, first
+// from the hot cache, else from a holder over the SAN, else from store
+// (this node's own storage) when no holder can answer. rangeHdr is the
+// Range header the response will honour ("" for the whole body): of a
+// large item only the chunks it needs are fetched. The result may be a
+// newer version than e's when storage has one. The body is counted in the
+// group's stats.
+func (g *Group) Open(store *shard.Store, e *Entry, enc, rangeHdr string) (Body, error) {
+	if SizeOf(e.Item, enc) > shard.ChunkSize {
+		b, err := g.openChunked(e, enc, rangeHdr)
+		if err == nil {
+			return b, nil
+		}
+		return g.FromStorage(store, e.Item.Path, enc)
+	}
+	it := e.Item
+	data, fromHot, err := g.fetchCached(e, enc, hotKey(it.Path, enc), 0, 0)
+	if err == nil {
+		t := TierPeer
+		if fromHot {
+			t = TierHot
+		}
+		g.stats.Count(t, int64(len(data)))
+		return Body{Item: it, Enc: enc, Data: data, Tier: t}, nil
+	}
+	if c := g.c.log.Check(zap.WarnLevel, "peer fetch failed; reading from own storage"); c != nil {
+		c.Write(zap.String("group", g.name), zap.String("path", it.Path), zap.String("owner", e.Owner), zap.Error(err))
+	}
+	return g.FromStorage(store, it.Path, enc)
+}
+
+// fetchCached returns the bytes the hot cache names key, of e's item at
+// its version in encoding enc: the whole body (length 0) or the length
+// bytes at off (a chunk). They come from the hot cache (fromHot), else from
+// one fetch from a holder, shared by every request for key meanwhile, which
+// the hot cache may then keep.
+func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data []byte, fromHot bool, err error) {
+	version := e.Item.Version
+	hot := g.hot.Load()
+	if hot != nil {
+		if c, ok := hot.Get(key, version); ok {
+			return c.Body, true, nil
+		}
+	}
+	v, err, _ := g.flight.Do(key+"@"+version, func() (any, error) {
+		start := time.Now()
+		data, err := g.fetchPeer(e, enc, off, length)
+		if err == nil && length > 0 && int64(len(data)) != length {
+			err = fmt.Errorf("%s at %d: %d bytes, want %d", e.Item.Path, off, len(data), length)
+		}
+		if err == nil {
+			if f := g.c.cfg.OnPeerFetch; f != nil {
+				f(time.Since(start))
+			}
+		} else {
+			g.stats.countPeerError(err)
+		}
+		return data, err
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	data = v.([]byte)
+	if hot != nil {
+		hot.Admit(&shard.Item{Path: key, Version: version, Size: int64(len(data)), Body: data})
+	}
+	return data, false, nil
+}
+
+// fetchPeer asks the nodes that hold the item, the owner first, then its
+// replicas, skipping any that is not connected (no waiting on a dead peer)
+// or not primed yet (a priming node is sent no traffic). The attempts
+// share one deadline of their own, not the client's: one impatient client
+// must not fail the others waiting on the same fetch. length > 0 asks for
+// the length bytes at off only (a chunk).
+func (g *Group) fetchPeer(e *Entry, enc string, off, length int64) ([]byte, error) {
+	n := g.c.node.Load()
+	if n == nil {
+		return nil, peering.ErrPeerDown
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(g.c.fetchTimeout.Load()))
+	defer cancel()
+	m := g.c.members.Load()
+	err := error(peering.ErrPeerDown)
+	for _, holder := range m.Holders(e.Item.Path) {
+		if holder == g.c.cfg.Name || !g.c.peerReady(holder) {
+			continue
+		}
+		var meta peering.Meta
+		var data []byte
+		meta, data, err = n.Fetch(ctx, holder, peering.Request{
+			Group:    g.name,
+			Path:     e.Item.Path,
+			Version:  e.Item.Version,
+			Encoding: enc,
+			Epoch:    m.Epoch(),
+			Offset:   off,
+			Length:   length,
+		})
+		if err == nil && meta.Version != e.Item.Version {
+			err = fmt.Errorf("%s answered version %s, want %s", holder, meta.Version, e.Item.Version)
+		}
+		if err == nil {
+			return data, nil
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
+}
+
+// FromStorage reads path from store, this node's own view of storage: the
+// last resort, when no holder can answer. The body is counted.
+func (g *Group) FromStorage(store *shard.Store, path, enc string) (Body, error) {
+	return FromStore(store, &g.stats, path, enc)
+}
+
+// FromStore returns the body of path in encoding enc (the identity when
+// the store has no such variant) as store holds it: from memory, or an
+// open file. It counts the response in stats as TierStorage.
+func FromStore(store *shard.Store, stats *Stats, path, enc string) (Body, error) {
+	if store == nil {
+		return Body{}, shard.ErrNotFound
+	}
+	it, isDir, err := store.Lookup(path)
+	if err != nil {
+		return Body{}, err
+	}
+	if isDir {
+		return Body{}, shard.ErrNotFound
+	}
+	data, chunks, size, ok := HeldBytes(it, enc)
+	if !ok {
+		enc = "" // storage has no such sidecar: send the identity
+		data, chunks, size, _ = HeldBytes(it, enc)
+	}
+	b := Body{Item: it, Enc: enc, Data: data, Chunks: chunks, Tier: TierStorage}
+	if data == nil && chunks == nil && size > 0 {
+		f, err := store.Open(it, enc)
+		if err != nil {
+			return Body{}, err
+		}
+		b.File = f
+	}
+	stats.Count(TierStorage, size)
+	return b, nil
+}
+
+// Variant returns it's variant in encoding enc, nil if none.
+func Variant(it *shard.Item, enc string) *shard.Variant {
+	for i := range it.Variants {
+		if it.Variants[i].Encoding == enc {
+			return &it.Variants[i]
+		}
+	}
+	return nil
+}
+
+// Learn applies a peer's table-of-content delta as if it had arrived over
+// the SAN (with the same checks): for tools and tests that build a node's
+// view without a peer.
+func (g *Group) Learn(owner string, d peering.Delta) {
+	g.apply(owner, d, g.c.members.Load())
+}

@@ -1,0 +1,553 @@
+package shardcache
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/shardcache/caddy-shardcache/cluster"
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// The HTTP semantics of a response, whatever tier its bytes come from:
+// headers, preconditions (evaluated once, before any byte is fetched),
+// Range, HEAD, and writing the body.
+
+// response is one response being written: the item's header values in
+// the chosen encoding, and what the preconditions decided.
+type response struct {
+	it  *shard.Item
+	enc string
+	hv  *itemHeaders
+
+	// status is 304 or 412 when the preconditions answer the request with
+	// no body, else 0.
+	status int
+	// rangeHdr is the Range header the response honours: "" when there is
+	// none, or an If-Range does not match.
+	rangeHdr string
+	// override is the status of the error being handled when the handler
+	// serves an error page, else 0.
+	override int
+}
+
+// prepare sets the item's headers on w and evaluates the request's
+// preconditions, into resp.
+func prepare(resp *response, w http.ResponseWriter, r *http.Request, it *shard.Item, enc string) {
+	hdr := w.Header()
+	hv := headersOf(it, enc)
+	// The values are the item's own strings, but each response gets its
+	// own slices: the header directive's replace operations modify header
+	// values in place.
+	vals := headerVals()
+	own := func(i int, v string) []string {
+		vals[i] = v
+		return vals[i : i+1 : i+1]
+	}
+	// file_server always adds this to file responses, compressed or not, so
+	// that caches key on it.
+	if v, set := hdr["Vary"]; set {
+		hdr["Vary"] = append(v, "Accept-Encoding")
+	} else {
+		hdr["Vary"] = own(5, "Accept-Encoding")
+	}
+	if enc != "" {
+		hdr["Content-Encoding"] = own(0, enc)
+	} else {
+		delete(hdr, "Content-Encoding")
+	}
+	// Let an ETag or Content-Type set by an earlier handler win, as
+	// file_server does.
+	if _, set := hdr["Etag"]; !set {
+		hdr["Etag"] = own(1, hv.etag)
+	}
+	if _, set := hdr["Content-Type"]; !set {
+		if hv.contentType != "" {
+			hdr["Content-Type"] = own(2, hv.contentType)
+		} else {
+			hdr["Content-Type"] = nil // never let net/http sniff
+		}
+	}
+	*resp = response{it: it, enc: enc, hv: hv, override: errorStatus(r)}
+	if plainRequest(r) {
+		hdr["Accept-Ranges"] = own(3, "bytes")
+		if hv.lastModified != "" {
+			hdr["Last-Modified"] = own(4, hv.lastModified)
+		}
+		hdr["Content-Length"] = own(6, hv.contentLength)
+		return
+	}
+	if resp.override == 0 {
+		resp.status, resp.rangeHdr = checkPreconditions(hdr, r, hv.modTime)
+	} else {
+		resp.rangeHdr = r.Header.Get("Range")
+	}
+}
+
+// needsBody reports whether the response sends bytes: not for HEAD, nor
+// when the preconditions answered.
+func (resp *response) needsBody(r *http.Request) bool {
+	return resp.status == 0 && r.Method != http.MethodHead
+}
+
+// write sends the response: its status and headers and, unless the
+// request needs none, b's bytes (b.Data, b.Chunks, b.Remote or b.File).
+// b is the zero Body when no bytes are needed. A response never promises
+// bytes it does not send: its status and length come from the same
+// decision that fetched (or did not fetch) its body.
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, resp *response, b cluster.Body, name string) error {
+	hdr := w.Header()
+	hv := resp.hv
+	if resp.status != 0 {
+		if resp.status == http.StatusNotModified {
+			writeNotModified(hdr, hv)
+		} else if hv.lastModified != "" {
+			hdr["Last-Modified"] = []string{hv.lastModified}
+		}
+		w.WriteHeader(resp.status)
+		return nil
+	}
+	if b.Item != nil && b.Item != resp.it {
+		// Storage had a newer version than the table of content: send its
+		// headers, with its own length.
+		resp = prepareAgain(w, r, b.Item, b.Enc)
+		hv = resp.hv
+		if resp.status != 0 {
+			return h.write(w, r, resp, cluster.Body{}, name)
+		}
+	}
+
+	// The fast path: a plain GET or HEAD goes out in one write, with no
+	// parsing of conditional or Range headers, and no allocation: the
+	// header values are the item's own.
+	if b.File == nil && resp.override == 0 && plainRequest(r) &&
+		(b.Data != nil || b.Chunks != nil || b.Remote != nil || hv.size == 0 || r.Method == http.MethodHead) {
+		w.WriteHeader(http.StatusOK)
+		if r.Method == http.MethodHead {
+			return nil
+		}
+		switch {
+		case b.Chunks != nil:
+			_, _ = shard.NewChunksReader(b.Chunks).WriteTo(w)
+		case b.Remote != nil:
+			_, _ = b.Remote.WriteTo(w)
+			if err := b.Remote.Err(); err != nil {
+				h.cutShort(resp.it, err)
+			}
+		default:
+			_, _ = w.Write(b.Data)
+		}
+		return nil
+	}
+	if resp.enc != "" && resp.rangeHdr == "" {
+		// net/http does not set Content-Length when Content-Encoding is
+		// set (caddyserver/caddy#7040); file_server sets it too.
+		hdr["Content-Length"] = []string{hv.contentLength}
+	}
+	var content io.ReadSeeker
+	switch {
+	case b.File != nil:
+		content = b.File
+	case b.Chunks != nil:
+		content = shard.NewChunksReader(b.Chunks)
+	case b.Remote != nil:
+		content = b.Remote
+	case b.Data != nil || hv.size == 0:
+		content = bytes.NewReader(b.Data)
+	default:
+		content = noBody(hv.size) // HEAD: never read
+	}
+	http.ServeContent(overrideStatus(w, resp.override), r, name, hv.modTime, content)
+	if b.Remote != nil {
+		if err := b.Remote.Err(); err != nil {
+			h.cutShort(resp.it, err)
+		}
+	}
+	return nil
+}
+
+// prepareAgain redoes prepare for another item (a newer version).
+func prepareAgain(w http.ResponseWriter, r *http.Request, it *shard.Item, enc string) *response {
+	hdr := w.Header()
+	for _, k := range [...]string{"Etag", "Content-Type", "Last-Modified", "Content-Length", "Accept-Ranges"} {
+		delete(hdr, k)
+	}
+	if v := hdr["Vary"]; len(v) > 0 && v[len(v)-1] == "Accept-Encoding" {
+		hdr["Vary"] = v[:len(v)-1]
+		if len(hdr["Vary"]) == 0 {
+			delete(hdr, "Vary")
+		}
+	}
+	resp := new(response)
+	prepare(resp, w, r, it, enc)
+	return resp
+}
+
+// cutShort logs a response whose body could not be completed after its
+// headers were sent: net/http closes the connection (the body is shorter
+// than its Content-Length), so the client sees the failure and no cache
+// keeps the partial body. A client that hangs up is not logged here: the
+// remote body's error is set only when the cluster could not supply a
+// chunk.
+func (h *Handler) cutShort(it *shard.Item, err error) {
+	h.logger.Error("response cut short: a chunk of a large item could not be fetched",
+		zap.String("path", it.Path), zap.Error(err))
+}
+
+// The preconditions of RFC 9110 section 13, evaluated as net/http's
+// ServeContent does (its checkPreconditions, in net/http/fs.go), so that
+// the decision taken before fetching a body is the one the response then
+// carries, on every tier. modTime is zero when it is not a useful
+// validator (Unix time 0 or 1, as file_server treats it).
+
+type condResult int
+
+const (
+	condNone condResult = iota
+	condTrue
+	condFalse
+)
+
+// checkPreconditions returns 412 or 304 when the preconditions answer the
+// request, else 0 and the Range header to honour ("" when If-Range does
+// not match). hdr holds the response's ETag.
+func checkPreconditions(hdr http.Header, r *http.Request, modTime time.Time) (status int, rangeHdr string) {
+	etag := ""
+	if v := hdr["Etag"]; len(v) > 0 {
+		etag = v[0]
+	}
+	ch := checkIfMatch(r, etag)
+	if ch == condNone {
+		ch = checkIfUnmodifiedSince(r, modTime)
+	}
+	if ch == condFalse {
+		return http.StatusPreconditionFailed, ""
+	}
+	switch checkIfNoneMatch(r, etag) {
+	case condFalse:
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			return http.StatusNotModified, ""
+		}
+		return http.StatusPreconditionFailed, ""
+	case condNone:
+		if checkIfModifiedSince(r, modTime) == condFalse {
+			return http.StatusNotModified, ""
+		}
+	}
+	rangeHdr = r.Header.Get("Range")
+	if rangeHdr != "" && checkIfRange(r, etag, modTime) == condFalse {
+		rangeHdr = ""
+	}
+	return 0, rangeHdr
+}
+
+// writeNotModified trims the headers of a 304 as net/http does: no
+// representation metadata but what guides cache updates.
+func writeNotModified(hdr http.Header, hv *itemHeaders) {
+	delete(hdr, "Content-Type")
+	delete(hdr, "Content-Length")
+	delete(hdr, "Content-Encoding")
+	delete(hdr, "Accept-Ranges")
+	if len(hdr["Etag"]) > 0 && hdr["Etag"][0] != "" {
+		delete(hdr, "Last-Modified")
+	} else if hv.lastModified != "" {
+		hdr["Last-Modified"] = []string{hv.lastModified}
+	}
+}
+
+func checkIfMatch(r *http.Request, etag string) condResult {
+	im := r.Header.Get("If-Match")
+	if im == "" {
+		return condNone
+	}
+	for {
+		im = textproto.TrimString(im)
+		if len(im) == 0 {
+			break
+		}
+		if im[0] == ',' {
+			im = im[1:]
+			continue
+		}
+		if im[0] == '*' {
+			return condTrue
+		}
+		tag, remain := scanETag(im)
+		if tag == "" {
+			break
+		}
+		if etagStrongMatch(tag, etag) {
+			return condTrue
+		}
+		im = remain
+	}
+	return condFalse
+}
+
+func checkIfUnmodifiedSince(r *http.Request, modTime time.Time) condResult {
+	ius := r.Header.Get("If-Unmodified-Since")
+	if ius == "" || isZeroTime(modTime) {
+		return condNone
+	}
+	t, err := http.ParseTime(ius)
+	if err != nil {
+		return condNone
+	}
+	// Last-Modified has no sub-second precision.
+	if modTime.Truncate(time.Second).Compare(t) <= 0 {
+		return condTrue
+	}
+	return condFalse
+}
+
+func checkIfNoneMatch(r *http.Request, etag string) condResult {
+	inm := r.Header.Get("If-None-Match")
+	if inm == "" {
+		return condNone
+	}
+	buf := inm
+	for {
+		buf = textproto.TrimString(buf)
+		if len(buf) == 0 {
+			break
+		}
+		if buf[0] == ',' {
+			buf = buf[1:]
+			continue
+		}
+		if buf[0] == '*' {
+			return condFalse
+		}
+		tag, remain := scanETag(buf)
+		if tag == "" {
+			break
+		}
+		if etagWeakMatch(tag, etag) {
+			return condFalse
+		}
+		buf = remain
+	}
+	return condTrue
+}
+
+func checkIfModifiedSince(r *http.Request, modTime time.Time) condResult {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return condNone
+	}
+	ims := r.Header.Get("If-Modified-Since")
+	if ims == "" || isZeroTime(modTime) {
+		return condNone
+	}
+	t, err := http.ParseTime(ims)
+	if err != nil {
+		return condNone
+	}
+	if modTime.Truncate(time.Second).Compare(t) <= 0 {
+		return condFalse
+	}
+	return condTrue
+}
+
+func checkIfRange(r *http.Request, etag string, modTime time.Time) condResult {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return condNone
+	}
+	ir := r.Header.Get("If-Range")
+	if ir == "" {
+		return condNone
+	}
+	if tag, _ := scanETag(ir); tag != "" {
+		if etagStrongMatch(tag, etag) {
+			return condTrue
+		}
+		return condFalse
+	}
+	// The If-Range value may also be a date.
+	if modTime.IsZero() {
+		return condFalse
+	}
+	t, err := http.ParseTime(ir)
+	if err != nil {
+		return condFalse
+	}
+	if t.Unix() == modTime.Unix() {
+		return condTrue
+	}
+	return condFalse
+}
+
+var unixEpoch = time.Unix(0, 0)
+
+func isZeroTime(t time.Time) bool { return t.IsZero() || t.Equal(unixEpoch) }
+
+// scanETag returns the syntactically valid ETag at the start of s, and
+// the rest of s; "", "" when there is none.
+func scanETag(s string) (etag string, remain string) {
+	s = textproto.TrimString(s)
+	start := 0
+	if strings.HasPrefix(s, "W/") {
+		start = 2
+	}
+	if len(s[start:]) < 2 || s[start] != '"' {
+		return "", ""
+	}
+	for i := start + 1; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == 0x21 || c >= 0x23 && c <= 0x7E || c >= 0x80:
+		case c == '"':
+			return s[:i+1], s[i+1:]
+		default:
+			return "", ""
+		}
+	}
+	return "", ""
+}
+
+func etagStrongMatch(a, b string) bool { return a == b && a != "" && a[0] == '"' }
+
+func etagWeakMatch(a, b string) bool {
+	return strings.TrimPrefix(a, "W/") == strings.TrimPrefix(b, "W/")
+}
+
+// headerVals returns room for the 7 header values of one response (each
+// used as a slice of length and capacity 1, so that an append never reaches
+// the next). They are cut from shared arrays of valsPerSlab responses, as
+// net/textproto does for request headers: one allocation per valsPerSlab
+// responses rather than one per response. An array lives as long as a
+// header map still refers to any part of it.
+func headerVals() []string {
+	s := slabs.Get().(*valSlab)
+	if len(s.vals) < 7 {
+		s.vals = make([]string, 7*valsPerSlab)
+	}
+	v := s.vals[:7:7]
+	s.vals = s.vals[7:]
+	slabs.Put(s)
+	return v
+}
+
+const valsPerSlab = 64
+
+type valSlab struct{ vals []string }
+
+var slabs = sync.Pool{New: func() any { return new(valSlab) }}
+
+// itemHeaders are the response header values of one encoding of an item,
+// built once.
+type itemHeaders struct {
+	etag, contentType, contentLength, lastModified string
+
+	size    int64
+	modTime time.Time // zero when not a useful validator
+}
+
+// headersOf returns the header values of it in encoding enc ("" identity,
+// else one of it.Variants), building them on first use.
+func headersOf(it *shard.Item, enc string) *itemHeaders {
+	all, _ := it.Memo.Load().([]itemHeaders)
+	if len(all) != 1+len(it.Variants) {
+		all = make([]itemHeaders, 1+len(it.Variants))
+		modTime := it.ModTime
+		if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
+			modTime = time.Time{}
+		}
+		lastModified := ""
+		if !modTime.IsZero() {
+			lastModified = modTime.UTC().Format(http.TimeFormat)
+		}
+		for i := range all {
+			etag, size := it.ETag, it.Size
+			if i > 0 {
+				etag, size = it.Variants[i-1].ETag, it.Variants[i-1].Size
+			}
+			all[i] = itemHeaders{
+				etag:          etag,
+				contentType:   it.ContentType,
+				contentLength: strconv.FormatInt(size, 10),
+				lastModified:  lastModified,
+				size:          size,
+				modTime:       modTime,
+			}
+		}
+		it.Memo.Store(all) // a concurrent first use builds the same values
+	}
+	if enc != "" {
+		for i := range it.Variants {
+			if it.Variants[i].Encoding == enc {
+				return &all[i+1]
+			}
+		}
+	}
+	return &all[0]
+}
+
+// noBody stands for bytes of a known size that are never read: it lets
+// http.ServeContent answer HEAD from metadata alone.
+type noBody int64
+
+func (n noBody) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekEnd:
+		return int64(n) + offset, nil
+	default:
+		return offset, nil
+	}
+}
+
+func (noBody) Read([]byte) (int, error) { return 0, errors.New("shardcache: body not fetched") }
+
+var allowGetHead = []string{"GET, HEAD"}
+
+// plainRequest reports whether r carries none of the headers that make
+// http.ServeContent do more than send the whole body.
+func plainRequest(r *http.Request) bool {
+	h := r.Header
+	return len(h["Range"]) == 0 &&
+		len(h["If-None-Match"]) == 0 &&
+		len(h["If-Modified-Since"]) == 0 &&
+		len(h["If-Match"]) == 0 &&
+		len(h["If-Unmodified-Since"]) == 0
+}
+
+// errorStatus returns the status of the error being handled when the
+// handler runs in an error route (to serve an error page), else 0.
+func errorStatus(r *http.Request) int {
+	reqErr, ok := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
+	if !ok {
+		return 0
+	}
+	var herr caddyhttp.HandlerError
+	if errors.As(reqErr, &herr) && herr.StatusCode > 0 {
+		return herr.StatusCode
+	}
+	return http.StatusInternalServerError
+}
+
+// overrideStatus wraps w so that a 200 from http.ServeContent becomes code,
+// when code is not 0.
+func overrideStatus(w http.ResponseWriter, code int) http.ResponseWriter {
+	if code == 0 {
+		return w
+	}
+	return statusWriter{ResponseWriter: w, code: code}
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s statusWriter) WriteHeader(int) { s.ResponseWriter.WriteHeader(s.code) }
+
+func (s statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
