@@ -177,7 +177,9 @@ func (i *leafIssuer) issue(cas []*x509.Certificate) (*Credentials, error) {
 		return nil, err
 	}
 	c.issuer = i
-	c.renewAt = now.Add(i.validity - i.validity/3)
+	// From the NotAfter the certificate carries: it holds whole seconds.
+	left := c.cert.Leaf.NotAfter.Sub(now)
+	c.renewAt = c.cert.Leaf.NotAfter.Add(-left / 3)
 	return c, nil
 }
 
