@@ -97,7 +97,7 @@ func (n *Node) dial(p *peer) (*quic.Conn, error) {
 	}
 	qc := *n.qconf
 	qc.MaxIncomingStreams = -1 // the acceptor never opens streams to us
-	return n.tr.Dial(p.ctx, addr, n.cfg.TLS.ClientConfig(p.name), &qc)
+	return n.tr.Dial(p.ctx, addr, n.clientTLS(p.name), &qc)
 }
 
 // session runs the control stream of a fresh connection to p: HELLO both

@@ -1,6 +1,7 @@
 package peering
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/hkdf"
@@ -9,13 +10,19 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"os"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // The cluster CA derived from a secret is fully determined by the secret:
@@ -31,7 +38,9 @@ var (
 )
 
 // leafValidity is how long a leaf issued by IssueLeaf is valid. Leaves are
-// issued afresh at every start, so this only bounds a leaked key's use.
+// issued afresh at every start, and a running Node re-issues its own when
+// less than a third of this is left (see Node.credentials), so this only
+// bounds a leaked key's use.
 const leafValidity = 365 * 24 * time.Hour
 
 // minSecretLen is the shortest secret CAFromSecret accepts.
@@ -92,6 +101,11 @@ func skid(pub ed25519.PublicKey) []byte {
 // valid for a year. The name is what peers dial (TLS ServerName) and what the
 // node's HELLO must carry, so it must be a valid DNS name ("n1", "cache-2").
 func IssueLeaf(ca *x509.Certificate, caKey crypto.Signer, nodeName string) (tls.Certificate, error) {
+	return issueLeaf(ca, caKey, nodeName, time.Now(), leafValidity)
+}
+
+// issueLeaf is IssueLeaf at time now for validity.
+func issueLeaf(ca *x509.Certificate, caKey crypto.Signer, nodeName string, now time.Time, validity time.Duration) (tls.Certificate, error) {
 	if nodeName == "" {
 		return tls.Certificate{}, errors.New("issuing node certificate: empty node name")
 	}
@@ -103,13 +117,12 @@ func IssueLeaf(ca *x509.Certificate, caKey crypto.Signer, nodeName string) (tls.
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("generating serial: %w", err)
 	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{Organization: []string{"shardcache"}, CommonName: nodeName},
 		DNSNames:     []string{nodeName},
 		NotBefore:    now.Add(-time.Hour), // tolerate clock skew between nodes
-		NotAfter:     now.Add(leafValidity),
+		NotAfter:     now.Add(validity),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
@@ -125,10 +138,60 @@ func IssueLeaf(ca *x509.Certificate, caKey crypto.Signer, nodeName string) (tls.
 }
 
 // Credentials are a node's TLS identity in the cluster: its leaf and the
-// CAs that peers' leaves must chain to. Immutable once built.
+// CAs that peers' leaves must chain to. Immutable once built: a Node swaps
+// whole Credentials (Node.SetCredentials, or its own renewal of a leaf
+// derived from a secret), so a handshake always sees a leaf and a CA pool
+// that belong together.
 type Credentials struct {
 	cert  tls.Certificate
 	roots *x509.CertPool
+	cas   []*x509.Certificate
+
+	// issuer, if set, can re-issue the leaf: the credentials come from a
+	// secret. renewAt is when the leaf is due for renewal: when a third of
+	// its validity is left.
+	issuer  *leafIssuer
+	renewAt time.Time
+}
+
+// leafIssuer re-issues a node's leaf from the cluster CA derived from the
+// secret. It keeps the CA key in memory, as CredentialsFromSecret derives
+// it anyway.
+type leafIssuer struct {
+	ca       *x509.Certificate
+	key      crypto.Signer
+	name     string
+	validity time.Duration    // leafValidity; tests shorten it
+	now      func() time.Time // time.Now; tests replace it
+}
+
+// issue returns credentials with a fresh leaf from i, trusting cas.
+func (i *leafIssuer) issue(cas []*x509.Certificate) (*Credentials, error) {
+	now := i.now()
+	leaf, err := issueLeaf(i.ca, i.key, i.name, now, i.validity)
+	if err != nil {
+		return nil, err
+	}
+	c, err := NewCredentials(leaf, cas...)
+	if err != nil {
+		return nil, err
+	}
+	c.issuer = i
+	// From the NotAfter the certificate carries: it holds whole seconds.
+	left := c.cert.Leaf.NotAfter.Sub(now)
+	c.renewAt = c.cert.Leaf.NotAfter.Add(-left / 3)
+	return c, nil
+}
+
+// renewDue reports whether c's leaf can and should be re-issued.
+func (c *Credentials) renewDue() bool {
+	return c.issuer != nil && !c.issuer.now().Before(c.renewAt)
+}
+
+// expired reports whether c's leaf is past its NotAfter, by the issuer's
+// clock (only asked of renewable credentials).
+func (c *Credentials) expired() bool {
+	return c.issuer.now().After(c.cert.Leaf.NotAfter)
 }
 
 // NewCredentials builds credentials from a leaf (with Leaf set or parsable)
@@ -151,21 +214,26 @@ func NewCredentials(cert tls.Certificate, cas ...*x509.Certificate) (*Credential
 	for _, ca := range cas {
 		pool.AddCert(ca)
 	}
-	return &Credentials{cert: cert, roots: pool}, nil
+	return &Credentials{cert: cert, roots: pool, cas: slices.Clone(cas)}, nil
 }
 
 // CredentialsFromSecret derives the cluster CA from secret and issues a leaf
-// for nodeName: the `secret` option.
+// for nodeName: the `secret` option. The credentials keep the CA and its key
+// (in memory only), so that a Node using them re-issues its own leaf when
+// less than a third of its year of validity is left.
 func CredentialsFromSecret(secret, nodeName string) (*Credentials, error) {
+	return credentialsFromSecret(secret, nodeName, leafValidity, time.Now)
+}
+
+// credentialsFromSecret is CredentialsFromSecret with leaves valid for
+// validity by the clock now.
+func credentialsFromSecret(secret, nodeName string, validity time.Duration, now func() time.Time) (*Credentials, error) {
 	ca, key, err := CAFromSecret(secret)
 	if err != nil {
 		return nil, err
 	}
-	leaf, err := IssueLeaf(ca, key, nodeName)
-	if err != nil {
-		return nil, err
-	}
-	return NewCredentials(leaf, ca)
+	i := &leafIssuer{ca: ca, key: key, name: nodeName, validity: validity, now: now}
+	return i.issue([]*x509.Certificate{ca})
 }
 
 // CredentialsFromFiles loads a PEM certificate (chain) and key and a PEM
@@ -205,6 +273,64 @@ func CredentialsFromFiles(certFile, keyFile, caFile string) (*Credentials, error
 // Names returns the DNS names the leaf certifies.
 func (c *Credentials) Names() []string { return slices.Clone(c.cert.Leaf.DNSNames) }
 
+// checkName is the check Listen and SetCredentials make: the leaf names the
+// node.
+func (c *Credentials) checkName(name string) error {
+	if c == nil {
+		return errors.New("peering: TLS credentials required")
+	}
+	if !slices.Contains(c.cert.Leaf.DNSNames, name) {
+		return fmt.Errorf("peering: node certificate does not name node %q (DNS names %v)", name, c.cert.Leaf.DNSNames)
+	}
+	return nil
+}
+
+// Fingerprint is a SHA-256 over what the credentials present and trust:
+// the leaf's chain (DER, in order), the private key's public key and the
+// CAs (DER, in any order). Credentials loaded twice from unchanged files
+// have the same fingerprint; a changed certificate, key or CA bundle gives
+// another. Credentials from a secret carry a fresh leaf each time, so two
+// of them never match: compare secrets instead.
+func (c *Credentials) Fingerprint() string {
+	h := sha256.New()
+	field := func(tag byte, b []byte) {
+		var n [9]byte
+		n[0] = tag
+		binary.BigEndian.PutUint64(n[1:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	for _, der := range c.cert.Certificate {
+		field('C', der)
+	}
+	if s, ok := c.cert.PrivateKey.(crypto.Signer); ok {
+		if pub, err := x509.MarshalPKIXPublicKey(s.Public()); err == nil {
+			field('K', pub)
+		} else {
+			field('k', []byte(fmt.Sprintf("%T", s.Public())))
+		}
+	}
+	cas := make([][]byte, len(c.cas))
+	for i, ca := range c.cas {
+		cas[i] = ca.Raw
+	}
+	slices.SortFunc(cas, bytes.Compare)
+	cas = slices.CompactFunc(cas, bytes.Equal)
+	for _, der := range cas {
+		field('A', der)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// Equal reports whether c and o present the same leaf chain and key and
+// trust the same CAs (see Fingerprint). Two nil Credentials are equal.
+func (c *Credentials) Equal(o *Credentials) bool {
+	if c == nil || o == nil {
+		return c == o
+	}
+	return c == o || c.Fingerprint() == o.Fingerprint()
+}
+
 // ServerConfig is the TLS configuration for accepting peers: TLS 1.3 only,
 // ALPN shardcache/1, and a client certificate from the cluster CA required.
 func (c *Credentials) ServerConfig() *tls.Config {
@@ -232,4 +358,100 @@ func (c *Credentials) ClientConfig(serverName string) *tls.Config {
 		RootCAs:      c.roots,
 		ServerName:   serverName,
 	}
+}
+
+// nodeCreds holds a running Node's current Credentials. Handshakes read
+// them without a lock; mu serialises renewals and swaps.
+type nodeCreds struct {
+	cur      atomic.Pointer[Credentials]
+	mu       sync.Mutex
+	renewals atomic.Int64 // leaves re-issued, for tests and logs
+}
+
+// Credentials returns the node's current credentials: Config.TLS, those of
+// the last SetCredentials, or the same with a leaf the node re-issued
+// itself (credentials from a secret). Compare them with Equal to tell
+// whether credentials loaded again from files changed.
+func (n *Node) Credentials() *Credentials { return n.tlsCreds.cur.Load() }
+
+// SetCredentials makes c the node's credentials for every handshake from
+// now on, accepted or dialled: new connections present c's leaf and check
+// peers against c's CAs. Established connections are kept as they are.
+// The leaf must name the node, as Listen checks of Config.TLS; if it does
+// not, the credentials in use stay and the error lists the names found.
+// Credentials from a secret keep renewing their leaf.
+func (n *Node) SetCredentials(c *Credentials) error {
+	if err := c.checkName(n.cfg.Name); err != nil {
+		return err
+	}
+	n.tlsCreds.mu.Lock()
+	n.tlsCreds.cur.Store(c)
+	n.tlsCreds.mu.Unlock()
+	n.log.Info("node credentials replaced",
+		zap.Strings("names", c.cert.Leaf.DNSNames),
+		zap.Time("not_after", c.cert.Leaf.NotAfter),
+		zap.String("fingerprint", c.Fingerprint()))
+	return nil
+}
+
+// credentials returns the credentials for a handshake starting now. If
+// they come from a secret and their leaf is due for renewal, it first
+// re-issues the leaf (a key generation and a signature: well under a
+// millisecond), once: a handshake that finds another one renewing goes on
+// with the current leaf, which is still valid for a third of its life,
+// unless it has expired, in which case it waits for the new one.
+func (n *Node) credentials() *Credentials {
+	nc := &n.tlsCreds
+	c := nc.cur.Load()
+	if !c.renewDue() {
+		return c
+	}
+	if c.expired() {
+		nc.mu.Lock()
+	} else if !nc.mu.TryLock() {
+		return c
+	}
+	defer nc.mu.Unlock()
+	c = nc.cur.Load() // renewed or replaced meanwhile?
+	if !c.renewDue() {
+		return c
+	}
+	renewed, err := c.issuer.issue(c.cas)
+	if err != nil {
+		// Keep the old leaf; the next handshake tries again.
+		n.log.Error("renewing node certificate", zap.Error(err),
+			zap.Time("not_after", c.cert.Leaf.NotAfter))
+		return c
+	}
+	nc.cur.Store(renewed)
+	nc.renewals.Add(1)
+	n.log.Info("node certificate renewed",
+		zap.String("serial", renewed.cert.Leaf.SerialNumber.Text(16)),
+		zap.Time("not_after", renewed.cert.Leaf.NotAfter),
+		zap.Time("renew_at", renewed.renewAt))
+	return renewed
+}
+
+// serverTLS is the listener's TLS configuration: each handshake gets
+// ServerConfig of the credentials current at that moment (leaf and client
+// CA pool together). The fields set here only make the outer configuration
+// fail closed should it ever be used as is: no certificate, and an empty
+// pool that verifies no client.
+func (n *Node) serverTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		NextProtos:             []string{ALPN},
+		ClientAuth:             tls.RequireAndVerifyClientCert,
+		ClientCAs:              x509.NewCertPool(),
+		SessionTicketsDisabled: true,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			return n.credentials().ServerConfig(), nil
+		},
+	}
+}
+
+// clientTLS is the TLS configuration of one dial to the peer named
+// serverName, from the credentials current at that moment.
+func (n *Node) clientTLS(serverName string) *tls.Config {
+	return n.credentials().ClientConfig(serverName)
 }

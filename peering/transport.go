@@ -25,7 +25,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -179,6 +178,7 @@ type Config struct {
 	Peers []Peer
 
 	// TLS is this node's identity and the cluster CA. Required.
+	// Node.SetCredentials changes them later.
 	TLS *Credentials
 
 	// Backend serves fetches and the table of content. nil (an observer)
@@ -357,6 +357,8 @@ type Node struct {
 
 	inflight inflight
 
+	tlsCreds nodeCreds // current TLS credentials (tls.go)
+
 	mu        sync.Mutex
 	inbound   map[*quic.Conn]struct{}
 	subs      map[*subscriber]struct{}
@@ -378,8 +380,8 @@ func Listen(cfg Config) (*Node, error) {
 			return nil, fmt.Errorf("peering: LAN address %.64q: %v", cfg.Lan, err)
 		}
 	}
-	if !slices.Contains(cfg.TLS.cert.Leaf.DNSNames, cfg.Name) {
-		return nil, fmt.Errorf("peering: node certificate does not name node %q (DNS names %v)", cfg.Name, cfg.TLS.cert.Leaf.DNSNames)
+	if err := cfg.TLS.checkName(cfg.Name); err != nil {
+		return nil, err
 	}
 	if cfg.FetchTimeout <= 0 {
 		cfg.FetchTimeout = DefaultFetchTimeout
@@ -428,7 +430,8 @@ func Listen(cfg Config) (*Node, error) {
 	}
 	n.pc = pc
 	n.tr = &quic.Transport{Conn: pc}
-	ln, err := n.tr.Listen(cfg.TLS.ServerConfig(), n.qconf)
+	n.tlsCreds.cur.Store(cfg.TLS)
+	ln, err := n.tr.Listen(n.serverTLS(), n.qconf)
 	if err != nil {
 		n.tr.Close()
 		pc.Close()
