@@ -81,8 +81,6 @@ type PeerState struct {
 	// advertised none or never connected. Kept while the peer is down, and
 	// when SetPeers changes its address.
 	Lan string
-	// State is the peer's last advertised state (shim).
-	State State
 }
 
 // EventKind says what an Event reports.
@@ -149,8 +147,6 @@ type Event struct {
 	Delta Delta
 	// Purge is set for EventPurge.
 	Purge Purge
-	// State is set for EventUp and EventState (shim).
-	State State
 }
 
 // Config configures a Node. Zero durations and sizes mean the defaults.
@@ -195,9 +191,6 @@ type Config struct {
 
 	// Logger receives connection events; nil means no logs.
 	Logger *zap.Logger
-
-	// State is the initial state (shim).
-	State State
 
 	// FetchTimeout bounds a Fetch whose context has no earlier deadline.
 	// Default 2s.
