@@ -339,7 +339,7 @@ func (n *Node) writeQueue(str *quic.Stream, q *outQueue, conn *quic.Conn, stop <
 
 // hello is this node's HELLO, sent by both sides of a control stream.
 func (n *Node) hello() *hello {
-	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load()}
+	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load(), State: *n.state.Load()}
 }
 
 // writeSnapshot sends the backend's table of content as TOC frames, in

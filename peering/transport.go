@@ -8,12 +8,13 @@
 // Backend, and keeps every peer informed of the items it owns: on connect it
 // sends a snapshot of its table of content, then deltas (Publish) and
 // ready-state changes (PublishReady). It advertises where its HTTP site is
-// reached (Config.Lan) and passes purges to every node it is connected to
-// (Purge). What it learns from peers arrives as Events.
+// reached (Config.Lan) and its State (the ring epoch it uses and its
+// content groups, Config.State), and passes purges to every node it is
+// connected to (Purge). What it learns from peers arrives as Events.
 //
-// The peer list and the advertised LAN address can change while the Node
-// runs (SetPeers, SetLan): a configuration reload keeps the socket and the
-// connections that did not change.
+// The peer list, the advertised LAN address and State can change while the
+// Node runs (SetPeers, SetLan, SetState): a configuration reload keeps the
+// socket and the connections that did not change.
 //
 // The package imports no Caddy package and not the shard package: it takes a
 // *zap.Logger and a Config, and the application plugs its store in as a
@@ -26,6 +27,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,6 +84,11 @@ type PeerState struct {
 	// advertised none or never connected. Kept while the peer is down, and
 	// when SetPeers changes its address.
 	Lan string
+	// State is the State the peer advertised in its last HELLO (its
+	// Config.State) or since (its SetState); zero if it advertised none or
+	// never connected. Kept while the peer is down, and when SetPeers
+	// changes its address, like Lan.
+	State State
 }
 
 // EventKind says what an Event reports.
@@ -105,6 +112,10 @@ const (
 	// EventPurge: a node asked us to drop cached content (Node.Purge).
 	// The sender may be a configured peer or an observer.
 	EventPurge
+	// EventState: a peer's State changed (its Node.SetState); State is
+	// the new one. Ordered with the peer's other events: what the peer
+	// published before its SetState arrives before it.
+	EventState
 )
 
 // String names the kind, for logs.
@@ -122,6 +133,8 @@ func (k EventKind) String() string {
 		return "delta"
 	case EventPurge:
 		return "purge"
+	case EventState:
+		return "state"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -142,6 +155,9 @@ type Event struct {
 	Ready bool
 	// Lan is set for EventUp: the peer's advertised Config.Lan.
 	Lan string
+	// State is set for EventUp (from the peer's HELLO) and EventState.
+	// The callback may keep it: it is not modified afterwards.
+	State State
 	// Snapshot is set for EventSnapshot.
 	Snapshot []GroupTOC
 	// Delta is set for EventDelta.
@@ -165,6 +181,12 @@ type Config struct {
 	// observers report it in PeerState.Lan. At most 1024 bytes.
 	// Node.SetLan changes it later.
 	Lan string
+
+	// State is what this node initially advertises about its ring and
+	// groups (see State for its bounds; Listen refuses a State that breaks
+	// them). Groups are sorted by name here if they are not. Node.SetState
+	// changes it later.
+	State State
 
 	// PacketConn, if set, is the socket to use instead of binding Addr.
 	// The Node closes it on Close.
@@ -347,6 +369,9 @@ type Node struct {
 	// lan is the advertised LAN address (Config.Lan, then SetLan); stored
 	// under mu.
 	lan atomic.Pointer[string]
+	// state is the advertised State (Config.State, then SetState); stored
+	// under mu, never modified once stored.
+	state atomic.Pointer[State]
 
 	inflight inflight
 
@@ -370,6 +395,10 @@ func Listen(cfg Config) (*Node, error) {
 		if err := checkLan(cfg.Lan); err != nil {
 			return nil, fmt.Errorf("peering: LAN address %.64q: %v", cfg.Lan, err)
 		}
+	}
+	state, err := normState(cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("peering: state: %v", err)
 	}
 	if !slices.Contains(cfg.TLS.cert.Leaf.DNSNames, cfg.Name) {
 		return nil, fmt.Errorf("peering: node certificate does not name node %q (DNS names %v)", cfg.Name, cfg.TLS.cert.Leaf.DNSNames)
@@ -407,6 +436,7 @@ func Listen(cfg Config) (*Node, error) {
 	n.peers.Store(&peerTable{})
 	lan := cfg.Lan
 	n.lan.Store(&lan)
+	n.state.Store(&state)
 	peers, err := checkPeers(cfg.Name, cfg.Peers)
 	if err != nil {
 		return nil, err
@@ -571,6 +601,7 @@ func (n *Node) newPeer(w Peer, prev *peer) *peer {
 	p.ctx, p.cancel = context.WithCancelCause(n.ctx)
 	if prev != nil {
 		p.lan.Store(prev.lan.Load())
+		p.st.Store(prev.st.Load())
 		p.lastSeen.Store(prev.lastSeen.Load())
 	}
 	return p
@@ -606,6 +637,63 @@ func (n *Node) SetLan(lan string) error {
 	}
 	n.log.Info("advertised LAN address changed", zap.String("lan", lan))
 	return nil
+}
+
+// SetState changes the State this node advertises (Config.State). It is
+// stored, sent in a STATE control frame to every node that dialled this
+// one (peers and observers), through the same ordered queue as Publish and
+// PublishReady: what was published before SetState reaches them before
+// the new State, and they raise an EventState and report it in
+// PeerState.State. Nodes that connect later get it in HELLO. A State equal
+// to the current one sends nothing.
+//
+// s is copied; its groups are sorted by name if they are not. A State that
+// breaks the bounds (more than 256 groups, a group name empty or over 1024
+// bytes, a name listed twice, over about 60 KiB encoded) is logged as an
+// error and ignored: the node keeps advertising its current State. Safe to
+// call concurrently with every other method.
+func (n *Node) SetState(s State) {
+	s, err := normState(s)
+	if err != nil {
+		n.log.Error("SetState: state refused; keeping the current one", zap.Int("groups", len(s.Groups)), zap.Error(err))
+		return
+	}
+	b, err := appendStateFrame(nil, &s)
+	if err != nil { // cannot happen: normState checked it
+		n.log.Error("SetState: encoding state", zap.Error(err))
+		return
+	}
+	// Stored and sent under mu, like SetLan: a subscriber registered
+	// before gets the frame after everything broadcast before it, one
+	// registered after reads the new State for its HELLO.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.Load().Equal(s) {
+		return
+	}
+	n.state.Store(&s)
+	for sub := range n.subs {
+		sub.enqueue(b)
+	}
+	n.log.Info("advertised state changed", zap.Uint64("epoch", s.Epoch), zap.Int("groups", len(s.Groups)))
+}
+
+// State returns the State this node advertises: a copy, the caller's to
+// keep.
+func (n *Node) State() State { return n.state.Load().Clone() }
+
+// normState returns a copy of s with its groups sorted by name, or an
+// error if it breaks the bounds (checkState).
+func normState(s State) (State, error) {
+	s = s.Clone()
+	if len(s.Groups) == 0 {
+		s.Groups = nil
+	}
+	slices.SortFunc(s.Groups, func(a, b GroupState) int { return strings.Compare(a.Name, b.Name) })
+	if err := checkState(s); err != nil {
+		return s, err
+	}
+	return s, nil
 }
 
 // Addr returns the address of the node's UDP socket.
