@@ -149,6 +149,9 @@ const (
 	// address (Node.SetPeers). The acceptor only loses a subscriber; a
 	// connection it dialled itself is not affected.
 	CloseRemoved quic.ApplicationErrorCode = 0x105
+	// CloseTooManyConns: the acceptor already holds maxConnsPerName
+	// connections from peers with this certificate name.
+	CloseTooManyConns quic.ApplicationErrorCode = 0x106
 )
 
 // Error is a protocol-level failure with its wire code. Backends return the

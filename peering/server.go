@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -17,8 +18,38 @@ import (
 // copied into one buffer and queued at once, with the FIN (see writeFin).
 const smallBody = 4 * finTail
 
+// maxConnsPerName bounds the connections accepted at once from holders of
+// certificates whose first name is the same. A node dials each peer once;
+// one that restarts may briefly have a second connection while the first
+// is not yet found dead (at most IdleTimeout), and SetPeers may briefly
+// add a third. Past the bound a connection is closed with
+// CloseTooManyConns: without it, one certificate could open connections
+// without end, each with its goroutines, its 256 stream slots and its
+// control stream's queue (maxSubscriberQueue).
+const maxConnsPerName = 4
+
+// inConn is a connection a peer dialled to us.
+type inConn struct {
+	conn  *quic.Conn
+	from  string   // the first name of the peer's certificate
+	names []string // every name of its certificate
+	log   *zap.Logger
+	// helloRefused is set once a HELLO on a later stream was refused
+	// (and logged).
+	helloRefused atomic.Bool
+}
+
+// certNames returns the DNS names of the certificate conn's peer presented.
+func certNames(conn *quic.Conn) []string {
+	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		return certs[0].DNSNames
+	}
+	return nil
+}
+
 // acceptLoop accepts peer connections: any holder of a leaf from the
-// cluster CA (the TLS handshake refuses everyone else).
+// cluster CA (the TLS handshake refuses everyone else), at most
+// maxConnsPerName at once per certificate name.
 func (n *Node) acceptLoop() {
 	defer n.wg.Done()
 	for {
@@ -29,49 +60,59 @@ func (n *Node) acceptLoop() {
 			}
 			return
 		}
+		n.handshakeDone(conn)
+		ic := &inConn{conn: conn, names: certNames(conn)}
+		if len(ic.names) > 0 {
+			ic.from = ic.names[0]
+		}
+		ic.log = n.log.With(zap.String("peer", ic.from), zap.Stringer("peer_addr", conn.RemoteAddr()))
 		n.mu.Lock()
 		if n.closed {
 			n.mu.Unlock()
 			conn.CloseWithError(CloseShutdown, "shutting down")
 			return
 		}
+		if c := n.perName[ic.from]; c >= maxConnsPerName {
+			n.mu.Unlock()
+			ic.log.Warn("too many connections from one peer name; closing the new one", zap.Int("connections", c), zap.Int("limit", maxConnsPerName))
+			conn.CloseWithError(CloseTooManyConns, "too many connections")
+			continue
+		}
+		n.perName[ic.from]++
 		n.inbound[conn] = struct{}{}
 		n.wg.Add(1)
 		n.mu.Unlock()
-		go n.serveConn(conn)
+		go n.serveConn(ic)
 	}
 }
 
 // serveConn accepts the streams of one peer connection, each served by its
 // own goroutine.
-func (n *Node) serveConn(conn *quic.Conn) {
+func (n *Node) serveConn(ic *inConn) {
 	defer n.wg.Done()
 	defer func() {
 		n.mu.Lock()
-		delete(n.inbound, conn)
+		delete(n.inbound, ic.conn)
+		if n.perName[ic.from]--; n.perName[ic.from] <= 0 {
+			delete(n.perName, ic.from)
+		}
 		n.mu.Unlock()
 	}()
-	var names []string
-	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
-		names = certs[0].DNSNames
-	}
-	from := ""
-	if len(names) > 0 {
-		from = names[0]
-	}
 	for {
-		str, err := conn.AcceptStream(n.ctx)
+		str, err := ic.conn.AcceptStream(n.ctx)
 		if err != nil {
 			return
 		}
 		n.wg.Add(1)
-		go n.serveStream(conn, str, from, names)
+		go n.serveStream(ic, str)
 	}
 }
 
 // serveStream reads a stream's first frame under the stream deadline and
-// serves it: a GET (one fetch) or a HELLO (the control stream).
-func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names []string) {
+// serves it: a GET (one fetch) or a HELLO (the control stream; only on
+// the connection's first stream).
+func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
+	conn, from, names := ic.conn, ic.from, ic.names
 	defer n.wg.Done()
 	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
 	bp := bufPool.Get().(*[]byte)
@@ -99,13 +140,26 @@ func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names
 		n.serveGet(str, payload, from, bp)
 		bufPool.Put(bp)
 	case frameHello:
+		if str.StreamID() != 0 {
+			// One control stream per connection, the first stream the
+			// dialer opens: each is a subscriber with its own queue of
+			// up to maxSubscriberQueue bytes.
+			bufPool.Put(bp)
+			abort(str, ErrCodeBadRequest)
+			if !ic.helloRefused.Swap(true) {
+				ic.log.Warn("peer sent a HELLO on a stream other than its first; refused", zap.Int64("stream", int64(str.StreamID())))
+			}
+			return
+		}
 		h, err := decodeHello(payload)
 		// Frames the dialer sent after its HELLO are kept for the
 		// control stream's reader.
 		rest = bytes.Clone(rest)
 		bufPool.Put(bp)
 		if err != nil {
+			ic.log.Warn("peer sent a malformed HELLO; closing the connection", zap.Error(err))
 			abort(str, ErrCodeBadRequest)
+			conn.CloseWithError(CloseProtocolError, err.Error())
 			return
 		}
 		n.serveControl(conn, str, h, names, rest)

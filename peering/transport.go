@@ -296,7 +296,11 @@ func quicConfig(idle time.Duration) *quic.Config {
 		// 5s to 5s (MinRemoteIdleTimeout): below 5s each side keeps its own.
 		// Applies once the handshake is complete.
 		MaxIdleTimeout: max(idle-keepAlive, time.Millisecond), // 0 would mean 30s
-		// No address-validation tokens: we never ask for a Retry.
+		// No store for NEW_TOKEN tokens: connections are few and
+		// long-lived, and a token would only spare a re-dial the Retry
+		// round trip during a handshake flood (see maxHandshakes: the
+		// acceptor asks for a Retry only then; a Retry token needs no
+		// store).
 		TokenStore: nil,
 		// See streamWindow / connWindow. The stream maximum leaves room
 		// for auto-tuning past the largest value.
@@ -340,6 +344,66 @@ func quicConfig(idle time.Duration) *quic.Config {
 	}
 }
 
+// maxHandshakes is the number of inbound handshakes in progress above
+// which a new one must first prove its source address with a Retry (one
+// more round trip, RFC 9000 section 8.1.2). A cluster's nodes dial each
+// other once, plus re-dials after a restart: a few handshakes at a time,
+// far under 64. More means a flood from addresses that need not be real:
+// each Initial from an unvalidated address makes the server keep a
+// connection and do TLS work, and send up to three times the bytes it got
+// to that address. With the Retry, only addresses that answer get state,
+// and the flood costs one stateless packet each.
+const maxHandshakes = 64
+
+// handshakeKey is the connection context key of a *handshake.
+type handshakeKey struct{}
+
+// handshake is one inbound handshake in progress, counted in
+// Node.handshakes until it ends: accepted (handshakeDone) or failed
+// (its context ends).
+type handshake struct{ once sync.Once }
+
+// connContext is the Transport's ConnContext: called for every inbound
+// connection attempt the server keeps state for, it counts the handshake
+// until it ends.
+func (n *Node) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	h := &handshake{}
+	n.handshakes.Add(1)
+	context.AfterFunc(ctx, func() { n.endHandshake(h) })
+	return context.WithValue(ctx, handshakeKey{}, h), nil
+}
+
+// handshakeDone stops counting conn's handshake: the listener accepted it.
+func (n *Node) handshakeDone(conn *quic.Conn) {
+	if h, ok := conn.Context().Value(handshakeKey{}).(*handshake); ok {
+		n.endHandshake(h)
+	}
+}
+
+func (n *Node) endHandshake(h *handshake) {
+	h.once.Do(func() {
+		if n.handshakes.Add(-1) <= maxHandshakes/2 && n.validating.Load() && n.validating.Swap(false) {
+			n.log.Info("handshakes in progress back to normal; source-address validation off")
+		}
+	})
+}
+
+// verifySourceAddress is the Transport's VerifySourceAddress, called for
+// each Initial packet without a token that would start a connection: it
+// asks for a Retry while more than maxHandshakes handshakes are in
+// progress. Logged once each time validation turns on.
+func (n *Node) verifySourceAddress(addr net.Addr) bool {
+	c := n.handshakes.Load()
+	if c <= maxHandshakes {
+		return false
+	}
+	if !n.validating.Load() && !n.validating.Swap(true) {
+		n.log.Warn("too many handshakes in progress: new connections must validate their source address (Retry)",
+			zap.Int64("handshakes", c), zap.Int("limit", maxHandshakes), zap.Stringer("from", addr))
+	}
+	return true
+}
+
 // ErrPeerDown is returned by Fetch for a peer with no live connection (or
 // one that is not, or no longer, configured).
 var ErrPeerDown = errors.New("peering: peer down")
@@ -375,8 +439,14 @@ type Node struct {
 
 	inflight inflight
 
+	// handshakes counts the inbound handshakes in progress; validating is
+	// set while they are over maxHandshakes (see verifySourceAddress).
+	handshakes atomic.Int64
+	validating atomic.Bool
+
 	mu        sync.Mutex
 	inbound   map[*quic.Conn]struct{}
+	perName   map[string]int // inbound connections per certificate name
 	subs      map[*subscriber]struct{}
 	closed    bool
 	closeOnce sync.Once
@@ -430,6 +500,7 @@ func Listen(cfg Config) (*Node, error) {
 		backend: backend,
 		qconf:   quicConfig(cfg.IdleTimeout),
 		inbound: make(map[*quic.Conn]struct{}),
+		perName: make(map[string]int),
 		subs:    make(map[*subscriber]struct{}),
 	}
 	n.inflight.m = make(map[*quic.Stream]time.Time)
@@ -450,7 +521,7 @@ func Listen(cfg Config) (*Node, error) {
 		}
 	}
 	n.pc = pc
-	n.tr = &quic.Transport{Conn: pc}
+	n.tr = &quic.Transport{Conn: pc, ConnContext: n.connContext, VerifySourceAddress: n.verifySourceAddress}
 	ln, err := n.tr.Listen(cfg.TLS.ServerConfig(), n.qconf)
 	if err != nil {
 		n.tr.Close()
