@@ -409,9 +409,13 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	if req.Length > 0 && meta.Size > req.Length {
 		return Meta{}, nil, ErrBadRequest // more than the range asked for
 	}
+	// The body buffer is sized from the announced size, so that size is
+	// checked against the cap before anything is allocated: a peer cannot
+	// make us allocate more than MaxBodySize, whatever it claims, and if
+	// it sends less than it announced the fetch fails.
 	if meta.Size > n.cfg.MaxBodySize {
 		abort(str, ErrCodeTooLarge)
-		return Meta{}, nil, ErrTooLarge
+		return Meta{}, nil, &Error{ErrCodeTooLarge, fmt.Sprintf("response of %d bytes announced, over the limit of %d (MaxBodySize)", meta.Size, n.cfg.MaxBodySize)}
 	}
 	if int64(len(rest)) > meta.Size {
 		return Meta{}, nil, errTrailingBytes

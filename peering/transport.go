@@ -222,7 +222,10 @@ type Config struct {
 	// stream, and on every write to a control stream. Default 10s.
 	StreamTimeout time.Duration
 
-	// MaxBodySize is the largest body Fetch accepts. Default 256 MiB.
+	// MaxBodySize is the largest body Fetch accepts: a response that
+	// announces more is refused (ErrTooLarge) before anything is
+	// allocated for it, and one that announces less never gets a larger
+	// buffer. Default 4 MiB + 64 KiB (DefaultMaxBodySize).
 	MaxBodySize int64
 
 	// IdleTimeout bounds how long a peer that stops answering (crashed,
@@ -240,8 +243,16 @@ type Config struct {
 const (
 	DefaultFetchTimeout  = 2 * time.Second
 	DefaultStreamTimeout = 10 * time.Second
-	DefaultMaxBodySize   = 256 << 20
-	DefaultIdleTimeout   = time.Second
+	// DefaultMaxBodySize is one chunk and some slack: the cluster
+	// fetches a body larger than a chunk chunk by chunk (range requests),
+	// so no response it asks for is larger, and a peer cannot make a
+	// Fetch allocate more than this whatever size it announces.
+	DefaultMaxBodySize = chunkSize + 64<<10
+	DefaultIdleTimeout = time.Second
+
+	// chunkSize is the unit the cluster holds and moves large bodies in:
+	// shard.ChunkSize (4 MiB), which this package cannot import.
+	chunkSize = 4 << 20
 
 	// maxIncomingStreams bounds concurrent requests per peer connection
 	// (each is one goroutine holding one body): comfortably above the
@@ -251,7 +262,7 @@ const (
 	maxIncomingStreams = 256
 
 	// streamWindow is the initial per-stream receive window: the largest
-	// value moved in one go (a chunk, shard.ChunkSize = 4 MiB) never waits
+	// value moved in one go (a chunk, chunkSize = 4 MiB) never waits
 	// for a window update, even on a high bandwidth-delay path. On
 	// loopback no window from quic-go's defaults to 16 MiB / 1 GiB changed
 	// throughput by more than the noise (BenchmarkQUICWindows): there the
