@@ -215,6 +215,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 		zap.Uint64("epoch", h.State.Epoch), zap.Int("groups", len(h.State.Groups)))
 	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready, Lan: h.Lan, State: h.State.Clone()})
 
+	var purges purgeReceiver
 	var snap []GroupTOC // being received; nil once complete
 	snapIdx := map[string]int{}
 	inSnapshot := true
@@ -278,7 +279,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			if err != nil {
 				return err
 			}
-			n.emit(Event{Kind: EventPurge, Peer: p.name, Purge: pg})
+			purges.receive(n, log, p.name, pg)
 		case frameLan:
 			lan, err := decodeLan(payload)
 			if err != nil {

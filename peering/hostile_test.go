@@ -337,3 +337,59 @@ func TestHandshakeFlood(t *testing.T) {
 		t.Errorf("logged %d times", len(w))
 	}
 }
+
+// TestPurgeEmptyPrefixRefused: a purge of a whole group (an empty prefix)
+// is not sent by Node.Purge and, from a peer that sends it anyway, raises
+// no event (logged once per stream, naming the peer); purges after it
+// still arrive.
+func TestPurgeEmptyPrefixRefused(t *testing.T) {
+	t.Parallel()
+	log, logs := observed(t)
+	nodes := startCluster(t, []string{"n1", "n2"}, func(i int, c *Config) {
+		if i == 0 {
+			c.Logger = log
+		}
+	})
+	waitUp(t, nodes)
+	var i int
+	nodes[0].rec.wait(t, &i, 2*time.Second, kind(EventSnapshot, "n2"))
+
+	// Node.Purge sends nothing.
+	nodes[1].Purge(Purge{Group: "g", Prefix: true})
+	nodes[1].Purge(Purge{Group: "g", Path: "/marker"})
+	if e := nodes[0].rec.wait(t, &i, 2*time.Second, purgeFrom("n2")); e.Purge.Path != "/marker" {
+		t.Fatalf("first purge from n2: %+v", e.Purge)
+	}
+
+	// A peer that sends it anyway, twice.
+	conn, err := dialRaw(t, nodes[0].addr, credsFor(t, testSecret, "mallory").ClientConfig("n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseWithError(0, "")
+	str, err := conn.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := appendHello(nil, &hello{Name: "mallory", Observer: true})
+	for _, p := range []Purge{{Group: "g", Prefix: true}, {Group: "h", Prefix: true}, {Group: "g", Path: "/after"}} {
+		b, _ = appendPurge(b, &p)
+	}
+	if _, err := str.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if e := nodes[0].rec.wait(t, &i, 2*time.Second, purgeFrom("mallory")); e.Purge.Path != "/after" {
+		t.Fatalf("first purge from mallory: %+v", e.Purge)
+	}
+	if c := nodes[0].rec.count(purgeFrom("mallory")) + nodes[0].rec.count(purgeFrom("n2")); c != 2 {
+		t.Errorf("%d purge events, want 2", c)
+	}
+	w := logged(logs, zapcore.WarnLevel, "peer asked to purge a whole group (empty prefix); ignored")
+	if len(w) != 1 || fieldOf(w[0], "peer") != "mallory" || fieldOf(w[0], "group") != "g" {
+		t.Errorf("logged %+v", w)
+	}
+	// The connection is still served.
+	if status, err := rawGet(t, conn, "/nothing"); err != nil || status != ErrCodeNotFound {
+		t.Errorf("GET after the refused purges: %v %v", status, err)
+	}
+}

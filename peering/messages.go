@@ -96,7 +96,9 @@ type Purge struct {
 	// Group names the content tree.
 	Group string
 	// Path is the item's path ("/css/site.css"), or with Prefix the start
-	// of the paths to drop ("/css/"; "" is the whole group).
+	// of the paths to drop ("/css/"). With Prefix it must not be empty:
+	// Node.Purge refuses to send a purge of a whole group, and receivers
+	// ignore one.
 	Path string
 	// Prefix: drop every item whose path starts with Path.
 	Prefix bool

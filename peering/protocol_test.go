@@ -612,3 +612,51 @@ func allocBytes(runs int, f func()) uint64 {
 	runtime.ReadMemStats(&after)
 	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
 }
+
+// TestPeerFieldBounds: every string a peer sends is bounded when decoded
+// (groups, names and other fields 1024 bytes, paths 4096), and one past
+// its bound is a protocol error.
+func TestPeerFieldBounds(t *testing.T) {
+	long := strings.Repeat("x", maxFieldLen+1)
+	longPath := "/" + strings.Repeat("p", maxPathLen)
+	frame := func(ft frameType, fields ...string) []byte {
+		b, start := beginFrame(nil, ft)
+		for _, f := range fields {
+			b = appendStr(b, f)
+		}
+		if ft == framePurge || ft == frameHello {
+			b = append(b, 0) // flags
+		}
+		b, _ = endFrame(b, start)
+		return b[frameHeaderSize:]
+	}
+	for name, tc := range map[string]struct {
+		ft     frameType
+		fields []string
+	}{
+		"purge group":  {framePurge, []string{long, "/p"}},
+		"purge path":   {framePurge, []string{"g", longPath}},
+		"get group":    {frameGet, []string{long, "/p", "", ""}},
+		"get path":     {frameGet, []string{"g", longPath, "", ""}},
+		"delete group": {frameDelete, []string{long, "/p"}},
+		"delete path":  {frameDelete, []string{"g", "/ok", longPath}},
+		"toc group":    {frameTOC, []string{long}},
+		"upsert group": {frameUpsert, []string{long}},
+		"hello name":   {frameHello, []string{long}},
+		"lan":          {frameLan, []string{long}},
+	} {
+		err := decodeAny(tc.ft, frame(tc.ft, tc.fields...))
+		if !errors.Is(err, errFieldTooLong) {
+			t.Errorf("%s: %v, want errFieldTooLong", name, err)
+		}
+	}
+	// At the bounds, accepted.
+	at := strings.Repeat("x", maxFieldLen)
+	atPath := "/" + strings.Repeat("p", maxPathLen-1)
+	if pg, err := decodePurge(frame(framePurge, at, atPath)); err != nil || pg.Group != at || pg.Path != atPath {
+		t.Errorf("purge at the bounds: %v", err)
+	}
+	if g, paths, err := decodeDeletes(frame(frameDelete, at, atPath)); err != nil || g != at || paths[0] != atPath {
+		t.Errorf("delete at the bounds: %v", err)
+	}
+}

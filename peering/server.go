@@ -313,7 +313,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	var readErr error
 	go func() {
 		defer close(readerDone)
-		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name)
+		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name, log)
 		if errors.Is(readErr, errProtocol) {
 			log.Warn("peer broke the protocol on its control stream", zap.Error(readErr))
 			conn.CloseWithError(CloseProtocolError, readErr.Error())
@@ -351,8 +351,9 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 // readControl reads what a dialer sends on its control stream after its
 // HELLO, until the stream ends: PURGE frames become events from peer, other
 // frames are skipped.
-func (n *Node) readControl(r io.Reader, peer string) error {
+func (n *Node) readControl(r io.Reader, peer string, log *zap.Logger) error {
 	buf := make([]byte, 1024)
+	var pr purgeReceiver
 	for {
 		t, payload, err := readFrame(r, buf)
 		if err != nil {
@@ -363,9 +364,32 @@ func (n *Node) readControl(r io.Reader, peer string) error {
 			if err != nil {
 				return err
 			}
-			n.emit(Event{Kind: EventPurge, Peer: peer, Purge: pg})
+			pr.receive(n, log, peer, pg)
 		}
 	}
+}
+
+// purgeReceiver passes the purges that arrive on one control stream on as
+// events, except those of the whole of a group (an empty prefix): each
+// node would drop and re-read its whole share of the group, which no
+// single purge from a peer may cause (an operator restarts or reloads the
+// nodes instead). Node.Purge refuses to send one; one from a peer is
+// dropped, logged at WARN the first time on the stream and at DEBUG after.
+type purgeReceiver struct{ refused int }
+
+func (pr *purgeReceiver) receive(n *Node, log *zap.Logger, peer string, pg Purge) {
+	if pg.Prefix && pg.Path == "" {
+		pr.refused++
+		lvl := zap.DebugLevel
+		if pr.refused == 1 {
+			lvl = zap.WarnLevel
+		}
+		if ce := log.Check(lvl, "peer asked to purge a whole group (empty prefix); ignored"); ce != nil {
+			ce.Write(zap.String("group", pg.Group), zap.Int("refused", pr.refused))
+		}
+		return
+	}
+	n.emit(Event{Kind: EventPurge, Peer: peer, Purge: pg})
 }
 
 // writeQueue writes q's frames to str as they are queued, until stop is
@@ -473,8 +497,13 @@ func (n *Node) PublishReady(ready bool) {
 // other node (an observer, a node that lists us but that we do not list)
 // over the connection it dialled to us. A node connected neither way misses
 // it: purges are not kept for later. A Purge with a field over its limit
-// (group 1024 bytes, path 4096) is logged and dropped.
+// (group 1024 bytes, path 4096) is logged and dropped, and so is one of an
+// empty prefix (the whole group), which receivers refuse (purgeReceiver).
 func (n *Node) Purge(p Purge) {
+	if p.Prefix && p.Path == "" {
+		n.log.Error("purge of a whole group (empty prefix) refused; not sent", zap.String("group", p.Group))
+		return
+	}
 	b, err := appendPurge(nil, &p)
 	if err != nil {
 		n.log.Error("encoding purge", zap.String("group", p.Group), zap.Int("path_len", len(p.Path)), zap.Error(err))
