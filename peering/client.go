@@ -32,7 +32,8 @@ type peer struct {
 	out      atomic.Pointer[outQueue]  // our control stream's writer; nil while down
 	ready    atomic.Bool
 	lastSeen atomic.Int64           // unix nanos
-	lan      atomic.Pointer[string] // from its last HELLO
+	lan      atomic.Pointer[string] // from its last HELLO or LAN frame
+	st       atomic.Pointer[State]  // from its last HELLO or STATE frame; never modified
 }
 
 func (p *peer) state() PeerState {
@@ -42,6 +43,9 @@ func (p *peer) state() PeerState {
 	}
 	if lan := p.lan.Load(); lan != nil {
 		s.Lan = *lan
+	}
+	if st := p.st.Load(); st != nil {
+		s.State = st.Clone()
 	}
 	return s
 }
@@ -201,13 +205,17 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 
 	lan := h.Lan
 	p.lan.Store(&lan)
+	st := h.State
+	p.st.Store(&st)
 	p.ready.Store(h.Ready)
 	p.seen()
 	p.out.Store(out)
 	p.conn.Store(conn)
-	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.String("lan", h.Lan))
-	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready, Lan: h.Lan})
+	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.String("lan", h.Lan),
+		zap.Uint64("epoch", h.State.Epoch), zap.Int("groups", len(h.State.Groups)))
+	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready, Lan: h.Lan, State: h.State.Clone()})
 
+	var purges purgeReceiver
 	var snap []GroupTOC // being received; nil once complete
 	snapIdx := map[string]int{}
 	inSnapshot := true
@@ -271,7 +279,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			if err != nil {
 				return err
 			}
-			n.emit(Event{Kind: EventPurge, Peer: p.name, Purge: pg})
+			purges.receive(n, log, p.name, pg)
 		case frameLan:
 			lan, err := decodeLan(payload)
 			if err != nil {
@@ -279,6 +287,14 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			}
 			p.lan.Store(&lan)
 			log.Info("peer's LAN address changed", zap.String("lan", lan))
+		case frameState:
+			st, err := decodeState(payload)
+			if err != nil {
+				return err
+			}
+			p.st.Store(&st)
+			log.Debug("peer's state changed", zap.Uint64("epoch", st.Epoch), zap.Int("groups", len(st.Groups)))
+			n.emit(Event{Kind: EventState, Peer: p.name, State: st.Clone()})
 		default:
 			// Unknown control frames are skipped: a newer peer may send
 			// messages this version does not know.
@@ -394,9 +410,13 @@ func (n *Node) fetch(ctx context.Context, conn *quic.Conn, req *Request) (_ Meta
 	if req.Length > 0 && meta.Size > req.Length {
 		return Meta{}, nil, ErrBadRequest // more than the range asked for
 	}
+	// The body buffer is sized from the announced size, so that size is
+	// checked against the cap before anything is allocated: a peer cannot
+	// make us allocate more than MaxBodySize, whatever it claims, and if
+	// it sends less than it announced the fetch fails.
 	if meta.Size > n.cfg.MaxBodySize {
 		abort(str, ErrCodeTooLarge)
-		return Meta{}, nil, ErrTooLarge
+		return Meta{}, nil, &Error{ErrCodeTooLarge, fmt.Sprintf("response of %d bytes announced, over the limit of %d (MaxBodySize)", meta.Size, n.cfg.MaxBodySize)}
 	}
 	if int64(len(rest)) > meta.Size {
 		return Meta{}, nil, errTrailingBytes

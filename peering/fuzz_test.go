@@ -39,6 +39,16 @@ func FuzzDecodeFrame(f *testing.F) {
 	lan, _ := appendLan(nil, "10.0.1.2:443")
 	nolan, _ := appendLan(nil, "")
 	f.Add(append(lan, nolan...))
+	st := State{Epoch: 7, Groups: []GroupState{{Name: "/srv/a", Ready: true}, {Name: "/srv/b"}}}
+	hst, _ := appendHello(nil, &hello{Name: "n3", Ready: true, State: st})
+	sf, _ := appendStateFrame(nil, &st)
+	zf, _ := appendStateFrame(nil, &State{})
+	f.Add(append(append(hst, sf...), zf...))
+	// A STATE frame with groups out of order (refused).
+	bad, start := beginFrame(nil, frameState)
+	bad = appendState(bad, &State{Epoch: 1, Groups: []GroupState{{Name: "b"}, {Name: "a"}}})
+	bad, _ = endFrame(bad, start)
+	f.Add(bad)
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		// reader.uvarint decodes exactly as binary.Uvarint does.
@@ -109,11 +119,22 @@ func checkRoundTrip(t *testing.T, ft frameType, p []byte) {
 		if again, err = appendHello(nil, &h); err != nil {
 			t.Fatal(err)
 		}
-		if h2, _ := decodeHello(again[frameHeaderSize:]); h2 != h {
+		if h2, _ := decodeHello(again[frameHeaderSize:]); !reflect.DeepEqual(h2, h) {
 			t.Fatalf("HELLO: %+v != %+v", h2, h)
 		}
 	case frameReady:
 		_, _ = decodeReady(p)
+	case frameState:
+		st, derr := decodeState(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendStateFrame(nil, &st); err != nil {
+			t.Fatalf("re-encoding %+v: %v", st, err)
+		}
+		if got, err := decodeState(again[frameHeaderSize:]); err != nil || !reflect.DeepEqual(got, st) {
+			t.Fatalf("STATE: %+v != %+v (%v)", got, st, err)
+		}
 	case framePurge:
 		pg, derr := decodePurge(p)
 		if derr != nil {

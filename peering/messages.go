@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -95,10 +96,45 @@ type Purge struct {
 	// Group names the content tree.
 	Group string
 	// Path is the item's path ("/css/site.css"), or with Prefix the start
-	// of the paths to drop ("/css/"; "" is the whole group).
+	// of the paths to drop ("/css/"). With Prefix it must not be empty:
+	// Node.Purge refuses to send a purge of a whole group, and receivers
+	// ignore one.
 	Path string
 	// Prefix: drop every item whose path starts with Path.
 	Prefix bool
+}
+
+// GroupState is one of a node's content groups as it advertises it.
+type GroupState struct {
+	Name  string
+	Ready bool // primed: the node's table of content for it is complete
+}
+
+// State is what a node advertises about itself besides readiness: which
+// ring it uses and which content groups it has. Peering does not interpret
+// it; it carries it in HELLO and STATE frames (Node.SetState) and reports
+// it in PeerState.State and Events.
+//
+// Bounds (checkState): at most 256 groups, each name 1-1024 bytes, sorted
+// by name with no duplicates, and at most about 60 KiB encoded (one frame
+// with the rest of a HELLO).
+type State struct {
+	Epoch  uint64       // the ring epoch the node uses (opaque to peering)
+	Groups []GroupState // sorted by name, no duplicates
+}
+
+// IsZero reports whether s is the zero State: epoch 0 and no groups.
+func (s State) IsZero() bool { return s.Epoch == 0 && len(s.Groups) == 0 }
+
+// Equal reports whether s and t are the same state.
+func (s State) Equal(t State) bool {
+	return s.Epoch == t.Epoch && slices.Equal(s.Groups, t.Groups)
+}
+
+// Clone returns a copy of s that shares no memory with it.
+func (s State) Clone() State {
+	s.Groups = slices.Clone(s.Groups)
+	return s
 }
 
 // hello opens the control stream, from each side.
@@ -109,7 +145,11 @@ type hello struct {
 	// Lan is where the sender's HTTP site is reached (host:port), "" if
 	// not advertised. Optional on the wire: see appendHello.
 	Lan string
+	// State is the sender's State. Optional on the wire: see appendHello.
+	State State
 }
+
+const groupReady = 1 << 0
 
 const (
 	helloReady    = 1 << 0
@@ -257,11 +297,12 @@ func (r *reader) meta(variants bool) Meta {
 }
 
 // appendHello appends a HELLO frame: name, flags, then the optional
-// fields (today only Lan). Optional fields are appended only when set, so
-// that a node that advertises nothing sends the HELLO of the first version
-// of the protocol.
+// fields: Lan, then State. An optional field is appended only when it or
+// a later one is set, so that a node that advertises nothing sends the
+// HELLO of the first version of the protocol, and one without a State the
+// HELLO of the version that added Lan.
 func appendHello(b []byte, h *hello) ([]byte, error) {
-	if err := errors.Join(checkLen(h.Name, maxFieldLen), checkLen(h.Lan, maxFieldLen)); err != nil {
+	if err := errors.Join(checkLen(h.Name, maxFieldLen), checkLen(h.Lan, maxFieldLen), checkState(h.State)); err != nil {
 		return b, err
 	}
 	b, start := beginFrame(b, frameHello)
@@ -274,8 +315,11 @@ func appendHello(b []byte, h *hello) ([]byte, error) {
 		flags |= helloObserver
 	}
 	b = append(b, flags)
-	if h.Lan != "" {
+	if h.Lan != "" || !h.State.IsZero() {
 		b = appendStr(b, h.Lan)
+	}
+	if !h.State.IsZero() {
+		b = appendState(b, &h.State)
 	}
 	return endFrame(b, start)
 }
@@ -292,6 +336,9 @@ func decodeHello(p []byte) (hello, error) {
 	h.Observer = flags&helloObserver != 0
 	if r.more() {
 		h.Lan = r.str(maxFieldLen)
+	}
+	if r.more() {
+		h.State = r.state()
 	}
 	if r.err != nil {
 		return h, r.err
@@ -353,6 +400,116 @@ func decodeLan(p []byte) (string, error) {
 		return "", errBadValue
 	}
 	return lan, nil
+}
+
+// Errors of a State that breaks its bounds. Decoders wrap them in
+// errProtocol (see stateError).
+var (
+	errTooManyGroups = fmt.Errorf("more than %d groups", maxGroups)
+	errGroupName     = fmt.Errorf("a group name empty or over %d bytes", maxFieldLen)
+	errGroupOrder    = errors.New("groups not sorted by name, or a group listed twice")
+	errStateTooLarge = fmt.Errorf("over %d bytes encoded", maxStateSize)
+)
+
+// stateError is the protocol error of a peer's State that breaks a bound.
+func stateError(err error) error {
+	return fmt.Errorf("%w: state: %w", errProtocol, err)
+}
+
+// checkState checks the bounds of a State: at most maxGroups groups, each
+// name 1..maxFieldLen bytes, names strictly increasing (sorted, no
+// duplicates), and at most maxStateSize bytes encoded.
+func checkState(s State) error {
+	if len(s.Groups) > maxGroups {
+		return errTooManyGroups
+	}
+	size := binary.MaxVarintLen64 + 2
+	for i, g := range s.Groups {
+		if g.Name == "" || len(g.Name) > maxFieldLen {
+			return errGroupName
+		}
+		if i > 0 && s.Groups[i-1].Name >= g.Name {
+			return errGroupOrder
+		}
+		size += len(g.Name) + 3
+	}
+	if size > maxStateSize {
+		return errStateTooLarge
+	}
+	return nil
+}
+
+// appendState appends a State (checked: see checkState): epoch, number of
+// groups, then for each its name and flags (groupReady).
+func appendState(b []byte, s *State) []byte {
+	b = binary.AppendUvarint(b, s.Epoch)
+	b = binary.AppendUvarint(b, uint64(len(s.Groups)))
+	for _, g := range s.Groups {
+		b = appendStr(b, g.Name)
+		var flags byte
+		if g.Ready {
+			flags |= groupReady
+		}
+		b = append(b, flags)
+	}
+	return b
+}
+
+// state decodes a State and checks its bounds before allocating: the
+// group count is refused before the slice is made. Flags a later version
+// adds are ignored.
+func (r *reader) state() State {
+	var s State
+	s.Epoch = r.uvarint()
+	n := r.uvarint()
+	if r.err != nil {
+		return State{}
+	}
+	if n > maxGroups {
+		r.fail(stateError(errTooManyGroups))
+		return State{}
+	}
+	if n > uint64(len(r.s))/2 { // each group takes at least 2 bytes
+		r.fail(errShortPayload)
+		return State{}
+	}
+	if n > 0 {
+		s.Groups = make([]GroupState, n)
+	}
+	for i := range s.Groups {
+		name := r.str(maxFieldLen)
+		flags := r.byte()
+		if r.err != nil {
+			if errors.Is(r.err, errFieldTooLong) {
+				r.err = stateError(errGroupName)
+			}
+			return State{}
+		}
+		s.Groups[i] = GroupState{Name: name, Ready: flags&groupReady != 0}
+	}
+	if err := checkState(s); err != nil {
+		r.fail(stateError(err))
+		return State{}
+	}
+	return s
+}
+
+// appendStateFrame appends a STATE frame carrying s.
+func appendStateFrame(b []byte, s *State) ([]byte, error) {
+	if err := checkState(*s); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameState)
+	b = appendState(b, s)
+	return endFrame(b, start)
+}
+
+// decodeState decodes a STATE payload: a State, then fields of later
+// versions, which are ignored.
+func decodeState(p []byte) (State, error) {
+	r := newReader(p)
+	s := r.state()
+	return s, r.err
 }
 
 // appendPurge appends a PURGE frame: group, path, flags.

@@ -262,7 +262,7 @@ func TestFetch(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	mt := time.Unix(1700000000, 123456789)
 	small := a.backend.put("site", Meta{Path: "/a.css", Version: "v1", ContentType: "text/css", ModTime: mt, ETag: `"v1"`}, body(1000, 1))
-	big := a.backend.put("site", Meta{Path: "/big.bin", Version: "v2", ContentType: "application/octet-stream", ETag: `"v2"`}, body(5<<20, 2))
+	big := a.backend.put("site", Meta{Path: "/big.bin", Version: "v2", ContentType: "application/octet-stream", ETag: `"v2"`}, body(chunkSize, 2))
 	empty := b.backend.put("site", Meta{Path: "/empty", Version: "v3"}, []byte{})
 	waitUp(t, nodes)
 	ctx := context.Background()
@@ -274,7 +274,7 @@ func TestFetch(t *testing.T) {
 		body []byte
 	}{
 		{b, "n1", small, body(1000, 1)},
-		{b, "n1", big, body(5<<20, 2)},
+		{b, "n1", big, body(chunkSize, 2)},
 		{a, "n2", empty, []byte{}},
 	} {
 		m, got, err := tc.from.Fetch(ctx, tc.to, Request{Group: "site", Path: tc.want.Path})

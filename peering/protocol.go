@@ -51,10 +51,17 @@ const ALPN = "shardcache/1"
 // number of body bytes that follow: the whole body, or the range (shorter
 // when the body ends first).
 //
-// HELLO is name, flags, then optional fields: Lan (a string, sent only
-// when set). A version that adds a field after Lan must send Lan, empty if
-// need be, and a receiver ignores fields past those it knows; every other
-// payload must be consumed exactly.
+// STATE frames go from the acceptor to the dialer, like LAN frames: the
+// acceptor's State changed (Node.SetState), and replaces the one of its
+// HELLO.
+//
+// HELLO is name, flags, then optional fields: Lan (a string), then the
+// sender's State (see appendState), each sent only when it or a later one
+// is set (Lan empty if need be). A version that adds a field after the
+// State must send the State, zero if need be, and a receiver ignores fields
+// past those it knows. A STATE payload is a State, and may likewise carry
+// fields after it that a receiver ignores. Every other payload must be
+// consumed exactly.
 const (
 	protocolVersion = 1
 
@@ -70,6 +77,16 @@ const (
 	maxFieldLen    = 1024
 	maxVariants    = 8
 	maxContentSize = 1 << 62
+
+	// maxGroups bounds the groups of a State. A node serves a handful of
+	// sites; 256 leaves room for many more while bounding what a peer's
+	// HELLO or STATE frame makes us allocate and hand to the cluster layer.
+	maxGroups = 256
+	// maxStateSize bounds an encoded State, so that a HELLO with a name
+	// and a LAN address at their limits (2 × 1026 bytes) and the flags
+	// still fits in a frame. 256 groups of 1024-byte names would not: such
+	// a State is refused by SetState and Listen.
+	maxStateSize = MaxFrameSize - 4096
 )
 
 type frameType byte
@@ -85,6 +102,7 @@ const (
 	frameDelete   frameType = 8  // acceptor → dialer: items removed
 	framePurge    frameType = 9  // both ways, after HELLO: drop cached content
 	frameLan      frameType = 10 // acceptor → dialer, after HELLO: advertised LAN address changed
+	frameState    frameType = 11 // acceptor → dialer, after HELLO: ring epoch or groups changed
 )
 
 // Stream error codes: the status of a RESPONSE and the code of a stream
@@ -131,6 +149,9 @@ const (
 	// address (Node.SetPeers). The acceptor only loses a subscriber; a
 	// connection it dialled itself is not affected.
 	CloseRemoved quic.ApplicationErrorCode = 0x105
+	// CloseTooManyConns: the acceptor already holds maxConnsPerName
+	// connections from peers with this certificate name.
+	CloseTooManyConns quic.ApplicationErrorCode = 0x106
 )
 
 // Error is a protocol-level failure with its wire code. Backends return the

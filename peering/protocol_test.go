@@ -2,10 +2,12 @@ package peering
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -80,15 +82,37 @@ func TestCodecRoundTrip(t *testing.T) {
 	h := hello{Name: "n1", Ready: true, Observer: true}
 	b, _ = appendHello(nil, &h)
 	_, ps = frames(t, b)
-	if got, err := decodeHello(ps[0]); err != nil || got != h {
+	if got, err := decodeHello(ps[0]); err != nil || !reflect.DeepEqual(got, h) {
 		t.Errorf("HELLO round trip: %+v %v", got, err)
 	}
 
 	h = hello{Name: "n2", Lan: "10.0.1.2:443"}
 	b, _ = appendHello(nil, &h)
 	_, ps = frames(t, b)
-	if got, err := decodeHello(ps[0]); err != nil || got != h {
+	if got, err := decodeHello(ps[0]); err != nil || !reflect.DeepEqual(got, h) {
 		t.Errorf("HELLO with LAN round trip: %+v %v", got, err)
+	}
+
+	st := State{Epoch: 1<<64 - 1, Groups: []GroupState{{Name: "/srv/a", Ready: true}, {Name: "/srv/b"}, {Name: "z"}}}
+	for _, h := range []hello{{Name: "n3", State: st}, {Name: "n3", Lan: "10.0.1.3:443", State: st}, {Name: "n3", State: State{Epoch: 9}}} {
+		b, err = appendHello(nil, &h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, ps = frames(t, b)
+		if got, err := decodeHello(ps[0]); err != nil || !reflect.DeepEqual(got, h) {
+			t.Errorf("HELLO with state round trip: %+v %v", got, err)
+		}
+	}
+	for _, s := range []State{st, {}, {Epoch: 3}, {Groups: []GroupState{{Name: "g"}}}} {
+		b, err = appendStateFrame(nil, &s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, ps := frames(t, b)
+		if got, err := decodeState(ps[0]); ts[0] != frameState || err != nil || !got.Equal(s) {
+			t.Errorf("STATE round trip: %+v %v", got, err)
+		}
 	}
 
 	for _, pg := range []Purge{{Group: "site", Path: "/a.css"}, {Group: "site", Path: "/img/", Prefix: true}, {}} {
@@ -366,22 +390,41 @@ func TestHelloCompat(t *testing.T) {
 	if err != nil || ft != frameHello {
 		t.Fatal(ft, err)
 	}
-	if h, err := decodeHello(p); err != nil || h != (hello{Name: "n1", Ready: true}) {
+	if h, err := decodeHello(p); err != nil || !reflect.DeepEqual(h, hello{Name: "n1", Ready: true}) {
 		t.Fatalf("first-version HELLO: %+v %v", h, err)
 	}
 	if b, _ := appendHello(nil, &hello{Name: "n1", Ready: true}); !bytes.Equal(b, v1) {
 		t.Fatalf("HELLO without LAN: %q, want %q", b, v1)
 	}
 
+	// The version that added Lan: name, flags, Lan, nothing after.
+	v2 := append([]byte{1, byte(frameHello), 0, 0, 0, 17, 2, 'n', '2', 0, 12}, "10.0.0.2:443"...)
+	if h, err := decodeHello(v2[frameHeaderSize:]); err != nil || !reflect.DeepEqual(h, hello{Name: "n2", Lan: "10.0.0.2:443"}) {
+		t.Fatalf("HELLO with LAN only: %+v %v", h, err)
+	}
+	if b, _ := appendHello(nil, &hello{Name: "n2", Lan: "10.0.0.2:443"}); !bytes.Equal(b, v2) {
+		t.Fatalf("HELLO without state: %q, want %q", b, v2)
+	}
+
+	// A state without a LAN address sends Lan empty; fields a later
+	// version appends after the state (and group flags it adds) are
+	// skipped.
 	b, _ := beginFrame(nil, frameHello)
 	b = appendStr(b, "n1")
 	b = append(b, helloObserver)
-	b = appendStr(b, "[fd00::1]:8443")
+	b = appendStr(b, "")
+	b = append(b, 5, 1)                                  // epoch, one group
+	b = appendStr(b, "g")                                // its name
+	b = append(b, groupReady|0x80)                       // its flags, one of a later version
 	b = append(b, 7, 'f', 'u', 't', 'u', 'r', 'e', 0xff) // a later version's fields
 	b, _ = endFrame(b, 0)
 	_, ps := frames(t, b)
-	if h, err := decodeHello(ps[0]); err != nil || h != (hello{Name: "n1", Observer: true, Lan: "[fd00::1]:8443"}) {
+	want := hello{Name: "n1", Observer: true, State: State{Epoch: 5, Groups: []GroupState{{Name: "g", Ready: true}}}}
+	if h, err := decodeHello(ps[0]); err != nil || !reflect.DeepEqual(h, want) {
 		t.Fatalf("HELLO with later fields: %+v %v", h, err)
+	}
+	if b, _ := appendHello(nil, &want); !bytes.Contains(b, []byte{'n', '1', helloObserver, 0, 5, 1, 1, 'g', groupReady}) {
+		t.Fatalf("HELLO with state and no LAN: %q", b)
 	}
 
 	for _, lan := range []string{"10.0.0.1:443", "127.0.0.1:8081", "[::1]:443", "cache-1.example:80"} {
@@ -467,5 +510,153 @@ func TestReadHead(t *testing.T) {
 	}
 	if err := readEOF(bytes.NewReader(nil)); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStateBounds: a State over its bounds is refused by the decoders
+// (HELLO and STATE) with a protocol error, before allocating for a claimed
+// group count, and by the encoders.
+func TestStateBounds(t *testing.T) {
+	groups := func(n int, name func(i int) string) []GroupState {
+		gs := make([]GroupState, n)
+		for i := range gs {
+			gs[i] = GroupState{Name: name(i)}
+		}
+		return gs
+	}
+	seq := func(i int) string { return fmt.Sprintf("g%04d", i) }
+	// rawState encodes s without checking it, as a hostile peer would.
+	rawState := func(s State) []byte {
+		b, start := beginFrame(nil, frameState)
+		b = appendState(b, &s)
+		b, _ = endFrame(b, start)
+		return b[frameHeaderSize:]
+	}
+	rawHello := func(s State) []byte {
+		b, start := beginFrame(nil, frameHello)
+		b = appendStr(b, "n1")
+		b = append(b, 0)
+		b = appendStr(b, "")
+		b = appendState(b, &s)
+		b, _ = endFrame(b, start)
+		return b[frameHeaderSize:]
+	}
+	for name, tc := range map[string]struct {
+		s    State
+		want error
+	}{
+		"too many groups": {State{Groups: groups(maxGroups+1, seq)}, errTooManyGroups},
+		"long name":       {State{Groups: []GroupState{{Name: strings.Repeat("x", maxFieldLen+1)}}}, errGroupName},
+		"empty name":      {State{Groups: []GroupState{{Name: ""}, {Name: "a"}}}, errGroupName},
+		"duplicate":       {State{Groups: []GroupState{{Name: "a"}, {Name: "a", Ready: true}}}, errGroupOrder},
+		"unsorted":        {State{Groups: []GroupState{{Name: "b"}, {Name: "a"}}}, errGroupOrder},
+		"too large":       {State{Groups: groups(maxGroups, func(i int) string { return fmt.Sprintf("%04d", i) + strings.Repeat("x", 250) })}, errStateTooLarge},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if err := checkState(tc.s); !errors.Is(err, tc.want) {
+				t.Errorf("checkState: %v, want %v", err, tc.want)
+			}
+			if _, err := appendStateFrame(nil, &tc.s); err == nil {
+				t.Error("appendStateFrame accepted it")
+			}
+			if _, err := appendHello(nil, &hello{Name: "n1", State: tc.s}); err == nil {
+				t.Error("appendHello accepted it")
+			}
+			if name == "too large" {
+				return // over a frame: a peer cannot send it
+			}
+			if _, err := decodeState(rawState(tc.s)); !errors.Is(err, errProtocol) || !errors.Is(err, tc.want) {
+				t.Errorf("decodeState: %v, want a protocol error wrapping %v", err, tc.want)
+			}
+			if _, err := decodeHello(rawHello(tc.s)); !errors.Is(err, errProtocol) || !errors.Is(err, tc.want) {
+				t.Errorf("decodeHello: %v, want a protocol error wrapping %v", err, tc.want)
+			}
+		})
+	}
+
+	// A claimed count over the bound, or over what the payload can hold,
+	// is refused before the groups are allocated.
+	for _, claim := range []uint64{maxGroups + 1, 1 << 40, maxGroups} {
+		p := binary.AppendUvarint([]byte{0}, claim)
+		var err error
+		perRun := allocBytes(100, func() { _, err = decodeState(p) })
+		if !errors.Is(err, errProtocol) {
+			t.Errorf("claim of %d groups: %v", claim, err)
+		}
+		if perRun > 512 { // a GroupState is 24 bytes: 256 of them would be 6 KiB
+			t.Errorf("claim of %d groups: %d bytes allocated", claim, perRun)
+		}
+	}
+
+	// At the bounds: 256 groups, names up to 1024 bytes, within a frame.
+	max := State{Epoch: 1, Groups: groups(maxGroups, func(i int) string { return fmt.Sprintf("%04d", i) + strings.Repeat("x", 200) })}
+	max.Groups[0].Name = strings.Repeat("0", maxFieldLen)
+	b, err := appendHello(nil, &hello{Name: strings.Repeat("n", maxFieldLen), Lan: strings.Repeat("h", maxFieldLen-5) + ":8443", State: max})
+	if err != nil {
+		t.Fatalf("HELLO at the bounds: %v", err)
+	}
+	_, ps := frames(t, b)
+	if h, err := decodeHello(ps[0]); err != nil || !h.State.Equal(max) {
+		t.Fatalf("HELLO at the bounds: %v", err)
+	}
+}
+
+// allocBytes returns the bytes f allocates per run, averaged over runs.
+func allocBytes(runs int, f func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&after)
+	return (after.TotalAlloc - before.TotalAlloc) / uint64(runs)
+}
+
+// TestPeerFieldBounds: every string a peer sends is bounded when decoded
+// (groups, names and other fields 1024 bytes, paths 4096), and one past
+// its bound is a protocol error.
+func TestPeerFieldBounds(t *testing.T) {
+	long := strings.Repeat("x", maxFieldLen+1)
+	longPath := "/" + strings.Repeat("p", maxPathLen)
+	frame := func(ft frameType, fields ...string) []byte {
+		b, start := beginFrame(nil, ft)
+		for _, f := range fields {
+			b = appendStr(b, f)
+		}
+		if ft == framePurge || ft == frameHello {
+			b = append(b, 0) // flags
+		}
+		b, _ = endFrame(b, start)
+		return b[frameHeaderSize:]
+	}
+	for name, tc := range map[string]struct {
+		ft     frameType
+		fields []string
+	}{
+		"purge group":  {framePurge, []string{long, "/p"}},
+		"purge path":   {framePurge, []string{"g", longPath}},
+		"get group":    {frameGet, []string{long, "/p", "", ""}},
+		"get path":     {frameGet, []string{"g", longPath, "", ""}},
+		"delete group": {frameDelete, []string{long, "/p"}},
+		"delete path":  {frameDelete, []string{"g", "/ok", longPath}},
+		"toc group":    {frameTOC, []string{long}},
+		"upsert group": {frameUpsert, []string{long}},
+		"hello name":   {frameHello, []string{long}},
+		"lan":          {frameLan, []string{long}},
+	} {
+		err := decodeAny(tc.ft, frame(tc.ft, tc.fields...))
+		if !errors.Is(err, errFieldTooLong) {
+			t.Errorf("%s: %v, want errFieldTooLong", name, err)
+		}
+	}
+	// At the bounds, accepted.
+	at := strings.Repeat("x", maxFieldLen)
+	atPath := "/" + strings.Repeat("p", maxPathLen-1)
+	if pg, err := decodePurge(frame(framePurge, at, atPath)); err != nil || pg.Group != at || pg.Path != atPath {
+		t.Errorf("purge at the bounds: %v", err)
+	}
+	if g, paths, err := decodeDeletes(frame(frameDelete, at, atPath)); err != nil || g != at || paths[0] != atPath {
+		t.Errorf("delete at the bounds: %v", err)
 	}
 }

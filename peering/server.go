@@ -7,6 +7,7 @@ import (
 	"io"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -17,8 +18,38 @@ import (
 // copied into one buffer and queued at once, with the FIN (see writeFin).
 const smallBody = 4 * finTail
 
+// maxConnsPerName bounds the connections accepted at once from holders of
+// certificates whose first name is the same. A node dials each peer once;
+// one that restarts may briefly have a second connection while the first
+// is not yet found dead (at most IdleTimeout), and SetPeers may briefly
+// add a third. Past the bound a connection is closed with
+// CloseTooManyConns: without it, one certificate could open connections
+// without end, each with its goroutines, its 256 stream slots and its
+// control stream's queue (maxSubscriberQueue).
+const maxConnsPerName = 4
+
+// inConn is a connection a peer dialled to us.
+type inConn struct {
+	conn  *quic.Conn
+	from  string   // the first name of the peer's certificate
+	names []string // every name of its certificate
+	log   *zap.Logger
+	// helloRefused is set once a HELLO on a later stream was refused
+	// (and logged).
+	helloRefused atomic.Bool
+}
+
+// certNames returns the DNS names of the certificate conn's peer presented.
+func certNames(conn *quic.Conn) []string {
+	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		return certs[0].DNSNames
+	}
+	return nil
+}
+
 // acceptLoop accepts peer connections: any holder of a leaf from the
-// cluster CA (the TLS handshake refuses everyone else).
+// cluster CA (the TLS handshake refuses everyone else), at most
+// maxConnsPerName at once per certificate name.
 func (n *Node) acceptLoop() {
 	defer n.wg.Done()
 	for {
@@ -29,49 +60,59 @@ func (n *Node) acceptLoop() {
 			}
 			return
 		}
+		n.handshakeDone(conn)
+		ic := &inConn{conn: conn, names: certNames(conn)}
+		if len(ic.names) > 0 {
+			ic.from = ic.names[0]
+		}
+		ic.log = n.log.With(zap.String("peer", ic.from), zap.Stringer("peer_addr", conn.RemoteAddr()))
 		n.mu.Lock()
 		if n.closed {
 			n.mu.Unlock()
 			conn.CloseWithError(CloseShutdown, "shutting down")
 			return
 		}
+		if c := n.perName[ic.from]; c >= maxConnsPerName {
+			n.mu.Unlock()
+			ic.log.Warn("too many connections from one peer name; closing the new one", zap.Int("connections", c), zap.Int("limit", maxConnsPerName))
+			conn.CloseWithError(CloseTooManyConns, "too many connections")
+			continue
+		}
+		n.perName[ic.from]++
 		n.inbound[conn] = struct{}{}
 		n.wg.Add(1)
 		n.mu.Unlock()
-		go n.serveConn(conn)
+		go n.serveConn(ic)
 	}
 }
 
 // serveConn accepts the streams of one peer connection, each served by its
 // own goroutine.
-func (n *Node) serveConn(conn *quic.Conn) {
+func (n *Node) serveConn(ic *inConn) {
 	defer n.wg.Done()
 	defer func() {
 		n.mu.Lock()
-		delete(n.inbound, conn)
+		delete(n.inbound, ic.conn)
+		if n.perName[ic.from]--; n.perName[ic.from] <= 0 {
+			delete(n.perName, ic.from)
+		}
 		n.mu.Unlock()
 	}()
-	var names []string
-	if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
-		names = certs[0].DNSNames
-	}
-	from := ""
-	if len(names) > 0 {
-		from = names[0]
-	}
 	for {
-		str, err := conn.AcceptStream(n.ctx)
+		str, err := ic.conn.AcceptStream(n.ctx)
 		if err != nil {
 			return
 		}
 		n.wg.Add(1)
-		go n.serveStream(conn, str, from, names)
+		go n.serveStream(ic, str)
 	}
 }
 
 // serveStream reads a stream's first frame under the stream deadline and
-// serves it: a GET (one fetch) or a HELLO (the control stream).
-func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names []string) {
+// serves it: a GET (one fetch) or a HELLO (the control stream; only on
+// the connection's first stream).
+func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
+	conn, from, names := ic.conn, ic.from, ic.names
 	defer n.wg.Done()
 	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
 	bp := bufPool.Get().(*[]byte)
@@ -99,13 +140,26 @@ func (n *Node) serveStream(conn *quic.Conn, str *quic.Stream, from string, names
 		n.serveGet(str, payload, from, bp)
 		bufPool.Put(bp)
 	case frameHello:
+		if str.StreamID() != 0 {
+			// One control stream per connection, the first stream the
+			// dialer opens: each is a subscriber with its own queue of
+			// up to maxSubscriberQueue bytes.
+			bufPool.Put(bp)
+			abort(str, ErrCodeBadRequest)
+			if !ic.helloRefused.Swap(true) {
+				ic.log.Warn("peer sent a HELLO on a stream other than its first; refused", zap.Int64("stream", int64(str.StreamID())))
+			}
+			return
+		}
 		h, err := decodeHello(payload)
 		// Frames the dialer sent after its HELLO are kept for the
 		// control stream's reader.
 		rest = bytes.Clone(rest)
 		bufPool.Put(bp)
 		if err != nil {
+			ic.log.Warn("peer sent a malformed HELLO; closing the connection", zap.Error(err))
 			abort(str, ErrCodeBadRequest)
+			conn.CloseWithError(CloseProtocolError, err.Error())
 			return
 		}
 		n.serveControl(conn, str, h, names, rest)
@@ -259,7 +313,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	var readErr error
 	go func() {
 		defer close(readerDone)
-		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name)
+		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name, log)
 		if errors.Is(readErr, errProtocol) {
 			log.Warn("peer broke the protocol on its control stream", zap.Error(readErr))
 			conn.CloseWithError(CloseProtocolError, readErr.Error())
@@ -297,8 +351,9 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 // readControl reads what a dialer sends on its control stream after its
 // HELLO, until the stream ends: PURGE frames become events from peer, other
 // frames are skipped.
-func (n *Node) readControl(r io.Reader, peer string) error {
+func (n *Node) readControl(r io.Reader, peer string, log *zap.Logger) error {
 	buf := make([]byte, 1024)
+	var pr purgeReceiver
 	for {
 		t, payload, err := readFrame(r, buf)
 		if err != nil {
@@ -309,9 +364,32 @@ func (n *Node) readControl(r io.Reader, peer string) error {
 			if err != nil {
 				return err
 			}
-			n.emit(Event{Kind: EventPurge, Peer: peer, Purge: pg})
+			pr.receive(n, log, peer, pg)
 		}
 	}
+}
+
+// purgeReceiver passes the purges that arrive on one control stream on as
+// events, except those of the whole of a group (an empty prefix): each
+// node would drop and re-read its whole share of the group, which no
+// single purge from a peer may cause (an operator restarts or reloads the
+// nodes instead). Node.Purge refuses to send one; one from a peer is
+// dropped, logged at WARN the first time on the stream and at DEBUG after.
+type purgeReceiver struct{ refused int }
+
+func (pr *purgeReceiver) receive(n *Node, log *zap.Logger, peer string, pg Purge) {
+	if pg.Prefix && pg.Path == "" {
+		pr.refused++
+		lvl := zap.DebugLevel
+		if pr.refused == 1 {
+			lvl = zap.WarnLevel
+		}
+		if ce := log.Check(lvl, "peer asked to purge a whole group (empty prefix); ignored"); ce != nil {
+			ce.Write(zap.String("group", pg.Group), zap.Int("refused", pr.refused))
+		}
+		return
+	}
+	n.emit(Event{Kind: EventPurge, Peer: peer, Purge: pg})
 }
 
 // writeQueue writes q's frames to str as they are queued, until stop is
@@ -339,7 +417,7 @@ func (n *Node) writeQueue(str *quic.Stream, q *outQueue, conn *quic.Conn, stop <
 
 // hello is this node's HELLO, sent by both sides of a control stream.
 func (n *Node) hello() *hello {
-	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load()}
+	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load(), State: *n.state.Load()}
 }
 
 // writeSnapshot sends the backend's table of content as TOC frames, in
@@ -419,8 +497,13 @@ func (n *Node) PublishReady(ready bool) {
 // other node (an observer, a node that lists us but that we do not list)
 // over the connection it dialled to us. A node connected neither way misses
 // it: purges are not kept for later. A Purge with a field over its limit
-// (group 1024 bytes, path 4096) is logged and dropped.
+// (group 1024 bytes, path 4096) is logged and dropped, and so is one of an
+// empty prefix (the whole group), which receivers refuse (purgeReceiver).
 func (n *Node) Purge(p Purge) {
+	if p.Prefix && p.Path == "" {
+		n.log.Error("purge of a whole group (empty prefix) refused; not sent", zap.String("group", p.Group))
+		return
+	}
 	b, err := appendPurge(nil, &p)
 	if err != nil {
 		n.log.Error("encoding purge", zap.String("group", p.Group), zap.Int("path_len", len(p.Path)), zap.Error(err))

@@ -8,12 +8,13 @@
 // Backend, and keeps every peer informed of the items it owns: on connect it
 // sends a snapshot of its table of content, then deltas (Publish) and
 // ready-state changes (PublishReady). It advertises where its HTTP site is
-// reached (Config.Lan) and passes purges to every node it is connected to
-// (Purge). What it learns from peers arrives as Events.
+// reached (Config.Lan) and its State (the ring epoch it uses and its
+// content groups, Config.State), and passes purges to every node it is
+// connected to (Purge). What it learns from peers arrives as Events.
 //
-// The peer list and the advertised LAN address can change while the Node
-// runs (SetPeers, SetLan): a configuration reload keeps the socket and the
-// connections that did not change.
+// The peer list, the advertised LAN address and State can change while the
+// Node runs (SetPeers, SetLan, SetState): a configuration reload keeps the
+// socket and the connections that did not change.
 //
 // The package imports no Caddy package and not the shard package: it takes a
 // *zap.Logger and a Config, and the application plugs its store in as a
@@ -25,6 +26,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,6 +84,11 @@ type PeerState struct {
 	// advertised none or never connected. Kept while the peer is down, and
 	// when SetPeers changes its address.
 	Lan string
+	// State is the State the peer advertised in its last HELLO (its
+	// Config.State) or since (its SetState); zero if it advertised none or
+	// never connected. Kept while the peer is down, and when SetPeers
+	// changes its address, like Lan.
+	State State
 }
 
 // EventKind says what an Event reports.
@@ -104,6 +112,10 @@ const (
 	// EventPurge: a node asked us to drop cached content (Node.Purge).
 	// The sender may be a configured peer or an observer.
 	EventPurge
+	// EventState: a peer's State changed (its Node.SetState); State is
+	// the new one. Ordered with the peer's other events: what the peer
+	// published before its SetState arrives before it.
+	EventState
 )
 
 // String names the kind, for logs.
@@ -121,6 +133,8 @@ func (k EventKind) String() string {
 		return "delta"
 	case EventPurge:
 		return "purge"
+	case EventState:
+		return "state"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -141,6 +155,9 @@ type Event struct {
 	Ready bool
 	// Lan is set for EventUp: the peer's advertised Config.Lan.
 	Lan string
+	// State is set for EventUp (from the peer's HELLO) and EventState.
+	// The callback may keep it: it is not modified afterwards.
+	State State
 	// Snapshot is set for EventSnapshot.
 	Snapshot []GroupTOC
 	// Delta is set for EventDelta.
@@ -164,6 +181,12 @@ type Config struct {
 	// observers report it in PeerState.Lan. At most 1024 bytes.
 	// Node.SetLan changes it later.
 	Lan string
+
+	// State is what this node initially advertises about its ring and
+	// groups (see State for its bounds; Listen refuses a State that breaks
+	// them). Groups are sorted by name here if they are not. Node.SetState
+	// changes it later.
+	State State
 
 	// PacketConn, if set, is the socket to use instead of binding Addr.
 	// The Node closes it on Close.
@@ -200,7 +223,10 @@ type Config struct {
 	// stream, and on every write to a control stream. Default 10s.
 	StreamTimeout time.Duration
 
-	// MaxBodySize is the largest body Fetch accepts. Default 256 MiB.
+	// MaxBodySize is the largest body Fetch accepts: a response that
+	// announces more is refused (ErrTooLarge) before anything is
+	// allocated for it, and one that announces less never gets a larger
+	// buffer. Default 4 MiB + 64 KiB (DefaultMaxBodySize).
 	MaxBodySize int64
 
 	// IdleTimeout bounds how long a peer that stops answering (crashed,
@@ -218,8 +244,16 @@ type Config struct {
 const (
 	DefaultFetchTimeout  = 2 * time.Second
 	DefaultStreamTimeout = 10 * time.Second
-	DefaultMaxBodySize   = 256 << 20
-	DefaultIdleTimeout   = time.Second
+	// DefaultMaxBodySize is one chunk and some slack: the cluster
+	// fetches a body larger than a chunk chunk by chunk (range requests),
+	// so no response it asks for is larger, and a peer cannot make a
+	// Fetch allocate more than this whatever size it announces.
+	DefaultMaxBodySize = chunkSize + 64<<10
+	DefaultIdleTimeout = time.Second
+
+	// chunkSize is the unit the cluster holds and moves large bodies in:
+	// shard.ChunkSize (4 MiB), which this package cannot import.
+	chunkSize = 4 << 20
 
 	// maxIncomingStreams bounds concurrent requests per peer connection
 	// (each is one goroutine holding one body): comfortably above the
@@ -229,7 +263,7 @@ const (
 	maxIncomingStreams = 256
 
 	// streamWindow is the initial per-stream receive window: the largest
-	// value moved in one go (a chunk, shard.ChunkSize = 4 MiB) never waits
+	// value moved in one go (a chunk, chunkSize = 4 MiB) never waits
 	// for a window update, even on a high bandwidth-delay path. On
 	// loopback no window from quic-go's defaults to 16 MiB / 1 GiB changed
 	// throughput by more than the noise (BenchmarkQUICWindows): there the
@@ -274,7 +308,11 @@ func quicConfig(idle time.Duration) *quic.Config {
 		// 5s to 5s (MinRemoteIdleTimeout): below 5s each side keeps its own.
 		// Applies once the handshake is complete.
 		MaxIdleTimeout: max(idle-keepAlive, time.Millisecond), // 0 would mean 30s
-		// No address-validation tokens: we never ask for a Retry.
+		// No store for NEW_TOKEN tokens: connections are few and
+		// long-lived, and a token would only spare a re-dial the Retry
+		// round trip during a handshake flood (see maxHandshakes: the
+		// acceptor asks for a Retry only then; a Retry token needs no
+		// store).
 		TokenStore: nil,
 		// See streamWindow / connWindow. The stream maximum leaves room
 		// for auto-tuning past the largest value.
@@ -318,6 +356,66 @@ func quicConfig(idle time.Duration) *quic.Config {
 	}
 }
 
+// maxHandshakes is the number of inbound handshakes in progress above
+// which a new one must first prove its source address with a Retry (one
+// more round trip, RFC 9000 section 8.1.2). A cluster's nodes dial each
+// other once, plus re-dials after a restart: a few handshakes at a time,
+// far under 64. More means a flood from addresses that need not be real:
+// each Initial from an unvalidated address makes the server keep a
+// connection and do TLS work, and send up to three times the bytes it got
+// to that address. With the Retry, only addresses that answer get state,
+// and the flood costs one stateless packet each.
+const maxHandshakes = 64
+
+// handshakeKey is the connection context key of a *handshake.
+type handshakeKey struct{}
+
+// handshake is one inbound handshake in progress, counted in
+// Node.handshakes until it ends: accepted (handshakeDone) or failed
+// (its context ends).
+type handshake struct{ once sync.Once }
+
+// connContext is the Transport's ConnContext: called for every inbound
+// connection attempt the server keeps state for, it counts the handshake
+// until it ends.
+func (n *Node) connContext(ctx context.Context, _ *quic.ClientInfo) (context.Context, error) {
+	h := &handshake{}
+	n.handshakes.Add(1)
+	context.AfterFunc(ctx, func() { n.endHandshake(h) })
+	return context.WithValue(ctx, handshakeKey{}, h), nil
+}
+
+// handshakeDone stops counting conn's handshake: the listener accepted it.
+func (n *Node) handshakeDone(conn *quic.Conn) {
+	if h, ok := conn.Context().Value(handshakeKey{}).(*handshake); ok {
+		n.endHandshake(h)
+	}
+}
+
+func (n *Node) endHandshake(h *handshake) {
+	h.once.Do(func() {
+		if n.handshakes.Add(-1) <= maxHandshakes/2 && n.validating.Load() && n.validating.Swap(false) {
+			n.log.Info("handshakes in progress back to normal; source-address validation off")
+		}
+	})
+}
+
+// verifySourceAddress is the Transport's VerifySourceAddress, called for
+// each Initial packet without a token that would start a connection: it
+// asks for a Retry while more than maxHandshakes handshakes are in
+// progress. Logged once each time validation turns on.
+func (n *Node) verifySourceAddress(addr net.Addr) bool {
+	c := n.handshakes.Load()
+	if c <= maxHandshakes {
+		return false
+	}
+	if !n.validating.Load() && !n.validating.Swap(true) {
+		n.log.Warn("too many handshakes in progress: new connections must validate their source address (Retry)",
+			zap.Int64("handshakes", c), zap.Int("limit", maxHandshakes), zap.Stringer("from", addr))
+	}
+	return true
+}
+
 // ErrPeerDown is returned by Fetch for a peer with no live connection (or
 // one that is not, or no longer, configured).
 var ErrPeerDown = errors.New("peering: peer down")
@@ -347,13 +445,22 @@ type Node struct {
 	// lan is the advertised LAN address (Config.Lan, then SetLan); stored
 	// under mu.
 	lan atomic.Pointer[string]
+	// state is the advertised State (Config.State, then SetState); stored
+	// under mu, never modified once stored.
+	state atomic.Pointer[State]
 
 	inflight inflight
 
 	tlsCreds nodeCreds // current TLS credentials (tls.go)
 
+	// handshakes counts the inbound handshakes in progress; validating is
+	// set while they are over maxHandshakes (see verifySourceAddress).
+	handshakes atomic.Int64
+	validating atomic.Bool
+
 	mu        sync.Mutex
 	inbound   map[*quic.Conn]struct{}
+	perName   map[string]int // inbound connections per certificate name
 	subs      map[*subscriber]struct{}
 	closed    bool
 	closeOnce sync.Once
@@ -372,6 +479,10 @@ func Listen(cfg Config) (*Node, error) {
 		if err := checkLan(cfg.Lan); err != nil {
 			return nil, fmt.Errorf("peering: LAN address %.64q: %v", cfg.Lan, err)
 		}
+	}
+	state, err := normState(cfg.State)
+	if err != nil {
+		return nil, fmt.Errorf("peering: state: %v", err)
 	}
 	if err := cfg.TLS.checkName(cfg.Name); err != nil {
 		return nil, err
@@ -403,12 +514,14 @@ func Listen(cfg Config) (*Node, error) {
 		backend: backend,
 		qconf:   quicConfig(cfg.IdleTimeout),
 		inbound: make(map[*quic.Conn]struct{}),
+		perName: make(map[string]int),
 		subs:    make(map[*subscriber]struct{}),
 	}
 	n.inflight.m = make(map[*quic.Stream]time.Time)
 	n.peers.Store(&peerTable{})
 	lan := cfg.Lan
 	n.lan.Store(&lan)
+	n.state.Store(&state)
 	peers, err := checkPeers(cfg.Name, cfg.Peers)
 	if err != nil {
 		return nil, err
@@ -422,7 +535,7 @@ func Listen(cfg Config) (*Node, error) {
 		}
 	}
 	n.pc = pc
-	n.tr = &quic.Transport{Conn: pc}
+	n.tr = &quic.Transport{Conn: pc, ConnContext: n.connContext, VerifySourceAddress: n.verifySourceAddress}
 	n.tlsCreds.cur.Store(cfg.TLS)
 	ln, err := n.tr.Listen(n.serverTLS(), n.qconf)
 	if err != nil {
@@ -574,6 +687,7 @@ func (n *Node) newPeer(w Peer, prev *peer) *peer {
 	p.ctx, p.cancel = context.WithCancelCause(n.ctx)
 	if prev != nil {
 		p.lan.Store(prev.lan.Load())
+		p.st.Store(prev.st.Load())
 		p.lastSeen.Store(prev.lastSeen.Load())
 	}
 	return p
@@ -609,6 +723,63 @@ func (n *Node) SetLan(lan string) error {
 	}
 	n.log.Info("advertised LAN address changed", zap.String("lan", lan))
 	return nil
+}
+
+// SetState changes the State this node advertises (Config.State). It is
+// stored, sent in a STATE control frame to every node that dialled this
+// one (peers and observers), through the same ordered queue as Publish and
+// PublishReady: what was published before SetState reaches them before
+// the new State, and they raise an EventState and report it in
+// PeerState.State. Nodes that connect later get it in HELLO. A State equal
+// to the current one sends nothing.
+//
+// s is copied; its groups are sorted by name if they are not. A State that
+// breaks the bounds (more than 256 groups, a group name empty or over 1024
+// bytes, a name listed twice, over about 60 KiB encoded) is logged as an
+// error and ignored: the node keeps advertising its current State. Safe to
+// call concurrently with every other method.
+func (n *Node) SetState(s State) {
+	s, err := normState(s)
+	if err != nil {
+		n.log.Error("SetState: state refused; keeping the current one", zap.Int("groups", len(s.Groups)), zap.Error(err))
+		return
+	}
+	b, err := appendStateFrame(nil, &s)
+	if err != nil { // cannot happen: normState checked it
+		n.log.Error("SetState: encoding state", zap.Error(err))
+		return
+	}
+	// Stored and sent under mu, like SetLan: a subscriber registered
+	// before gets the frame after everything broadcast before it, one
+	// registered after reads the new State for its HELLO.
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.state.Load().Equal(s) {
+		return
+	}
+	n.state.Store(&s)
+	for sub := range n.subs {
+		sub.enqueue(b)
+	}
+	n.log.Info("advertised state changed", zap.Uint64("epoch", s.Epoch), zap.Int("groups", len(s.Groups)))
+}
+
+// State returns the State this node advertises: a copy, the caller's to
+// keep.
+func (n *Node) State() State { return n.state.Load().Clone() }
+
+// normState returns a copy of s with its groups sorted by name, or an
+// error if it breaks the bounds (checkState).
+func normState(s State) (State, error) {
+	s = s.Clone()
+	if len(s.Groups) == 0 {
+		s.Groups = nil
+	}
+	slices.SortFunc(s.Groups, func(a, b GroupState) int { return strings.Compare(a.Name, b.Name) })
+	if err := checkState(s); err != nil {
+		return s, err
+	}
+	return s, nil
 }
 
 // Addr returns the address of the node's UDP socket.
