@@ -79,9 +79,10 @@ type App struct {
 
 	mu      *sync.Mutex
 	sources []source
-	cluster *clusterRef         // nil in single-node mode
-	members *cluster.Membership // this config's ring
-	key     string              // the usage pool key of cluster
+	cluster *clusterRef          // nil in single-node mode
+	members *cluster.Membership  // this config's ring
+	key     string               // the usage pool key of cluster
+	creds   *peering.Credentials // from TLS files, read by Provision
 	logger  *zap.Logger
 }
 
@@ -180,6 +181,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.cluster = val.(*clusterRef)
+	if a.TLS != nil {
+		// Read now, so that a bad file fails the config (and `caddy
+		// validate`); Start hands changed contents to the running node.
+		if a.creds, err = peering.CredentialsFromFiles(a.TLS.Cert, a.TLS.Key, a.TLS.CA); err != nil {
+			return fmt.Errorf("node %s: tls: %v", a.Node.Name, err)
+		}
+	}
 	return nil
 }
 
@@ -299,6 +307,15 @@ func (a *App) Start() error {
 		if err := c.start(a); err != nil {
 			return err
 		}
+		if n := c.Node(); n != nil && a.creds != nil && !a.creds.Equal(n.Credentials()) {
+			// The files changed on disk since the node started: new
+			// handshakes use the new ones, connections stay up.
+			if err := n.SetCredentials(a.creds); err != nil {
+				return fmt.Errorf("node %s: tls: %v", a.Node.Name, err)
+			}
+			a.logger.Info("cluster credentials changed on disk: new connections use them",
+				zap.String("cert", a.TLS.Cert), zap.String("fingerprint", a.creds.Fingerprint()[:16]))
+		}
 		cm := cluster.Commit{Members: a.members, Lan: a.Lan, FetchTimeout: time.Duration(a.FetchTimeout)}
 		seen := map[string]bool{}
 		for _, s := range a.sources {
@@ -394,8 +411,8 @@ func (c *clusterRef) start(a *App) error {
 	c.startOnce.Do(func() {
 		var creds *peering.Credentials
 		var err error
-		if a.TLS != nil {
-			creds, err = peering.CredentialsFromFiles(a.TLS.Cert, a.TLS.Key, a.TLS.CA)
+		if a.creds != nil {
+			creds = a.creds
 		} else {
 			creds, err = peering.CredentialsFromSecret(c.secret, a.Node.Name)
 		}

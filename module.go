@@ -330,7 +330,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	var resp response
 	prepare(&resp, w, r, it, enc)
 	if res.Remote == nil {
-		return h.serveLocal(w, r, &resp, name)
+		tier := cluster.TierLocal
+		if res.Storage {
+			tier = cluster.TierStorage
+		}
+		return h.serveLocal(w, r, &resp, name, tier)
 	}
 
 	// Another node holds it. HEAD, 304 and 412 need no bytes: answered
@@ -376,13 +380,15 @@ func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
 }
 
 // serveLocal serves an item of this node's store.
-func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, resp *response, name string) error {
+// tier is where the item came from: this node's memory (TierLocal) or,
+// for a path another node holds, its storage.
+func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, resp *response, name string, tier cluster.Tier) error {
 	it, enc := resp.it, resp.enc
 	if !resp.needsBody(r) {
 		h.stats.Count(cluster.TierMeta, 0)
 		return h.write(w, r, resp, cluster.Body{}, name)
 	}
-	b := cluster.Body{Item: it, Enc: enc, Tier: cluster.TierLocal}
+	b := cluster.Body{Item: it, Enc: enc, Tier: tier}
 	var size int64
 	b.Data, b.Chunks, size, _ = cluster.HeldBytes(it, enc)
 	if b.Data == nil && b.Chunks == nil && size > 0 {
@@ -393,7 +399,7 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, resp *respo
 				// The file changed between lookup and open: look again.
 				nit, isDir, lerr := h.store.Lookup(it.Path)
 				if lerr == nil && !isDir && nit != it {
-					return h.serveLocal(w, r, prepareAgain(w, r, nit, h.encoding(r, nit)), name)
+					return h.serveLocal(w, r, prepareAgain(w, r, nit, h.encoding(r, nit)), name, tier)
 				}
 			}
 			return caddyhttp.Error(http.StatusInternalServerError, err)

@@ -352,7 +352,8 @@ func (c *Cluster) groupLocked(name string) *Group {
 	g := c.groups[name]
 	if g == nil {
 		g = &Group{name: name, c: c, toc: make(map[string]*Entry),
-			byOwner: make(map[string]map[string]bool), weight: make(map[string]int64)}
+			byOwner: make(map[string]map[string]bool), weight: make(map[string]int64),
+			aside: make(map[string]map[string]*shard.Item)}
 		c.groups[name] = g
 	}
 	return g

@@ -31,6 +31,12 @@ type Group struct {
 	toc     map[string]*Entry          // path → an item a peer holds
 	byOwner map[string]map[string]bool // peer → the paths it published
 	weight  map[string]int64           // peer → bytes of metadata it published
+	// aside holds what peers published for paths they do not hold under
+	// this node's ring: never served, but kept (within the per-peer cap)
+	// because this node's ring may be the one behind (a reload reaches the
+	// nodes one after another); a ring change moves entries between toc
+	// and aside.
+	aside map[string]map[string]*shard.Item // peer → path → item
 
 	flight singleflight.Group
 	stats  Stats
@@ -89,6 +95,9 @@ type Resolved struct {
 	// Remote is set when another node holds the item: its bytes come
 	// through Open.
 	Remote *Entry
+	// Storage: another node holds the item, but no holder's table of
+	// content is trusted, so this node's storage answered.
+	Storage bool
 }
 
 // Resolve looks path up for a response. A path this node holds is looked
@@ -119,7 +128,7 @@ func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 		g.stats.noTable.Add(1)
 		g.warnNoTable(path, m)
 	}
-	return Resolved{Item: it, IsDir: isDir}, err
+	return Resolved{Item: it, IsDir: isDir, Storage: true}, err
 }
 
 // warnNoTable logs, at most once a minute per group, that a path another
@@ -147,6 +156,7 @@ func (g *Group) replace(owner string, items []peering.Meta, m *Membership) {
 		}
 	}
 	delete(g.byOwner, owner)
+	delete(g.aside, owner)
 	g.weight[owner] = 0
 	g.upsertLocked(owner, items, m, false)
 }
@@ -159,20 +169,24 @@ func (g *Group) apply(owner string, d peering.Delta, m *Membership) {
 	paths := g.byOwner[owner]
 	for _, p := range d.Deletes {
 		g.dropHotLocked(p)
-		if e := g.toc[p]; e != nil && e.Owner == owner {
+		if e := g.toc[p]; e != nil && e.Owner == owner && paths[p] {
 			delete(g.toc, p)
 			g.weight[owner] -= metaWeight(e.Item)
 		}
 		delete(paths, p)
+		if it := g.aside[owner][p]; it != nil {
+			delete(g.aside[owner], p)
+			g.weight[owner] -= metaWeight(it)
+		}
 	}
 }
 
 // Bounds on what one peer may publish in one group: a holder of a cluster
 // certificate must not be able to exhaust a node's memory with invented
 // entries. 4M entries is 4× the largest site a node is measured with.
-const (
-	maxEntriesPerPeer = 4 << 20
-	maxWeightPerPeer  = 1 << 30 // bytes of paths, types, ETags and versions
+var (
+	maxEntriesPerPeer       = 4 << 20
+	maxWeightPerPeer  int64 = 1 << 30 // bytes of paths, types, ETags and versions
 )
 
 // metaWeight is what an entry's strings take.
@@ -184,43 +198,62 @@ func metaWeight(it *shard.Item) int64 {
 	return w
 }
 
-// upsertLocked adds items published by owner: only those it holds under
-// this node's ring (a peer cannot claim another node's paths or forge
-// their ETags), and no more than the per-peer bounds.
+// upsertLocked adds items published by owner: into the table of content
+// those it holds under this node's ring (a peer cannot claim another
+// node's paths or forge their ETags), aside the others; no more than the
+// per-peer bounds in all.
 func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, dropHot bool) {
 	paths := g.byOwner[owner]
 	if paths == nil {
 		paths = make(map[string]bool)
 		g.byOwner[owner] = paths
 	}
-	refusedRing, refusedCap := 0, 0
+	aside := g.aside[owner]
+	notHeld, overCap := 0, 0
 	for _, meta := range items {
-		if !m.Holds(owner, meta.Path) {
-			refusedRing++
-			continue
-		}
 		it := fromMeta(meta)
 		w := metaWeight(it)
-		old := g.toc[meta.Path]
-		if !paths[meta.Path] && (len(paths) >= maxEntriesPerPeer || g.weight[owner]+w > maxWeightPerPeer) {
-			refusedCap++
+		var old *shard.Item
+		if e := g.toc[meta.Path]; paths[meta.Path] && e != nil && e.Owner == owner {
+			old = e.Item
+		} else if aside != nil {
+			old = aside[meta.Path]
+		}
+		if old == nil && (len(paths)+len(aside) >= maxEntriesPerPeer || g.weight[owner]+w > maxWeightPerPeer) {
+			overCap++
 			continue
+		}
+		if old != nil {
+			g.weight[owner] -= metaWeight(old)
+		}
+		g.weight[owner] += w
+		if !m.Holds(owner, meta.Path) {
+			notHeld++
+			if paths[meta.Path] {
+				delete(paths, meta.Path)
+				delete(g.toc, meta.Path)
+			}
+			if aside == nil {
+				aside = make(map[string]*shard.Item)
+				g.aside[owner] = aside
+			}
+			aside[meta.Path] = it
+			continue
+		}
+		if aside != nil {
+			delete(aside, meta.Path)
 		}
 		if dropHot {
 			g.dropHotLocked(meta.Path)
 		}
-		if old != nil && old.Owner == owner {
-			g.weight[owner] -= metaWeight(old.Item)
-		}
 		g.toc[meta.Path] = &Entry{Owner: owner, Item: it}
-		g.weight[owner] += w
 		paths[meta.Path] = true
 	}
-	if refusedRing+refusedCap > 0 {
-		g.stats.refusedEntries.Add(int64(refusedRing + refusedCap))
+	if notHeld+overCap > 0 {
+		g.stats.refusedEntries.Add(int64(notHeld + overCap))
 		g.c.log.Warn("refused table-of-content entries from a peer",
 			zap.String("peer", owner), zap.String("group", g.name),
-			zap.Int("not_its_paths", refusedRing), zap.Int("over_cap", refusedCap),
+			zap.Int("not_its_paths_under_this_ring", notHeld), zap.Int("over_cap", overCap),
 			zap.Int("cap_entries", maxEntriesPerPeer), zap.Int64("cap_bytes", maxWeightPerPeer))
 	}
 }
@@ -239,27 +272,57 @@ func (g *Group) dropHotLocked(path string) {
 	dropHot(h, path, old)
 }
 
-// prune drops the entries whose publisher no longer holds their path under
-// m (a member left, or the ring changed), and everything of peers that are
-// no longer members.
+// prune applies a new ring m: entries whose publisher no longer holds
+// their path move aside, those set aside that it now holds move into the
+// table, and everything of peers that are no longer members is dropped.
+// It returns how many entries left the table.
 func (g *Group) prune(m *Membership) (dropped int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for owner, paths := range g.byOwner {
-		member := m.IsMember(owner)
+		if !m.IsMember(owner) {
+			for p := range paths {
+				if e := g.toc[p]; e != nil && e.Owner == owner {
+					delete(g.toc, p)
+					dropped++
+				}
+			}
+			delete(g.byOwner, owner)
+			delete(g.aside, owner)
+			delete(g.weight, owner)
+			continue
+		}
+		aside := g.aside[owner]
+		var back []*shard.Item
+		for p, it := range aside {
+			if m.Holds(owner, p) {
+				back = append(back, it)
+				delete(aside, p)
+			}
+		}
 		for p := range paths {
-			if member && m.Holds(owner, p) {
+			if m.Holds(owner, p) {
 				continue
 			}
 			if e := g.toc[p]; e != nil && e.Owner == owner {
 				delete(g.toc, p)
-				g.weight[owner] -= metaWeight(e.Item)
+				if aside == nil {
+					aside = make(map[string]*shard.Item)
+					g.aside[owner] = aside
+				}
+				aside[p] = e.Item
 				dropped++
 			}
 			delete(paths, p)
 		}
-		if !member {
-			delete(g.byOwner, owner)
+		for _, it := range back {
+			g.toc[it.Path] = &Entry{Owner: owner, Item: it}
+			paths[it.Path] = true
+		}
+	}
+	for owner := range g.aside {
+		if !m.IsMember(owner) {
+			delete(g.aside, owner)
 			delete(g.weight, owner)
 		}
 	}
