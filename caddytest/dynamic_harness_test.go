@@ -196,9 +196,13 @@ type dynTally struct {
 
 func (d *dynTally) add(o dynOutcome) {
 	d.requests++
-	if o.ok() {
-		return
+	if !o.ok() {
+		d.fail(o)
 	}
+}
+
+// fail records a failure (the request is counted by the caller).
+func (d *dynTally) fail(o dynOutcome) {
 	if d.byStatus == nil {
 		d.byStatus = map[string]int{}
 	}

@@ -146,12 +146,13 @@ func TestDynamicGroupAddedByReload(t *testing.T) {
 		t.Logf("%s reloaded with the second site in %s", n.name, time.Since(start).Round(time.Millisecond))
 		// The nodes reloaded so far serve the new site: no 404 for a file
 		// that exists, even while their peers do not have the group yet.
-		for _, o := range dynServeAll(nodes[:i+1], extraBases[:i+1], extra).bad {
+		d := dynServeAll(nodes[:i+1], extraBases[:i+1], extra)
+		rollout.requests += d.requests
+		for _, o := range d.bad {
 			if o.err == nil && (o.status == http.StatusNotFound || o.status == http.StatusOK) {
-				rollout.add(o)
+				rollout.fail(o)
 			}
 		}
-		rollout.requests += (i + 1) * len(extra)
 	}
 	rollout.report(t, "the new site on the nodes reloaded so far, during the rollout")
 
