@@ -33,6 +33,16 @@ import (
 	"time"
 )
 
+// raceMode (SHARDCACHE_RACE=1) runs every test on a Caddy built with the
+// race detector (-race, CGO_ENABLED=1, the same -trimpath and tags, into a
+// path of its own; CADDYTEST_RACE_BIN names one built beforehand), and
+// fails a test when a node it started reports a data race (see
+// node.checkRaces). The race-built Caddy is several times slower: use it
+// for the cluster, chunk and fault tests, e.g.
+//
+//	SHARDCACHE_RACE=1 CGO_ENABLED=0 go test -trimpath -tags nobadger,nomysql,nopgx -count=1 -run 'TestCluster|TestChunk|TestFault' ./caddytest/
+var raceMode = os.Getenv("SHARDCACHE_RACE") == "1"
+
 // buildFlags are the flags of the Caddy build. The test binary must be built
 // with the same ones (see the package doc) so both share the build cache.
 var buildFlags = []string{"-trimpath", "-tags", "nobadger,nomysql,nopgx"}
@@ -72,26 +82,32 @@ func testMain(m *testing.M) int {
 	defer os.RemoveAll(tmp)
 	sharedDir = tmp
 
-	if bin := os.Getenv("CADDYTEST_BIN"); bin != "" {
-		// A binary built beforehand (with the flags above), to iterate
-		// on the tests without rebuilding.
+	binEnv, name, cgo := "CADDYTEST_BIN", "caddy", "CGO_ENABLED=0"
+	var extra []string
+	if raceMode {
+		binEnv, name, cgo = "CADDYTEST_RACE_BIN", "caddy-race", "CGO_ENABLED=1"
+		extra = []string{"-race"}
+	}
+	if bin := os.Getenv(binEnv); bin != "" {
+		// A binary built beforehand (with the flags above; with -race in
+		// race mode), to iterate on the tests without rebuilding.
 		caddyBin = bin
 		return m.Run()
 	}
-	caddyBin = filepath.Join(tmp, "caddy")
+	caddyBin = filepath.Join(tmp, name)
 	start := time.Now()
-	args := append([]string{"build"}, buildFlags...)
+	args := append(append([]string{"build"}, extra...), buildFlags...)
 	args = append(args, "-o", caddyBin, "./cmd/caddy")
 	cmd := exec.Command("go", args...)
 	cmd.Dir = repoRoot
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), cgo)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "integration: building Caddy (go %s): %v\n%s", strings.Join(args, " "), err, out)
 		return 1
 	}
 	if testing.Verbose() {
-		fmt.Printf("integration: built %s in %s\n", caddyBin, time.Since(start).Round(time.Millisecond))
+		fmt.Printf("integration: built %s (go %s, %s) in %s\n", caddyBin, strings.Join(args, " "), cgo, time.Since(start).Round(time.Millisecond))
 	}
 	return m.Run()
 }
@@ -141,6 +157,7 @@ type node struct {
 	admin   string // 127.0.0.1:port of the admin endpoint
 	exited  chan struct{}
 	waitErr error
+	races   sync.Once // checkRaces, once the process has exited
 }
 
 var (
@@ -266,6 +283,7 @@ func (n *node) stop() {
 	}
 	select {
 	case <-n.exited:
+		n.races.Do(n.checkRaces)
 		return
 	default:
 	}
@@ -277,6 +295,63 @@ func (n *node) stop() {
 		_ = n.cmd.Process.Kill()
 		<-n.exited
 	}
+	n.races.Do(n.checkRaces)
+}
+
+// raceMarker starts a report of the race detector; raceEnd ends it.
+const (
+	raceMarker = "WARNING: DATA RACE"
+	raceEnd    = "=================="
+)
+
+// checkRaces fails the test, in race mode, with every data race report the
+// exited process wrote to its log (stderr).
+func (n *node) checkRaces() {
+	if !raceMode {
+		return
+	}
+	b, err := os.ReadFile(n.logPath)
+	if err != nil {
+		n.t.Errorf("race mode: reading the log of caddy (pid %d): %v", n.cmd.Process.Pid, err)
+		return
+	}
+	reports := raceReports(string(b))
+	if len(reports) == 0 {
+		return
+	}
+	const show = 5
+	var msg strings.Builder
+	fmt.Fprintf(&msg, "race mode: caddy (pid %d, log %s) reported %d data race(s):\n", n.cmd.Process.Pid, n.logPath, len(reports))
+	for i, r := range reports {
+		if i == show {
+			fmt.Fprintf(&msg, "... and %d more in the log\n", len(reports)-show)
+			break
+		}
+		msg.WriteString(r + "\n")
+	}
+	n.t.Error(msg.String())
+}
+
+// raceReports returns the data race reports in log, each from its
+// "WARNING: DATA RACE" line to the "==================" line that closes it
+// (at most 200 lines each).
+func raceReports(log string) []string {
+	lines := strings.Split(log, "\n")
+	var out []string
+	for i := 0; i < len(lines); i++ {
+		if !strings.Contains(lines[i], raceMarker) {
+			continue
+		}
+		j := i + 1
+		for ; j < len(lines) && j < i+200; j++ {
+			if strings.HasPrefix(lines[j], raceEnd) || strings.Contains(lines[j], raceMarker) {
+				break
+			}
+		}
+		out = append(out, strings.Join(lines[i:j], "\n"))
+		i = j - 1
+	}
+	return out
 }
 
 // logText returns the process's output so far (the tail, if it is long).
