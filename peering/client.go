@@ -217,6 +217,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 
 	var purges purgeReceiver
 	var snap []GroupTOC // being received; nil once complete
+	snapItems := 0
 	snapIdx := map[string]int{}
 	inSnapshot := true
 	for {
@@ -241,6 +242,9 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			}
 			if !inSnapshot {
 				return errUnexpected
+			}
+			if snapItems += len(items); snapItems > n.maxSnapshot {
+				return fmt.Errorf("%w: snapshot of more than %d items", errProtocol, n.maxSnapshot)
 			}
 			i, ok := snapIdx[group]
 			if !ok {

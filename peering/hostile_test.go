@@ -393,3 +393,44 @@ func TestPurgeEmptyPrefixRefused(t *testing.T) {
 		t.Errorf("GET after the refused purges: %v %v", status, err)
 	}
 }
+
+// TestSnapshotBound: a peer whose snapshot lists more than maxSnapshotItems
+// items (lowered here) is cut off as a protocol error before its snapshot
+// grows further, logged naming it; it is still served.
+func TestSnapshotBound(t *testing.T) {
+	t.Parallel()
+	log, logs := observed(t)
+	pcA, pcB := bindLoopback(t), bindLoopback(t)
+	peerA, peerB := Peer{"a", pcA.LocalAddr().String()}, Peer{"b", pcB.LocalAddr().String()}
+	a := listenNode(t, "a", pcA, []Peer{peerB}, nil)
+	for i := range 3000 { // several frames
+		a.backend.put("site", sampleMeta(i), nil)
+	}
+	b := listenNode(t, "b", pcB, nil, func(c *Config) { c.Logger = log })
+	b.backend.put("g", Meta{Path: "/ok"}, []byte("ok"))
+	b.maxSnapshot = 1000
+	b.SetPeers([]Peer{peerA})
+
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		w := logs.FilterMessage("peer down").FilterField(zap.String("peer", "a")).All()
+		if len(w) > 0 {
+			if err, _ := w[0].ContextMap()["error"].(string); !strings.Contains(err, "snapshot of more than 1000 items") {
+				t.Fatalf("logged %v", w[0].ContextMap())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no log of the refused snapshot")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := b.rec.count(kind(EventSnapshot, "a")); c != 0 {
+		t.Errorf("%d snapshots delivered", c)
+	}
+	// a, whose connection to b is not affected, still fetches from it.
+	waitPeer(t, a.Node, "b", func(p PeerState) bool { return p.Up })
+	if _, got, err := a.Fetch(context.Background(), "b", Request{Group: "g", Path: "/ok"}); err != nil || string(got) != "ok" {
+		t.Fatalf("fetch: %q %v", got, err)
+	}
+}

@@ -240,6 +240,28 @@ type Config struct {
 	IdleTimeout time.Duration
 }
 
+// Bounds on what a peer controls. A holder of a cluster certificate is
+// not trusted to be well-behaved; each resource it can make a node spend
+// is bounded:
+//
+//   - handshakes from anyone: maxHandshakes in progress, then Retry;
+//   - connections: maxConnsPerName per certificate name (acceptLoop);
+//   - streams: maxIncomingStreams per connection (quic-go refuses more),
+//     each request under StreamTimeout, one request frame of at most
+//     MaxFrameSize; one control stream per connection (its first);
+//   - bytes in flight: quic-go's flow control, at most maxConnWindow per
+//     connection (streamWindow per stream);
+//   - frames: MaxFrameSize each, checked before the payload is read;
+//     every string field 1024 bytes (paths 4096), variants maxVariants,
+//     State groups maxGroups, all checked before allocating;
+//   - control frames queued for a peer that does not read:
+//     maxSubscriberQueue, then the connection is closed;
+//   - a peer's snapshot held until its end: maxSnapshotItems;
+//   - a response body: MaxBodySize, checked before allocating;
+//   - purges: one of a whole group is refused; others are passed on one
+//     event per frame, as fast as the peer sends them (the application
+//     bounds its own queue of them).
+//
 // Defaults.
 const (
 	DefaultFetchTimeout  = 2 * time.Second
@@ -275,6 +297,15 @@ const (
 	// maxConnWindow = 32 × 4 MiB.
 	connWindow    = 32 << 20
 	maxConnWindow = 128 << 20
+
+	// maxSnapshotItems bounds the items of a peer's snapshot, which is
+	// held in memory until its TOC_END. A TOC frame of 64 KiB can list
+	// thousands of minimal items, each a Meta of about 170 bytes once
+	// decoded, so a peer that never ends its snapshot would otherwise grow
+	// our memory without end. 4 Mi items is far more than a node's share
+	// of any site this cache serves (and about 1 GiB at most); past it the
+	// connection is closed as a protocol error.
+	maxSnapshotItems = 4 << 20
 
 	// maxSubscriberQueue bounds the control frames queued for one peer that
 	// does not read them; past it the connection is closed and the peer
@@ -453,6 +484,9 @@ type Node struct {
 
 	tlsCreds nodeCreds // current TLS credentials (tls.go)
 
+	// maxSnapshot is maxSnapshotItems (lowered by tests).
+	maxSnapshot int
+
 	// handshakes counts the inbound handshakes in progress; validating is
 	// set while they are over maxHandshakes (see verifySourceAddress).
 	handshakes atomic.Int64
@@ -518,6 +552,7 @@ func Listen(cfg Config) (*Node, error) {
 		subs:    make(map[*subscriber]struct{}),
 	}
 	n.inflight.m = make(map[*quic.Stream]time.Time)
+	n.maxSnapshot = maxSnapshotItems
 	n.peers.Store(&peerTable{})
 	lan := cfg.Lan
 	n.lan.Store(&lan)
