@@ -85,7 +85,7 @@ func TestLocalHitHeaders(t *testing.T) {
 
 // newHotHandler returns a cluster-mode handler of node n1 in a two-node
 // ring, whose hot cache holds a copy of /remote.css, a file n2 owns.
-func newHotHandler(tb testing.TB, size int) (*Handler, string) {
+func newHotHandler(tb testing.TB, size int, modTime ...time.Time) (*Handler, string) {
 	tb.Helper()
 	h := newBenchHandler(tb, 16)
 	m := cluster.NewMembership("n1", false, []peering.Peer{{Name: "n2", Addr: "127.0.0.1:1"}}, 1)
@@ -100,6 +100,9 @@ func newHotHandler(tb testing.TB, size int) (*Handler, string) {
 		}
 	}
 	it := &shard.Item{Path: p, Size: int64(size), ContentType: "text/css", ETag: `"v1"`, Version: "v1", ModTime: time.Now()}
+	if len(modTime) > 0 {
+		it.ModTime = modTime[0]
+	}
 	g.Learn("n2", peering.Delta{Group: "site", Upserts: []peering.Meta{{Path: it.Path, Size: it.Size,
 		ContentType: it.ContentType, ETag: it.ETag, Version: it.Version, ModTime: it.ModTime}}})
 	hot := g.Hot()

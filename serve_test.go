@@ -1,0 +1,118 @@
+package shardcache
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/shardcache/caddy-shardcache/shard"
+)
+
+// The preconditions evaluated before any byte is fetched must decide what
+// http.ServeContent (what file_server uses) decides with the same ETag and
+// modification time: for every validator, every mtime net/http and
+// file_server treat specially (0, 1), GET and HEAD.
+func TestPreconditionsMatchServeContent(t *testing.T) {
+	const etag = `"abc"`
+	mtimes := map[string]time.Time{
+		"epoch":  time.Unix(0, 0),
+		"one":    time.Unix(1, 0),
+		"normal": time.Date(2024, 5, 6, 7, 8, 9, 500, time.UTC),
+	}
+	dates := []string{
+		time.Unix(0, 0).UTC().Format(http.TimeFormat),
+		time.Unix(1, 0).UTC().Format(http.TimeFormat),
+		time.Unix(2, 0).UTC().Format(http.TimeFormat),
+		"Sat, 01 Jan 2000 00:00:00 GMT",
+		"Mon, 06 May 2024 07:08:09 GMT", // the normal mtime, truncated
+		"Fri, 01 Jan 2100 00:00:00 GMT",
+		"not a date",
+	}
+	var headers []http.Header
+	add := func(kv ...string) {
+		h := http.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		headers = append(headers, h)
+	}
+	for _, d := range dates {
+		add("If-Modified-Since", d)
+		add("If-Unmodified-Since", d)
+		add("If-Range", d, "Range", "bytes=0-9")
+		add("If-None-Match", `"other"`, "If-Modified-Since", d)
+		add("If-Match", etag, "If-Unmodified-Since", d)
+	}
+	for _, tag := range []string{etag, `W/"abc"`, `"other"`, "*", `"x", "abc"`, "garbage"} {
+		add("If-None-Match", tag)
+		add("If-Match", tag)
+		add("If-Range", tag, "Range", "bytes=0-9")
+	}
+	add("Range", "bytes=0-9")
+	add("Range", "bytes=5-1,0-2")
+	body := bytes.Repeat([]byte("0123456789"), 10)
+	n := 0
+	for mname, mt := range mtimes {
+		it := &shard.Item{Path: "/x.txt", Size: int64(len(body)), ModTime: mt, ETag: etag, ContentType: "text/plain"}
+		hv := headersOf(it, "")
+		for _, method := range []string{http.MethodGet, http.MethodHead} {
+			for _, h := range headers {
+				r := httptest.NewRequest(method, "/x.txt", nil)
+				r.Header = h.Clone()
+				want := httptest.NewRecorder()
+				want.Header().Set("Etag", etag)
+				http.ServeContent(want, r, "x.txt", hv.modTime, bytes.NewReader(body))
+
+				hdr := http.Header{"Etag": {etag}}
+				status, rangeHdr := checkPreconditions(hdr, r, hv.modTime)
+				what := fmt.Sprintf("mtime %s, %s %v", mname, method, h)
+				switch {
+				case status != 0 && status != want.Code:
+					t.Errorf("%s: preconditions say %d; ServeContent %d", what, status, want.Code)
+				case status == 0 && (want.Code == http.StatusNotModified || want.Code == http.StatusPreconditionFailed):
+					t.Errorf("%s: preconditions say send; ServeContent %d", what, want.Code)
+				case status == 0 && rangeHdr == "" && want.Code == http.StatusPartialContent:
+					t.Errorf("%s: preconditions drop the Range; ServeContent sent 206", what)
+				case status == 0 && rangeHdr != "" && r.Header.Get("Range") != "" && want.Code == http.StatusOK && h.Get("If-Range") != "":
+					t.Errorf("%s: preconditions keep the Range; ServeContent ignored it (If-Range)", what)
+				}
+				n++
+			}
+		}
+	}
+	t.Logf("%d cases", n)
+}
+
+// A non-owner answering a conditional GET of another node's file whose
+// mtime is 0 or 1 (not a validator): the response's Content-Length is the
+// number of bytes it sends, and the status is what file_server gives.
+func TestConditionalOnNonOwnerWithEpochMtime(t *testing.T) {
+	for _, sec := range []int64{0, 1} {
+		h, p := newHotHandler(t, 1024, time.Unix(sec, 0))
+		for _, hdr := range []string{"If-Modified-Since", "If-Unmodified-Since"} {
+			for _, date := range []string{"Sat, 01 Jan 2000 00:00:00 GMT", "Fri, 01 Jan 2100 00:00:00 GMT"} {
+				r := httptest.NewRequest(http.MethodGet, p, nil)
+				r.Header.Set(hdr, date)
+				w := httptest.NewRecorder()
+				if err := h.ServeHTTP(w, r, nil); err != nil {
+					t.Fatal(err)
+				}
+				got, _ := io.ReadAll(w.Body)
+				if w.Code != http.StatusOK {
+					t.Errorf("mtime %d, %s %s: status %d; want 200 (mtime is no validator)", sec, hdr, date, w.Code)
+				}
+				if cl := w.Header().Get("Content-Length"); cl != "" && cl != strconv.Itoa(len(got)) {
+					t.Errorf("mtime %d, %s %s: Content-Length %s, %d bytes sent", sec, hdr, date, cl, len(got))
+				}
+				if len(got) != 1024 {
+					t.Errorf("mtime %d, %s %s: %d bytes; want 1024", sec, hdr, date, len(got))
+				}
+			}
+		}
+	}
+}
