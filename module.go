@@ -345,6 +345,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	b, err := h.grp.Open(h.store, res.Remote, enc, resp.rangeHdr)
 	if err != nil {
+		resp.undo(w.Header())
 		// The file exists (its holder listed it) but neither the holder
 		// nor this node's storage can supply it now: a gateway error, not
 		// a 404, so that no cache or client takes it for gone.
@@ -402,6 +403,7 @@ func (h *Handler) serveLocal(w http.ResponseWriter, r *http.Request, resp *respo
 					return h.serveLocal(w, r, prepareAgain(w, r, nit, h.encoding(r, nit)), name, tier)
 				}
 			}
+			resp.undo(w.Header())
 			return caddyhttp.Error(http.StatusInternalServerError, err)
 		}
 		defer f.Close()

@@ -39,6 +39,23 @@ type response struct {
 	// override is the status of the error being handled when the handler
 	// serves an error page, else 0.
 	override int
+	// ownEtag, ownType: prepare set the ETag, the Content-Type.
+	ownEtag, ownType bool
+}
+
+// undo removes the headers prepare set, for a response that turns out to
+// be an error (no bytes could be had): the error's own response must not
+// carry the item's length or validators.
+func (resp *response) undo(hdr http.Header) {
+	for _, k := range [...]string{"Content-Length", "Accept-Ranges", "Last-Modified", "Content-Encoding"} {
+		delete(hdr, k)
+	}
+	if resp.ownEtag {
+		delete(hdr, "Etag")
+	}
+	if resp.ownType {
+		delete(hdr, "Content-Type")
+	}
 }
 
 // prepare sets the item's headers on w and evaluates the request's
@@ -68,17 +85,19 @@ func prepare(resp *response, w http.ResponseWriter, r *http.Request, it *shard.I
 	}
 	// Let an ETag or Content-Type set by an earlier handler win, as
 	// file_server does.
-	if _, set := hdr["Etag"]; !set {
+	_, haveEtag := hdr["Etag"]
+	if !haveEtag {
 		hdr["Etag"] = own(1, hv.etag)
 	}
-	if _, set := hdr["Content-Type"]; !set {
+	_, haveType := hdr["Content-Type"]
+	if !haveType {
 		if hv.contentType != "" {
 			hdr["Content-Type"] = own(2, hv.contentType)
 		} else {
 			hdr["Content-Type"] = nil // never let net/http sniff
 		}
 	}
-	*resp = response{it: it, enc: enc, hv: hv, override: errorStatus(r)}
+	*resp = response{it: it, enc: enc, hv: hv, override: errorStatus(r), ownEtag: !haveEtag, ownType: !haveType}
 	if plainRequest(r) {
 		hdr["Accept-Ranges"] = own(3, "bytes")
 		if hv.lastModified != "" {

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +114,30 @@ func TestConditionalOnNonOwnerWithEpochMtime(t *testing.T) {
 					t.Errorf("mtime %d, %s %s: %d bytes; want 1024", sec, hdr, date, len(got))
 				}
 			}
+		}
+	}
+}
+
+// A file another node holds that neither it nor this node's storage can
+// supply is a 502 whose headers promise nothing: no Content-Length, ETag
+// or Last-Modified of the file (Caddy writes the error response with the
+// headers the handler left).
+func TestBadGatewayCarriesNoItemHeaders(t *testing.T) {
+	h, p := newHotHandler(t, 1024)
+	h.grp.Hot().Drop(p) // no hot copy; the owner is not connected
+	w := httptest.NewRecorder()
+	err := h.ServeHTTP(w, httptest.NewRequest(http.MethodGet, p, nil), nil)
+	var herr interface{ Error() string }
+	if err == nil {
+		t.Fatal("served; want a 502")
+	}
+	herr = err
+	if !strings.Contains(herr.Error(), "unavailable") {
+		t.Errorf("error %v", err)
+	}
+	for _, k := range []string{"Content-Length", "Etag", "Last-Modified", "Content-Type", "Accept-Ranges"} {
+		if v := w.Header().Get(k); v != "" {
+			t.Errorf("the 502 carries %s: %s", k, v)
 		}
 	}
 }

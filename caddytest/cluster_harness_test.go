@@ -302,6 +302,10 @@ type clusterGroupStatus struct {
 	PeerErrors  int64                  `json:"peer_errors"`
 	ServedPeers int64                  `json:"served_to_peers"`
 	ServedBytes int64                  `json:"served_bytes_to_peers"`
+	// Table-of-content entries refused from peers; lookups answered from
+	// storage for want of a trusted table.
+	RefusedEntries int64 `json:"refused_toc_entries"`
+	StorageNoTable int64 `json:"storage_no_table"`
 }
 
 type clusterTier struct {
