@@ -139,7 +139,13 @@ func freePort(t *testing.T) int {
 // period and the extra lines given.
 func globalBlock(admin string, extra ...string) string {
 	var b strings.Builder
-	b.WriteString("{\n\tadmin " + admin + "\n\tdefault_bind 127.0.0.1\n\tgrace_period 5s\n")
+	grace := "\tgrace_period 5s\n"
+	for _, l := range extra {
+		if strings.HasPrefix(l, "grace_period ") {
+			grace = "" // the caller's own
+		}
+	}
+	b.WriteString("{\n\tadmin " + admin + "\n\tdefault_bind 127.0.0.1\n" + grace)
 	for _, l := range extra {
 		b.WriteString("\t" + l + "\n")
 	}
