@@ -39,7 +39,7 @@ func TestUpstreamsList(t *testing.T) {
 	ring := peering.NewRing(0, nil, "n1", "n2", "n3", "n4")
 	peers := []peering.PeerState{
 		{Name: "n3", Lan: "10.0.1.3:80", Up: true, Ready: true},
-		{Name: "n1", Lan: "10.0.1.1:80"},            // down: listed
+		{Name: "n1", Lan: "10.0.1.1:80"},             // down: listed
 		{Name: "n2", Lan: "", Up: true, Ready: true}, // no lan yet: not listed
 		{Name: "obs", Lan: "10.0.1.9:80", Up: true},  // not in the ring: not listed
 		{Name: "n4", Lan: "10.0.1.3:80", Up: true},   // same site as n3: one upstream
