@@ -18,8 +18,21 @@ import (
 // peer is a configured peer and our one connection to it. SetPeers
 // replaces it by a new one when its address changes.
 type peer struct {
-	name string
 	addr string
+	// byAddr: listed by address only (Peer.Name ""); its name is learned
+	// from its HELLO (claimName). Cleared, under Node.mu, when SetPeers
+	// lists the same address under the name it learned.
+	byAddr atomic.Bool
+	// name is the configured name or, for a peer listed by address, the
+	// name it holds in Node.learned ("" before it is learned, after a
+	// conflict, and after another peer took the name over). Stored under
+	// Node.mu; never nil.
+	name atomic.Pointer[string]
+	// active is open while a session of this peer (listed by address)
+	// holds its name, and closed after that session's last event;
+	// endSession ends that session. Both under Node.mu, nil otherwise.
+	active     chan struct{}
+	endSession context.CancelCauseFunc
 
 	// ctx ends when the node closes or SetPeers removes or replaces the
 	// peer (the cause says which); its dial loop then closes the
@@ -36,8 +49,13 @@ type peer struct {
 	st       atomic.Pointer[State]  // from its last HELLO or STATE frame; never modified
 }
 
+// nameNow returns the peer's name as it is now ("" for a peer listed by
+// address that holds none).
+func (p *peer) nameNow() string { return *p.name.Load() }
+
 func (p *peer) state() PeerState {
-	s := PeerState{Name: p.name, Addr: p.addr, Up: p.conn.Load() != nil, Ready: p.ready.Load()}
+	name := p.nameNow()
+	s := PeerState{Name: name, Addr: p.addr, Discovered: name != "" && p.byAddr.Load(), Up: p.conn.Load() != nil, Ready: p.ready.Load()}
 	if ns := p.lastSeen.Load(); ns != 0 {
 		s.LastSeen = time.Unix(0, ns)
 	}
@@ -52,23 +70,43 @@ func (p *peer) state() PeerState {
 
 func (p *peer) seen() { p.lastSeen.Store(time.Now().UnixNano()) }
 
+// peerLog is the logger of p's dial loop: its name, if known, and address.
+func (n *Node) peerLog(p *peer) *zap.Logger {
+	if name := p.nameNow(); name != "" {
+		return n.log.With(zap.String("peer", name), zap.String("peer_addr", p.addr))
+	}
+	return n.log.With(zap.String("peer_addr", p.addr))
+}
+
+// dupRecheck is how long a peer listed by address whose node turned out to
+// be tracked already (a name conflict, see claimName) waits before it is
+// dialled again, to see whether another node answers there now.
+const dupRecheck = 30 * time.Second
+
 // dialLoop keeps one connection to p: it dials, runs the control session
 // until the connection dies, and dials again with exponential backoff
 // (capped at maxBackoff) while the peer is unreachable. It returns when
-// p.ctx ends. prev, if set, is the peer p replaces: p is dialled only once
-// prev's loop has returned, so that the events of the old connection all
-// come before those of the new one.
-func (n *Node) dialLoop(p *peer, prev *peer) {
+// p.ctx ends. It first waits for every channel of wait to close: those
+// of the peers that held p's name before (a peer p replaces, one removed,
+// one listed by address that gave the name up), so that their events all
+// come before p's.
+//
+// A peer listed by address whose node is this one is not dialled again
+// while it stays listed; one whose node is tracked already under its name
+// is dialled again after dupRecheck. Both are logged at WARN when first
+// found, and again whenever the conflict changes.
+func (n *Node) dialLoop(p *peer, wait []<-chan struct{}) {
 	defer n.wg.Done()
 	defer close(p.done)
-	if prev != nil {
-		<-prev.done // cancelled before p was started: it ends soon
+	for _, ch := range wait {
+		<-ch // cancelled or told to end before p was started: it ends soon
 	}
-	log := n.log.With(zap.String("peer", p.name), zap.String("peer_addr", p.addr))
 	backoff := minBackoff
 	failures := 0
+	conflict := "" // the last name conflict logged
 	for p.ctx.Err() == nil {
-		conn, err := n.dial(p)
+		log := n.peerLog(p)
+		conn, anyName, err := n.dial(p)
 		if err != nil {
 			if p.ctx.Err() != nil {
 				return
@@ -90,74 +128,133 @@ func (n *Node) dialLoop(p *peer, prev *peer) {
 			continue
 		}
 		backoff, failures = minBackoff, 0
-		n.session(p, conn, log)
+		err = n.session(p, conn, anyName, log)
+		var nc *nameConflict
+		if !errors.As(err, &nc) {
+			conflict = ""
+			continue
+		}
+		lvl := zap.WarnLevel
+		if nc.Error() == conflict {
+			lvl = zap.DebugLevel
+		}
+		conflict = nc.Error()
+		if nc.self {
+			if ce := log.Check(lvl, "the node listed at this address is this node itself; not dialled again while listed"); ce != nil {
+				ce.Write(zap.String("name", nc.name), zap.String("addr", nc.other))
+			}
+			<-p.ctx.Done()
+			return
+		}
+		if ce := log.Check(lvl, "the node listed at this address is tracked already under its name; not tracked twice"); ce != nil {
+			ce.Write(zap.String("name", nc.name), zap.String("other_addr", nc.other), zap.Bool("configured", nc.configured),
+				zap.Duration("recheck_in", dupRecheck))
+		}
+		select {
+		case <-time.After(dupRecheck):
+		case <-p.ctx.Done():
+			return
+		}
 	}
 }
 
-func (n *Node) dial(p *peer) (*quic.Conn, error) {
+// dial dials p: for the name it is configured under, or for any name in
+// the cluster CA's leaves if it is listed by address only (anyName).
+func (n *Node) dial(p *peer) (_ *quic.Conn, anyName bool, _ error) {
 	addr, err := net.ResolveUDPAddr("udp", p.addr)
 	if err != nil {
-		return nil, fmt.Errorf("resolving %s: %w", p.addr, err)
+		return nil, false, fmt.Errorf("resolving %s: %w", p.addr, err)
 	}
 	qc := *n.qconf
 	qc.MaxIncomingStreams = -1 // the acceptor never opens streams to us
-	return n.tr.Dial(p.ctx, addr, n.clientTLS(p.name), &qc)
+	serverName := ""
+	if !p.byAddr.Load() {
+		serverName = p.nameNow()
+	}
+	conn, err := n.tr.Dial(p.ctx, addr, n.clientTLS(serverName), &qc)
+	return conn, serverName == "", err
+}
+
+// sess is one control session of a peer: its context (ended by p.ctx, or
+// by SetPeers giving the name it holds to a configured peer), the name its
+// events carry once admitted, and its logger.
+type sess struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	name   string
+	active chan struct{} // p.active, if the session claimed a learned name
+	log    *zap.Logger
 }
 
 // session runs the control stream of a fresh connection to p: HELLO both
 // ways, then the peer's snapshot and updates, turned into Events. It
-// returns when the connection dies, and leaves p down.
-func (n *Node) session(p *peer, conn *quic.Conn, log *zap.Logger) {
-	stop := context.AfterFunc(p.ctx, func() { n.closeStopped(p, conn) })
+// returns when the connection dies, and leaves p down. anyName says the
+// connection was dialled for any name (p listed by address). It returns
+// the error that ended the session; a *nameConflict if the peer was not
+// admitted.
+func (n *Node) session(p *peer, conn *quic.Conn, anyName bool, log *zap.Logger) error {
+	ctx, cancel := context.WithCancelCause(p.ctx)
+	defer cancel(nil)
+	s := &sess{ctx: ctx, cancel: cancel, log: log}
+	stop := context.AfterFunc(ctx, func() { n.closeStopped(ctx, conn) })
 	defer stop()
-	err := n.runSession(p, conn, log)
+	defer n.endSession(p, s)
+	err := n.runSession(p, s, conn, anyName)
+	log = s.log
 	wasUp := p.conn.Swap(nil) != nil
 	p.ready.Store(false)
 	p.seen()
 	code, msg := CloseGone, "connection lost"
+	var nc *nameConflict
 	if errors.Is(err, errProtocol) {
 		code, msg = CloseProtocolError, err.Error()
 	} else if errors.Is(err, errBadIdentity) {
 		code, msg = CloseBadIdentity, err.Error()
+	} else if errors.As(err, &nc) {
+		code, msg = CloseDuplicate, "already connected under that name"
 	}
-	if p.ctx.Err() != nil {
-		n.closeStopped(p, conn)
+	if ctx.Err() != nil {
+		n.closeStopped(ctx, conn)
 	} else {
 		conn.CloseWithError(code, msg)
 	}
-	if n.ctx.Err() != nil {
-		return
+	if n.ctx.Err() != nil || nc != nil {
+		return err
 	}
-	if p.ctx.Err() != nil {
-		// Removed or moved by SetPeers.
-		log.Info("connection to peer closed", zap.Error(context.Cause(p.ctx)))
+	if ctx.Err() != nil {
+		// Removed or moved by SetPeers, or its name given to a
+		// configured peer.
+		log.Info("connection to peer closed", zap.Error(context.Cause(ctx)))
 		if wasUp {
-			n.emit(Event{Kind: EventDown, Peer: p.name})
+			n.emit(Event{Kind: EventDown, Peer: s.name})
 		}
-		return
+		return err
 	}
 	if wasUp {
 		log.Warn("peer down", zap.Error(err))
-		n.emit(Event{Kind: EventDown, Peer: p.name})
+		n.emit(Event{Kind: EventDown, Peer: s.name})
 	} else {
 		log.Warn("peer session failed", zap.Error(err))
 	}
+	return err
 }
 
 var errBadIdentity = errors.New("peering: peer identity mismatch")
 
-// closeStopped closes conn, our connection to p, once p.ctx has ended:
-// with CloseShutdown when the node closes, else with CloseRemoved.
-func (n *Node) closeStopped(p *peer, conn *quic.Conn) {
+// closeStopped closes conn, a connection we dialled, once ctx (its
+// session's) has ended: with CloseShutdown when the node closes, else
+// with CloseRemoved.
+func (n *Node) closeStopped(ctx context.Context, conn *quic.Conn) {
 	if n.ctx.Err() != nil {
 		conn.CloseWithError(CloseShutdown, "shutting down")
 		return
 	}
-	conn.CloseWithError(CloseRemoved, context.Cause(p.ctx).Error())
+	conn.CloseWithError(CloseRemoved, context.Cause(ctx).Error())
 }
 
-func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
-	ctx, cancel := context.WithTimeout(p.ctx, n.cfg.StreamTimeout)
+func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error {
+	log := s.log
+	ctx, cancel := context.WithTimeout(s.ctx, n.cfg.StreamTimeout)
 	str, err := conn.OpenStreamSync(ctx)
 	cancel()
 	if err != nil {
@@ -183,9 +280,11 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	if h.Name != p.name {
-		return fmt.Errorf("%w: dialled %q, hello from %q", errBadIdentity, p.name, h.Name)
+	fresh, err := n.admit(p, s, conn, h.Name, anyName)
+	if err != nil {
+		return err
 	}
+	log = s.log
 	str.SetDeadline(time.Time{})
 
 	// What we send the acceptor from now on (PURGE frames) goes through a
@@ -213,7 +312,11 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 	p.conn.Store(conn)
 	log.Info("peer up", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.String("lan", h.Lan),
 		zap.Uint64("epoch", h.State.Epoch), zap.Int("groups", len(h.State.Groups)))
-	n.emit(Event{Kind: EventUp, Peer: p.name, Ready: h.Ready, Lan: h.Lan, State: h.State.Clone()})
+	if fresh {
+		log.Info("learned the name of a peer listed by address")
+		n.emit(Event{Kind: EventNamed, Peer: s.name, Addr: p.addr})
+	}
+	n.emit(Event{Kind: EventUp, Peer: s.name, Ready: h.Ready, Lan: h.Lan, State: h.State.Clone()})
 
 	var purges purgeReceiver
 	var snap []GroupTOC // being received; nil once complete
@@ -233,7 +336,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 				return err
 			}
 			if r != p.ready.Swap(r) {
-				n.emit(Event{Kind: EventReady, Peer: p.name, Ready: r})
+				n.emit(Event{Kind: EventReady, Peer: s.name, Ready: r})
 			}
 		case frameTOC:
 			group, items, err := decodeItems(payload)
@@ -258,7 +361,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 				return errUnexpected
 			}
 			inSnapshot = false
-			n.emit(Event{Kind: EventSnapshot, Peer: p.name, Snapshot: snap})
+			n.emit(Event{Kind: EventSnapshot, Peer: s.name, Snapshot: snap})
 			snap, snapIdx = nil, nil
 		case frameUpsert:
 			group, items, err := decodeItems(payload)
@@ -268,7 +371,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			if inSnapshot {
 				return errUnexpected
 			}
-			n.emit(Event{Kind: EventDelta, Peer: p.name, Delta: Delta{Group: group, Upserts: items}})
+			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Upserts: items}})
 		case frameDelete:
 			group, paths, err := decodeDeletes(payload)
 			if err != nil {
@@ -277,13 +380,13 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			if inSnapshot {
 				return errUnexpected
 			}
-			n.emit(Event{Kind: EventDelta, Peer: p.name, Delta: Delta{Group: group, Deletes: paths}})
+			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Deletes: paths}})
 		case framePurge:
 			pg, err := decodePurge(payload)
 			if err != nil {
 				return err
 			}
-			purges.receive(n, log, p.name, pg)
+			purges.receive(n, log, s.name, pg)
 		case frameLan:
 			lan, err := decodeLan(payload)
 			if err != nil {
@@ -298,7 +401,7 @@ func (n *Node) runSession(p *peer, conn *quic.Conn, log *zap.Logger) error {
 			}
 			p.st.Store(&st)
 			log.Debug("peer's state changed", zap.Uint64("epoch", st.Epoch), zap.Int("groups", len(st.Groups)))
-			n.emit(Event{Kind: EventState, Peer: p.name, State: st.Clone()})
+			n.emit(Event{Kind: EventState, Peer: s.name, State: st.Clone()})
 		default:
 			// Unknown control frames are skipped: a newer peer may send
 			// messages this version does not know.
@@ -319,7 +422,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b 
 // peer. Errors from the peer are *Error values: test them with
 // errors.Is(err, ErrNotFound) and the like.
 func (n *Node) Fetch(ctx context.Context, peerName string, req Request) (Meta, []byte, error) {
-	p := n.peers.Load().byName[peerName]
+	p := n.lookup(peerName)
 	if p == nil {
 		if n.ctx.Err() != nil {
 			return Meta{}, nil, ErrClosed

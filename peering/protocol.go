@@ -152,6 +152,12 @@ const (
 	// CloseTooManyConns: the acceptor already holds maxConnsPerName
 	// connections from peers with this certificate name.
 	CloseTooManyConns quic.ApplicationErrorCode = 0x106
+	// CloseDuplicate: the dialer reached the acceptor at an address it
+	// lists without a name, and the name in the acceptor's HELLO is the
+	// dialer's own, a configured peer's, or one a live connection to
+	// another such address already carries: the dialer does not track a
+	// node twice (see EventNamed).
+	CloseDuplicate quic.ApplicationErrorCode = 0x107
 )
 
 // Error is a protocol-level failure with its wire code. Backends return the

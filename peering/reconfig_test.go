@@ -35,7 +35,7 @@ func listenNode(t *testing.T, name string, pc net.PacketConn, peers []Peer, twea
 // dialled returns n's current connection to the configured peer name, nil
 // if none.
 func dialled(n *Node, name string) *quic.Conn {
-	if p := n.peers.Load().byName[name]; p != nil {
+	if p := n.lookup(name); p != nil {
 		return p.conn.Load()
 	}
 	return nil

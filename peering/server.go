@@ -302,7 +302,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		delete(n.subs, sub)
 		n.mu.Unlock()
 	}()
-	_, known := n.peers.Load().byName[h.Name]
+	known := n.lookup(h.Name) != nil
 	log.Info("peer subscribed", zap.Bool("ready", h.Ready), zap.Bool("observer", h.Observer), zap.Bool("configured", known))
 
 	// The dialer sends PURGE frames; anything else it sends is read and
@@ -516,7 +516,7 @@ func (n *Node) Purge(p Purge) {
 	for _, pr := range peers.order {
 		if q := pr.out.Load(); q != nil {
 			q.enqueue(b)
-			sent[pr.name] = true
+			sent[pr.nameNow()] = true
 		}
 	}
 	// A node that dialled us twice (a new connection while the old one

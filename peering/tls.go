@@ -360,6 +360,59 @@ func (c *Credentials) ClientConfig(serverName string) *tls.Config {
 	}
 }
 
+// clientConfigAnyName is the TLS configuration for dialling a peer known
+// only by its address (Peer.Name ""), whose name is not known before its
+// HELLO: like ClientConfig, but the peer's certificate may carry any DNS
+// name. The chain is still verified, by VerifyConnection (see
+// verifyAnyName): the leaf must chain to the cluster CAs, be valid now,
+// allow server auth and name at least one DNS name. Only the check of the
+// name against a ServerName is skipped (InsecureSkipVerify, which turns off
+// the library's verification so that VerifyConnection does it all). The
+// dialer then requires the name in the peer's HELLO to be one of the
+// leaf's DNS names.
+func (c *Credentials) clientConfigAnyName() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		NextProtos:   []string{ALPN},
+		Certificates: []tls.Certificate{c.cert},
+		// The name only: VerifyConnection checks the chain, the validity
+		// and the EKU, and refuses the handshake if any fails.
+		InsecureSkipVerify: true,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return c.verifyAnyName(cs.PeerCertificates, x509.ExtKeyUsageServerAuth)
+		},
+	}
+}
+
+// errNoPeerCert is verifyAnyName's error for a peer that presented no
+// certificate.
+var errNoPeerCert = errors.New("peering: peer presented no certificate")
+
+// verifyAnyName verifies certs (the peer's leaf, then any intermediates as
+// sent) against c's CAs at the current time, for usage, without checking
+// a name: the library's verification minus the ServerName match. The leaf
+// must carry at least one DNS name (the names its HELLO may use).
+func (c *Credentials) verifyAnyName(certs []*x509.Certificate, usage x509.ExtKeyUsage) error {
+	if len(certs) == 0 {
+		return errNoPeerCert
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range certs[1:] {
+		inter.AddCert(ic)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{
+		Roots:         c.roots,
+		Intermediates: inter,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	}); err != nil {
+		return fmt.Errorf("peering: peer certificate: %w", err)
+	}
+	if len(certs[0].DNSNames) == 0 {
+		return errors.New("peering: peer certificate names no node (no DNS name)")
+	}
+	return nil
+}
+
 // nodeCreds holds a running Node's current Credentials. Handshakes read
 // them without a lock; mu serialises renewals and swaps.
 type nodeCreds struct {
@@ -451,7 +504,11 @@ func (n *Node) serverTLS() *tls.Config {
 }
 
 // clientTLS is the TLS configuration of one dial to the peer named
-// serverName, from the credentials current at that moment.
+// serverName, from the credentials current at that moment; serverName ""
+// dials a peer known by address only (clientConfigAnyName).
 func (n *Node) clientTLS(serverName string) *tls.Config {
+	if serverName == "" {
+		return n.credentials().clientConfigAnyName()
+	}
 	return n.credentials().ClientConfig(serverName)
 }

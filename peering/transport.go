@@ -25,6 +25,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strings"
@@ -62,16 +63,27 @@ type Backend interface {
 // Peer is a cluster member to dial.
 type Peer struct {
 	// Name is the peer's node name: the DNS name in its certificate and
-	// the name in its HELLO.
+	// the name in its HELLO. "" lists a peer by address only (one found
+	// in DNS records, say): the node dials Addr, accepts a certificate
+	// from the cluster CA whatever DNS name it carries, and learns the
+	// peer's name from its HELLO, which must be one of those names (see
+	// EventNamed). A name is never derived from an address.
 	Name string
-	// Addr is its UDP address, host:port.
+	// Addr is its UDP address, host:port. Required.
 	Addr string
 }
 
 // PeerState is what a Node knows about one configured peer.
 type PeerState struct {
+	// Name is the peer's name: as configured, or for a peer listed by
+	// address only the name learned from its HELLO (Discovered), ""
+	// until then, and while the node answering there conflicts with
+	// another peer or is this node itself (see EventNamed).
 	Name string
 	Addr string
+	// Discovered: the peer is listed by address only and Name was learned
+	// from its HELLO.
+	Discovered bool
 	// Up: our connection to the peer is established and its HELLO arrived.
 	Up bool
 	// Ready: the peer last said it is ready (primed). Meaningful when Up.
@@ -116,6 +128,17 @@ const (
 	// the new one. Ordered with the peer's other events: what the peer
 	// published before its SetState arrives before it.
 	EventState
+	// EventNamed: the name of a peer listed by address only (Peer.Name
+	// "") was learned from its HELLO, for the first time or as another
+	// name than before (another node answers at that address now): Peer
+	// is the name, Addr the address. It comes just before that peer's
+	// EventUp; the old name's EventDown, if it was up, came before it.
+	// From then on the peer's events carry that name and Fetch reaches it
+	// by that name. A name that is this node's own, a configured peer's,
+	// or one another address holds on a live connection is not learned:
+	// the connection is closed (CloseDuplicate), a warning names both
+	// addresses, and no event is raised.
+	EventNamed
 )
 
 // String names the kind, for logs.
@@ -135,6 +158,8 @@ func (k EventKind) String() string {
 		return "purge"
 	case EventState:
 		return "state"
+	case EventNamed:
+		return "named"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -151,6 +176,8 @@ type Event struct {
 	// Peer is the peer's name (for EventPurge, the sender's, which may be
 	// an observer that is not a configured peer).
 	Peer string
+	// Addr is set for EventNamed: the address the peer was listed at.
+	Addr string
 	// Ready is set for EventUp and EventReady.
 	Ready bool
 	// Lan is set for EventUp: the peer's advertised Config.Lan.
@@ -192,8 +219,10 @@ type Config struct {
 	// The Node closes it on Close.
 	PacketConn net.PacketConn
 
-	// Peers are the cluster members to dial. An entry named Name is
-	// skipped. Node.SetPeers changes them later.
+	// Peers are the cluster members to dial, by name or by address only
+	// (see Peer). An entry named Name is skipped; an entry by address
+	// only whose address a named entry also has is skipped (the named
+	// one covers it). Node.SetPeers changes them later.
 	Peers []Peer
 
 	// TLS is this node's identity and the cluster CA. Required.
@@ -473,6 +502,14 @@ type Node struct {
 	// peers is the configured peer set: replaced whole by SetPeers (under
 	// mu), read without a lock.
 	peers atomic.Pointer[peerTable]
+	// learned maps each name learned by a peer listed by address only to
+	// that peer (see claimName): replaced whole under mu, read without a
+	// lock (Fetch). Never modified once stored.
+	learned atomic.Pointer[map[string]*peer]
+	// draining holds, per name, the done channel of a peer that SetPeers
+	// removed while it held the name: no other peer raises events under
+	// that name before it is closed (see drainWait). Under mu.
+	draining map[string]<-chan struct{}
 	// lan is the advertised LAN address (Config.Lan, then SetLan); stored
 	// under mu.
 	lan atomic.Pointer[string]
@@ -554,6 +591,8 @@ func Listen(cfg Config) (*Node, error) {
 	n.inflight.m = make(map[*quic.Stream]time.Time)
 	n.maxSnapshot = maxSnapshotItems
 	n.peers.Store(&peerTable{})
+	n.learned.Store(&map[string]*peer{})
+	n.draining = make(map[string]<-chan struct{})
 	lan := cfg.Lan
 	n.lan.Store(&lan)
 	n.state.Store(&state)
@@ -591,31 +630,80 @@ func Listen(cfg Config) (*Node, error) {
 	return n, nil
 }
 
-// checkPeers returns the peers to dial: all but the one named self, each
-// with a name and an address, no name twice.
+// checkPeers returns the peers to dial (see normPeers), or an error for
+// the first entry normPeers leaves out.
 func checkPeers(self string, peers []Peer) ([]Peer, error) {
-	out := make([]Peer, 0, len(peers))
-	seen := make(map[string]bool, len(peers))
-	for _, p := range peers {
-		if p.Name == self {
-			continue
-		}
-		if p.Name == "" || p.Addr == "" {
-			return nil, fmt.Errorf("peering: peer %q: name and address required", p.Name)
-		}
-		if seen[p.Name] {
-			return nil, fmt.Errorf("peering: peer %q listed twice", p.Name)
-		}
-		seen[p.Name] = true
-		out = append(out, p)
+	out, bad := normPeers(self, peers)
+	if len(bad) > 0 {
+		return nil, fmt.Errorf("peering: peer %q at %q: %s", bad[0].Name, bad[0].Addr, bad[0].why)
 	}
 	return out, nil
 }
 
+// badPeer is an entry normPeers leaves out, and why.
+type badPeer struct {
+	Peer
+	why string
+}
+
+// normPeers returns the peers to dial: the entries of peers in order, but
+// for those named self (skipped silently), those by address only whose
+// address a named entry also has (skipped silently: the named entry covers
+// them), and those it returns in bad: without an address, a name listed
+// twice, an address listed twice by address only (the first entry of each
+// is kept).
+func normPeers(self string, peers []Peer) (out []Peer, bad []badPeer) {
+	out = make([]Peer, 0, len(peers))
+	namedAddr := make(map[string]bool, len(peers))
+	for _, p := range peers {
+		if p.Name != "" && p.Name != self {
+			namedAddr[p.Addr] = true
+		}
+	}
+	seen := make(map[string]bool, len(peers))
+	seenAddr := make(map[string]bool, len(peers))
+	for _, p := range peers {
+		switch {
+		case p.Name == self:
+		case p.Addr == "":
+			bad = append(bad, badPeer{p, "an address is required"})
+		case p.Name == "" && namedAddr[p.Addr]:
+		case p.Name == "" && seenAddr[p.Addr]:
+			bad = append(bad, badPeer{p, "address listed twice without a name"})
+		case p.Name == "":
+			seenAddr[p.Addr] = true
+			out = append(out, p)
+		case seen[p.Name]:
+			bad = append(bad, badPeer{p, "name listed twice"})
+		default:
+			seen[p.Name] = true
+			out = append(out, p)
+		}
+	}
+	return out, bad
+}
+
 // peerTable is a configured peer set. Immutable once stored in Node.peers.
 type peerTable struct {
+	// byName holds the peers listed by name (including those listed by
+	// address whose entry SetPeers replaced by one with the learned name
+	// at the same address).
 	byName map[string]*peer
+	// byAddr holds the peers listed by address only.
+	byAddr map[string]*peer
 	order  []*peer // as configured
+}
+
+// lookup returns the peer that Fetch reaches under name: a peer listed by
+// name, else one listed by address that learned it; nil if none.
+func (n *Node) lookup(name string) *peer {
+	if p := n.peers.Load().byName[name]; p != nil {
+		return p
+	}
+	if p := (*n.learned.Load())[name]; p != nil && p.ctx.Err() == nil {
+		return p
+	}
+	return nil
 }
 
 // SetPeers makes the configured peers equal to peers, as Config.Peers
@@ -638,32 +726,34 @@ type peerTable struct {
 //     HELLO or snapshot, no event. Only the order of Peers() follows the
 //     new list.
 //
+// Peers listed by address only (Peer.Name "") are keyed by their address:
+// one listed at the same address as before keeps its connection and the
+// name it learned. One replaced by a named entry for the same address
+// keeps its connection if the name is the one it learned (it is then a
+// configured peer like any other: no event); otherwise it is removed and
+// the named peer dialled. A named entry for a name that a peer listed by
+// address holds takes it over: that peer's connection is closed (EventDown
+// if it was up) before the named peer raises any event, and it is not
+// tracked under that name again while the named entry is listed. In
+// general, whenever a peer leaves the name it held, its last event comes
+// before the first of the next peer to hold the name.
+//
 // Connections that other nodes dialled to this one are not affected: a
 // removed peer that still lists this node keeps being served like any
 // other holder of a cluster certificate that is not configured (an
 // observer): it gets the table of content and its purges arrive as
 // EventPurge, but it raises no EventUp or EventDown.
 //
-// Entries that Listen would refuse are left out and logged: one named like
-// this node (skipped silently, as in Listen), one without a name or an
-// address, and every entry after the first with a given name. After Close,
-// SetPeers does nothing.
+// Entries that Listen would refuse are left out and logged: one without
+// an address, every entry after the first with a given name, and every
+// entry by address only after the first with a given address. An entry
+// named like this node is skipped silently, as in Listen, and so is one by
+// address only whose address a named entry has. After Close, SetPeers does
+// nothing.
 func (n *Node) SetPeers(peers []Peer) {
-	want := make([]Peer, 0, len(peers))
-	seen := make(map[string]bool, len(peers))
-	for _, p := range peers {
-		switch {
-		case p.Name == n.cfg.Name:
-			continue
-		case p.Name == "" || p.Addr == "":
-			n.log.Error("SetPeers: peer without a name or an address left out", zap.String("peer", p.Name), zap.String("peer_addr", p.Addr))
-			continue
-		case seen[p.Name]:
-			n.log.Error("SetPeers: peer listed twice; the first entry is kept", zap.String("peer", p.Name), zap.String("peer_addr", p.Addr))
-			continue
-		}
-		seen[p.Name] = true
-		want = append(want, p)
+	want, bad := normPeers(n.cfg.Name, peers)
+	for _, b := range bad {
+		n.log.Error("SetPeers: peer left out", zap.String("peer", b.Name), zap.String("peer_addr", b.Addr), zap.String("reason", b.why))
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -673,39 +763,92 @@ func (n *Node) SetPeers(peers []Peer) {
 	n.setPeers(want)
 }
 
-// setPeers installs want (checked: see checkPeers) as the peer set, starting
+// setPeers installs want (checked: see normPeers) as the peer set, starting
 // dial loops for new peers and stopping those of removed ones. Called with
 // n.mu held, before Close.
 func (n *Node) setPeers(want []Peer) {
 	old := n.peers.Load()
-	t := &peerTable{byName: make(map[string]*peer, len(want)), order: make([]*peer, 0, len(want))}
-	var added, moved, removed []string
+	t := &peerTable{byName: make(map[string]*peer, len(want)), byAddr: make(map[string]*peer), order: make([]*peer, 0, len(want))}
+	learned := maps.Clone(*n.learned.Load())
+	kept := make(map[*peer]bool, len(want))
+	var added, moved, removed, converted []string
 	for _, w := range want {
-		prev := old.byName[w.Name]
-		p := prev
-		if prev == nil || prev.addr != w.Addr {
+		var p *peer
+		switch {
+		case w.Name == "":
+			p = old.byAddr[w.Addr]
+			if p == nil {
+				p = n.newPeer(w, nil)
+				added = append(added, w.Addr)
+				n.wg.Add(1)
+				go n.dialLoop(p, nil)
+			}
+			t.byAddr[w.Addr] = p
+		case old.byName[w.Name] != nil && old.byName[w.Name].addr == w.Addr:
+			p = old.byName[w.Name]
+			t.byName[w.Name] = p
+		default:
+			prev := old.byName[w.Name]
+			if a := old.byAddr[w.Addr]; prev == nil && a != nil && learned[w.Name] == a {
+				// Listed by address until now, under the name it
+				// learned: the same peer, now configured by name.
+				delete(learned, w.Name)
+				a.byAddr.Store(false)
+				p = a
+				converted = append(converted, w.Name)
+				t.byName[w.Name] = p
+				break
+			}
+			var wait []<-chan struct{}
 			p = n.newPeer(w, prev)
 			if prev == nil {
 				added = append(added, w.Name)
 			} else {
 				moved = append(moved, w.Name)
 				prev.cancel(errPeerMoved)
+				kept[prev] = true // not reported as removed
+				wait = append(wait, prev.done)
+			}
+			if h := learned[w.Name]; h != nil {
+				// A peer listed by address holds the name: it gives it
+				// up, and its session under it ends before p's events.
+				delete(learned, w.Name)
+				if ch := n.yieldName(h, errNameConfigured); ch != nil {
+					wait = append(wait, ch)
+				}
+			}
+			if ch := n.drainWait(w.Name); ch != nil {
+				wait = append(wait, ch)
 			}
 			n.wg.Add(1)
-			go n.dialLoop(p, prev)
+			go n.dialLoop(p, wait)
+			t.byName[w.Name] = p
 		}
-		t.byName[w.Name] = p
+		kept[p] = true
 		t.order = append(t.order, p)
 	}
 	for _, p := range old.order {
-		if _, ok := t.byName[p.name]; !ok {
-			removed = append(removed, p.name)
-			p.cancel(errPeerRemoved)
+		if kept[p] {
+			continue
 		}
+		name := p.nameNow()
+		if p.byAddr.Load() {
+			removed = append(removed, p.addr)
+			if name != "" && learned[name] == p {
+				delete(learned, name)
+				n.draining[name] = p.done
+			}
+		} else {
+			removed = append(removed, name)
+			n.draining[name] = p.done
+		}
+		p.cancel(errPeerRemoved)
 	}
+	n.learned.Store(&learned)
 	n.peers.Store(t)
-	if old.byName != nil && len(added)+len(moved)+len(removed) > 0 {
-		n.log.Info("peer list changed", zap.Strings("added", added), zap.Strings("moved", moved), zap.Strings("removed", removed))
+	if old.order != nil && len(added)+len(moved)+len(removed)+len(converted) > 0 {
+		n.log.Info("peer list changed", zap.Strings("added", added), zap.Strings("moved", moved), zap.Strings("removed", removed),
+			zap.Strings("now_named", converted))
 	}
 }
 
@@ -718,7 +861,10 @@ var (
 // replaces (same name, other address): its LAN address and last sighting
 // carry over.
 func (n *Node) newPeer(w Peer, prev *peer) *peer {
-	p := &peer{name: w.Name, addr: w.Addr, done: make(chan struct{})}
+	p := &peer{addr: w.Addr, done: make(chan struct{})}
+	name := w.Name
+	p.name.Store(&name)
+	p.byAddr.Store(w.Name == "")
 	p.ctx, p.cancel = context.WithCancelCause(n.ctx)
 	if prev != nil {
 		p.lan.Store(prev.lan.Load())
@@ -823,7 +969,8 @@ func (n *Node) Addr() net.Addr { return n.pc.LocalAddr() }
 // Name returns the node's name.
 func (n *Node) Name() string { return n.cfg.Name }
 
-// Peers returns the state of every configured peer, in configured order.
+// Peers returns the state of every configured peer, in configured order,
+// those listed by address only included (Name "" until it is learned).
 func (n *Node) Peers() []PeerState {
 	t := n.peers.Load()
 	out := make([]PeerState, 0, len(t.order))
