@@ -17,6 +17,8 @@ type job struct {
 	hold bool  // may hold the body (budget permitting)
 	res  int64 // body bytes reserved for it against the budget
 	old  int64 // body bytes its current content holds (freed when it installs)
+
+	handoff bool // a file newly needed after SetOwns: ask Config.Handoff first
 }
 
 // startLoadLocked starts a load of the file at p (known) and returns it.
@@ -123,16 +125,32 @@ func (s *Store) runJobs(jobs []*job) {
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			c, lerr := s.readFile(s.ctx, j.path, s.wantBody(j))
-			if lerr == nil {
-				s.stats.reloads.Add(1)
-				s.stats.storageReads.Add(1)
-				s.stats.storageBytes.Add(c.Size)
-			}
+			c, lerr := s.loadJob(j)
 			s.mu.Lock()
 			s.finishLocked(j, c, lerr)
 			s.mu.Unlock()
 		}()
 	}
 	wg.Wait()
+}
+
+// loadJob reads the file of an updater's load: from Config.Handoff when j
+// is a file newly needed after SetOwns and the handoff checks out, else
+// from storage.
+func (s *Store) loadJob(j *job) (*Item, error) {
+	want := s.wantBody(j)
+	if j.handoff && s.cfg.Handoff != nil {
+		if c := s.tryHandoff(j, want); c != nil {
+			return c, nil
+		}
+	}
+	c, err := s.readFile(s.ctx, j.path, want)
+	if err == nil {
+		if !j.handoff {
+			s.stats.reloads.Add(1)
+		}
+		s.stats.storageReads.Add(1)
+		s.stats.storageBytes.Add(c.Size)
+	}
+	return c, err
 }

@@ -31,6 +31,7 @@
 package shard
 
 import (
+	"context"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -148,8 +149,30 @@ type Config struct {
 	// Lookup still answers them, from storage. A precompressed sibling
 	// follows the item it compresses. nil means the node owns everything.
 	// It is called with the store's lock held: it must be fast and must not
-	// call the Store. Its answers are taken as fixed for the Store's life.
+	// call the Store. Its answers must stay the same until Store.SetOwns
+	// replaces it (a ring change), which drops what is no longer owned and
+	// loads what newly is.
 	Owns func(path string) bool
+
+	// OnDrop, if not nil, is called with each published item (bytes and
+	// Variants included) that SetOwns drops because this node no longer
+	// owns it, before the store lets go of it, so that the caller can keep
+	// serving it for a while (a handoff to its new owner). It is called
+	// from the updater goroutine, with no lock of the store held. It is not
+	// called for files removed from storage.
+	OnDrop func(it *Item)
+
+	// Handoff, if not nil, is asked for each file this node newly needs
+	// after SetOwns (an item it now owns, or a precompressed sibling of one:
+	// variants are files of their own here), with the size and modification
+	// time storage shows for it. It returns the data as the previous holder
+	// has it (Body or Chunks, Size, ModTime, Version; Variants are ignored),
+	// or false. The store takes it only if Size and ModTime match storage
+	// and the bytes hash to Version; otherwise, or when the memory budget
+	// cannot hold the bytes, it reads the file from storage. The store
+	// derives ContentType and ETag itself. Calls come from up to Workers
+	// goroutines in parallel, with no lock of the store held.
+	Handoff func(ctx context.Context, path string, size int64, modTime time.Time) (*Item, bool)
 
 	// Workers is the number of files read in parallel while priming.
 	// 0 means a sensible default.

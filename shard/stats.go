@@ -10,8 +10,11 @@ type Stats struct {
 	ResidentBytes int64 // bytes of item and variant bodies held; never above Config.Memory
 	PrimedItems   int64 // files read while priming
 	PrimedBytes   int64 // bytes read while priming
-	StorageReads  int64 // files read or opened on storage other than by priming: on-demand lookups, Open, reloads
+	StorageReads  int64 // files read or opened on storage other than by priming: on-demand lookups, Open, reloads, loads after SetOwns
 	StorageBytes  int64 // bytes of those files
+	HandoffItems  int64 // files newly needed after SetOwns taken from Config.Handoff instead of storage
+	HandoffBytes  int64 // bytes of those files
+	HandoffFailed int64 // Config.Handoff answers refused (size, modification time or hash wrong), read from storage instead
 	OnDemand      int64 // lookups answered from storage (not primed yet, or not ours)
 	Reloads       int64 // files read again because they changed on storage
 	Changes       int64 // item changes published after Ready (what OnChange is called with)
@@ -28,6 +31,8 @@ type counters struct {
 	onDemand, reloads, changes atomic.Int64
 	rescans, events, stale     atomic.Int64
 	loadErrors                 atomic.Int64
+	handoffItems, handoffBytes atomic.Int64
+	handoffFailed              atomic.Int64
 }
 
 // Stats returns the store's counters.
@@ -40,6 +45,9 @@ func (s *Store) Stats() Stats {
 		PrimedBytes:   s.primed.bytes.Load(),
 		StorageReads:  s.stats.storageReads.Load(),
 		StorageBytes:  s.stats.storageBytes.Load(),
+		HandoffItems:  s.stats.handoffItems.Load(),
+		HandoffBytes:  s.stats.handoffBytes.Load(),
+		HandoffFailed: s.stats.handoffFailed.Load(),
 		OnDemand:      s.stats.onDemand.Load(),
 		Reloads:       s.stats.reloads.Load(),
 		Changes:       s.stats.changes.Load(),

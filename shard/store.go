@@ -21,7 +21,8 @@ import (
 //
 // New only checks the configuration; Start primes and watches in the
 // background; Close stops everything and drops the memory. Until priming is
-// done (Ready), a path not yet in memory is answered from storage.
+// done (Ready), a path not yet in memory is answered from storage. SetOwns
+// changes the node's share in place (a ring change).
 type Store struct {
 	cfg     Config
 	root    string     // absolute, clean
@@ -40,9 +41,10 @@ type Store struct {
 	mu       sync.RWMutex
 	files    map[string]*fileRec
 	dirs     map[string]*dirRec
-	seq      uint64 // last load sequence number handed out
-	planned  bool   // the priming queue is built; later files are the updater's
-	reserved int64  // body bytes promised to loads in flight
+	seq      uint64                 // last load sequence number handed out
+	planned  bool                   // the priming queue is built; later files are the updater's
+	owner    func(path string) bool // Config.Owns, or SetOwns's latest; nil: everything
+	reserved int64                  // body bytes promised to loads in flight
 	held     atomic.Int64
 	changes  []change // published while a batch runs; reported after it
 
@@ -67,6 +69,7 @@ type Store struct {
 	beneath  beneath // Linux: openat2 relative to the root (source_linux.go)
 
 	watch  watchState
+	setOwn ownsState
 	flight singleflight.Group
 	memo   memo
 	stats  counters
@@ -138,7 +141,9 @@ func New(cfg Config) (*Store, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		primedCh: make(chan struct{}),
+		owner:    cfg.Owns,
 	}
+	s.setOwn.ch = make(chan struct{}, 1)
 	s.watch.kickCh = make(chan struct{}, 1)
 	return s, nil
 }

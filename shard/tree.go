@@ -75,7 +75,7 @@ func join(d, name string) string {
 }
 
 // owns reports whether this node owns the item at p.
-func (s *Store) owns(p string) bool { return s.cfg.Owns == nil || s.cfg.Owns(p) }
+func (s *Store) owns(p string) bool { return s.owner == nil || s.owner(p) }
 
 // hiddenLocked reports whether p is a precompressed sibling of an existing
 // file, and so a Variant rather than an item.

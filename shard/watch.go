@@ -279,6 +279,9 @@ func (s *Store) update() {
 			s.refreshPaths(batch, aff)
 			s.settle(aff)
 
+		case <-s.setOwn.ch:
+			s.applyOwns()
+
 		case <-rescan:
 			s.rescan()
 			if iv := s.rescanInterval(); iv != interval {

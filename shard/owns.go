@@ -1,0 +1,244 @@
+package shard
+
+import (
+	"sync"
+)
+
+// Changing which paths this node owns (a ring change) without rebuilding
+// the store: what is no longer owned leaves memory, what newly is gets
+// loaded (from the previous holder through Config.Handoff when it can
+// prove it has the bytes storage holds, else from storage), and everything
+// else stays as it is.
+
+// ownsState is the latest SetOwns not yet applied by the updater, and who
+// waits for it.
+type ownsState struct {
+	mu      sync.Mutex
+	set     bool                   // fn is waiting to be applied
+	fn      func(path string) bool // the latest; nil means everything
+	waiters []chan struct{}        // closed once fn (or a later one) is applied
+	ch      chan struct{}          // wakes the updater; buffered, 1
+}
+
+// SetOwns changes which paths this node owns (a ring change). Items it no
+// longer owns leave memory (Config.OnDrop is called with each, bytes
+// included, first); files it newly needs are loaded, through
+// Config.Handoff first, from storage otherwise; everything else is
+// untouched (no file is read again, no item published again). Changes are
+// reported to OnChange as usual, from the updater goroutine, in order.
+//
+// It returns once the newly needed files are loaded (during priming: once
+// priming is done), or the store closes. Before Start, and after Close, it
+// only sets the function. Of concurrent calls, the last one applied wins.
+// owns follows the rules of Config.Owns.
+func (s *Store) SetOwns(owns func(path string) bool) {
+	s.lifeMu.Lock()
+	if !s.started || s.closed.Load() {
+		s.mu.Lock()
+		s.owner = owns
+		s.mu.Unlock()
+		s.lifeMu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	s.setOwn.mu.Lock()
+	s.setOwn.set, s.setOwn.fn = true, owns
+	s.setOwn.waiters = append(s.setOwn.waiters, done)
+	s.setOwn.mu.Unlock()
+	s.lifeMu.Unlock()
+	select {
+	case s.setOwn.ch <- struct{}{}:
+	default:
+	}
+	select {
+	case <-done:
+	case <-s.ctx.Done():
+		return
+	}
+	if !s.ready.Load() {
+		// Applied before priming was done: priming loads what it planned.
+		select {
+		case <-s.primedCh:
+		case <-s.ctx.Done():
+		}
+	}
+}
+
+// applyOwns applies the latest SetOwns (on the updater goroutine).
+func (s *Store) applyOwns() {
+	s.setOwn.mu.Lock()
+	set, fn, waiters := s.setOwn.set, s.setOwn.fn, s.setOwn.waiters
+	s.setOwn.set, s.setOwn.fn, s.setOwn.waiters = false, nil, nil
+	s.setOwn.mu.Unlock()
+	if !set {
+		return
+	}
+	defer func() {
+		for _, w := range waiters {
+			close(w)
+		}
+	}()
+
+	// First the new function, and what it changes: the files whose content
+	// is needed or not any more (aff), and the published items that go.
+	// From here on no load installs content that is not ours and no item
+	// that is not ours is published, so drops is complete; but the items in
+	// it stay published until OnDrop has seen them.
+	s.mu.Lock()
+	type before struct{ need, owns bool }
+	was := make(map[string]before, len(s.files))
+	for p := range s.files {
+		was[p] = before{s.needLocked(p), s.owns(p)}
+	}
+	s.owner = fn
+	aff := make(affected)
+	gained := make(map[string]bool)
+	var drops []*Item
+	for p, rec := range s.files {
+		need, owns := s.needLocked(p), s.owns(p)
+		b := was[p]
+		if need == b.need && owns == b.owns {
+			continue
+		}
+		aff.add(p)
+		if need && !b.need {
+			gained[p] = true
+		}
+		if !need {
+			rec.queued = false // priming skips it
+		}
+		if !owns {
+			if it, ok := s.index.load(p); ok && !it.isDir() {
+				drops = append(drops, it)
+			}
+		}
+	}
+	s.mu.Unlock()
+
+	if s.cfg.OnDrop != nil {
+		for _, it := range drops {
+			s.cfg.OnDrop(it)
+		}
+	}
+
+	// Then drop, republish and load, as after a change on storage.
+	s.mu.Lock()
+	jobs := s.settleLocked(aff)
+	for _, j := range jobs {
+		j.handoff = gained[j.path]
+	}
+	s.mu.Unlock()
+	s.runJobs(jobs)
+	s.mu.Lock()
+	changes := s.takeChangesLocked()
+	s.mu.Unlock()
+	if s.cfg.OnChange != nil {
+		for _, c := range changes {
+			s.cfg.OnChange(c.path, c.it)
+		}
+	}
+	if afterApplyOwns != nil {
+		afterApplyOwns()
+	}
+}
+
+// afterApplyOwns, when not nil, is called by the updater after it applied
+// a SetOwns. Tests use it to know a call was applied while priming.
+var afterApplyOwns func()
+
+// tryHandoff asks Config.Handoff for the file of j and returns its data if
+// it matches storage (size and modification time now, and the bytes' hash
+// to the Version claimed) and the budget lets j hold it; else nil.
+func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
+	rel, ok := relPath(j.path)
+	if !ok {
+		return nil
+	}
+	r, err := s.fsRoot()
+	if err != nil {
+		return nil
+	}
+	fi, err := s.statIn(r, rel) // a link is seen as its target, as readFile reads it
+	if err != nil || !fi.Mode().IsRegular() {
+		return nil
+	}
+	h, ok := s.cfg.Handoff(s.ctx, j.path, fi.Size(), fi.ModTime())
+	if !ok || h == nil {
+		return nil
+	}
+	body, chunks, ok := handoffBytes(h)
+	if !ok || h.Size != fi.Size() || !h.ModTime.Equal(fi.ModTime()) {
+		s.stats.handoffFailed.Add(1)
+		return nil
+	}
+	sum := newHash()
+	var head []byte
+	if chunks != nil {
+		for _, c := range chunks {
+			sum.Write(c)
+		}
+		head = chunks[0]
+	} else {
+		sum.Write(body)
+		head = body
+	}
+	tag := etag(sum)
+	if tag[1:len(tag)-1] != h.Version {
+		s.stats.handoffFailed.Add(1)
+		return nil
+	}
+	if !want(h.Size) {
+		return nil // the budget cannot hold it: storage, hashed only
+	}
+	c := &Item{
+		Path:        j.path,
+		Size:        h.Size,
+		ModTime:     fi.ModTime(),
+		ContentType: contentType(j.path, head),
+		ETag:        tag,
+		Body:        body,
+		Chunks:      chunks,
+		Version:     tag[1 : len(tag)-1],
+	}
+	s.stats.handoffItems.Add(1)
+	s.stats.handoffBytes.Add(c.Size)
+	return c
+}
+
+// handoffBytes returns the bytes of it laid out as the store holds them: a
+// Body of up to ChunkSize bytes, else Chunks of ChunkSize pieces (a larger
+// Body is cut into chunks without copying). ok is false when it does not
+// hold exactly Size bytes in either form.
+func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
+	size := it.Size
+	switch {
+	case size < 0:
+		return nil, nil, false
+	case size == 0:
+		return nil, nil, len(it.Body) == 0 && it.Chunks.Len() == 0
+	case it.Chunks != nil:
+		if it.Body != nil || len(it.Chunks) != NumChunks(size) {
+			return nil, nil, false
+		}
+		for i, c := range it.Chunks {
+			if _, n := ChunkRange(size, i); int64(len(c)) != n {
+				return nil, nil, false
+			}
+		}
+		if size <= ChunkSize {
+			return it.Chunks[0], nil, true
+		}
+		return nil, it.Chunks, true
+	case int64(len(it.Body)) != size:
+		return nil, nil, false
+	case size <= ChunkSize:
+		return it.Body, nil, true
+	default:
+		chunks = make(Chunks, NumChunks(size))
+		for i := range chunks {
+			off, n := ChunkRange(size, i)
+			chunks[i] = it.Body[off : off+n : off+n]
+		}
+		return nil, chunks, true
+	}
+}
