@@ -1,6 +1,7 @@
 package shardcache
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -42,6 +43,10 @@ type App struct {
 	// ring.
 	Peers []Member `json:"peers,omitempty"`
 
+	// Sources of more members, looked up in DNS in the background and
+	// followed as they change: the ring changes when the member set does.
+	PeerSources []PeerSource `json:"peer_sources,omitempty"`
+
 	// The cluster secret. Every node derives the same certificate
 	// authority from it and issues itself a certificate, so peers
 	// authenticate each other with mutual TLS. Placeholders such as
@@ -79,10 +84,15 @@ type App struct {
 
 	mu      *sync.Mutex
 	sources []source
-	cluster *clusterRef          // nil in single-node mode
-	members *cluster.Membership  // this config's ring
-	key     string               // the usage pool key of cluster
+	cluster *clusterRef         // nil in single-node mode
+	members *cluster.Membership // this config's ring
+	key     string              // the usage pool key of cluster
+	merger  *cluster.Merger
 	creds   *peering.Credentials // from TLS files, read by Provision
+	static  []peering.Peer       // the peer lines
+	dns     []*cluster.DNSSource // the peers sources
+	found   [][]cluster.Member   // their last answers, under mu
+	stopDNS context.CancelFunc
 	logger  *zap.Logger
 }
 
@@ -94,6 +104,27 @@ type Member struct {
 
 	// The node's SAN address, host:port (UDP).
 	Address string `json:"address"`
+}
+
+// PeerSource finds members in DNS.
+type PeerSource struct {
+	// `srv`: SRV records of Name (`_service._proto.name`); each target is a
+	// node, named by its first label (a StatefulSet pod's hostname), at the
+	// target's address and the record's port. `dns`: A/AAAA records of
+	// Name, each a node at Port, named by its certificate when it connects.
+	Kind string `json:"kind"`
+	Name string `json:"name"`
+	Port int    `json:"port,omitempty"`
+	// How often to look again. Default: 1m.
+	Refresh caddy.Duration `json:"refresh,omitempty"`
+	// DNS servers to ask (host or host:port), in turn. Default: the
+	// system's.
+	Resolvers []string `json:"resolvers,omitempty"`
+	// How long lookups may fail, or answer nothing, before it is logged
+	// as an error (failures) or taken as the answer (an empty set). The
+	// last good set is kept through failures whatever their length.
+	// Default: 30s.
+	Grace caddy.Duration `json:"grace,omitempty"`
 }
 
 // TLSFiles are PEM files for the cluster's mutual TLS.
@@ -155,6 +186,29 @@ func (a *App) Provision(ctx caddy.Context) error {
 		peers[i] = peering.Peer{Name: p.Name, Addr: p.Address}
 	}
 	a.members = cluster.NewMembership(a.Node.Name, a.Observer, peers, a.Replicas)
+	a.static = peers
+	repl := caddy.NewReplacer()
+	for _, ps := range a.PeerSources {
+		var resolvers []string
+		for _, r := range ps.Resolvers {
+			resolvers = append(resolvers, repl.ReplaceKnown(r, ""))
+		}
+		name := repl.ReplaceKnown(ps.Name, "")
+		var src *cluster.DNSSource
+		var err error
+		switch ps.Kind {
+		case "srv":
+			src, err = cluster.NewSRVSource(name, time.Duration(ps.Refresh), time.Duration(ps.Grace), resolvers)
+		case "dns":
+			src, err = cluster.NewDNSSource(name, ps.Port, time.Duration(ps.Refresh), time.Duration(ps.Grace), resolvers)
+		default:
+			err = fmt.Errorf("unknown kind %q (want srv or dns)", ps.Kind)
+		}
+		if err != nil {
+			return fmt.Errorf("peers %s %s: %v", ps.Kind, ps.Name, err)
+		}
+		a.dns = append(a.dns, src)
+	}
 	// The node's identity: a config that changes it needs a new node (and
 	// a restart, as the SAN socket stays bound). Peers, replicas, lan,
 	// fetch_timeout and the contents of tls files change in place on
@@ -224,10 +278,10 @@ func (a *App) validate() error {
 		return errors.New("use either secret or tls, not both")
 	case a.TLS != nil && (a.TLS.Cert == "" || a.TLS.Key == "" || a.TLS.CA == ""):
 		return errors.New("tls needs a certificate, a key and a CA file")
-	case a.Replicas < 0 || a.Replicas > len(a.Peers)+1:
+	case a.Replicas < 0 || len(a.PeerSources) == 0 && a.Replicas > len(a.Peers)+1:
 		return fmt.Errorf("replicas %d: want 1 to %d (the number of members)", a.Replicas, len(a.Peers)+1)
-	case a.Observer && len(a.Peers) == 0:
-		return errors.New("an observer needs the content nodes as `peer`s")
+	case a.Observer && len(a.Peers) == 0 && len(a.PeerSources) == 0:
+		return errors.New("an observer needs the content nodes as `peer`s or `peers` from DNS")
 	case a.Observer && a.Lan != "":
 		return errors.New("an observer serves no content: it has no `lan` address")
 	}
@@ -272,6 +326,7 @@ type source struct {
 	store  *shard.Store
 	stats  *cluster.Stats
 	grp    *cluster.Group // nil on a single node
+	epoch  uint64         // the ring epoch a new store starts with
 }
 
 // addSource registers a handler's store to start with the app. Called from
@@ -316,12 +371,12 @@ func (a *App) Start() error {
 			a.logger.Info("cluster credentials changed on disk: new connections use them",
 				zap.String("cert", a.TLS.Cert), zap.String("fingerprint", a.creds.Fingerprint()[:16]))
 		}
-		cm := cluster.Commit{Members: a.members, Lan: a.Lan, FetchTimeout: time.Duration(a.FetchTimeout)}
+		cm := cluster.Commit{Members: a.initialMembers(), Lan: a.Lan, FetchTimeout: time.Duration(a.FetchTimeout)}
 		seen := map[string]bool{}
 		for _, s := range a.sources {
 			if !seen[s.name] {
 				seen[s.name] = true
-				cm.Groups = append(cm.Groups, cluster.GroupConfig{Name: s.name, Store: s.store, Hot: s.hot})
+				cm.Groups = append(cm.Groups, cluster.GroupConfig{Name: s.name, Store: s.store, Hot: s.hot, Epoch: s.epoch})
 			}
 		}
 		c.Commit(cm)
@@ -332,6 +387,9 @@ func (a *App) Start() error {
 		budget += s.budget
 	}
 	reg.set(a, a.sources, a.cluster)
+	if a.cluster != nil {
+		a.watchPeers()
+	}
 	if len(a.sources) > 0 {
 		setMemoryLimit(budget, a.logger)
 		startMemoryGovernor(a.logger)
@@ -364,6 +422,13 @@ func (r *registry) clear(owner *App) {
 	}
 }
 
+// current is the App of the running config.
+func (r *registry) current() *App {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.owner
+}
+
 func (r *registry) get() ([]source, *clusterRef) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -372,7 +437,66 @@ func (r *registry) get() ([]source, *clusterRef) {
 
 // Stop does nothing: the stores and the SAN socket live in usage pools and
 // are released by Cleanup.
-func (a *App) Stop() error { return nil }
+func (a *App) Stop() error {
+	if a.stopDNS != nil {
+		a.stopDNS()
+	}
+	return nil
+}
+
+// dnsStartTimeout bounds the first lookups of the peer sources when the
+// node starts: the first ring should have the members DNS knows, but a
+// DNS outage must not keep the node from starting (it starts with the
+// static members and follows DNS once it answers).
+const dnsStartTimeout = 5 * time.Second
+
+// initialMembers is this config's membership when it is committed: the
+// static peers and, with peer sources, what DNS answers now. Called with
+// a.mu held.
+func (a *App) initialMembers() *cluster.Membership {
+	if len(a.dns) == 0 {
+		return a.cluster.MembershipFor(a.static, a.Replicas)
+	}
+	a.found = make([][]cluster.Member, len(a.dns))
+	ctx, cancel := context.WithTimeout(context.Background(), dnsStartTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, src := range a.dns {
+		wg.Go(func() {
+			ms, err := src.Lookup(ctx)
+			if err != nil {
+				a.logger.Warn("peer source: first lookup failed; starting without its members", zap.Stringer("source", src), zap.Error(err))
+				return
+			}
+			a.found[i] = ms
+		})
+	}
+	wg.Wait()
+	a.merger = cluster.NewMerger(a.logger)
+	return a.cluster.MembershipFor(a.merger.Merge(a.static, a.found...), a.Replicas)
+}
+
+// watchPeers follows the peer sources in the background until the config
+// stops: a changed member set changes the ring. Called with a.mu held.
+func (a *App) watchPeers() {
+	if len(a.dns) == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	a.stopDNS = cancel
+	log := caddy.Log().Named("shardcache.peers")
+	for i, src := range a.dns {
+		go src.Watch(ctx, log, func(ms []cluster.Member) {
+			a.mu.Lock()
+			a.found[i] = ms
+			merged := a.merger.Merge(a.static, a.found...)
+			a.mu.Unlock()
+			if ctx.Err() == nil && reg.current() == a {
+				a.cluster.SetMemberSet(merged, a.Replicas)
+			}
+		})
+	}
+}
 
 // Cleanup releases this config's reference to the cluster node; the last
 // one closes it.

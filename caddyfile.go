@@ -26,6 +26,11 @@ func init() {
 //	shardcache {
 //	    node          <name> <san_host:port>
 //	    peer          <name> <san_host:port>
+//	    peers         srv <_service._proto.name> {   # or: peers dns <name> <port>
+//	        refresh   <duration>
+//	        resolvers <host[:port]...>
+//	        grace     <duration>
+//	    }
 //	    secret        <value>
 //	    tls           <cert_file> <key_file> <ca_file>
 //	    fetch_timeout <duration>
@@ -34,7 +39,10 @@ func init() {
 //	    observer
 //	}
 //
-// `peer` is repeated once per other member. Use `secret` or `tls`. `lan`
+// `peer` is repeated once per other member; `peers` finds members in DNS
+// (SRV: a node per target, named by its first label; dns: A/AAAA records,
+// nodes named by their certificates), and may be repeated and mixed with
+// `peer` lines. Use `secret` or `tls`. `lan`
 // is where this node's site is reached (for the content director);
 // `observer` makes this Caddy a content director that holds no content.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -80,6 +88,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			a.Peers = append(a.Peers, m)
+		case "peers":
+			src, err := parsePeerSource(d)
+			if err != nil {
+				return err
+			}
+			a.PeerSources = append(a.PeerSources, src)
 		case "secret":
 			if a.Secret != "" {
 				return d.Err("secret already specified")
@@ -154,6 +168,70 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Err("shardcache: missing `secret <value>` or `tls <cert> <key> <ca>`")
 	}
 	return nil
+}
+
+// parsePeerSource parses `peers srv <name> {...}` or `peers dns <name>
+// <port> {...}`.
+func parsePeerSource(d *caddyfile.Dispenser) (PeerSource, error) {
+	var src PeerSource
+	if !d.NextArg() {
+		return src, d.Err("peers: missing kind (srv or dns)")
+	}
+	src.Kind = d.Val()
+	switch src.Kind {
+	case "srv":
+		if !d.NextArg() {
+			return src, d.Err("peers srv: missing name (_service._proto.name)")
+		}
+		src.Name = d.Val()
+	case "dns":
+		if !d.NextArg() {
+			return src, d.Err("peers dns: missing name")
+		}
+		src.Name = d.Val()
+		if !d.NextArg() {
+			return src, d.Errf("peers dns %s: missing port", src.Name)
+		}
+		port, err := strconv.Atoi(d.Val())
+		if err != nil || port < 1 || port > 65535 {
+			return src, d.Errf("peers dns %s: bad port '%s'", src.Name, d.Val())
+		}
+		src.Port = port
+	default:
+		return src, d.Errf("peers: unknown kind '%s' (want srv or dns)", src.Kind)
+	}
+	if d.NextArg() {
+		return src, d.Errf("peers %s: unexpected argument '%s'", src.Kind, d.Val())
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		switch opt {
+		case "refresh", "grace", "grace_period":
+			if !d.NextArg() {
+				return src, d.Errf("peers %s: %s: missing duration", src.Kind, opt)
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return src, d.Errf("peers %s: %s: bad duration '%s'", src.Kind, opt, d.Val())
+			}
+			if opt == "refresh" {
+				src.Refresh = caddy.Duration(dur)
+			} else {
+				src.Grace = caddy.Duration(dur)
+			}
+			if d.NextArg() {
+				return src, d.Errf("peers %s: %s: unexpected argument '%s'", src.Kind, opt, d.Val())
+			}
+		case "resolvers":
+			src.Resolvers = append(src.Resolvers, d.RemainingArgs()...)
+			if len(src.Resolvers) == 0 {
+				return src, d.Errf("peers %s: resolvers: missing address", src.Kind)
+			}
+		default:
+			return src, d.Errf("peers %s: unrecognized option '%s'", src.Kind, opt)
+		}
+	}
+	return src, nil
 }
 
 // parseCaddyfile sets up the handler from Caddyfile tokens.

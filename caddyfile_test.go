@@ -208,3 +208,46 @@ func TestAppValidate(t *testing.T) {
 		t.Errorf("valid app: %v", err)
 	}
 }
+
+func TestUnmarshalPeerSources(t *testing.T) {
+	input := `shardcache {
+		node n1 10.0.0.1:7946
+		peer n2 10.0.0.2:7946
+		peers srv _shardcache._udp.www.default.svc.cluster.local {
+			refresh 5s
+			resolvers 10.96.0.10:53 10.96.0.11
+			grace 30s
+		}
+		peers dns www.default.svc.cluster.local 7946
+		secret {env.SHARDCACHE_SECRET}
+	}`
+	var a App
+	if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
+		t.Fatal(err)
+	}
+	want := []PeerSource{
+		{Kind: "srv", Name: "_shardcache._udp.www.default.svc.cluster.local", Refresh: caddy.Duration(5 * time.Second),
+			Resolvers: []string{"10.96.0.10:53", "10.96.0.11"}, Grace: caddy.Duration(30 * time.Second)},
+		{Kind: "dns", Name: "www.default.svc.cluster.local", Port: 7946},
+	}
+	if !reflect.DeepEqual(a.PeerSources, want) {
+		t.Errorf("got  %+v\nwant %+v", a.PeerSources, want)
+	}
+	for input, want := range map[string]string{
+		"shardcache {\n node n1 1.2.3.4:5\n peers\n}":                           "peers: missing kind",
+		"shardcache {\n node n1 1.2.3.4:5\n peers mdns x\n}":                    "unknown kind 'mdns'",
+		"shardcache {\n node n1 1.2.3.4:5\n peers srv\n}":                       "peers srv: missing name",
+		"shardcache {\n node n1 1.2.3.4:5\n peers dns x\n}":                     "peers dns x: missing port",
+		"shardcache {\n node n1 1.2.3.4:5\n peers dns x 0\n}":                   "bad port '0'",
+		"shardcache {\n node n1 1.2.3.4:5\n peers srv x y\n}":                   "unexpected argument 'y'",
+		"shardcache {\n node n1 1.2.3.4:5\n peers srv x {\n refresh soon\n}\n}": "refresh: bad duration 'soon'",
+		"shardcache {\n node n1 1.2.3.4:5\n peers srv x {\n ttl 5s\n}\n}":       "unrecognized option 'ttl'",
+		"shardcache {\n node n1 1.2.3.4:5\n peers srv x {\n resolvers\n}\n}":    "resolvers: missing address",
+	} {
+		var a App
+		err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v; want one containing %q", input, err, want)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package shardcache
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -89,7 +91,8 @@ type Handler struct {
 	stats  *cluster.Stats
 	logger *zap.Logger
 
-	life *lifetime
+	life  *lifetime
+	epoch uint64 // the ring epoch a store made by this handler starts with
 }
 
 // lifetime holds a handler's reference to its store until the handler's
@@ -188,8 +191,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		group, cl := h.Group, c.Cluster
 		cfg.Owns = app.members.Owns
 		cfg.OnChange = func(p string, it *shard.Item) { cl.Publish(group, p, it) }
-		// The store primes this node's share: it depends on the ring.
-		key += fmt.Sprintf("|%s|%s|%d", group, c.Name(), app.members.Epoch())
+		// A ring change keeps the store: the cluster has it drop what this
+		// node no longer holds and load what it newly holds, from the
+		// previous holders' memory first.
+		cfg.OnDrop = func(it *shard.Item) { cl.Dropped(group, it) }
+		cfg.Handoff = func(ctx context.Context, p string, size int64, mtime time.Time) (*shard.Item, bool) {
+			return cl.Handoff(ctx, group, p, size, mtime)
+		}
+		key += fmt.Sprintf("|%s|%s", group, c.Name())
+		h.epoch = app.members.Epoch()
 	}
 	val, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
 		s, err := shard.New(cfg)
@@ -207,7 +217,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	src := source{name: h.Root, budget: h.Memory, store: h.store, stats: h.stats}
 	if h.grp != nil {
 		h.stats = h.grp.Stats()
-		src = source{name: h.Group, budget: h.Memory + h.Hot, hot: h.Hot, store: h.store, stats: h.stats, grp: h.grp}
+		src = source{name: h.Group, budget: h.Memory + h.Hot, hot: h.Hot, store: h.store, stats: h.stats, grp: h.grp, epoch: h.epoch}
 	}
 	app.addSource(src)
 	return nil

@@ -55,9 +55,16 @@ type Config struct {
 // Cluster is a node's membership in the cluster: the SAN endpoint, the
 // ring, and its groups.
 type Cluster struct {
-	cfg     Config
-	log     *zap.Logger
-	members atomic.Pointer[Membership]
+	cfg      Config
+	log      *zap.Logger
+	members  atomic.Pointer[Membership]
+	memberMu sync.Mutex // serialises SetMembers
+
+	handoffMu    sync.Mutex
+	handoffStats map[string]handoffRecord // by holder, since the last ring change
+	// prevMembers is the membership before the last ring change: the
+	// nodes that held what this node newly holds (handoff.go).
+	prevMembers atomic.Pointer[Membership]
 
 	lan          atomic.Pointer[string]
 	fetchTimeout atomic.Int64
@@ -65,11 +72,21 @@ type Cluster struct {
 	startOnce sync.Once
 	startErr  error
 	node      atomic.Pointer[peering.Node]
+	started   atomic.Int64 // unix nanos of Start
 
 	mu     sync.RWMutex
 	groups map[string]*Group    // every group known: ours and our peers'
 	own    map[string]*ownGroup // the groups of the committed config
 	peers  map[string]*peerView // what each peer told us about itself
+	// epochs is the ring epoch each store of own holds its share for.
+	epochs map[*shard.Store]uint64
+	// learned maps the address of a member listed by address only (DNS
+	// A/AAAA) to the node name its certificate and HELLO gave.
+	learned map[string]string
+	// set is the last member set (SetMemberSet), rebuilt into a
+	// membership when a name is learned.
+	set      []Member
+	replicas int
 
 	// stateMu serialises what this node tells its peers about itself
 	// (tables of content, state, readiness), so that they arrive in order.
@@ -87,6 +104,9 @@ type ownGroup struct {
 	g     *Group
 	store *shard.Store
 	sent  bool
+	// settling counts the ring changes the store is still applying
+	// (SetOwns): until they are done its table is not complete.
+	settling int
 }
 
 // peerView is what a peer told us about itself.
@@ -103,13 +123,15 @@ func New(cfg Config, m *Membership) *Cluster {
 		log = zap.NewNop()
 	}
 	c := &Cluster{
-		cfg:    cfg,
-		log:    log,
-		groups: make(map[string]*Group),
-		own:    make(map[string]*ownGroup),
-		peers:  make(map[string]*peerView),
-		purges: make(chan peering.Purge, 64),
-		done:   make(chan struct{}),
+		cfg:     cfg,
+		log:     log,
+		groups:  make(map[string]*Group),
+		own:     make(map[string]*ownGroup),
+		peers:   make(map[string]*peerView),
+		epochs:  make(map[*shard.Store]uint64),
+		learned: make(map[string]string),
+		purges:  make(chan peering.Purge, 64),
+		done:    make(chan struct{}),
 	}
 	c.members.Store(m)
 	c.fetchTimeout.Store(int64(2 * time.Second))
@@ -156,6 +178,7 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 		if c.cfg.Peering != nil {
 			c.cfg.Peering(&pc)
 		}
+		c.started.Store(time.Now().UnixNano())
 		n, err := peering.Listen(pc)
 		if err != nil {
 			c.startErr = fmt.Errorf("node %s: listening on %s: %v", c.cfg.Name, c.cfg.Addr, err)
@@ -188,6 +211,9 @@ type GroupConfig struct {
 	Name  string
 	Store *shard.Store
 	Hot   int64 // the hot cache's budget
+	// Epoch is the ring epoch of the Owns the store was made with, when
+	// the cluster has not seen the store before.
+	Epoch uint64
 }
 
 // Commit is what a committed config shares: called from the config's
@@ -210,24 +236,8 @@ func (c *Cluster) Commit(cm Commit) {
 	if cm.FetchTimeout > 0 {
 		c.fetchTimeout.Store(int64(cm.FetchTimeout))
 	}
-	old := c.members.Swap(cm.Members)
+	c.SetMembers(cm.Members)
 	n := c.node.Load()
-	if old != cm.Members {
-		if n != nil {
-			n.SetPeers(cm.Members.Peers())
-		}
-		if old.Epoch() != cm.Members.Epoch() {
-			dropped := 0
-			c.mu.RLock()
-			for _, g := range c.groups {
-				dropped += g.prune(cm.Members)
-			}
-			c.mu.RUnlock()
-			c.log.Info("cluster membership changed", zap.String("node", c.cfg.Name),
-				zap.Strings("ring", cm.Members.Ring().Nodes()), zap.Int("replicas", cm.Members.Replicas()),
-				zap.Int("toc_entries_dropped", dropped))
-		}
-	}
 	if n != nil && cm.Lan != *c.lan.Load() {
 		if err := n.SetLan(cm.Lan); err != nil {
 			c.log.Error("advertising lan", zap.String("lan", cm.Lan), zap.Error(err))
@@ -246,7 +256,10 @@ func (c *Cluster) Commit(cm Commit) {
 		prev := c.own[gc.Name]
 		og := &ownGroup{g: g, store: gc.Store}
 		if prev != nil && prev.store == gc.Store {
-			og.sent = prev.sent
+			og.sent, og.settling = prev.sent, prev.settling
+		}
+		if _, known := c.epochs[gc.Store]; !known {
+			c.epochs[gc.Store] = gc.Epoch
 		}
 		own[gc.Name] = og
 		g.store.Store(gc.Store)
@@ -258,8 +271,164 @@ func (c *Cluster) Commit(cm Commit) {
 		}
 	}
 	c.own = own
+	for st := range c.epochs {
+		used := false
+		for _, og := range own {
+			used = used || og.store == st
+		}
+		if !used {
+			delete(c.epochs, st)
+		}
+	}
+	c.settleLocked(cm.Members)
 	c.mu.Unlock()
 	c.publishStateLocked()
+}
+
+// MembershipFor returns the membership of the members found (static
+// peers and sources), each held by replicas members: a member listed by
+// address only takes the name it was last seen with, and is only dialled
+// until then. This node's own entry is left out.
+func (c *Cluster) MembershipFor(members []Member, replicas int) *Membership {
+	c.mu.Lock()
+	c.set, c.replicas = slices.Clone(members), replicas
+	c.mu.Unlock()
+	return c.membership()
+}
+
+// membership builds the membership of the last member set.
+func (c *Cluster) membership() *Membership {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	var peers []peering.Peer
+	seen := map[string]bool{}
+	for _, m := range c.set {
+		if m.Name == "" {
+			m.Name = c.learned[m.Addr]
+		}
+		if m.Name == c.cfg.Name || m.Name != "" && seen[m.Name] {
+			continue
+		}
+		seen[m.Name] = m.Name != ""
+		peers = append(peers, m)
+	}
+	return NewMembership(c.cfg.Name, c.cfg.Observer, peers, c.replicas)
+}
+
+// SetMemberSet makes the members found the membership (a peer source's
+// answer changed): see MembershipFor and SetMembers.
+func (c *Cluster) SetMemberSet(members []Member, replicas int) {
+	c.SetMembers(c.MembershipFor(members, replicas))
+}
+
+// SetMembers makes m the membership: a reload, or a change in what a peer
+// source (DNS) finds. A changed ring re-dials the peers that changed, moves
+// the table-of-content entries whose publisher no longer holds their path,
+// and has every store of this node drop what it no longer holds and load
+// what it newly holds (from the previous holders' memory first); each
+// group is advertised as not ready until its store has done so and its
+// whole table of content was sent.
+func (c *Cluster) SetMembers(m *Membership) {
+	c.memberMu.Lock()
+	defer c.memberMu.Unlock()
+	old := c.members.Swap(m)
+	if old == m {
+		return
+	}
+	if old.Epoch() == m.Epoch() {
+		if n := c.node.Load(); n != nil {
+			n.SetPeers(m.Peers())
+		}
+		return
+	}
+	if n := c.node.Load(); n != nil {
+		// Members that left stay connected until this node's stores have
+		// taken their share (from their memory, while they are up).
+		n.SetPeers(withLeavers(m, old))
+	}
+	c.prevMembers.Store(old)
+	c.handoffMu.Lock()
+	c.handoffStats = nil
+	c.handoffMu.Unlock()
+	dropped := 0
+	c.mu.RLock()
+	for _, g := range c.groups {
+		dropped += g.prune(m)
+	}
+	c.mu.RUnlock()
+	c.log.Info("cluster membership changed", zap.String("node", c.cfg.Name),
+		zap.Strings("ring", m.Ring().Nodes()), zap.Int("replicas", m.Replicas()),
+		zap.Int("toc_entries_moved", dropped))
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	c.mu.Lock()
+	c.settleLocked(m)
+	settling := false
+	for _, og := range c.own {
+		settling = settling || og.settling > 0
+	}
+	c.mu.Unlock()
+	if !settling {
+		c.dropLeavers() // nothing to take from them
+	}
+	c.publishStateLocked()
+}
+
+// settleLocked has every store of the committed config whose share is for
+// another ring than m's take m's share, in the background. Called with
+// c.mu held.
+func (c *Cluster) settleLocked(m *Membership) {
+	for _, og := range c.own {
+		if og.store == nil || c.epochs[og.store] == m.Epoch() {
+			continue
+		}
+		c.epochs[og.store] = m.Epoch()
+		og.sent = false
+		og.settling++
+		go func() {
+			start := time.Now()
+			before := og.store.Stats()
+			og.store.SetOwns(m.Owns)
+			after := og.store.Stats()
+			c.log.Info("share moved to the new ring", zap.String("group", og.g.name),
+				zap.Duration("took", time.Since(start)),
+				zap.Int64("items", after.Items), zap.Int64("from_peers_memory", after.HandoffItems-before.HandoffItems),
+				zap.Int64("read_from_storage", after.StorageReads-before.StorageReads))
+			c.stateMu.Lock()
+			defer c.stateMu.Unlock()
+			c.mu.Lock()
+			og.settling--
+			settled := true
+			for _, o := range c.own {
+				settled = settled && o.settling == 0
+			}
+			c.mu.Unlock()
+			if settled {
+				c.dropLeavers()
+			}
+			c.publishStateLocked()
+		}()
+	}
+}
+
+// withLeavers lists m's peers and, after them, the members of old that m
+// lacks: dialled (for handoff) but in no ring.
+func withLeavers(m, old *Membership) []peering.Peer {
+	peers := m.Peers()
+	for _, p := range old.peers {
+		if p.Name != "" && p.Name != m.self && !m.IsMember(p.Name) {
+			peers = append(peers, p)
+		}
+	}
+	return peers
+}
+
+// dropLeavers stops dialling the members that left, once every store has
+// taken its share from them.
+func (c *Cluster) dropLeavers() {
+	if n := c.node.Load(); n != nil {
+		n.SetPeers(c.members.Load().Peers())
+	}
 }
 
 // watchReady publishes each group's table of content and readiness once
@@ -290,7 +459,7 @@ func (c *Cluster) publishStateLocked() {
 	c.mu.RLock()
 	var fresh []*ownGroup
 	for _, og := range c.own {
-		if !og.sent && og.store != nil && og.store.Ready() {
+		if !og.sent && og.settling == 0 && og.store != nil && og.store.Ready() {
 			fresh = append(fresh, og)
 		}
 	}
@@ -352,8 +521,8 @@ func (c *Cluster) groupLocked(name string) *Group {
 	g := c.groups[name]
 	if g == nil {
 		g = &Group{name: name, c: c, toc: make(map[string]*Entry),
-			byOwner: make(map[string]map[string]bool), weight: make(map[string]int64),
-			aside: make(map[string]map[string]*shard.Item)}
+			byOwner: make(map[string]map[string]*shard.Item), weight: make(map[string]int64),
+			aside: make(map[string]map[string]*shard.Item), handoff: make(map[string]handoffItem)}
 		c.groups[name] = g
 	}
 	return g
@@ -407,11 +576,15 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 	if st == nil {
 		return peering.Meta{}, nil, peering.ErrUnavailable
 	}
-	if !c.members.Load().Owns(req.Path) {
-		return peering.Meta{}, nil, peering.ErrNotFound
-	}
-	it, isDir, err := st.Lookup(req.Path)
-	if err != nil || isDir {
+	var it *shard.Item
+	if c.members.Load().Owns(req.Path) {
+		var isDir bool
+		var err error
+		if it, isDir, err = st.Lookup(req.Path); err != nil || isDir {
+			return peering.Meta{}, nil, peering.ErrNotFound
+		}
+	} else if it = g.handedOff(req.Path); it == nil {
+		// Not ours: refused without reading or hashing anything.
 		return peering.Meta{}, nil, peering.ErrNotFound
 	}
 	if req.Version != "" && it.Version != req.Version {
@@ -494,6 +667,17 @@ func (c *Cluster) onEvent(ev peering.Event) {
 		c.peers[ev.Peer] = &peerView{state: ev.State}
 		c.mu.Unlock()
 		c.checkPeerState(ev.Peer)
+	case peering.EventNamed:
+		c.mu.Lock()
+		changed := c.learned[ev.Addr] != ev.Peer
+		c.learned[ev.Addr] = ev.Peer
+		known := c.set != nil
+		c.mu.Unlock()
+		if changed && known {
+			c.log.Info("member named", zap.String("addr", ev.Addr), zap.String("name", ev.Peer))
+			// Not on this goroutine: SetMembers re-dials through peering.
+			go c.SetMembers(c.membership())
+		}
 	case peering.EventDown:
 		c.mu.Lock()
 		if pv := c.peers[ev.Peer]; pv != nil {
@@ -581,7 +765,7 @@ func (c *Cluster) checkPeerState(peer string) {
 	}
 	sort.Strings(ours)
 	missing, extra := diff(ours, theirs), diff(theirs, ours)
-	epochDiffers := pv.state.Epoch != 0 && pv.state.Epoch != c.members.Load().Epoch()
+	epochDiffers := !c.cfg.Observer && pv.state.Epoch != 0 && pv.state.Epoch != c.members.Load().Epoch()
 	key := fmt.Sprint(missing, extra, epochDiffers)
 	if key == pv.warned {
 		c.mu.Unlock()

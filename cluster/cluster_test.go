@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -51,16 +52,25 @@ func site(t *testing.T, n int) (root string, paths []string) {
 	return root, paths
 }
 
-// copySite copies the files of root into a new directory.
+// copySite copies the files of root into a new directory, with their
+// modification times (as a synced copy, rsync -a, has them).
 func copySite(t *testing.T, root string, paths []string) string {
 	t.Helper()
 	dst := t.TempDir()
 	for _, p := range paths {
-		b, err := os.ReadFile(filepath.Join(root, p))
+		src := filepath.Join(root, p)
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := os.Stat(src)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(dst, p), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(filepath.Join(dst, p), fi.ModTime(), fi.ModTime()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -107,7 +117,11 @@ func (n *tnode) newStore(t *testing.T, group, root string, m *Membership) *shard
 	t.Helper()
 	c := n.c
 	st, err := shard.New(shard.Config{Root: root, Owns: m.Owns, Rescan: time.Hour,
-		OnChange: func(p string, it *shard.Item) { c.Publish(group, p, it) }})
+		OnChange: func(p string, it *shard.Item) { c.Publish(group, p, it) },
+		OnDrop:   func(it *shard.Item) { c.Dropped(group, it) },
+		Handoff: func(ctx context.Context, p string, size int64, mtime time.Time) (*shard.Item, bool) {
+			return c.Handoff(ctx, group, p, size, mtime)
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,15 +28,18 @@ type Group struct {
 	hot   atomic.Pointer[shard.Hot]
 
 	mu      sync.RWMutex
-	toc     map[string]*Entry          // path → an item a peer holds
-	byOwner map[string]map[string]bool // peer → the paths it published
-	weight  map[string]int64           // peer → bytes of metadata it published
+	toc     map[string]*Entry                 // path → an item a peer holds
+	byOwner map[string]map[string]*shard.Item // peer → the items it published that it holds
+	weight  map[string]int64                  // peer → bytes of metadata it published
 	// aside holds what peers published for paths they do not hold under
 	// this node's ring: never served, but kept (within the per-peer cap)
 	// because this node's ring may be the one behind (a reload reaches the
 	// nodes one after another); a ring change moves entries between toc
 	// and aside.
 	aside map[string]map[string]*shard.Item // peer → path → item
+	// handoff holds the items this node gave up at a ring change, served
+	// to their new holders for a while (handoff.go).
+	handoff map[string]handoffItem
 
 	flight singleflight.Group
 	stats  Stats
@@ -150,14 +153,13 @@ func (g *Group) warnNoTable(path string, m *Membership) {
 func (g *Group) replace(owner string, items []peering.Meta, m *Membership) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	for p := range g.byOwner[owner] {
-		if e := g.toc[p]; e != nil && e.Owner == owner {
-			delete(g.toc, p)
-		}
-	}
+	paths := g.byOwner[owner]
 	delete(g.byOwner, owner)
 	delete(g.aside, owner)
 	g.weight[owner] = 0
+	for p := range paths {
+		g.electLocked(p, m)
+	}
 	g.upsertLocked(owner, items, m, false)
 }
 
@@ -166,19 +168,34 @@ func (g *Group) apply(owner string, d peering.Delta, m *Membership) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.upsertLocked(owner, d.Upserts, m, true)
-	paths := g.byOwner[owner]
 	for _, p := range d.Deletes {
-		g.dropHotLocked(p)
-		if e := g.toc[p]; e != nil && e.Owner == owner && paths[p] {
-			delete(g.toc, p)
-			g.weight[owner] -= metaWeight(e.Item)
+		if it := g.byOwner[owner][p]; it != nil {
+			g.dropHotLocked(p)
+			delete(g.byOwner[owner], p)
+			g.weight[owner] -= metaWeight(it)
+			g.electLocked(p, m)
 		}
-		delete(paths, p)
 		if it := g.aside[owner][p]; it != nil {
 			delete(g.aside[owner], p)
 			g.weight[owner] -= metaWeight(it)
 		}
 	}
+}
+
+// electLocked makes the table's entry for p the one published by the
+// first of p's holders (in ring order) that published it, or none. With
+// replicas, several holders publish the same path: one of them going away
+// must not take the path out of the table.
+func (g *Group) electLocked(p string, m *Membership) {
+	for _, h := range m.Holders(p) {
+		if it := g.byOwner[h][p]; it != nil {
+			if e := g.toc[p]; e == nil || e.Owner != h || e.Item != it {
+				g.toc[p] = &Entry{Owner: h, Item: it}
+			}
+			return
+		}
+	}
+	delete(g.toc, p)
 }
 
 // Bounds on what one peer may publish in one group: a holder of a cluster
@@ -205,7 +222,7 @@ func metaWeight(it *shard.Item) int64 {
 func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, dropHot bool) {
 	paths := g.byOwner[owner]
 	if paths == nil {
-		paths = make(map[string]bool)
+		paths = make(map[string]*shard.Item)
 		g.byOwner[owner] = paths
 	}
 	aside := g.aside[owner]
@@ -213,10 +230,8 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 	for _, meta := range items {
 		it := fromMeta(meta)
 		w := metaWeight(it)
-		var old *shard.Item
-		if e := g.toc[meta.Path]; paths[meta.Path] && e != nil && e.Owner == owner {
-			old = e.Item
-		} else if aside != nil {
+		old := paths[meta.Path]
+		if old == nil && aside != nil {
 			old = aside[meta.Path]
 		}
 		if old == nil && (len(paths)+len(aside) >= maxEntriesPerPeer || g.weight[owner]+w > maxWeightPerPeer) {
@@ -227,11 +242,11 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 			g.weight[owner] -= metaWeight(old)
 		}
 		g.weight[owner] += w
-		if !m.Holds(owner, meta.Path) {
+		if !g.c.cfg.Observer && !m.Holds(owner, meta.Path) {
 			notHeld++
-			if paths[meta.Path] {
+			if paths[meta.Path] != nil {
 				delete(paths, meta.Path)
-				delete(g.toc, meta.Path)
+				g.electLocked(meta.Path, m)
 			}
 			if aside == nil {
 				aside = make(map[string]*shard.Item)
@@ -246,8 +261,8 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 		if dropHot {
 			g.dropHotLocked(meta.Path)
 		}
-		g.toc[meta.Path] = &Entry{Owner: owner, Item: it}
-		paths[meta.Path] = true
+		paths[meta.Path] = it
+		g.electLocked(meta.Path, m)
 	}
 	if notHeld+overCap > 0 {
 		g.stats.refusedEntries.Add(int64(notHeld + overCap))
@@ -273,19 +288,18 @@ func (g *Group) dropHotLocked(path string) {
 }
 
 // prune applies a new ring m: entries whose publisher no longer holds
-// their path move aside, those set aside that it now holds move into the
-// table, and everything of peers that are no longer members is dropped.
-// It returns how many entries left the table.
+// their path move aside, those set aside that it now holds move back,
+// everything of peers that are no longer members is dropped, and each
+// path's entry is elected again. It returns how many paths left the
+// table.
 func (g *Group) prune(m *Membership) (dropped int) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	touched := map[string]bool{}
 	for owner, paths := range g.byOwner {
 		if !m.IsMember(owner) {
 			for p := range paths {
-				if e := g.toc[p]; e != nil && e.Owner == owner {
-					delete(g.toc, p)
-					dropped++
-				}
+				touched[p] = true
 			}
 			delete(g.byOwner, owner)
 			delete(g.aside, owner)
@@ -293,37 +307,37 @@ func (g *Group) prune(m *Membership) (dropped int) {
 			continue
 		}
 		aside := g.aside[owner]
-		var back []*shard.Item
-		for p, it := range aside {
-			if m.Holds(owner, p) {
-				back = append(back, it)
-				delete(aside, p)
-			}
-		}
-		for p := range paths {
+		for p, it := range paths {
 			if m.Holds(owner, p) {
 				continue
 			}
-			if e := g.toc[p]; e != nil && e.Owner == owner {
-				delete(g.toc, p)
-				if aside == nil {
-					aside = make(map[string]*shard.Item)
-					g.aside[owner] = aside
-				}
-				aside[p] = e.Item
-				dropped++
+			if aside == nil {
+				aside = make(map[string]*shard.Item)
+				g.aside[owner] = aside
 			}
+			aside[p] = it
 			delete(paths, p)
+			touched[p] = true
 		}
-		for _, it := range back {
-			g.toc[it.Path] = &Entry{Owner: owner, Item: it}
-			paths[it.Path] = true
+		for p, it := range aside {
+			if m.Holds(owner, p) {
+				paths[p] = it
+				delete(aside, p)
+				touched[p] = true
+			}
 		}
 	}
 	for owner := range g.aside {
 		if !m.IsMember(owner) {
 			delete(g.aside, owner)
 			delete(g.weight, owner)
+		}
+	}
+	for p := range touched {
+		had := g.toc[p] != nil
+		g.electLocked(p, m)
+		if had && g.toc[p] == nil {
+			dropped++
 		}
 	}
 	return dropped

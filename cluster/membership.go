@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"slices"
+	"sync"
 
 	"github.com/shardcache/caddy-shardcache/peering"
 )
@@ -14,6 +15,9 @@ type Membership struct {
 	ring     *peering.Ring
 	replicas int
 	peers    []peering.Peer
+
+	othersOnce sync.Once
+	others     *Membership
 }
 
 // NewMembership makes the membership of the node self (in no ring when it
@@ -24,7 +28,9 @@ func NewMembership(self string, observer bool, peers []peering.Peer, replicas in
 		names = append(names, self) // an observer is in no ring
 	}
 	for _, p := range peers {
-		names = append(names, p.Name)
+		if p.Name != "" { // a peer known by address only is dialled, not placed
+			names = append(names, p.Name)
+		}
 	}
 	return &Membership{
 		self:     self,
@@ -70,6 +76,13 @@ func (m *Membership) Epoch() uint64 {
 
 // IsMember reports whether node is in the ring.
 func (m *Membership) IsMember(node string) bool { return slices.Contains(m.ring.Nodes(), node) }
+
+// Others is the membership the other members would have without this node:
+// who held this node's share before it joined.
+func (m *Membership) Others() *Membership {
+	m.othersOnce.Do(func() { m.others = NewMembership(m.self, true, m.peers, m.replicas) })
+	return m.others
+}
 
 // Peers lists the peers to dial.
 func (m *Membership) Peers() []peering.Peer { return slices.Clone(m.peers) }

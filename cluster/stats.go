@@ -56,6 +56,9 @@ type Stats struct {
 	served, servedB atomic.Int64 // fetches answered for peers
 	noTable         atomic.Int64 // lookups answered from storage: no trusted table of content
 	refusedEntries  atomic.Int64 // table-of-content entries refused from peers
+	// items newly held after a ring change that came from a previous
+	// holder's memory, and their bytes
+	handoffItems, handoffBytes atomic.Int64
 }
 
 func tierIndex(t Tier) int {
@@ -96,6 +99,10 @@ type Snapshot struct {
 	// RefusedEntries counts table-of-content entries refused from peers
 	// (paths the sender does not hold, or over the per-peer cap).
 	RefusedEntries int64
+	// HandoffItems and HandoffBytes count the items (and their bytes)
+	// this node newly held after ring changes that came from a previous
+	// holder's memory rather than from storage.
+	HandoffItems, HandoffBytes int64
 }
 
 // Snapshot reads the counters.
@@ -109,6 +116,7 @@ func (s *Stats) Snapshot() Snapshot {
 	}
 	out.Served, out.ServedBytes = s.served.Load(), s.servedB.Load()
 	out.NoTable, out.RefusedEntries = s.noTable.Load(), s.refusedEntries.Load()
+	out.HandoffItems, out.HandoffBytes = s.handoffItems.Load(), s.handoffBytes.Load()
 	return out
 }
 

@@ -104,7 +104,16 @@ func (s *Store) prime() {
 				if beforePrimeRead != nil {
 					beforePrimeRead(j.path)
 				}
-				c, lerr := s.readFile(s.ctx, j.path, s.wantBody(j))
+				var c *Item
+				var lerr error
+				if s.cfg.Handoff != nil {
+					// A node joining a running cluster: its share is in
+					// the memory of the nodes that held it until now.
+					c = s.tryHandoff(j, s.wantBody(j))
+				}
+				if c == nil {
+					c, lerr = s.readFile(s.ctx, j.path, s.wantBody(j))
+				}
 				if lerr == nil {
 					s.primed.items.Add(1)
 					s.primed.bytes.Add(c.Size)
