@@ -77,6 +77,13 @@ type GroupStatus struct {
 	StorageNoTable int64 `json:"storage_no_table,omitempty"`
 	// Table-of-content entries refused from peers.
 	RefusedEntries int64 `json:"refused_toc_entries,omitempty"`
+	// Items (and bytes) this node took from other nodes' memory instead
+	// of storage when it joined or the ring changed.
+	HandoffItems int64 `json:"handoff_items,omitempty"`
+	HandoffBytes int64 `json:"handoff_bytes,omitempty"`
+	// Files read from storage other than by priming (on-demand lookups,
+	// files not held, reloads, share taken at a ring change).
+	StorageReads int64 `json:"storage_reads"`
 }
 
 func handleStatus(w http.ResponseWriter, r *http.Request) error {
@@ -99,13 +106,16 @@ func currentStatus() Status {
 		stats := s.Stats()
 		snap := src.stats.Snapshot()
 		gs := GroupStatus{
-			Group:       src.name,
-			Root:        s.Root(),
-			Ready:       s.Ready(),
-			Progress:    s.Progress(),
-			PrimedItems: stats.PrimedItems,
-			PrimedBytes: stats.PrimedBytes,
-			Tiers:       map[string]cluster.TierCount{"local": snap.Tiers["local"], "storage": snap.Tiers["storage"]},
+			Group:        src.name,
+			Root:         s.Root(),
+			Ready:        s.Ready(),
+			Progress:     s.Progress(),
+			PrimedItems:  stats.PrimedItems,
+			PrimedBytes:  stats.PrimedBytes,
+			HandoffItems: stats.HandoffItems,
+			HandoffBytes: stats.HandoffBytes,
+			StorageReads: stats.StorageReads,
+			Tiers:        map[string]cluster.TierCount{"local": snap.Tiers["local"], "storage": snap.Tiers["storage"]},
 		}
 		st.Ready = st.Ready && gs.Ready
 		if g := src.grp; g != nil {
