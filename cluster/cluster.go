@@ -107,6 +107,10 @@ type ownGroup struct {
 	// settling counts the ring changes the store is still applying
 	// (SetOwns): until they are done its table is not complete.
 	settling int
+	// primed: the store's table was complete once. A node stays ready
+	// (for the director) while a ring change moves part of its share: it
+	// serves what it is missing from its peers or storage meanwhile.
+	primed bool
 }
 
 // peerView is what a peer told us about itself.
@@ -256,7 +260,7 @@ func (c *Cluster) Commit(cm Commit) {
 		prev := c.own[gc.Name]
 		og := &ownGroup{g: g, store: gc.Store}
 		if prev != nil && prev.store == gc.Store {
-			og.sent, og.settling = prev.sent, prev.settling
+			og.sent, og.settling, og.primed = prev.sent, prev.settling, prev.primed
 		}
 		if _, known := c.epochs[gc.Store]; !known {
 			c.epochs[gc.Store] = gc.Epoch
@@ -478,7 +482,7 @@ func (c *Cluster) publishStateLocked() {
 		})
 		n.Publish(peering.Delta{Group: og.g.name, Upserts: items})
 		c.mu.Lock()
-		og.sent = true
+		og.sent, og.primed = true, true
 		c.mu.Unlock()
 		c.log.Info("group ready: table of content sent to peers", zap.String("group", og.g.name),
 			zap.Int("items", len(items)))
@@ -647,12 +651,14 @@ func (c *Cluster) Snapshot() []peering.GroupTOC {
 }
 
 // Ready reports whether every group of the committed config is primed and
-// its table of content sent.
+// its table of content was sent: the node wants traffic. A ring change
+// that moves part of a group's share does not make it unready (its
+// advertised group state does say so, for its peers' tables).
 func (c *Cluster) Ready() bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, og := range c.own {
-		if !og.sent {
+		if !og.primed {
 			return false
 		}
 	}

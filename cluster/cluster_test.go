@@ -562,3 +562,16 @@ func TestRemoteBodyConcurrentReadAndClose(t *testing.T) {
 		t.Errorf("a closed body reports a cluster failure: %v", err)
 	}
 }
+
+// settled reports whether every store of c has applied the last ring
+// change and sent its table.
+func (c *Cluster) settled() bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, og := range c.own {
+		if og.settling > 0 || !og.sent {
+			return false
+		}
+	}
+	return true
+}

@@ -106,9 +106,9 @@ func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, m
 // joinWait is how long after it starts a node waits for the connections
 // to its peers before it loads its share from storage instead of their
 // memory: a node joining a running cluster connects within milliseconds
-// on a LAN; a node whose peers are all down (the first of a cluster) loses
-// this much once.
-const joinWait = 2 * time.Second
+// on a LAN; a node whose peers are down or priming themselves (a cluster
+// starting) loses this much once, before it reads its share from storage.
+const joinWait = 500 * time.Millisecond
 
 // waitUp reports whether holder is connected and primed, waiting for it
 // while this node is in its first joinWait.

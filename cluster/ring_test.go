@@ -99,7 +99,7 @@ func TestJoinAndLeaveMoveOnlyTheChangedShare(t *testing.T) {
 		n.c.SetMembers(n.m)
 	}
 	for _, n := range old {
-		waitFor(t, n.name+" settled in the ring of three", func() bool { return n.c.Ready() && n.trustsAll(old, "www") })
+		waitFor(t, n.name+" settled in the ring of three", func() bool { return n.c.settled() && n.trustsAll(old, "www") })
 	}
 	var handed int64
 	for _, n := range old {
