@@ -387,6 +387,12 @@ func (c *Cluster) settleLocked(m *Membership) {
 			continue
 		}
 		c.epochs[og.store] = m.Epoch()
+		if !og.store.Started() {
+			// Not priming yet (a new store of the config being
+			// committed): it primes m's share from the start.
+			og.store.SetOwns(m.Owns)
+			continue
+		}
 		og.sent = false
 		og.settling++
 		go func() {
@@ -397,7 +403,7 @@ func (c *Cluster) settleLocked(m *Membership) {
 			c.log.Info("share moved to the new ring", zap.String("group", og.g.name),
 				zap.Duration("took", time.Since(start)),
 				zap.Int64("items", after.Items), zap.Int64("from_peers_memory", after.HandoffItems-before.HandoffItems),
-				zap.Int64("read_from_storage", after.StorageReads-before.StorageReads))
+				zap.Int64("storage_reads_meanwhile", after.StorageReads-before.StorageReads))
 			c.stateMu.Lock()
 			defer c.stateMu.Unlock()
 			c.mu.Lock()

@@ -65,19 +65,15 @@ func (g *Group) handedOff(path string) *shard.Item {
 // from the store's Handoff. size and modTime are what this node's storage
 // says of the file; the store checks them and the bytes' hash again.
 func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, modTime time.Time) (*shard.Item, bool) {
-	prev := c.prevMembers.Load()
-	if prev == nil {
-		// A node that just joined: its share was held by the others.
-		prev = c.members.Load().Others()
-	}
 	n := c.node.Load()
-	if n == nil || prev.Ring().Len() == 0 {
+	if n == nil {
 		return nil, false
 	}
+	holders := c.prevHolders(path)
 	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.fetchTimeout.Load())+time.Duration(shard.NumChunks(size))*time.Second)
 	defer cancel()
-	for _, h := range prev.Holders(path) {
-		if h == c.cfg.Name || !c.handoffWorth(h) {
+	for _, h := range holders {
+		if !c.handoffWorth(h) {
 			continue
 		}
 		if !c.waitUp(ctx, h) {
@@ -101,6 +97,28 @@ func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, m
 		return it, true
 	}
 	return nil, false
+}
+
+// prevHolders lists the other nodes that held path before this node took
+// it: under the previous ring, or, when there is none or it was this node
+// alone (a node that just started: its first ring may have been its own
+// before its peer sources answered), the nodes that would hold it without
+// this node.
+func (c *Cluster) prevHolders(path string) []string {
+	var out []string
+	if prev := c.prevMembers.Load(); prev != nil {
+		for _, h := range prev.Holders(path) {
+			if h != c.cfg.Name {
+				out = append(out, h)
+			}
+		}
+	}
+	if len(out) == 0 {
+		if others := c.members.Load().Others(); others.Ring().Len() > 0 {
+			out = others.Holders(path)
+		}
+	}
+	return out
 }
 
 // joinWait is how long after it starts a node waits for the connections

@@ -150,6 +150,13 @@ func New(cfg Config) (*Store, error) {
 
 // Start starts priming and watching the root in the background and returns
 // at once. Calling it again, or after Close, does nothing.
+// Started reports whether Start was called.
+func (s *Store) Started() bool {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	return s.started
+}
+
 func (s *Store) Start() {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
