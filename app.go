@@ -168,6 +168,21 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.Replicas == 0 {
 		a.Replicas = 1
 	}
+	// Runtime placeholders ({env.POD_IP}) in the node, the peers and lan:
+	// a pod's name and address are known only where it runs.
+	repl := caddy.NewReplacer()
+	expand := func(s string) string { return repl.ReplaceKnown(s, "") }
+	if n := expand(a.Node.Name); n == "" && strings.Contains(a.Node.Name, "{") {
+		return fmt.Errorf("node name %s: empty once placeholders are replaced (is the variable set?)", a.Node.Name)
+	}
+	node := Member{Name: expand(a.Node.Name), Address: expand(a.Node.Address)}
+	a.Node = &node
+	peersCopy := make([]Member, len(a.Peers))
+	for i, p := range a.Peers {
+		peersCopy[i] = Member{Name: expand(p.Name), Address: expand(p.Address)}
+	}
+	a.Peers = peersCopy
+	a.Lan = expand(a.Lan)
 	if err := a.validate(); err != nil {
 		return err
 	}
@@ -187,7 +202,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.members = cluster.NewMembership(a.Node.Name, a.Observer, peers, a.Replicas)
 	a.static = peers
-	repl := caddy.NewReplacer()
 	for _, ps := range a.PeerSources {
 		var resolvers []string
 		for _, r := range ps.Resolvers {
