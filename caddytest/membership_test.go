@@ -575,6 +575,98 @@ func mbCheckHolders(t *testing.T, nodes []*clusterNode, paths []string, ring *pe
 	}
 }
 
+// TestMembershipJoinHandoff: how a node joining a running cluster found in
+// DNS primes its share, without load. Three nodes find each other with
+// `peers srv`; n4 starts and is added to the SRV answer. Its share must
+// come from its peers' memory: the files of its share it opens on its own
+// copy of the site (inotify) must be at most 5% of the share's bytes.
+// n4's Caddyfile has `peers srv` only (as every node's in
+// TestMembershipDNS), or `peers srv` and `peer` lines naming n1-n3: the
+// second differs from the first only by the members n4 knows when it
+// starts.
+func TestMembershipJoinHandoff(t *testing.T) {
+	needCaddy(t)
+	for _, variant := range []string{"peers_srv_only", "peers_srv_and_peer_lines"} {
+		t.Run(variant, func(t *testing.T) {
+			began := time.Now()
+			site := genClusterSite(360, 32)
+			paths := site.paths()
+			members := ftMembers(mbNet, 4)
+			roots := writeClusterRoots(t, members, site)
+			ring4 := peering.NewRing(0, nil, "n1", "n2", "n3", "n4")
+			d := mbStartDNS(t)
+			for _, m := range members {
+				d.setA(m)
+			}
+			d.setTargets("n1", "n2", "n3")
+			specs := make([]mbNodeSpec, len(members))
+			for i, m := range members {
+				specs[i] = mbNodeSpec{self: m, admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), port: freePort(t), root: roots[i]}
+			}
+			if variant == "peers_srv_and_peer_lines" {
+				specs[3].static = members[:3]
+			}
+			w4 := mbWatchOpens(t, roots[3])
+			g := newNodeGroup(t, newClusterSecret(t))
+			var nodes []*clusterNode
+			for _, s := range specs[:3] {
+				nodes = append(nodes, g.launch(s.self.name, s.self.san, s.base(), s.root, s.caddyfile(d.addr)))
+			}
+			deadline := time.Now().Add(30 * time.Second)
+			for _, n := range nodes {
+				n.waitUp(n.caddyfile, deadline)
+			}
+			ftWaitReady(t, 30*time.Second, nodes)
+
+			share := map[string]bool{}
+			var shareBytes int64
+			for _, p := range paths {
+				if ring4.Owner(p) == "n4" {
+					share[p] = true
+					shareBytes += int64(len(site.file(p)))
+				}
+			}
+			servedBefore := int64(0)
+			for _, n := range nodes {
+				servedBefore += mbGroup(t, n).ServedBytes
+			}
+			launchAt := time.Now()
+			s := specs[3]
+			n4 := g.launch(s.self.name, s.self.san, s.base(), s.root, s.caddyfile(d.addr))
+			n4.waitUp(n4.caddyfile, time.Now().Add(30*time.Second))
+			d.setTargets("n1", "n2", "n3", "n4")
+			all := append(slices.Clone(nodes), n4)
+			if ok, _ := pollEvery(15*time.Second, 20*time.Millisecond, func() bool { ok, _ := mbRingsAre(all, []string{"n1", "n2", "n3", "n4"}); return ok }); !ok {
+				_, rings := mbRingsAre(all, []string{"n1", "n2", "n3", "n4"})
+				t.Fatalf("the rings do not list n1-n4 15s after n4 was added to DNS: %s", rings)
+			}
+			ftWaitReady(t, 30*time.Second, all)
+			end := time.Now()
+			opens, overflow := w4.between(launchAt, end)
+			if overflow {
+				t.Errorf("inotify queue overflow on n4's root")
+			}
+			o := mbSummarize(opens, site, func(p string) bool { return share[p] })
+			served := int64(0)
+			for _, n := range nodes {
+				served += mbGroup(t, n).ServedBytes
+			}
+			var ringAtStart string
+			for _, e := range n4.findLogs(func(e logEntry) bool { return e.str("msg") == "node started" }) {
+				ringAtStart = fmt.Sprint(e["ring"])
+			}
+			g4 := mbGroup(t, n4)
+			t.Logf("%s: n4's share %d files, %d bytes; n4 primed %d items; it opened %d files of its share on storage (%d bytes, %.1f%%) and %d others; n1-n3 served peers %d bytes; n4's ring when its node started: %s; %s in all",
+				variant, len(share), shareBytes, g4.PrimedItems, o.in, o.inBytes, 100*float64(o.inBytes)/float64(shareBytes), o.out,
+				served-servedBefore, ringAtStart, time.Since(began).Round(time.Millisecond))
+			if float64(o.inBytes) > 0.05*float64(shareBytes) {
+				t.Errorf("%s: n4 read %.1f%% of its share's bytes from storage (%d of %d files); want ≤ 5%%, the rest from its peers' memory. n4's node started with the ring %s",
+					variant, 100*float64(o.inBytes)/float64(shareBytes), o.inDistinct, len(share), ringAtStart)
+			}
+		})
+	}
+}
+
 // mbWaitFound waits up to 5s until every node's /shardcache/where finds
 // every path (held here or in a trusted peer's table of content), and
 // reports those it does not.
