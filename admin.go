@@ -59,11 +59,14 @@ type Status struct {
 
 // GroupStatus is one content tree on this node.
 type GroupStatus struct {
-	Group       string                       `json:"group"`
-	Root        string                       `json:"root"`
-	Ready       bool                         `json:"ready"`
-	Progress    shard.Progress               `json:"progress"`
-	PrimedItems int64                        `json:"primed_items"`
+	Group       string         `json:"group"`
+	Root        string         `json:"root"`
+	Ready       bool           `json:"ready"`
+	Progress    shard.Progress `json:"progress"`
+	PrimedItems int64          `json:"primed_items"`
+	// Items this node holds now (its share; priming's count does not
+	// follow later ring changes).
+	Items       int64                        `json:"items"`
 	PrimedBytes int64                        `json:"primed_bytes"`
 	Memory      int64                        `json:"memory"`
 	TOCItems    int                          `json:"toc_items"`
