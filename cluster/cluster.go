@@ -532,7 +532,7 @@ func (c *Cluster) groupLocked(name string) *Group {
 	if g == nil {
 		g = &Group{name: name, c: c, toc: make(map[string]*Entry),
 			byOwner: make(map[string]map[string]*shard.Item), weight: make(map[string]int64),
-			aside: make(map[string]map[string]*shard.Item), handoff: make(map[string]handoffItem)}
+			aside: make(map[string]map[string]*shard.Item), handoff: make(map[string]handoffItem), refused: make(map[string]refusedLog)}
 		c.groups[name] = g
 	}
 	return g

@@ -40,6 +40,7 @@ type Group struct {
 	// handoff holds the items this node gave up at a ring change, served
 	// to their new holders for a while (handoff.go).
 	handoff map[string]handoffItem
+	refused map[string]refusedLog // by peer, under mu
 
 	flight singleflight.Group
 	stats  Stats
@@ -266,11 +267,31 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 	}
 	if notHeld+overCap > 0 {
 		g.stats.refusedEntries.Add(int64(notHeld + overCap))
-		g.c.log.Warn("refused table-of-content entries from a peer",
-			zap.String("peer", owner), zap.String("group", g.name),
-			zap.Int("not_its_paths_under_this_ring", notHeld), zap.Int("over_cap", overCap),
-			zap.Int("cap_entries", maxEntriesPerPeer), zap.Int64("cap_bytes", maxWeightPerPeer))
+		r := g.refused[owner]
+		r.notHeld += notHeld
+		r.overCap += overCap
+		if now := time.Now(); now.Sub(r.logged) >= refusedLogEvery {
+			// At most one line per peer and interval: a flood of
+			// entries must not become a flood of log lines.
+			g.c.log.Warn("refused table-of-content entries from a peer",
+				zap.String("peer", owner), zap.String("group", g.name),
+				zap.Int("not_its_paths_under_this_ring", r.notHeld), zap.Int("over_cap", r.overCap),
+				zap.Int("cap_entries", maxEntriesPerPeer), zap.Int64("cap_bytes", maxWeightPerPeer))
+			r = refusedLog{logged: now}
+		}
+		g.refused[owner] = r
 	}
+}
+
+// refusedLogEvery is how often refused entries from one peer are logged
+// (with what was refused since).
+const refusedLogEvery = 10 * time.Second
+
+// refusedLog counts the entries refused from one peer since the last log
+// line about them.
+type refusedLog struct {
+	logged           time.Time
+	notHeld, overCap int
 }
 
 // dropHotLocked drops the hot copies of the version of path the table

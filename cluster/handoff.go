@@ -124,17 +124,20 @@ func (c *Cluster) prevHolders(path string) []string {
 // joinWait is how long after it starts a node waits for the connections
 // to its peers before it loads its share from storage instead of their
 // memory: a node joining a running cluster connects within milliseconds
-// on a LAN; a node whose peers are down or priming themselves (a cluster
-// starting) loses this much once, before it reads its share from storage.
-const joinWait = 500 * time.Millisecond
+// on a LAN (more on a loaded machine); peers that are priming themselves
+// (a cluster starting) are not waited for, and only a node whose peers are
+// unreachable loses this much, once.
+const joinWait = 2 * time.Second
 
-// waitUp reports whether holder is connected and primed, waiting for it
-// while this node is in its first joinWait.
+// waitUp reports whether holder is connected and primed, waiting for the
+// connection while this node is in its first joinWait (not for a holder
+// that is connected but priming: it has nothing to hand over).
 func (c *Cluster) waitUp(ctx context.Context, holder string) bool {
 	deadline := time.Unix(0, c.started.Load()).Add(joinWait)
 	for {
-		if up, ready := c.peerUp(holder); up && ready {
-			return true
+		up, ready := c.peerUp(holder)
+		if up {
+			return ready
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return false
