@@ -114,6 +114,7 @@ func currentStatus() Status {
 			Ready:        s.Ready(),
 			Progress:     s.Progress(),
 			PrimedItems:  stats.PrimedItems,
+			Items:        stats.Items,
 			PrimedBytes:  stats.PrimedBytes,
 			HandoffItems: stats.HandoffItems,
 			HandoffBytes: stats.HandoffBytes,

@@ -263,7 +263,12 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 			g.dropHotLocked(meta.Path)
 		}
 		paths[meta.Path] = it
-		g.electLocked(meta.Path, m)
+		if m.replicas <= 1 {
+			// One holder per path: it is the owner (checked above).
+			g.toc[meta.Path] = &Entry{Owner: owner, Item: it}
+		} else {
+			g.electLocked(meta.Path, m)
+		}
 	}
 	if notHeld+overCap > 0 {
 		g.stats.refusedEntries.Add(int64(notHeld + overCap))
