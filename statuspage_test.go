@@ -175,3 +175,44 @@ func TestStatusPageRoutes(t *testing.T) {
 		t.Errorf("POST /shardcache/: %d, want 405", rec.Code)
 	}
 }
+
+func TestWherePurgeArgs(t *testing.T) {
+	if p, err := wherePathArg([]string{"/a b.css"}); err != nil || p != "/a b.css" {
+		t.Errorf("where /a b.css: %q %v", p, err)
+	}
+	if _, err := wherePathArg([]string{"css/x"}); err == nil || !strings.Contains(err.Error(), `"css/x"`) {
+		t.Errorf("where css/x: %v, want an error naming it", err)
+	}
+	for _, c := range []struct {
+		args           []string
+		prefix, errHas string
+		want           PurgeRequest
+	}{
+		{args: []string{"/x"}, want: PurgeRequest{Path: "/x"}},
+		{prefix: "/img/", want: PurgeRequest{Prefix: "/img/"}},
+		{args: []string{"x"}, errHas: `path "x"`},
+		{prefix: "img", errHas: `--prefix "img"`},
+		{args: []string{"/x"}, prefix: "/img/", errHas: `"/x"`},
+		{errHas: "want a path"},
+	} {
+		got, err := purgeRequestArgs(c.args, c.prefix, "")
+		switch {
+		case c.errHas != "" && (err == nil || !strings.Contains(err.Error(), c.errHas)):
+			t.Errorf("purge %q --prefix %q: err %v, want one with %q", c.args, c.prefix, err, c.errHas)
+		case c.errHas == "" && (err != nil || got != c.want):
+			t.Errorf("purge %q --prefix %q: %+v %v, want %+v", c.args, c.prefix, got, err, c.want)
+		}
+	}
+}
+
+func TestPrintWhere(t *testing.T) {
+	var b bytes.Buffer
+	printWhere(&b, "/big.bin", []Where{{Path: "/big.bin", Group: "site", Owner: "n2", Holders: []string{"n2", "n3"},
+		Found: true, Version: "v1", Size: 3 << 20, HotChunks: 1, Chunks: 3}})
+	out := b.String()
+	for _, want := range []string{"OWNER", "/big.bin", "site", "n2,n3", "3.0MiB", "no (1/3 chunks hot)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("where table lacks %q:\n%s", want, out)
+		}
+	}
+}
