@@ -27,6 +27,7 @@ func init() {
 //	POST /shardcache/purge           {"path": "/x"} or {"prefix": "/img/"}: drops hot
 //	                                 copies cluster-wide and re-reads the files on
 //	                                 their owners
+//	GET /shardcache/                 the status as an HTML page (statuspage.go)
 type adminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -43,6 +44,7 @@ func (adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/shardcache/status", Handler: caddy.AdminHandlerFunc(handleStatus)},
 		{Pattern: "/shardcache/where", Handler: caddy.AdminHandlerFunc(handleWhere)},
 		{Pattern: "/shardcache/purge", Handler: caddy.AdminHandlerFunc(handlePurge)},
+		{Pattern: "/shardcache/", Handler: caddy.AdminHandlerFunc(handleStatusPage)}, // statuspage.go
 	}
 }
 
