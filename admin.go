@@ -68,8 +68,9 @@ type GroupStatus struct {
 	PrimedItems int64          `json:"primed_items"`
 	// Items this node holds now (its share; priming's count does not
 	// follow later ring changes).
-	Items       int64                        `json:"items"`
-	PrimedBytes int64                        `json:"primed_bytes"`
+	Items       int64 `json:"items"`
+	PrimedBytes int64 `json:"primed_bytes"`
+	// Bytes of this node's own items held in memory now.
 	Memory      int64                        `json:"memory"`
 	TOCItems    int                          `json:"toc_items"`
 	Hot         *shard.HotStats              `json:"hot,omitempty"`
@@ -117,6 +118,7 @@ func currentStatus() Status {
 			Progress:     s.Progress(),
 			PrimedItems:  stats.PrimedItems,
 			Items:        stats.Items,
+			Memory:       stats.ResidentBytes,
 			PrimedBytes:  stats.PrimedBytes,
 			HandoffItems: stats.HandoffItems,
 			HandoffBytes: stats.HandoffBytes,
