@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -127,12 +128,36 @@ func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 			return Resolved{}, shard.ErrNotFound
 		}
 	}
+	// The ring changed and the new holder is not ready yet: the bytes are
+	// still in this node's memory (it gave the item up) or in that of the
+	// node that held it before.
+	if it := g.handedOff(path); it != nil {
+		return Resolved{Item: it}, nil
+	}
+	if e := g.previousEntry(path); e != nil {
+		return Resolved{Item: e.Item, Remote: e}, nil
+	}
 	it, isDir, err := store.Lookup(path)
 	if err == nil && !isDir {
 		g.stats.noTable.Add(1)
 		g.warnNoTable(path, m)
 	}
 	return Resolved{Item: it, IsDir: isDir, Storage: true}, err
+}
+
+// previousEntry returns the entry a node that held path under the
+// previous ring published (set aside since), if that node is connected and
+// primed: it still has the bytes (its store, or what it handed off).
+func (g *Group) previousEntry(path string) *Entry {
+	holders := g.c.prevHolders(path)
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	for _, h := range holders {
+		if it := g.aside[h][path]; it != nil && g.c.peerReady(h) {
+			return &Entry{Owner: h, Item: it}
+		}
+	}
+	return nil
 }
 
 // warnNoTable logs, at most once a minute per group, that a path another
@@ -540,7 +565,13 @@ func (g *Group) fetchPeer(e *Entry, enc string, off, length int64) ([]byte, erro
 	defer cancel()
 	m := g.c.members.Load()
 	err := error(peering.ErrPeerDown)
-	for _, holder := range m.Holders(e.Item.Path) {
+	holders := m.Holders(e.Item.Path)
+	if !slices.Contains(holders, e.Owner) {
+		// An entry of the previous ring's holder (previousEntry): ask it
+		// first.
+		holders = append([]string{e.Owner}, holders...)
+	}
+	for _, holder := range holders {
 		if holder == g.c.cfg.Name || !g.c.peerReady(holder) {
 			continue
 		}
