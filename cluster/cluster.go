@@ -593,9 +593,13 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 		if it, isDir, err = st.Lookup(req.Path); err != nil || isDir {
 			return peering.Meta{}, nil, peering.ErrNotFound
 		}
-	} else if it = g.handedOff(req.Path); it == nil {
-		// Not ours: refused without reading or hashing anything.
-		return peering.Meta{}, nil, peering.ErrNotFound
+	} else if it = st.Published(req.Path); it == nil {
+		// Not ours under the current ring, and not (or no longer) in the
+		// store: kept for handoff, or refused without reading or hashing
+		// anything.
+		if it = g.handedOff(req.Path); it == nil {
+			return peering.Meta{}, nil, peering.ErrNotFound
+		}
 	}
 	if req.Version != "" && it.Version != req.Version {
 		return peering.Meta{}, nil, peering.ErrNotFound

@@ -220,6 +220,16 @@ func (s *Store) Root() string { return s.root }
 //
 // A precompressed sibling (x.css.gz, with gzip configured, when x.css
 // exists) is not found: it is a Variant of the item it compresses.
+// Published returns the item the store publishes at path (a file this
+// node holds, or held until a ring change that is still being applied),
+// nil if none. Unlike Lookup it never reads storage.
+func (s *Store) Published(path string) *Item {
+	if it, ok := s.index.load(path); ok && !it.isDir() {
+		return it
+	}
+	return nil
+}
+
 func (s *Store) Lookup(path string) (it *Item, isDir bool, err error) {
 	if it, ok := s.index.load(path); ok {
 		if it.isDir() {
