@@ -117,6 +117,14 @@ type Resolved struct {
 func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 	m := g.c.members.Load()
 	if m.Owns(path) {
+		if it := store.Published(path); it != nil {
+			return Resolved{Item: it}, nil
+		}
+		// Not loaded yet (priming, or a ring change gave it to this
+		// node): the node that held it still has it in memory.
+		if e := g.previousEntry(path); e != nil {
+			return Resolved{Item: e.Item, Remote: e}, nil
+		}
 		it, isDir, err := store.Lookup(path)
 		return Resolved{Item: it, IsDir: isDir}, err
 	}
