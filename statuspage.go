@@ -165,15 +165,6 @@ func handleStatusPage(w http.ResponseWriter, r *http.Request) error {
 	if err := renderStatusPage(&buf, st, director); err != nil {
 		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("rendering the status page: %v", err)}
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	// Inline CSS only; nothing else may load or run.
-	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-	if r.Method == http.MethodHead {
-		return nil
-	}
-	_, err := w.Write(buf.Bytes())
-	return err
+	writeStatusPage(w, r, buf.Bytes())
+	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/shard"
@@ -214,5 +216,39 @@ func TestPrintWhere(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("where table lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// The page served from a site (shardcache_status): browsers can open it
+// there, where the admin endpoint refuses them.
+func TestStatusPageHandler(t *testing.T) {
+	var h StatusPage
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest(http.MethodGet, "/", nil)
+	r.Header.Set("Sec-Fetch-Mode", "navigate") // what a browser sends
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	if w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), "text/html") ||
+		!strings.Contains(w.Body.String(), "<html") || w.Header().Get("Content-Security-Policy") == "" {
+		t.Errorf("GET: %d %q, %d bytes", w.Code, w.Header().Get("Content-Type"), w.Body.Len())
+	}
+	w = httptest.NewRecorder()
+	err := h.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/", nil), nil)
+	if herr, ok := err.(caddyhttp.HandlerError); !ok || herr.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %v; want 405", err)
+	}
+	for input, want := range map[string]string{
+		"shardcache_status extra":         "unexpected argument 'extra'",
+		"shardcache_status {\n option\n}": "unexpected block (option 'option')",
+	} {
+		var s StatusPage
+		if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v; want %q", input, err, want)
+		}
+	}
+	var s StatusPage
+	if err := s.UnmarshalCaddyfile(caddyfile.NewTestDispenser("shardcache_status")); err != nil {
+		t.Errorf("plain directive: %v", err)
 	}
 }
