@@ -158,7 +158,8 @@ func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
 		bufPool.Put(bp)
 		if err != nil {
 			ic.log.Warn("peer sent a malformed HELLO; closing the connection", zap.Error(err))
-			abort(str, ErrCodeBadRequest)
+			// The connection's close ends the stream too: resetting the
+			// stream first would let the peer see that instead of why.
 			conn.CloseWithError(CloseProtocolError, err.Error())
 			return
 		}
