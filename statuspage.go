@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"html/template"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -68,7 +69,7 @@ func newStatusPage(st Status, director bool) statusPage {
 		}
 		names := append([]string(nil), tierOrder...)
 		for name := range g.Tiers {
-			if !contains(names, name) {
+			if !slices.Contains(names, name) {
 				names = append(names, name)
 			}
 		}
@@ -86,15 +87,6 @@ func newStatusPage(st Status, director bool) statusPage {
 		p.Groups = append(p.Groups, gp)
 	}
 	return p
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func share(n, total int64) float64 {
@@ -141,7 +133,7 @@ func (statusPage) MemberGroups(m cluster.MemberStatus) string {
 }
 
 // InRing reports whether name is on this node's ring.
-func (p statusPage) InRing(name string) bool { return contains(p.Ring, name) }
+func (p statusPage) InRing(name string) bool { return slices.Contains(p.Ring, name) }
 
 // renderStatusPage writes the page for st.
 func renderStatusPage(w *bytes.Buffer, st Status, director bool) error {

@@ -479,13 +479,7 @@ func (c *Cluster) publishStateLocked() {
 		// Stores report no changes while priming: peers that connected
 		// meanwhile got a partial table. Send it whole, before saying
 		// the group is ready.
-		var items []peering.Meta
-		og.store.Each(func(it *shard.Item) bool {
-			if m.Owns(it.Path) {
-				items = append(items, toMeta(it))
-			}
-			return true
-		})
+		items := heldMetas(og.store, m)
 		n.Publish(peering.Delta{Group: og.g.name, Upserts: items})
 		c.mu.Lock()
 		og.sent, og.primed = true, true
@@ -494,7 +488,7 @@ func (c *Cluster) publishStateLocked() {
 			zap.Int("items", len(items)))
 	}
 	st := c.state()
-	if !stateEqual(st, n.State()) {
+	if !st.Equal(n.State()) {
 		n.SetState(st)
 	}
 	if ready := c.Ready(); ready != c.lastReady {
@@ -513,10 +507,6 @@ func (c *Cluster) state() peering.State {
 	}
 	sort.Slice(st.Groups, func(i, j int) bool { return st.Groups[i].Name < st.Groups[j].Name })
 	return st
-}
-
-func stateEqual(a, b peering.State) bool {
-	return a.Epoch == b.Epoch && slices.Equal(a.Groups, b.Groups)
 }
 
 // Group returns the group named name, making it on first use (a config
@@ -648,16 +638,22 @@ func (c *Cluster) Snapshot() []peering.GroupTOC {
 	m := c.members.Load()
 	var out []peering.GroupTOC
 	for _, og := range own {
-		toc := peering.GroupTOC{Group: og.g.name}
-		og.store.Each(func(it *shard.Item) bool {
-			if m.Owns(it.Path) {
-				toc.Items = append(toc.Items, toMeta(it))
-			}
-			return true
-		})
-		out = append(out, toc)
+		out = append(out, peering.GroupTOC{Group: og.g.name, Items: heldMetas(og.store, m)})
 	}
 	return out
+}
+
+// heldMetas lists the metadata of the items of store this node holds
+// under m: its table of content for the group.
+func heldMetas(store *shard.Store, m *Membership) []peering.Meta {
+	var items []peering.Meta
+	store.Each(func(it *shard.Item) bool {
+		if m.Owns(it.Path) {
+			items = append(items, toMeta(it))
+		}
+		return true
+	})
+	return items
 }
 
 // Ready reports whether every group of the committed config is primed and

@@ -122,21 +122,7 @@ func (s *Store) applyOwns() {
 	}
 
 	// Then drop, republish and load, as after a change on storage.
-	s.mu.Lock()
-	jobs := s.settleLocked(aff)
-	for _, j := range jobs {
-		j.handoff = gained[j.path]
-	}
-	s.mu.Unlock()
-	s.runJobs(jobs)
-	s.mu.Lock()
-	changes := s.takeChangesLocked()
-	s.mu.Unlock()
-	if s.cfg.OnChange != nil {
-		for _, c := range changes {
-			s.cfg.OnChange(c.path, c.it)
-		}
-	}
+	s.settle(aff, func(j *job) { j.handoff = gained[j.path] })
 	if afterApplyOwns != nil {
 		afterApplyOwns()
 	}

@@ -338,10 +338,16 @@ func (s *Store) rescan() {
 }
 
 // settle republishes and reloads whatever aff names and reports the
-// changes to OnChange.
-func (s *Store) settle(aff affected) {
+// changes to OnChange. prepare, if not nil, sees the loads before they
+// run, with s.mu held.
+func (s *Store) settle(aff affected, prepare ...func(*job)) {
 	s.mu.Lock()
 	jobs := s.settleLocked(aff)
+	for _, f := range prepare {
+		for _, j := range jobs {
+			f(j)
+		}
+	}
 	s.mu.Unlock()
 	s.runJobs(jobs)
 	s.mu.Lock()
