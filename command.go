@@ -46,9 +46,7 @@ option's secret (put it in an environment variable, not in the Caddyfile).
 					return cmdStatus(fl, os.Stdout)
 				}),
 			}
-			status.Flags().String("address", "", "Address of the admin API (default: from the config, or localhost:2019)")
-			status.Flags().StringP("config", "c", "", "Configuration file to read the admin address from")
-			status.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
+			adminFlags(status)
 			secret := &cobra.Command{
 				Use:   "secret",
 				Short: "Print a fresh random cluster secret",
@@ -65,9 +63,7 @@ option's secret (put it in an environment variable, not in the Caddyfile).
 					return cmdWhere(fl, os.Stdout)
 				}),
 			}
-			where.Flags().String("address", "", "Address of the admin API (default: from the config, or localhost:2019)")
-			where.Flags().StringP("config", "c", "", "Configuration file to read the admin address from")
-			where.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
+			adminFlags(where)
 			purge := &cobra.Command{
 				Use:   "purge <path> | purge --prefix <prefix>",
 				Short: "Drop hot copies cluster-wide and re-read the files on their owners",
@@ -78,9 +74,7 @@ option's secret (put it in an environment variable, not in the Caddyfile).
 			}
 			purge.Flags().String("prefix", "", "Purge every path starting with this prefix (instead of one path)")
 			purge.Flags().String("group", "", "Purge in this group only (default: every group)")
-			purge.Flags().String("address", "", "Address of the admin API (default: from the config, or localhost:2019)")
-			purge.Flags().StringP("config", "c", "", "Configuration file to read the admin address from")
-			purge.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
+			adminFlags(purge)
 			cmd.AddCommand(status, where, purge, secret)
 		},
 	})
@@ -305,4 +299,12 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%dB", n)
+}
+
+// adminFlags adds the flags that say where the admin API is, as every
+// subcommand that talks to it takes them.
+func adminFlags(cmd *cobra.Command) {
+	cmd.Flags().String("address", "", "Address of the admin API (default: from the config, or localhost:2019)")
+	cmd.Flags().StringP("config", "c", "", "Configuration file to read the admin address from")
+	cmd.Flags().StringP("adapter", "a", "", "Name of config adapter to apply (if --config is used)")
 }

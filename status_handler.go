@@ -1,8 +1,6 @@
 package shardcache
 
 import (
-	"bytes"
-	"fmt"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
@@ -50,13 +48,11 @@ func (StatusPage) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header()["Allow"] = allowGetHead
 		return caddyhttp.Error(http.StatusMethodNotAllowed, nil)
 	}
-	st := currentStatus()
-	_, c := reg.get()
-	var buf bytes.Buffer
-	if err := renderStatusPage(&buf, st, c != nil && c.Observer()); err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, fmt.Errorf("rendering the status page: %v", err))
+	page, err := currentStatusPage()
+	if err != nil {
+		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
-	writeStatusPage(w, r, buf.Bytes())
+	writeStatusPage(w, r, page)
 	return nil
 }
 

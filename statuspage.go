@@ -150,13 +150,20 @@ func handleStatusPage(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
 	}
-	st := currentStatus()
-	_, c := reg.get()
-	director := c != nil && c.Observer()
-	var buf bytes.Buffer
-	if err := renderStatusPage(&buf, st, director); err != nil {
-		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: fmt.Errorf("rendering the status page: %v", err)}
+	page, err := currentStatusPage()
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusInternalServerError, Err: err}
 	}
-	writeStatusPage(w, r, buf.Bytes())
+	writeStatusPage(w, r, page)
 	return nil
+}
+
+// currentStatusPage renders the page of the running config.
+func currentStatusPage() ([]byte, error) {
+	_, c := reg.get()
+	var buf bytes.Buffer
+	if err := renderStatusPage(&buf, currentStatus(), c != nil && c.Observer()); err != nil {
+		return nil, fmt.Errorf("rendering the status page: %v", err)
+	}
+	return buf.Bytes(), nil
 }
