@@ -505,11 +505,12 @@ http://127.0.0.1:%d {
 		case r.failed() && strings.Contains(r.err, "dial tcp") && strings.Contains(r.err, "connection reset"):
 			dialResets++
 		case r.failed() && (strings.HasSuffix(r.err, ": EOF") || strings.HasSuffix(r.err, "read: connection reset by peer") ||
-			strings.HasSuffix(r.err, "write: connection reset by peer")):
+			strings.HasSuffix(r.err, "write: connection reset by peer") || strings.HasSuffix(r.err, "write: broken pipe")):
 			// The same race on a kept-alive connection: the request went
 			// out as the old server closed the idle connection (a reset
 			// when its bytes had already arrived, or while they were
-			// being written).
+			// being written; a broken pipe when the close had already
+			// been reset by the kernel before the write).
 			idleCloses++
 		case r.failed():
 			failed = append(failed, r)
