@@ -94,6 +94,7 @@ type Cluster struct {
 	lastReady bool
 
 	purges chan peering.Purge // from peers, applied by purgeLoop
+	push   pushState          // spreading hot paths (push.go)
 	done   chan struct{}
 	closed atomic.Bool
 }
@@ -165,13 +166,14 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 			backend = nil // serves nothing
 		}
 		pc := peering.Config{
-			Name:    c.cfg.Name,
-			Addr:    c.cfg.Addr,
-			Peers:   c.members.Load().Peers(),
-			TLS:     creds,
-			Backend: backend,
-			OnEvent: c.onEvent,
-			Logger:  c.log,
+			Name:     c.cfg.Name,
+			Addr:     c.cfg.Addr,
+			Peers:    c.members.Load().Peers(),
+			TLS:      creds,
+			Backend:  backend,
+			OnEvent:  c.onEvent,
+			OnSpread: c.onSpread,
+			Logger:   c.log,
 			// Each fetch carries its own deadline (fetch_timeout, which a
 			// reload may change); this is only a cap.
 			FetchTimeout: time.Minute,
