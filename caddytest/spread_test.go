@@ -30,7 +30,7 @@ const (
 	spreadZipfS = 1.1
 	// spreadWarm requests let the director learn the popular paths and
 	// the members fetch them; spreadMeasured are counted.
-	spreadWarm     = 15_000
+	spreadWarm     = 20_000
 	spreadMeasured = 40_000
 	spreadWorkers  = 16
 )

@@ -41,6 +41,11 @@ type Config struct {
 	// MinCount: a path is not spread before it was counted this often
 	// (decayed). Default 16: a handful of requests proves nothing.
 	MinCount uint32
+	// MinTotal: nothing is spread while the estimate rests on fewer
+	// requests than this (decayed). Default 16384: shares measured over a
+	// trickle of requests (a test, a quiet site) are noise, and a quiet
+	// site needs no spreading.
+	MinTotal uint64
 	// MaxPaths bounds the spread set. Default 4096.
 	MaxPaths int
 	// OnChange, if set, is called (without locks held, on the goroutine of
@@ -61,6 +66,9 @@ func (c *Config) defaults() {
 	}
 	if c.MinCount == 0 {
 		c.MinCount = 16
+	}
+	if c.MinTotal == 0 {
+		c.MinTotal = 16384
 	}
 	if c.MaxPaths <= 0 {
 		c.MaxPaths = 4096
@@ -188,7 +196,7 @@ func (t *Tracker) Observe(path string, members int) *Path {
 		}
 		return p
 	}
-	if est < t.cfg.MinCount || float64(est)*t.cfg.Div*float64(members) < float64(total) {
+	if est < t.cfg.MinCount || total < t.cfg.MinTotal || float64(est)*t.cfg.Div*float64(members) < float64(total) {
 		return nil
 	}
 	return t.promote(path, est, total, members)

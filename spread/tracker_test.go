@@ -54,6 +54,20 @@ func TestTrackerSpreadsAndCools(t *testing.T) {
 	}
 }
 
+// TestTrackerQuiet: nothing is spread before MinTotal requests, however
+// skewed they are.
+func TestTrackerQuiet(t *testing.T) {
+	tr := New(Config{})
+	for i := range 16383 {
+		if p := tr.Observe(fmt.Sprintf("/p%d", i%50), 3); p != nil {
+			t.Fatalf("%s spread after %d requests", p.Name, i+1)
+		}
+	}
+	if p := tr.Observe("/p0", 3); p == nil {
+		t.Fatal("/p0, 2% of 16384 requests over 3 members, not spread")
+	}
+}
+
 // TestTrackerOneMember: with one member nothing is spread.
 func TestTrackerOneMember(t *testing.T) {
 	tr := New(Config{})
