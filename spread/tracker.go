@@ -349,12 +349,14 @@ func Two(n int, r uint64) (a, b int) {
 }
 
 // Prefer reports whether candidate a of a power-of-two-choices pick is to
-// be preferred over b: fewer requests in flight, then, on a tie, fewer
-// requests sent to it recently (which breaks the many ties of a lightly
-// loaded cluster towards balanced counts).
+// be preferred over b: fewer requests in flight, unless they differ by one
+// at most, then fewer requests sent to it recently. A difference of one is
+// mostly the timing of the requests just sent: taken as a tie, it lets the
+// counts decide, which evens the load out better on a lightly loaded
+// cluster (and in the simulation).
 func Prefer(inflightA, inflightB, recentA, recentB int64) bool {
-	if inflightA != inflightB {
-		return inflightA < inflightB
+	if d := inflightA - inflightB; d > 1 || d < -1 {
+		return d < 0
 	}
 	return recentA <= recentB
 }
