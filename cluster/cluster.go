@@ -166,14 +166,13 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 			backend = nil // serves nothing
 		}
 		pc := peering.Config{
-			Name:     c.cfg.Name,
-			Addr:     c.cfg.Addr,
-			Peers:    c.members.Load().Peers(),
-			TLS:      creds,
-			Backend:  backend,
-			OnEvent:  c.onEvent,
-			OnSpread: c.onSpread,
-			Logger:   c.log,
+			Name:    c.cfg.Name,
+			Addr:    c.cfg.Addr,
+			Peers:   c.members.Load().Peers(),
+			TLS:     creds,
+			Backend: backend,
+			OnEvent: c.onEvent,
+			Logger:  c.log,
 			// Each fetch carries its own deadline (fetch_timeout, which a
 			// reload may change); this is only a cap.
 			FetchTimeout: time.Minute,
@@ -181,6 +180,7 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 			Observer:     c.cfg.Observer,
 			State:        c.state(),
 		}
+		pc.OnSpread = c.onSpread // push.go
 		if c.cfg.Peering != nil {
 			c.cfg.Peering(&pc)
 		}
