@@ -113,6 +113,9 @@ func (d *Director) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ htt
 		}
 	}
 	if up := d.pick(pool, key); up != nil {
+		if d.sp != nil {
+			d.sp.recent(up.Dial).Add(1)
+		}
 		return up
 	}
 	// No member is up and ready: any available upstream.
@@ -170,19 +173,19 @@ func (d *Director) spreadPick(pool reverseproxy.UpstreamPool, key string) *rever
 	peers := n.Peers()
 	a, b := spread.Two(len(route), rand.Uint64())
 	ua, ub := upstreamOf(pool, peers, route[a]), upstreamOf(pool, peers, route[b])
-	up, name := ua, route[a]
+	up := ua
 	switch {
 	case ua == nil && ub == nil:
 		return nil
 	case ua == nil:
-		up, name = ub, route[b]
+		up = ub
 	case ub != nil:
-		ra, rb := d.sp.recent(route[a]), d.sp.recent(route[b])
+		ra, rb := d.sp.recent(ua.Dial), d.sp.recent(ub.Dial)
 		if !spread.Prefer(int64(ua.NumRequests()), int64(ub.NumRequests()), ra.Load(), rb.Load()) {
-			up, name = ub, route[b]
+			up = ub
 		}
 	}
-	d.sp.recent(name).Add(1)
+	d.sp.recent(up.Dial).Add(1)
 	p.Requests.Add(1)
 	spreadRequests.Add(1)
 	return up
@@ -277,8 +280,9 @@ type spreader struct {
 	stopOnce   sync.Once
 	removeHeld func()
 
-	// counts is the requests sent to each member lately (halved every
-	// second): the tie-breaker of Prefer. Copy on write.
+	// counts is the requests this director sent to each upstream (by
+	// dial address) lately, spread or not (halved every second): the
+	// tie-breaker of Prefer. Copy on write.
 	counts   atomic.Pointer[map[string]*atomic.Int64]
 	countsMu sync.Mutex
 
@@ -326,7 +330,8 @@ func (s *spreader) poke() {
 	}
 }
 
-// recent returns the counter of requests sent to member name lately.
+// recent returns the counter of requests sent to the upstream dialled at
+// name lately.
 func (s *spreader) recent(name string) *atomic.Int64 {
 	if c := (*s.counts.Load())[name]; c != nil {
 		return c
