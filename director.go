@@ -101,7 +101,8 @@ func (d *Director) Cleanup() error {
 	return nil
 }
 
-// Select returns the upstream of the node that owns the request's path.
+// Select returns the upstream of the node that owns the request's path or,
+// for a spread path, of one of the members that serve it.
 func (d *Director) Select(pool reverseproxy.UpstreamPool, r *http.Request, _ http.ResponseWriter) *reverseproxy.Upstream {
 	key := cleanPath(r.URL.Path)
 	if strings.HasSuffix(r.URL.Path, "/") {
