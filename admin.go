@@ -57,6 +57,11 @@ type Status struct {
 	Ring    []string               `json:"ring,omitempty"`
 	Members []cluster.MemberStatus `json:"members,omitempty"`
 	Groups  []GroupStatus          `json:"groups"`
+	// Spread lists, on a director, the paths spread over more members
+	// than their owner (director.go).
+	Spread []SpreadStatus `json:"spread,omitempty"`
+	// Push is, on a content node, what it carries for directors.
+	Push *cluster.PushStats `json:"push,omitempty"`
 }
 
 // GroupStatus is one content tree on this node.
@@ -106,6 +111,12 @@ func currentStatus() Status {
 	if c != nil {
 		cs := c.Status()
 		st.Node, st.SAN, st.Epoch, st.Ring, st.Members = cs.Node, cs.SAN, cs.Epoch, cs.Ring, cs.Members
+		if c.Observer() {
+			st.Spread = spreadStatus()
+		} else {
+			ps := c.PushStats()
+			st.Push = &ps
+		}
 	}
 	for _, src := range sources {
 		s := src.store
@@ -149,6 +160,18 @@ func currentStatus() Status {
 // Where is one element of the body of GET /shardcache/where.
 type Where = cluster.Where
 
+// WhereAnswer is one element of the body of GET /shardcache/where: where
+// the path is in one group (Where) and what spreading does with it.
+type WhereAnswer struct {
+	Where
+	// Pushed: this content node carries the path for a director (its
+	// copy, if held, is Resident).
+	Pushed bool `json:"pushed,omitempty"`
+	// Spread is, on a director, the path's spread set: the members that
+	// hold pushed copies and serve it.
+	Spread *SpreadStatus `json:"spread,omitempty"`
+}
+
 func handleWhere(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet {
 		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method not allowed")}
@@ -161,7 +184,18 @@ func handleWhere(w http.ResponseWriter, r *http.Request) error {
 	if c == nil {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("not a cluster node")}
 	}
-	return writeJSON(w, c.Where(cleanPath(p)))
+	p = cleanPath(p)
+	var out []WhereAnswer
+	if c.Observer() {
+		if ss := spreadWhere(p); ss != nil {
+			out = append(out, WhereAnswer{Where: Where{Path: p, Owner: c.Members().Owner(p)}, Spread: ss})
+		}
+	}
+	_, pushed := c.Carries(p)
+	for _, wh := range c.Where(p) {
+		out = append(out, WhereAnswer{Where: wh, Pushed: pushed && !wh.Local})
+	}
+	return writeJSON(w, out)
 }
 
 // PurgeRequest is the body of POST /shardcache/purge: a path, or a prefix

@@ -77,6 +77,16 @@ var (
 		"Configured peers with a live connection.", nil, nil)
 	descPeers = prometheus.NewDesc("caddy_shardcache_peers",
 		"Configured peers.", nil, nil)
+	descSpreadRequests = prometheus.NewDesc("caddy_shardcache_spread_requests_total",
+		"Requests a director routed among the members of a spread (hot) path's set.", nil, nil)
+	descSpreadPaths = prometheus.NewDesc("caddy_shardcache_spread_paths",
+		"Paths a director spreads over more members than their owner now.", nil, nil)
+	descPushedItems = prometheus.NewDesc("caddy_shardcache_pushed_items_total",
+		"Copies a content node fetched from their holder to carry a spread path for a director.", nil, nil)
+	descPushedBytes = prometheus.NewDesc("caddy_shardcache_pushed_bytes_total",
+		"Bytes of those copies (they cross the SAN).", nil, nil)
+	descCarried = prometheus.NewDesc("caddy_shardcache_carried_paths",
+		"Spread paths a content node carries for directors now.", nil, nil)
 )
 
 // statsCollector reads the running config's counters at scrape time.
@@ -85,7 +95,8 @@ type statsCollector struct{}
 func (statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descBytes, descPeerErrors, descServed,
 		descPrimedItems, descPrimedBytes, descResidentBytes, descReady, descHotItems, descHotBytes,
-		descHotAdmissions, descHotEvictions, descPeersUp, descPeers} {
+		descHotAdmissions, descHotEvictions, descPeersUp, descPeers,
+		descSpreadRequests, descSpreadPaths, descPushedItems, descPushedBytes, descCarried} {
 		ch <- d
 	}
 }
@@ -199,6 +210,15 @@ func (statsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 			gauge(descPeersUp, int64(up), nil...)
 			gauge(descPeers, int64(all), nil...)
+		}
+		if c.Observer() {
+			counter(descSpreadRequests, spreadRequests.Load())
+			gauge(descSpreadPaths, int64(len(spreadStatus())))
+		} else {
+			ps := c.PushStats()
+			counter(descPushedItems, ps.Items)
+			counter(descPushedBytes, ps.Bytes)
+			gauge(descCarried, int64(ps.Carried))
 		}
 	}
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/director.sh: the content director (lb_policy shardcache) against
-# Caddy's uri_hash and round_robin, in front of a three-node cluster, with
-# one Zipf request mix. A measurement, not a test.
+# bench/director.sh: the content director (lb_policy shardcache, with hot
+# paths spread, and with `spread off`: every request to its path's owner)
+# against Caddy's uri_hash and round_robin, in front of a three-node
+# cluster, with one Zipf request mix. A measurement, not a test.
 #
 #   bench/director.sh [-n requests] [-c conns] [-s exponent] [-i items] [-P san_port] [-t secs]
 #
@@ -14,8 +15,11 @@
 # through a fixed permutation, -n requests from -c keep-alive connections.
 # Per policy it prints: req/s; the share of requests each tier answered,
 # summed over the three nodes (local = the receiving node's own memory,
-# i.e. the local-hit ratio); peer bytes / bytes served. Everything lives in
-# a temporary directory, on loopback; every process is stopped by PID.
+# i.e. the local-hit ratio); peer bytes / bytes served; the busiest node's
+# requests / the mean (from the nodes' own counters); SAN bytes (peer
+# fetches and the copies pushed to carry spread paths) / bytes served.
+# Everything lives in a temporary directory, on loopback; every process is
+# stopped by PID.
 set -euo pipefail
 
 COUNT=100000
@@ -26,7 +30,7 @@ SANPORT=27946
 TIMEOUT=120
 SERVER_CPU=1
 CLIENT_CPU=0
-POLICIES=(shardcache uri_hash round_robin)
+POLICIES=(shardcache shardcache-nospread uri_hash round_robin)
 
 usage() {
 	sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
@@ -142,7 +146,11 @@ director_caddyfile() {
 	for j in "$@"; do
 		printf ' 127.0.0.1:%s' "$j"
 	done
-	printf ' {\n\t\tlb_policy %s\n\t}\n}\n' "$policy"
+	if [ "$policy" = shardcache-nospread ]; then
+		printf ' {\n\t\tlb_policy shardcache {\n\t\t\tspread off\n\t\t}\n\t}\n}\n'
+	else
+		printf ' {\n\t\tlb_policy %s\n\t}\n}\n' "$policy"
+	fi
 }
 
 # start name caddyfile: runs a Caddy pinned to SERVER_CPU.
@@ -161,11 +169,11 @@ ready() {
 		jq -e '.ready and (.members | length) >= 2 and all(.members[]; .up and .ready)' >/dev/null 2>&1
 }
 
-# counters admin: "local hot peer storage local_bytes hot_bytes peer_bytes storage_bytes"
+# counters admin: "local hot peer storage local_bytes hot_bytes peer_bytes storage_bytes pushed_bytes"
 counters() {
 	curl -fsS --max-time 5 "http://127.0.0.1:$1/shardcache/status" |
-		jq -r '[.groups[] | select(.group == "site") | .tiers] | .[0] |
-			"\(.local.requests) \(.hot.requests) \(.peer.requests) \(.storage.requests) \(.local.bytes) \(.hot.bytes) \(.peer.bytes) \(.storage.bytes)"'
+		jq -r '(.push.pushed_bytes // 0) as $pushed | [.groups[] | select(.group == "site") | .tiers] | .[0] |
+			"\(.local.requests) \(.hot.requests) \(.peer.requests) \(.storage.requests) \(.local.bytes) \(.hot.bytes) \(.peer.bytes) \(.storage.bytes) \($pushed)"'
 }
 
 # up policy: starts the three nodes and the director with fresh ports and
@@ -240,14 +248,19 @@ for policy in "${POLICIES[@]}"; do
 	for a in "${admins[@]}"; do after+=("$(counters "$a")"); done
 	echo "   $out"
 	row=$(printf '%s\n' "${before[@]}" "${after[@]}" | awk -v policy="$policy" -v out="$out" '
-		{ for (k = 1; k <= 8; k++) v[NR, k] = $k }
+		{ for (k = 1; k <= 9; k++) v[NR, k] = $k }
 		END {
-			for (k = 1; k <= 8; k++) { d[k] = 0; for (i = 1; i <= 3; i++) d[k] += v[i + 3, k] - v[i, k] }
+			for (k = 1; k <= 9; k++) { d[k] = 0; for (i = 1; i <= 3; i++) d[k] += v[i + 3, k] - v[i, k] }
 			req = d[1] + d[2] + d[3] + d[4]; byt = d[5] + d[6] + d[7] + d[8]
+			top = 0
+			for (i = 1; i <= 3; i++) {
+				n = 0; for (k = 1; k <= 4; k++) n += v[i + 3, k] - v[i, k]
+				if (n > top) top = n
+			}
 			split(out, f, " "); for (i in f) { split(f[i], kv, "="); o[kv[1]] = kv[2] }
-			printf "%-12s %9d %7d %9.0f %8.2f%% %7.2f%% %7.2f%% %8.2f%% %12.2f%%\n", policy, o["requests"], o["errors"], o["rps"],
+			printf "%-20s %9d %7d %9.0f %8.2f%% %7.2f%% %7.2f%% %8.2f%% %12.2f%% %13.3f %12.3f%%\n", policy, o["requests"], o["errors"], o["rps"],
 				100 * d[1] / (req ? req : 1), 100 * d[2] / (req ? req : 1), 100 * d[3] / (req ? req : 1), 100 * d[4] / (req ? req : 1),
-				100 * d[7] / (byt ? byt : 1)
+				100 * d[7] / (byt ? byt : 1), 3 * top / (req ? req : 1), 100 * (d[7] + d[9]) / (byt ? byt : 1)
 		}')
 	ROWS+=("$row")
 	stop_all
@@ -256,5 +269,5 @@ done
 echo
 echo "== $COUNT requests per policy, Zipf s=$EXP over $ITEMS items of 1-8 KiB, $CONNS connections;"
 echo "   4 Caddys on CPU $SERVER_CPU, load on CPU $CLIENT_CPU; tiers summed over the 3 nodes; fresh cluster per policy"
-printf '%-12s %9s %7s %9s %9s %8s %8s %9s %13s\n' POLICY REQUESTS ERRORS REQ/S LOCAL HOT PEER STORAGE PEER_B/SERVED
+printf '%-20s %9s %7s %9s %9s %8s %8s %9s %13s %13s %13s\n' POLICY REQUESTS ERRORS REQ/S LOCAL HOT PEER STORAGE PEER_B/SERVED BUSIEST/MEAN SAN_B/SERVED
 printf '%s\n' "${ROWS[@]}"

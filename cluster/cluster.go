@@ -94,6 +94,7 @@ type Cluster struct {
 	lastReady bool
 
 	purges chan peering.Purge // from peers, applied by purgeLoop
+	push   pushState          // spreading hot paths (push.go)
 	done   chan struct{}
 	closed atomic.Bool
 }
@@ -179,6 +180,7 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 			Observer:     c.cfg.Observer,
 			State:        c.state(),
 		}
+		pc.OnSpread = c.onSpread // push.go
 		if c.cfg.Peering != nil {
 			c.cfg.Peering(&pc)
 		}

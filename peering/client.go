@@ -402,6 +402,10 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 			p.st.Store(&st)
 			log.Debug("peer's state changed", zap.Uint64("epoch", st.Epoch), zap.Int("groups", len(st.Groups)))
 			n.emit(Event{Kind: EventState, Peer: s.name, State: st.Clone()})
+		case frameHeld: // push.go
+			if err := n.receiveSpread(s.name, t, payload); err != nil {
+				return err
+			}
 		default:
 			// Unknown control frames are skipped: a newer peer may send
 			// messages this version does not know.

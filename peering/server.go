@@ -367,6 +367,11 @@ func (n *Node) readControl(r io.Reader, peer string, log *zap.Logger) error {
 			}
 			pr.receive(n, log, peer, pg)
 		}
+		if t == frameSpread { // push.go
+			if err := n.receiveSpread(peer, t, payload); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -236,6 +236,11 @@ type Config struct {
 	// OnEvent receives peer events; nil drops them.
 	OnEvent func(Event)
 
+	// OnSpread receives the SPREAD and HELD frames of spreading (push.go)
+	// with their sender's name, on that connection's goroutine: it must
+	// return quickly. nil drops them.
+	OnSpread func(from string, s Spread)
+
 	// Observer marks a node that holds no content and is in no ring (a
 	// content director): peers serve it their tables of content and keep
 	// it out of their rings.

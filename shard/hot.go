@@ -31,6 +31,7 @@ type Hot struct {
 	freq *sketch
 
 	hits, misses, admits, rejects, evicts atomic.Int64
+	pushes                                atomic.Int64 // push.go
 }
 
 // hotEntry is one cached copy; Item is immutable.

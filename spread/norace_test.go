@@ -1,0 +1,5 @@
+//go:build !race
+
+package spread
+
+const raceEnabled = false

@@ -1,0 +1,6 @@
+//go:build race
+
+package spread
+
+// raceEnabled: the race detector slows the simulation tenfold.
+const raceEnabled = true
