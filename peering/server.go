@@ -430,6 +430,23 @@ type resumeFrom struct {
 	frames [][]byte
 }
 
+// NewTOCWriter returns a writer that encodes a table of content as a
+// node sends it at connect, to write, outside any connection: for tools
+// and measurements. Call Finish after the last item.
+func NewTOCWriter(write func([]byte) error) *TOCWriter {
+	return &TOCWriter{write: write, pos: map[string]logPos{}, sent: map[string]bool{}, frame: -1}
+}
+
+// Finish ends the last group and writes what is buffered, then TOC_END.
+func (w *TOCWriter) Finish() error {
+	if err := w.finish(); err != nil {
+		return err
+	}
+	b := appendTOCEnd(nil)
+	w.bytes += int64(len(b))
+	return w.write(b)
+}
+
 // Only returns the one group the writer wants ("" for every group).
 func (w *TOCWriter) Only() string {
 	if w.only == nil {
@@ -492,6 +509,9 @@ func (w *TOCWriter) position(group string) logPos {
 	}
 	if p, ok := w.pos[group]; ok {
 		return p
+	}
+	if w.n == nil {
+		return logPos{group: group}
 	}
 	// No log at subscription: every change since is queued for the peer.
 	w.n.mu.Lock()
@@ -588,7 +608,7 @@ func (w *TOCWriter) finish() error {
 	if err := w.endGroup(); err != nil {
 		return err
 	}
-	if w.skipped > 0 {
+	if w.skipped > 0 && w.n != nil {
 		w.n.log.Warn("items left out of the table of content (a field over its limit)", zap.Int("items", w.skipped))
 	}
 	return w.flush(true)
@@ -851,8 +871,18 @@ func (n *Node) writeSnapshot(w *TOCWriter) error {
 	}
 	b := appendTOCEnd(nil)
 	w.bytes += int64(len(b))
+	n.tocSent.Add(w.bytes)
 	return w.write(b)
 }
+
+// DeltaBytes returns how many bytes of changes this node has published
+// (each sent to every peer connected).
+func (n *Node) DeltaBytes() int64 { return n.deltaSent.Load() }
+
+// TOCBytesSent returns how many bytes of tables of content this node has
+// sent at connects and in Resyncs (not the changes published since): what
+// syncing its peers cost.
+func (n *Node) TOCBytesSent() int64 { return n.tocSent.Load() }
 
 // writeResync sends group pos.group whole to a subscriber, as of pos.
 func (n *Node) writeResync(str *quic.Stream, pos *logPos) error {
@@ -870,7 +900,9 @@ func (n *Node) writeResync(str *quic.Stream, pos *logPos) error {
 			return err
 		}
 	}
-	return w.finish()
+	err := w.finish()
+	n.tocSent.Add(w.bytes)
+	return err
 }
 
 // Publish sends a change of this node's table of content to every peer
@@ -914,6 +946,7 @@ func (n *Node) Publish(d Delta) {
 	frames, _ := appendSeq(make([]byte, 0, len(b)+len(d.Group)+16), d.Group, l.seq) // group checked above
 	frames = append(frames, b...)
 	l.add(l.seq, frames)
+	n.deltaSent.Add(int64(len(frames)))
 	for s := range n.subs {
 		s.enqueue(frames)
 	}

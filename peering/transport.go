@@ -361,12 +361,6 @@ const (
 	// protocol error.
 	maxSnapshotItems = 4 << 20
 
-	// maxLogBytes bounds the encoded changes a group's change log keeps
-	// for peers that reconnect (and maxLogChanges their number): a peer
-	// that missed more gets a snapshot instead.
-	maxLogBytes   = 4 << 20
-	maxLogChanges = 1 << 16
-
 	// tocBatch is about how many bytes of a snapshot are encoded before
 	// they are written to the stream: the memory a snapshot takes on the
 	// sending side, whatever the table's size.
@@ -379,6 +373,15 @@ const (
 
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
+)
+
+// maxLogBytes bounds the encoded changes a group's change log keeps for
+// peers that reconnect (and maxLogChanges their number): a peer that missed
+// more gets a snapshot instead. 4 MiB is some 30,000 changed files: far
+// more than a site changes while a peer restarts. Variables for tests.
+var (
+	maxLogBytes   = 4 << 20
+	maxLogChanges = 1 << 16
 )
 
 // quicConfig is every quic-go setting of peer connections, in one place.
@@ -562,6 +565,9 @@ type Node struct {
 
 	// logs holds each group's change log (under mu).
 	logs map[string]*changeLog
+	// tocSent and deltaSent count the bytes of tables of content sent
+	// (TOCBytesSent) and of changes published (DeltaBytes).
+	tocSent, deltaSent atomic.Int64
 
 	// handshakes counts the inbound handshakes in progress; validating is
 	// set while they are over maxHandshakes (see verifySourceAddress).
