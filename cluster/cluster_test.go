@@ -116,7 +116,7 @@ func newNodes(t *testing.T, names ...string) []*tnode {
 func (n *tnode) newStore(t *testing.T, group, root string, m *Membership) *shard.Store {
 	t.Helper()
 	c := n.c
-	st, err := shard.New(shard.Config{Root: root, Owns: m.Owns, Rescan: time.Hour,
+	st, err := shard.New(shard.Config{Root: root, Owns: m.Owns, Rescan: time.Hour, Precompressed: []string{"gzip"},
 		OnChange: func(p string, it *shard.Item) { c.Publish(group, p, it) },
 		OnDrop:   func(it *shard.Item) { c.Dropped(group, it) },
 		Handoff: func(ctx context.Context, p string, size int64, mtime time.Time) (*shard.Item, bool) {
