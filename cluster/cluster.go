@@ -811,6 +811,10 @@ func (c *Cluster) onEvent(ev peering.Event) {
 		for _, g := range stale {
 			g.dropOwner(ev.Peer)
 		}
+	case peering.EventDelta:
+		if g := c.peerGroup(ev.Delta.Group); g != nil {
+			g.apply(ev.Peer, ev.Delta, c.members.Load())
+		}
 	case peering.EventPurge:
 		if ev.Purge.Prefix && ev.Purge.Path == "" {
 			c.log.Warn("refused a purge of everything from a peer", zap.String("peer", ev.Peer),

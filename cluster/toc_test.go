@@ -196,3 +196,62 @@ func TestTOCCollisionsAndVariantsAskTheOwner(t *testing.T) {
 		t.Errorf("%d metadata requests for the variants; want 1", got)
 	}
 }
+
+// A node that loses its connection to a peer for a while and comes back
+// gets only the peer's changes since (its table stays), and serves them:
+// new versions, and a 404 for the file deleted meanwhile.
+func TestReconnectResumesTheTable(t *testing.T) {
+	root, paths := site(t, 200)
+	nodes := newNodes(t, "n1", "n2")
+	n1, n2 := nodes[0], nodes[1]
+	for _, n := range nodes {
+		n.start(t, "www", copySite(t, root, paths))
+	}
+	for _, n := range nodes {
+		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
+	}
+	full := n2.c.Node().TOCBytesSent()
+	var theirs []string
+	for _, p := range paths {
+		if n1.m.Owner(p) == "n2" && len(theirs) < 4 {
+			theirs = append(theirs, p)
+		}
+	}
+	n1.c.Node().SetPeers(nil)
+	waitFor(t, "n2 down for n1", func() bool { up, _ := n1.c.peerUp("n2"); return !up })
+	changed, gone := theirs[:3], theirs[3]
+	for _, p := range changed {
+		if err := os.WriteFile(filepath.Join(n2.root, p), []byte("changed "+p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Remove(filepath.Join(n2.root, gone)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "n2 publishing its changes", func() bool {
+		for _, p := range changed {
+			if it := n2.store.Published(p); it == nil || it.Size != int64(len("changed "+p)) {
+				return false
+			}
+		}
+		_, seq := n2.c.Node().LogPos("www")
+		return n2.store.Published(gone) == nil && seq >= 4
+	})
+	before := n2.c.Node().TOCBytesSent()
+	n1.c.Node().SetPeers(n1.m.Peers())
+	waitFor(t, "trust again", func() bool { return n1.trustsAll(nodes, "www") })
+	resumed := n2.c.Node().TOCBytesSent() - before
+	t.Logf("first sync %d bytes; reconnect %d bytes", full, resumed)
+	if resumed*4 > full {
+		t.Errorf("reconnect sent %d bytes of table of content (first sync %d): not a resume", resumed, full)
+	}
+	for _, p := range changed {
+		got, _, err := n1.get(p)
+		if err != nil || string(got) != "changed "+p {
+			t.Errorf("%s after the reconnect: %q %v", p, got, err)
+		}
+	}
+	if _, _, err := n1.get(gone); !errors.Is(err, shard.ErrNotFound) {
+		t.Errorf("%s, deleted while away: %v; want not found", gone, err)
+	}
+}
