@@ -32,6 +32,10 @@ var (
 	maxWeightPerPeer  int64 = 1 << 30 // bytes of slots and of entries kept whole
 )
 
+// maxPresize bounds the entries a table is sized for when a snapshot
+// begins (60 MB of slots).
+const maxPresize = 1 << 20
+
 // metaWeight is what an entry kept whole takes: its strings.
 func metaWeight(it *shard.Item) int64 {
 	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag) + len(it.Version))
@@ -163,7 +167,14 @@ func (g *Group) beginSnapshot(owner string, sync peering.Sync) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	ot := g.ownerLocked(owner)
-	ot.tab.begin(int(min(sync.Items, uint64(maxEntriesPerPeer))))
+	// The count is the peer's word: the table is sized for it only up to
+	// a bound (and less for a group this node does not serve), then grows
+	// with what actually arrives.
+	limit := uint64(maxPresize)
+	if g.store.Load() == nil {
+		limit = 4096
+	}
+	ot.tab.begin(int(min(sync.Items, limit)))
 	ot.log, ot.seq, ot.complete = sync.Log, sync.Seq, false
 }
 

@@ -357,6 +357,8 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 				return fmt.Errorf("%w: SYNC of group %q out of order", errProtocol, sc.Group)
 			case sc.End:
 				delete(sy.open, sc.Group)
+			case len(sy.open) >= maxGroups:
+				return fmt.Errorf("%w: SYNC of too many groups at once", errProtocol)
 			default:
 				sy.open[sc.Group] = sc.Mode
 			}

@@ -867,6 +867,11 @@ func decodeResume(p []byte) ([]Resume, error) {
 	if err := r.done(); err != nil {
 		return nil, err
 	}
+	for _, rs := range out {
+		if rs.Group == "" {
+			return nil, errBadValue
+		}
+	}
 	return out, nil
 }
 
