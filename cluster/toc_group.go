@@ -123,11 +123,15 @@ func (g *Group) itemFor(owner, path string, s *tocSlot) (it *shard.Item, found, 
 		return nil, false, false
 	}
 	// The owner cannot say which variants it has now: the identity bytes
-	// are right whatever they are (not cached: the next request asks
-	// again).
+	// are right whatever they are. Not cached (the next request asks
+	// again), but for an owner that predates META (it refuses the
+	// request): its next snapshot clears the cache.
 	g.mu.RLock()
 	it = g.types.item(path, s)
 	g.mu.RUnlock()
+	if errors.Is(err, peering.ErrBadRequest) {
+		g.items.put(owner, s, it)
+	}
 	return it, true, true
 }
 

@@ -30,7 +30,7 @@ func TestSimulateFiftyMembers(t *testing.T) {
 		peers = append(peers, peering.Peer{Name: fmt.Sprintf("n%02d", i), Addr: "sim"})
 	}
 	ring := NewMembership("n01", false, peers[:members-1], 1) // n01..n50
-	joined := NewMembership("n01", false, peers, 1)          // and n51
+	joined := NewMembership("n01", false, peers, 1)           // and n51
 
 	c := New(Config{Name: "n01"}, ring)
 	g := c.Group("www")
