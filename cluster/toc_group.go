@@ -304,6 +304,11 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 		meta := &items[i]
 		key, fp := g.hash(meta.Path)
 		s, compact := g.types.slotFor(meta, key, fp)
+		if compact && ot.log == 0 && s.flags&slotEncodings != 0 {
+			// A peer that numbers no changes predates META too: it could
+			// not tell the variants' details later.
+			compact = false
+		}
 		s.flags |= t.gen
 		at := t.find(key, fp)
 		var side *shard.Item
