@@ -137,7 +137,17 @@ type Resolved struct {
 // is missing.
 func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 	m := g.c.members.Load()
-	if m.Owns(path) {
+	var holders []string
+	var owns bool
+	if m.replicas <= 1 {
+		var one [1]string // one ring search, no allocation: the common case
+		one[0] = m.ring.Owner(path)
+		holders, owns = one[:], one[0] == m.self
+	} else {
+		holders = m.Holders(path)
+		owns = slices.Contains(holders, m.self)
+	}
+	if owns {
 		if it := store.Published(path); it != nil {
 			return Resolved{Item: it}, nil
 		}
@@ -149,7 +159,6 @@ func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 		it, isDir, err := store.Lookup(path)
 		return Resolved{Item: it, IsDir: isDir}, err
 	}
-	holders := m.Holders(path)
 	e, unsure := g.lookup(path, holders, false)
 	if e != nil {
 		return Resolved{Item: e.Item, Remote: e}, nil

@@ -81,42 +81,40 @@ func (g *Group) lookup(path string, holders []string, ready bool) (e *Entry, uns
 		if s.flags&slotSide != 0 && s.flags&slotCollided == 0 {
 			continue // another path's entry, kept whole: not path
 		}
-		it, found, ok := g.itemFor(h, path, &s)
+		e, found, ok := g.entryFor(key, h, path, &s)
 		if !ok {
 			unsure = true
 			continue
 		}
 		if found {
-			return &Entry{Owner: h, Item: it}, false
+			return e, false
 		}
 	}
 	return nil, unsure
 }
 
-// itemFor returns the Item slot s of owner describes for path: from the
+// entryFor returns the entry slot s of owner describes for path: from the
 // item cache, built from the slot, or, when the slot does not say it all
 // (variants, a collision), asked of the owner. found false: the owner
 // says path is not there (a collided slot). ok false: the owner could not
 // be asked for what only it can say.
-func (g *Group) itemFor(owner, path string, s *tocSlot) (it *shard.Item, found, ok bool) {
-	if it := g.items.get(path, owner, s); it != nil {
-		return it, true, true
+func (g *Group) entryFor(key uint64, owner, path string, s *tocSlot) (e *Entry, found, ok bool) {
+	if e := g.items.get(key, path, owner, s); e != nil {
+		return e, true, true
 	}
 	if s.flags&(slotEncodings|slotCollided) == 0 {
 		g.mu.RLock()
-		it = g.types.item(path, s)
+		it := g.types.item(path, s)
 		g.mu.RUnlock()
-		g.items.put(owner, s, it)
-		return it, true, true
+		return g.items.put(key, owner, s, it), true, true
 	}
 	meta, err := g.fetchMeta(owner, path)
 	collided := s.flags&slotCollided != 0
 	switch {
 	case err == nil && (collided || meta.Version == g.types.item(path, s).Version):
-		it = fromMeta(meta)
+		it := fromMeta(meta)
 		it.Path = path
-		g.items.put(owner, s, it)
-		return it, true, true
+		return g.items.put(key, owner, s, it), true, true
 	case collided && peeringNotFound(err):
 		return nil, false, true
 	case collided:
@@ -127,12 +125,12 @@ func (g *Group) itemFor(owner, path string, s *tocSlot) (it *shard.Item, found, 
 	// again), but for an owner that predates META (it refuses the
 	// request): its next snapshot clears the cache.
 	g.mu.RLock()
-	it = g.types.item(path, s)
+	it := g.types.item(path, s)
 	g.mu.RUnlock()
 	if errors.Is(err, peering.ErrBadRequest) {
-		g.items.put(owner, s, it)
+		return g.items.put(key, owner, s, it), true, true
 	}
-	return it, true, true
+	return &Entry{Owner: owner, Item: it}, true, true
 }
 
 // fetchMeta asks owner for path's metadata with its variants; concurrent
@@ -267,7 +265,7 @@ func (g *Group) apply(owner string, d peering.Delta, m *Membership) {
 			delete(ot.tab.side, p)
 		}
 		g.dropHotLocked(p, &s)
-		g.items.drop(p)
+		g.items.drop(key, p)
 		if s.flags&slotCollided == 0 {
 			// A collided slot stays: the other path may still be there,
 			// and its owner is asked.
@@ -340,7 +338,7 @@ func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, 
 			if dropHot {
 				g.dropHotLocked(meta.Path, old)
 			}
-			g.items.drop(meta.Path)
+			g.items.drop(key, meta.Path)
 			if collided {
 				s.flags |= slotCollided
 			}
@@ -415,9 +413,8 @@ func (g *Group) dropHotLocked(path string, s *tocSlot) {
 
 // cachedItem returns the item cached for path, any version.
 func (g *Group) cachedItem(path string) *shard.Item {
-	g.items.mu.RLock()
-	defer g.items.mu.RUnlock()
-	return g.items.m[path].it
+	key, _ := g.hash(path)
+	return g.items.item(key, path)
 }
 
 // prune applies a new ring m: what peers that are no longer members
