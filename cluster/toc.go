@@ -199,6 +199,12 @@ func (t *tocTable) resize(size int) {
 // entries written until end are the new generation, the others are swept
 // by end. The table is sized for the larger of both once, up front.
 func (t *tocTable) begin(items int) {
+	if t.snapshot {
+		// One that never ended (its connection died): what it did not
+		// write goes now, or flipping the generation back would keep it
+		// for good.
+		t.end()
+	}
 	t.gen ^= slotGen
 	t.snapshot = true
 	if want := capFor(max(items, t.n)); want > len(t.slots) {

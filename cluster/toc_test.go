@@ -55,6 +55,16 @@ func TestTOCTableAgainstAMap(t *testing.T) {
 			t.Fatalf("%s: load %d/%d over 7/8", when, tab.n, len(tab.slots))
 		}
 	}
+	// A snapshot that never ends (its connection died), then one that
+	// does: only what the last one listed stays.
+	put(keys[0], 1)
+	tab.begin(10)
+	put(keys[1], 2)
+	tab.begin(10)
+	put(keys[2], 3)
+	tab.end()
+	model = map[kf]int64{keys[2]: 3}
+	check("after an aborted snapshot")
 	for round := range 20 {
 		for range 2000 {
 			k := keys[rng.IntN(len(keys))]
