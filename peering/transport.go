@@ -6,7 +6,8 @@
 //
 // A Node fetches items from peers' memory (Fetch), serves its own through a
 // Backend, and keeps every peer informed of the items it owns: on connect it
-// sends a snapshot of its table of content, then deltas (Publish) and
+// streams a snapshot of its table of content (or, to a peer that reconnects,
+// only the numbered changes since: Config.Resume), then deltas (Publish) and
 // ready-state changes (PublishReady). It advertises where its HTTP site is
 // reached (Config.Lan) and its State (the ring epoch it uses and its
 // content groups, Config.State), and passes purges to every node it is
