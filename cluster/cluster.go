@@ -100,11 +100,17 @@ type Cluster struct {
 }
 
 // ownGroup is a group of the committed config: its store, and whether its
-// whole table of content has been sent since the store became ready.
+// table of content is complete at its peers.
 type ownGroup struct {
 	g     *Group
 	store *shard.Store
-	sent  bool
+	// published: the store was primed and its table sent whole to the
+	// peers (Node.Resync) once; from then on its changes are published as
+	// they happen. Peers connecting before that get the group as pending.
+	published bool
+	// sent: published, and no ring change is being applied: the group is
+	// advertised ready.
+	sent bool
 	// settling counts the ring changes the store is still applying
 	// (SetOwns): until they are done its table is not complete.
 	settling int
@@ -119,6 +125,10 @@ type peerView struct {
 	state  peering.State
 	synced bool // its table of content arrived since it connected
 	warned string
+	// session lists the groups whose table it sent (or resumed, or said
+	// pending) since it connected: at the end of its snapshot, what it
+	// published in other groups is gone.
+	session map[string]bool
 }
 
 // New makes a cluster node; Start binds its socket.
@@ -179,6 +189,7 @@ func (c *Cluster) Start(creds *peering.Credentials, lan string) error {
 			Lan:          lan,
 			Observer:     c.cfg.Observer,
 			State:        c.state(),
+			Resume:       c.resumeFor,
 		}
 		pc.OnSpread = c.onSpread // push.go
 		if c.cfg.Peering != nil {
@@ -262,7 +273,7 @@ func (c *Cluster) Commit(cm Commit) {
 		prev := c.own[gc.Name]
 		og := &ownGroup{g: g, store: gc.Store}
 		if prev != nil && prev.store == gc.Store {
-			og.sent, og.settling, og.primed = prev.sent, prev.settling, prev.primed
+			og.published, og.sent, og.settling, og.primed = prev.published, prev.sent, prev.settling, prev.primed
 		}
 		if _, known := c.epochs[gc.Store]; !known {
 			c.epochs[gc.Store] = gc.Epoch
@@ -460,34 +471,35 @@ func (c *Cluster) watchReady() {
 	}
 }
 
-// publishStateLocked sends the whole table of content of every group whose
-// store became ready since, then this node's state and readiness when they
-// changed. Called with stateMu held.
+// publishStateLocked publishes the table of content of every group whose
+// store became ready since (Node.Resync: each peer gets it whole, streamed,
+// once), marks ready the groups that finished applying a ring change (a
+// flag: their changes were published as they happened), then sends this
+// node's state and readiness when they changed. Called with stateMu held.
 func (c *Cluster) publishStateLocked() {
 	n := c.node.Load()
 	if n == nil {
 		return
 	}
-	c.mu.RLock()
+	c.mu.Lock()
 	var fresh []*ownGroup
 	for _, og := range c.own {
-		if !og.sent && og.settling == 0 && og.store != nil && og.store.Ready() {
+		if og.sent || og.settling > 0 || og.store == nil || !og.store.Ready() {
+			continue
+		}
+		if !og.published {
+			// Stores report no changes while priming: peers that
+			// connected meanwhile were told the group is pending. Now
+			// it is sent to each of them, whole and streamed.
 			fresh = append(fresh, og)
 		}
+		og.published, og.sent, og.primed = true, true, true
 	}
-	c.mu.RUnlock()
-	m := c.members.Load()
+	c.mu.Unlock()
 	for _, og := range fresh {
-		// Stores report no changes while priming: peers that connected
-		// meanwhile got a partial table. Send it whole, before saying
-		// the group is ready.
-		items := heldMetas(og.store, m)
-		n.Publish(peering.Delta{Group: og.g.name, Upserts: items})
-		c.mu.Lock()
-		og.sent, og.primed = true, true
-		c.mu.Unlock()
-		c.log.Info("group ready: table of content sent to peers", zap.String("group", og.g.name),
-			zap.Int("items", len(items)))
+		n.Resync(og.g.name)
+		c.log.Info("group ready: table of content published to peers", zap.String("group", og.g.name),
+			zap.Int64("items", og.store.Stats().Items))
 	}
 	st := c.state()
 	if !st.Equal(n.State()) {
@@ -522,9 +534,8 @@ func (c *Cluster) Group(name string) *Group {
 func (c *Cluster) groupLocked(name string) *Group {
 	g := c.groups[name]
 	if g == nil {
-		g = &Group{name: name, c: c, toc: make(map[string]*Entry),
-			byOwner: make(map[string]map[string]*shard.Item), weight: make(map[string]int64),
-			aside: make(map[string]map[string]*shard.Item), handoff: make(map[string]handoffItem), refused: make(map[string]refusedLog)}
+		g = &Group{name: name, c: c, owners: make(map[string]*ownerTOC), hash: newPathHash(),
+			handoff: make(map[string]handoffItem), refused: make(map[string]refusedLog)}
 		c.groups[name] = g
 	}
 	return g
@@ -593,6 +604,9 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 			return peering.Meta{}, nil, peering.ErrNotFound
 		}
 	}
+	if req.MetaOnly {
+		return toMeta(it), nil, nil
+	}
 	if req.Version != "" && it.Version != req.Version {
 		return peering.Meta{}, nil, peering.ErrNotFound
 	}
@@ -628,34 +642,81 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 	return m, body, nil
 }
 
-// Snapshot lists the items this node holds, per group of the committed
-// config.
-func (c *Cluster) Snapshot() []peering.GroupTOC {
+// TOC writes the table of content of every group of the committed config
+// (or the one w asks for) to w: the metadata of the items this node holds,
+// read from the store as it is written, in bounded frames. A group whose
+// store is not published yet (priming) is sent as pending.
+func (c *Cluster) TOC(w *peering.TOCWriter) error {
 	c.mu.RLock()
-	own := make([]*ownGroup, 0, len(c.own))
-	for _, og := range c.own {
-		own = append(own, og)
+	type grp struct {
+		name      string
+		store     *shard.Store
+		published bool
+	}
+	own := make([]grp, 0, len(c.own))
+	for name, og := range c.own {
+		if only := w.Only(); only == "" || only == name {
+			own = append(own, grp{name, og.store, og.published})
+		}
 	}
 	c.mu.RUnlock()
+	sort.Slice(own, func(i, j int) bool { return own[i].name < own[j].name })
 	m := c.members.Load()
-	var out []peering.GroupTOC
 	for _, og := range own {
-		out = append(out, peering.GroupTOC{Group: og.g.name, Items: heldMetas(og.store, m)})
+		if og.store == nil {
+			continue
+		}
+		want, err := w.Group(og.name, int(og.store.Stats().Items), og.published)
+		if err != nil {
+			return err
+		}
+		if !want {
+			continue
+		}
+		var meta peering.Meta
+		var variants []peering.Variant
+		og.store.Each(func(it *shard.Item) bool {
+			if !m.Owns(it.Path) {
+				return true
+			}
+			variants = metaInto(&meta, it, variants[:0])
+			err = w.Item(&meta)
+			return err == nil
+		})
+		if err != nil {
+			return err
+		}
 	}
-	return out
+	return nil
 }
 
-// heldMetas lists the metadata of the items of store this node holds
-// under m: its table of content for the group.
-func heldMetas(store *shard.Store, m *Membership) []peering.Meta {
-	var items []peering.Meta
-	store.Each(func(it *shard.Item) bool {
-		if m.Owns(it.Path) {
-			items = append(items, toMeta(it))
+// metaInto sets *m to it's metadata, its variants in vs (reused).
+func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant) []peering.Variant {
+	*m = peering.Meta{Path: it.Path, Version: it.Version, Size: it.Size, ContentType: it.ContentType,
+		ModTime: it.ModTime, ETag: it.ETag}
+	for _, v := range it.Variants {
+		vs = append(vs, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	}
+	m.Variants = vs
+	return vs
+}
+
+// resumeFor lists what this node holds of peer's tables of content, for
+// peer to send only the changes since (peering.Config.Resume).
+func (c *Cluster) resumeFor(peer string) []peering.Resume {
+	c.mu.RLock()
+	groups := make([]*Group, 0, len(c.groups))
+	for _, g := range c.groups {
+		groups = append(groups, g)
+	}
+	c.mu.RUnlock()
+	var out []peering.Resume
+	for _, g := range groups {
+		if log, seq, ok := g.resumeFrom(peer); ok {
+			out = append(out, peering.Resume{Group: g.name, Log: log, Seq: seq})
 		}
-		return true
-	})
-	return items
+	}
+	return out
 }
 
 // Ready reports whether every group of the committed config is primed and
@@ -678,7 +739,7 @@ func (c *Cluster) onEvent(ev peering.Event) {
 	switch ev.Kind {
 	case peering.EventUp:
 		c.mu.Lock()
-		c.peers[ev.Peer] = &peerView{state: ev.State}
+		c.peers[ev.Peer] = &peerView{state: ev.State, session: map[string]bool{}}
 		c.mu.Unlock()
 		c.checkPeerState(ev.Peer)
 	case peering.EventNamed:
@@ -708,34 +769,49 @@ func (c *Cluster) onEvent(ev peering.Event) {
 		pv.state = ev.State
 		c.mu.Unlock()
 		c.checkPeerState(ev.Peer)
-	case peering.EventSnapshot:
-		m := c.members.Load()
-		seen := map[string]bool{}
-		for _, toc := range ev.Snapshot {
-			if g := c.peerGroup(toc.Group); g != nil {
-				g.replace(ev.Peer, toc.Items, m)
-			} else {
-				c.log.Warn("table of content for too many groups: ignored", zap.String("peer", ev.Peer),
-					zap.String("group", toc.Group), zap.Int("max_groups", maxPeerGroups))
-			}
-			seen[toc.Group] = true
+	case peering.EventSync:
+		g := c.peerGroup(ev.Sync.Group)
+		if g == nil {
+			c.log.Warn("table of content for too many groups: ignored", zap.String("peer", ev.Peer),
+				zap.String("group", ev.Sync.Group), zap.Int("max_groups", maxPeerGroups))
+			return
 		}
 		c.mu.Lock()
-		var stale []*Group
-		for name, g := range c.groups {
-			if !seen[name] {
-				stale = append(stale, g)
-			}
+		if pv := c.peers[ev.Peer]; pv != nil && pv.session != nil {
+			pv.session[ev.Sync.Group] = true
 		}
+		c.mu.Unlock()
+		switch {
+		case ev.Sync.Mode == peering.SyncPending:
+			g.dropOwner(ev.Peer)
+		case ev.Sync.Mode == peering.SyncSnapshot && !ev.Sync.End:
+			g.beginSnapshot(ev.Peer, ev.Sync)
+		case ev.Sync.Mode == peering.SyncSnapshot:
+			g.endSnapshot(ev.Peer, ev.Sync)
+		case ev.Sync.End: // a resume
+			g.resumed(ev.Peer, ev.Sync)
+		}
+	case peering.EventTOC:
+		if g := c.peerGroup(ev.Delta.Group); g != nil {
+			g.snapshotItems(ev.Peer, ev.Delta.Upserts, c.members.Load())
+		}
+	case peering.EventSnapshot:
+		c.mu.Lock()
+		var stale []*Group
 		pv := c.peers[ev.Peer]
 		if pv == nil {
 			pv = &peerView{}
 			c.peers[ev.Peer] = pv
 		}
+		for name, g := range c.groups {
+			if !pv.session[name] {
+				stale = append(stale, g)
+			}
+		}
 		pv.synced = true
 		c.mu.Unlock()
 		for _, g := range stale {
-			g.replace(ev.Peer, nil, m)
+			g.dropOwner(ev.Peer)
 		}
 	case peering.EventDelta:
 		if g := c.peerGroup(ev.Delta.Group); g != nil {

@@ -116,7 +116,7 @@ func newNodes(t *testing.T, names ...string) []*tnode {
 func (n *tnode) newStore(t *testing.T, group, root string, m *Membership) *shard.Store {
 	t.Helper()
 	c := n.c
-	st, err := shard.New(shard.Config{Root: root, Owns: m.Owns, Rescan: time.Hour,
+	st, err := shard.New(shard.Config{Root: root, Owns: m.Owns, Rescan: time.Hour, Precompressed: []string{"gzip"},
 		OnChange: func(p string, it *shard.Item) { c.Publish(group, p, it) },
 		OnDrop:   func(it *shard.Item) { c.Dropped(group, it) },
 		Handoff: func(ctx context.Context, p string, size int64, mtime time.Time) (*shard.Item, bool) {
@@ -462,13 +462,14 @@ func TestTableOfContentCapPerPeer(t *testing.T) {
 	if n := g.TOCLen(); n == 0 || n > 1100 {
 		t.Errorf("%d entries kept; want at most the cap (~1000)", n)
 	}
-	if g.weight["n2"] > maxWeightPerPeer {
-		t.Errorf("weight %d over the cap %d", g.weight["n2"], maxWeightPerPeer)
+	if w := g.owners["n2"].tab.bytes(); w > maxWeightPerPeer {
+		t.Errorf("weight %d over the cap %d", w, maxWeightPerPeer)
 	}
 	// Deleting frees room.
+	before := g.owners["n2"].tab.bytes()
 	g.Learn("n2", peering.Delta{Group: "www", Deletes: []string{ms[0].Path}})
-	if g.weight["n2"] > maxWeightPerPeer {
-		t.Errorf("weight after delete %d", g.weight["n2"])
+	if w := g.owners["n2"].tab.bytes(); w > maxWeightPerPeer || w >= before {
+		t.Errorf("weight after delete %d (before %d)", w, before)
 	}
 }
 

@@ -28,25 +28,30 @@ type Group struct {
 	store atomic.Pointer[shard.Store]
 	hot   atomic.Pointer[shard.Hot]
 
-	mu      sync.RWMutex
-	toc     map[string]*Entry                 // path → an item a peer holds
-	byOwner map[string]map[string]*shard.Item // peer → the items it published that it holds
-	weight  map[string]int64                  // peer → bytes of metadata it published
-	// aside holds what peers published for paths they do not hold under
-	// this node's ring: never served, but kept (within the per-peer cap)
-	// because this node's ring may be the one behind (a reload reaches the
-	// nodes one after another); a ring change moves entries between toc
-	// and aside.
-	aside map[string]map[string]*shard.Item // peer → path → item
+	mu sync.RWMutex
+	// owners holds, per peer, the compact table of what it published in
+	// this group (toc.go), whether it holds those paths under this node's
+	// ring or not: a path's entry is that of the first of its holders (in
+	// ring order) that published it, chosen at lookup, so a ring change
+	// moves nothing; entries of paths their publisher does not hold are
+	// never served (but for the previous holders', during a ring change),
+	// and kept because this node's ring may be the one behind (a reload
+	// reaches the nodes one after another).
+	owners map[string]*ownerTOC
+	types  typeTable // content types, interned for owners' slots
+	hash   pathHash
 	// handoff holds the items this node gave up at a ring change, served
 	// to their new holders for a while (handoff.go).
 	handoff map[string]handoffItem
 	refused map[string]refusedLog // by peer, under mu
 
-	flight singleflight.Group
-	stats  Stats
+	items      itemCache // Items built for remote files (toc_itemcache.go)
+	flight     singleflight.Group
+	metaFlight singleflight.Group
+	stats      Stats
 
 	lastNoTableLog atomic.Int64 // unix nanos of the last "no trusted table" warning
+	metaFetches    atomic.Int64 // items' metadata asked of their owners (variants, collisions)
 }
 
 // Entry is an entry of the table of content: an item's metadata (Body nil)
@@ -68,11 +73,28 @@ func (g *Group) Store() *shard.Store { return g.store.Load() }
 // Hot is the group's hot cache (nil if none).
 func (g *Group) Hot() *shard.Hot { return g.hot.Load() }
 
-// TOCLen is the number of entries in the group's table of content.
+// TOCLen is the number of entries in the group's tables of content (what
+// its peers published, each path once per publisher).
 func (g *Group) TOCLen() int {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	return len(g.toc)
+	n := 0
+	for _, ot := range g.owners {
+		n += ot.tab.entries()
+	}
+	return n
+}
+
+// TOCBytes is the memory the group's tables of content take: their slots
+// and the entries kept whole.
+func (g *Group) TOCBytes() int64 {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	var n int64
+	for _, ot := range g.owners {
+		n += ot.tab.bytes()
+	}
+	return n
 }
 
 // setHot sizes the hot cache; a new budget starts an empty cache.
@@ -83,12 +105,11 @@ func (g *Group) setHot(budget int64) {
 	g.hot.Store(shard.NewHot(budget))
 }
 
-// entry answers path from the table of content.
+// entry answers path from the table of content: the entry of the first of
+// its holders under the current ring that published it.
 func (g *Group) entry(path string) (*Entry, bool) {
-	g.mu.RLock()
-	e, ok := g.toc[path]
-	g.mu.RUnlock()
-	return e, ok
+	e, _ := g.lookup(path, g.c.members.Load().Holders(path), false)
+	return e, e != nil
 }
 
 // Resolved is what a path names in a group, as a handler sees it.
@@ -116,7 +137,17 @@ type Resolved struct {
 // is missing.
 func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 	m := g.c.members.Load()
-	if m.Owns(path) {
+	var holders []string
+	var owns bool
+	if m.replicas <= 1 {
+		var one [1]string // one ring search, no allocation: the common case
+		one[0] = m.ring.Owner(path)
+		holders, owns = one[:], one[0] == m.self
+	} else {
+		holders = m.Holders(path)
+		owns = slices.Contains(holders, m.self)
+	}
+	if owns {
 		if it := store.Published(path); it != nil {
 			return Resolved{Item: it}, nil
 		}
@@ -128,12 +159,15 @@ func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 		it, isDir, err := store.Lookup(path)
 		return Resolved{Item: it, IsDir: isDir}, err
 	}
-	if e, ok := g.entry(path); ok {
+	e, unsure := g.lookup(path, holders, false)
+	if e != nil {
 		return Resolved{Item: e.Item, Remote: e}, nil
 	}
-	for _, h := range m.Holders(path) {
-		if h != g.c.cfg.Name && g.c.trusted(h, g.name, m) {
-			return Resolved{}, shard.ErrNotFound
+	if !unsure {
+		for _, h := range holders {
+			if h != g.c.cfg.Name && g.c.trusted(h, g.name, m) {
+				return Resolved{}, shard.ErrNotFound
+			}
 		}
 	}
 	// The ring changed and the new holder is not ready yet: the bytes are
@@ -154,18 +188,11 @@ func (g *Group) Resolve(store *shard.Store, path string) (Resolved, error) {
 }
 
 // previousEntry returns the entry a node that held path under the
-// previous ring published (set aside since), if that node is connected and
-// primed: it still has the bytes (its store, or what it handed off).
+// previous ring published, if that node is connected and primed: it still
+// has the bytes (its store, or what it handed off).
 func (g *Group) previousEntry(path string) *Entry {
-	holders := g.c.prevHolders(path)
-	g.mu.RLock()
-	defer g.mu.RUnlock()
-	for _, h := range holders {
-		if it := g.aside[h][path]; it != nil && g.c.peerReady(h) {
-			return &Entry{Owner: h, Item: it}
-		}
-	}
-	return nil
+	e, _ := g.lookup(path, g.c.prevHolders(path), true)
+	return e
 }
 
 // warnNoTable logs, at most once a minute per group, that a path another
@@ -181,225 +208,6 @@ func (g *Group) warnNoTable(path string, m *Membership) {
 		"(down, priming, another ring, or without this group: see /shardcache/status)",
 		zap.String("group", g.name), zap.String("path", path), zap.Strings("holders", holders),
 		zap.Int64("so_far", g.stats.noTable.Load()))
-}
-
-// replace sets everything owner publishes in this group (a snapshot).
-func (g *Group) replace(owner string, items []peering.Meta, m *Membership) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	paths := g.byOwner[owner]
-	delete(g.byOwner, owner)
-	delete(g.aside, owner)
-	g.weight[owner] = 0
-	for p := range paths {
-		g.electLocked(p, m)
-	}
-	g.upsertLocked(owner, items, m, false)
-}
-
-// apply applies a delta from owner.
-func (g *Group) apply(owner string, d peering.Delta, m *Membership) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.upsertLocked(owner, d.Upserts, m, true)
-	for _, p := range d.Deletes {
-		if it := g.byOwner[owner][p]; it != nil {
-			g.dropHotLocked(p)
-			delete(g.byOwner[owner], p)
-			g.weight[owner] -= metaWeight(it)
-			g.electLocked(p, m)
-		}
-		if it := g.aside[owner][p]; it != nil {
-			delete(g.aside[owner], p)
-			g.weight[owner] -= metaWeight(it)
-		}
-	}
-}
-
-// electLocked makes the table's entry for p the one published by the
-// first of p's holders (in ring order) that published it, or none. With
-// replicas, several holders publish the same path: one of them going away
-// must not take the path out of the table.
-func (g *Group) electLocked(p string, m *Membership) {
-	for _, h := range m.Holders(p) {
-		if it := g.byOwner[h][p]; it != nil {
-			if e := g.toc[p]; e == nil || e.Owner != h || e.Item != it {
-				g.toc[p] = &Entry{Owner: h, Item: it}
-			}
-			return
-		}
-	}
-	delete(g.toc, p)
-}
-
-// Bounds on what one peer may publish in one group: a holder of a cluster
-// certificate must not be able to exhaust a node's memory with invented
-// entries. 4M entries is 4× the largest site a node is measured with.
-var (
-	maxEntriesPerPeer       = 4 << 20
-	maxWeightPerPeer  int64 = 1 << 30 // bytes of paths, types, ETags and versions
-)
-
-// metaWeight is what an entry's strings take.
-func metaWeight(it *shard.Item) int64 {
-	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag) + len(it.Version))
-	for _, v := range it.Variants {
-		w += int64(len(v.Encoding) + len(v.ETag))
-	}
-	return w
-}
-
-// upsertLocked adds items published by owner: into the table of content
-// those it holds under this node's ring (a peer cannot claim another
-// node's paths or forge their ETags), aside the others; no more than the
-// per-peer bounds in all.
-func (g *Group) upsertLocked(owner string, items []peering.Meta, m *Membership, dropHot bool) {
-	paths := g.byOwner[owner]
-	if paths == nil {
-		paths = make(map[string]*shard.Item)
-		g.byOwner[owner] = paths
-	}
-	aside := g.aside[owner]
-	notHeld, overCap := 0, 0
-	for _, meta := range items {
-		it := fromMeta(meta)
-		w := metaWeight(it)
-		old := paths[meta.Path]
-		if old == nil && aside != nil {
-			old = aside[meta.Path]
-		}
-		if old == nil && (len(paths)+len(aside) >= maxEntriesPerPeer || g.weight[owner]+w > maxWeightPerPeer) {
-			overCap++
-			continue
-		}
-		if old != nil {
-			g.weight[owner] -= metaWeight(old)
-		}
-		g.weight[owner] += w
-		if !g.c.cfg.Observer && !m.Holds(owner, meta.Path) {
-			notHeld++
-			if paths[meta.Path] != nil {
-				delete(paths, meta.Path)
-				g.electLocked(meta.Path, m)
-			}
-			if aside == nil {
-				aside = make(map[string]*shard.Item)
-				g.aside[owner] = aside
-			}
-			aside[meta.Path] = it
-			continue
-		}
-		if aside != nil {
-			delete(aside, meta.Path)
-		}
-		if dropHot {
-			g.dropHotLocked(meta.Path)
-		}
-		paths[meta.Path] = it
-		if m.replicas <= 1 {
-			// One holder per path: it is the owner (checked above).
-			g.toc[meta.Path] = &Entry{Owner: owner, Item: it}
-		} else {
-			g.electLocked(meta.Path, m)
-		}
-	}
-	if notHeld+overCap > 0 {
-		g.stats.refusedEntries.Add(int64(notHeld + overCap))
-		r := g.refused[owner]
-		r.notHeld += notHeld
-		r.overCap += overCap
-		if now := time.Now(); now.Sub(r.logged) >= refusedLogEvery {
-			// At most one line per peer and interval: a flood of
-			// entries must not become a flood of log lines.
-			g.c.log.Warn("refused table-of-content entries from a peer",
-				zap.String("peer", owner), zap.String("group", g.name),
-				zap.Int("not_its_paths_under_this_ring", r.notHeld), zap.Int("over_cap", r.overCap),
-				zap.Int("cap_entries", maxEntriesPerPeer), zap.Int64("cap_bytes", maxWeightPerPeer))
-			r = refusedLog{logged: now}
-		}
-		g.refused[owner] = r
-	}
-}
-
-// refusedLogEvery is how often refused entries from one peer are logged
-// (with what was refused since).
-const refusedLogEvery = 10 * time.Second
-
-// refusedLog counts the entries refused from one peer since the last log
-// line about them.
-type refusedLog struct {
-	logged           time.Time
-	notHeld, overCap int
-}
-
-// dropHotLocked drops the hot copies of the version of path the table
-// lists (a new version or a delete replaces it).
-func (g *Group) dropHotLocked(path string) {
-	h := g.hot.Load()
-	if h == nil {
-		return
-	}
-	var old *shard.Item
-	if e := g.toc[path]; e != nil {
-		old = e.Item
-	}
-	dropHot(h, path, old)
-}
-
-// prune applies a new ring m: entries whose publisher no longer holds
-// their path move aside, those set aside that it now holds move back,
-// everything of peers that are no longer members is dropped, and each
-// path's entry is elected again. It returns how many paths left the
-// table.
-func (g *Group) prune(m *Membership) (dropped int) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	touched := map[string]bool{}
-	for owner, paths := range g.byOwner {
-		if !m.IsMember(owner) {
-			for p := range paths {
-				touched[p] = true
-			}
-			delete(g.byOwner, owner)
-			delete(g.aside, owner)
-			delete(g.weight, owner)
-			continue
-		}
-		aside := g.aside[owner]
-		for p, it := range paths {
-			if m.Holds(owner, p) {
-				continue
-			}
-			if aside == nil {
-				aside = make(map[string]*shard.Item)
-				g.aside[owner] = aside
-			}
-			aside[p] = it
-			delete(paths, p)
-			touched[p] = true
-		}
-		for p, it := range aside {
-			if m.Holds(owner, p) {
-				paths[p] = it
-				delete(aside, p)
-				touched[p] = true
-			}
-		}
-	}
-	for owner := range g.aside {
-		if !m.IsMember(owner) {
-			delete(g.aside, owner)
-			delete(g.weight, owner)
-		}
-	}
-	for p := range touched {
-		had := g.toc[p] != nil
-		g.electLocked(p, m)
-		if had && g.toc[p] == nil {
-			dropped++
-		}
-	}
-	return dropped
 }
 
 func fromMeta(m peering.Meta) *shard.Item {

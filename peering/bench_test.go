@@ -192,7 +192,7 @@ func (b benchBackend) Get(_ context.Context, req Request) (Meta, []byte, error) 
 	}
 	return it.meta, it.body, nil
 }
-func (b benchBackend) Snapshot() []GroupTOC { return nil }
+func (b benchBackend) TOC(*TOCWriter) error { return nil }
 func (b benchBackend) Ready() bool          { return true }
 
 // serveBare answers each stream with the body named by the key it carries.

@@ -322,7 +322,7 @@ func TestByAddrRestartOtherName(t *testing.T) {
 	n1.rec.wait(t, &i, 5*time.Second, kind(EventSnapshot, "n3"))
 
 	n3.Close()
-	e := n1.rec.wait(t, &i, 3*time.Second, func(e Event) bool { return e.Kind != EventPurge })
+	e := n1.rec.wait(t, &i, 3*time.Second, func(e Event) bool { return e.Kind != EventPurge && e.Kind != EventSync && e.Kind != EventTOC })
 	if e.Kind != EventDown || e.Peer != "n3" {
 		t.Fatalf("event after n3 stopped: %+v", e)
 	}
@@ -336,8 +336,8 @@ func TestByAddrRestartOtherName(t *testing.T) {
 	n4 := listenNode(t, "n4", pc, nil, nil)
 	n4.backend.put("g", Meta{Path: "/x", Version: "1"}, []byte("n4"))
 	for _, want := range []func(Event) bool{named("n4", n3.addr), kind(EventUp, "n4"), kind(EventSnapshot, "n4")} {
-		e := n1.rec.wait(t, &i, 5*time.Second, func(e Event) bool { return e.Kind != EventPurge })
-		if !want(e) {
+		e := n1.rec.wait(t, &i, 5*time.Second, func(e Event) bool { return e.Kind != EventPurge && e.Kind != EventSync && e.Kind != EventTOC })
+		if !want(e.Event) {
 			t.Fatalf("unexpected event %+v", e)
 		}
 	}
@@ -387,8 +387,10 @@ func TestByAddrThenNamed(t *testing.T) {
 	// c named at c2's address: c1's connection ends first.
 	n1.SetPeers([]Peer{{"n2", n2.addr}, {"", c1.addr}, {"c", c2.addr}})
 	for _, want := range []func(Event) bool{kind(EventDown, "c"), kind(EventUp, "c"), kind(EventSnapshot, "c")} {
-		e := n1.rec.wait(t, &j, 5*time.Second, func(e Event) bool { return e.Peer == "c" && e.Kind != EventPurge })
-		if !want(e) {
+		e := n1.rec.wait(t, &j, 5*time.Second, func(e Event) bool {
+			return e.Peer == "c" && e.Kind != EventPurge && e.Kind != EventSync && e.Kind != EventTOC
+		})
+		if !want(e.Event) {
 			t.Fatalf("unexpected event %+v", e)
 		}
 	}

@@ -260,9 +260,18 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 	if err != nil {
 		return fmt.Errorf("opening control stream: %w", err)
 	}
-	b, err := appendHello(nil, n.hello())
+	hl := n.hello()
+	var resumes []Resume
+	if name := p.nameNow(); name != "" && n.cfg.Resume != nil {
+		resumes = n.cfg.Resume(name)
+	}
+	hl.Resume = len(resumes) > 0
+	b, err := appendHello(nil, hl)
 	if err != nil {
 		return err
+	}
+	if hl.Resume {
+		b = appendResume(b, resumes)
 	}
 	str.SetDeadline(time.Now().Add(n.cfg.StreamTimeout))
 	if _, err := str.Write(b); err != nil {
@@ -319,9 +328,7 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 	n.emit(Event{Kind: EventUp, Peer: s.name, Ready: h.Ready, Lan: h.Lan, State: h.State.Clone()})
 
 	var purges purgeReceiver
-	var snap []GroupTOC // being received; nil once complete
-	snapItems := 0
-	snapIdx := map[string]int{}
+	sy := syncState{open: map[string]SyncMode{}, seq: map[string]uint64{}}
 	inSnapshot := true
 	for {
 		t, payload, err := readFrame(str, buf)
@@ -338,6 +345,34 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 			if r != p.ready.Swap(r) {
 				n.emit(Event{Kind: EventReady, Peer: s.name, Ready: r})
 			}
+		case frameSync:
+			sc, err := decodeSync(payload)
+			if err != nil {
+				return err
+			}
+			mode, open := sy.open[sc.Group]
+			switch {
+			case !sc.End && open, sc.End && !open && sc.Mode != SyncPending,
+				sc.End && open && mode != sc.Mode:
+				return fmt.Errorf("%w: SYNC of group %q out of order", errProtocol, sc.Group)
+			case sc.End:
+				delete(sy.open, sc.Group)
+			case len(sy.open) >= maxGroups:
+				return fmt.Errorf("%w: SYNC of too many groups at once", errProtocol)
+			default:
+				sy.open[sc.Group] = sc.Mode
+			}
+			delete(sy.seq, sc.Group)
+			n.emit(Event{Kind: EventSync, Peer: s.name, Sync: sc})
+		case frameSeq:
+			group, seq, err := decodeSeq(payload)
+			if err != nil {
+				return err
+			}
+			if _, ok := sy.seq[group]; !ok && len(sy.seq) >= maxGroups {
+				return fmt.Errorf("%w: SEQ frames for too many groups", errProtocol)
+			}
+			sy.seq[group] = seq
 		case frameTOC:
 			group, items, err := decodeItems(payload)
 			if err != nil {
@@ -346,41 +381,62 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 			if !inSnapshot {
 				return errUnexpected
 			}
-			if snapItems += len(items); snapItems > n.maxSnapshot {
+			mode, open := sy.open[group]
+			if !open {
+				// An older peer: no SYNC frames. Its snapshot begins here
+				// and ends at TOC_END.
+				if len(sy.open) >= maxGroups {
+					return fmt.Errorf("%w: snapshot of too many groups", errProtocol)
+				}
+				sy.open[group], sy.legacy = SyncSnapshot, true
+				n.emit(Event{Kind: EventSync, Peer: s.name, Sync: Sync{Group: group}})
+			} else if mode != SyncSnapshot {
+				return errUnexpected
+			}
+			if sy.items += len(items); sy.items > n.maxSnapshot {
 				return fmt.Errorf("%w: snapshot of more than %d items", errProtocol, n.maxSnapshot)
 			}
-			i, ok := snapIdx[group]
-			if !ok {
-				i = len(snap)
-				snapIdx[group] = i
-				snap = append(snap, GroupTOC{Group: group})
-			}
-			snap[i].Items = append(snap[i].Items, items...)
+			n.emit(Event{Kind: EventTOC, Peer: s.name, Delta: Delta{Group: group, Upserts: items}})
 		case frameTOCEnd:
 			if !inSnapshot || len(payload) != 0 {
 				return errUnexpected
 			}
+			if sy.legacy {
+				for g := range sy.open {
+					n.emit(Event{Kind: EventSync, Peer: s.name, Sync: Sync{Group: g, End: true}})
+				}
+				clear(sy.open)
+			}
+			if len(sy.open) > 0 {
+				return fmt.Errorf("%w: TOC_END with a group's SYNC open", errProtocol)
+			}
 			inSnapshot = false
-			n.emit(Event{Kind: EventSnapshot, Peer: s.name, Snapshot: snap})
-			snap, snapIdx = nil, nil
+			n.emit(Event{Kind: EventSnapshot, Peer: s.name})
 		case frameUpsert:
 			group, items, err := decodeItems(payload)
 			if err != nil {
 				return err
 			}
-			if inSnapshot {
+			mode, open := sy.open[group]
+			if inSnapshot && !open {
 				return errUnexpected
 			}
-			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Upserts: items}})
+			if open && mode == SyncSnapshot {
+				// A group sent whole after the connect (Resync).
+				n.emit(Event{Kind: EventTOC, Peer: s.name, Delta: Delta{Group: group, Upserts: items}})
+				continue
+			}
+			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Upserts: items, Seq: sy.seq[group]}})
 		case frameDelete:
 			group, paths, err := decodeDeletes(payload)
 			if err != nil {
 				return err
 			}
-			if inSnapshot {
+			mode, open := sy.open[group]
+			if inSnapshot && !open || open && mode == SyncSnapshot {
 				return errUnexpected
 			}
-			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Deletes: paths}})
+			n.emit(Event{Kind: EventDelta, Peer: s.name, Delta: Delta{Group: group, Deletes: paths, Seq: sy.seq[group]}})
 		case framePurge:
 			pg, err := decodePurge(payload)
 			if err != nil {
@@ -411,6 +467,14 @@ func (n *Node) runSession(p *peer, s *sess, conn *quic.Conn, anyName bool) error
 			// messages this version does not know.
 		}
 	}
+}
+
+// syncState is what a session tracks of the peer's table-of-content sync.
+type syncState struct {
+	open   map[string]SyncMode // groups begun and not ended
+	seq    map[string]uint64   // the number of each group's change being received
+	items  int                 // items of the snapshot at connect so far
+	legacy bool                // the peer sends no SYNC frames
 }
 
 // bufPool holds small buffers for request and response frames.
@@ -655,4 +719,64 @@ func (n *Node) fetchError(ctx context.Context, ctxDeadline bool, err error) erro
 func abort(str *quic.Stream, code quic.StreamErrorCode) {
 	str.CancelRead(code)
 	str.CancelWrite(code)
+}
+
+// FetchMeta asks the peer named peerName for the current metadata of the
+// item at req.Group and req.Path, with its variants (a META request; the
+// other fields of req are not sent but req.Epoch). It gives up as Fetch
+// does. A peer that predates META answers ErrBadRequest.
+func (n *Node) FetchMeta(ctx context.Context, peerName string, req Request) (Meta, error) {
+	p := n.lookup(peerName)
+	if p == nil {
+		return Meta{}, ErrPeerDown
+	}
+	conn := p.conn.Load()
+	if conn == nil {
+		return Meta{}, ErrPeerDown
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.FetchTimeout)
+	defer cancel()
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	b, err := appendMetaGet((*bp)[:0], &req)
+	if err != nil {
+		return Meta{}, err
+	}
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return Meta{}, n.fetchError(ctx, true, err)
+	}
+	stop := context.AfterFunc(ctx, func() { abort(str, ErrCodeCanceled) })
+	defer stop()
+	meta, err := func() (Meta, error) {
+		if err := writeFin(str, b); err != nil {
+			return Meta{}, err
+		}
+		t, payload, rest, eof, err := readHead(str, (*bp)[:cap(*bp)])
+		if err != nil {
+			return Meta{}, err
+		}
+		if t != frameResponse || len(rest) != 0 {
+			return Meta{}, ErrBadRequest
+		}
+		status, meta, err := decodeMetaResponse(payload)
+		if err != nil {
+			return Meta{}, ErrBadRequest
+		}
+		if status != ErrCodeNoError {
+			return Meta{}, codeError(status)
+		}
+		if !eof {
+			if err := readEOF(str); err != nil {
+				return Meta{}, err
+			}
+		}
+		return meta, nil
+	}()
+	if err != nil {
+		abort(str, ErrCodeCanceled)
+		return Meta{}, fmt.Errorf("metadata of %s %s from %s: %w", req.Group, req.Path, peerName, n.fetchError(ctx, true, err))
+	}
+	p.seen()
+	return meta, nil
 }

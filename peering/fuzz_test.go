@@ -36,6 +36,13 @@ func FuzzDecodeFrame(f *testing.F) {
 	pg, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/img/a.png"})
 	pp, _ := appendPurge(nil, &Purge{Group: "/srv/www", Path: "/css/", Prefix: true})
 	f.Add(append(pg, pp...))
+	sy, _ := appendSync(nil, &Sync{Group: "g", Log: 7, Seq: 3, Items: 1000})
+	sy2, _ := appendSync(nil, &Sync{Group: "g", Mode: SyncResume, End: true, Log: 7, Seq: 9})
+	sq, _ := appendSeq(nil, "g", 42)
+	f.Add(append(append(sy, sq...), sy2...))
+	f.Add(appendResume(nil, []Resume{{Group: "g", Log: 7, Seq: 9}, {Group: "h", Log: 1, Seq: 0}}))
+	mg, _ := appendMetaGet(nil, &Request{Group: "g", Path: "/a.css", Epoch: 3})
+	f.Add(mg)
 	lan, _ := appendLan(nil, "10.0.1.2:443")
 	nolan, _ := appendLan(nil, "")
 	f.Add(append(lan, nolan...))
@@ -186,6 +193,48 @@ func checkRoundTrip(t *testing.T, ft frameType, p []byte) {
 			if !metaEqual(back[i], items[i]) {
 				t.Fatalf("item %d: %+v != %+v", i, back[i], items[i])
 			}
+		}
+	case frameSync:
+		sc, derr := decodeSync(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendSync(nil, &sc); err != nil {
+			t.Fatalf("re-encoding %+v: %v", sc, err)
+		}
+		if got, err := decodeSync(again[frameHeaderSize:]); err != nil || got != sc {
+			t.Fatalf("SYNC: %+v != %+v (%v)", got, sc, err)
+		}
+	case frameSeq:
+		g, seq, derr := decodeSeq(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendSeq(nil, g, seq); err != nil {
+			t.Fatal(err)
+		}
+		if g2, s2, err := decodeSeq(again[frameHeaderSize:]); err != nil || g2 != g || s2 != seq {
+			t.Fatalf("SEQ: %q %d != %q %d (%v)", g2, s2, g, seq, err)
+		}
+	case frameResume:
+		rs, derr := decodeResume(p)
+		if derr != nil {
+			return
+		}
+		again = appendResume(nil, rs)
+		if got, err := decodeResume(again[frameHeaderSize:]); err != nil || !reflect.DeepEqual(got, rs) {
+			t.Fatalf("RESUME: %+v != %+v (%v)", got, rs, err)
+		}
+	case frameMeta:
+		req, derr := decodeMetaGet(p)
+		if derr != nil {
+			return
+		}
+		if again, err = appendMetaGet(nil, &req); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := decodeMetaGet(again[frameHeaderSize:]); err != nil || got != req {
+			t.Fatalf("META: %+v != %+v (%v)", got, req, err)
 		}
 	case frameDelete:
 		g, paths, derr := decodeDeletes(p)

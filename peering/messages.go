@@ -38,6 +38,11 @@ type Request struct {
 	// Peer is the name of the node that sent the request, from its
 	// verified certificate. Set by the server; not sent on the wire.
 	Peer string
+
+	// MetaOnly: a META request (Node.FetchMeta). The backend answers the
+	// item's current metadata with its Variants, and no body. Set by the
+	// server; Version, Encoding and the range are not sent.
+	MetaOnly bool
 }
 
 // Meta is the metadata of one item: what a table of content lists and what
@@ -88,6 +93,60 @@ type Delta struct {
 	Upserts []Meta
 	// Deletes are the paths of items removed.
 	Deletes []string
+	// Seq is the sender's number for this change in the group's change
+	// log (see Sync); 0 when the sender numbers none. Set on received
+	// deltas; Node.Publish numbers the deltas it sends itself.
+	Seq uint64
+}
+
+// SyncMode says what follows an EventSync that begins a group.
+type SyncMode uint8
+
+// Sync modes.
+const (
+	// SyncSnapshot: the group's whole table of content follows, as
+	// EventTOC, as of change Seq of log Log; entries the receiver holds
+	// for the group that it does not list are gone.
+	SyncSnapshot SyncMode = iota
+	// SyncResume: the receiver's table of the group is kept; the changes
+	// after Seq follow as EventDelta.
+	SyncResume
+	// SyncPending: the sender has not published the group yet (it is
+	// priming it); nothing follows, and its whole table comes in a
+	// SyncSnapshot once it has.
+	SyncPending
+)
+
+// Sync opens or closes a group's part of a peer's table of content: at
+// connect, for every group, and later when the peer re-publishes a group
+// whole (Node.Resync). Between an EventSync that begins a group and the
+// one that ends it come that group's items (SyncSnapshot) or changes
+// (SyncResume).
+type Sync struct {
+	Group string
+	Mode  SyncMode
+	// End closes the group's part (the snapshot is complete).
+	End bool
+	// Log names the sender's change log of the group: numbers of
+	// different logs are unrelated (a restart starts a new one). 0: the
+	// sender numbers no changes (an older version).
+	Log uint64
+	// Seq: a snapshot is as of this change; a resume sends the changes
+	// after it.
+	Seq uint64
+	// Items is how many items a snapshot lists (a hint for sizing; 0 if
+	// unknown).
+	Items uint64
+}
+
+// Resume is what a node holds of one group of a peer's table of
+// content: complete as of change Seq of log Log. A node dialling a peer
+// sends them (Config.Resume) so that the peer sends only the changes
+// since, when its change log still has them.
+type Resume struct {
+	Group string
+	Log   uint64
+	Seq   uint64
 }
 
 // Purge asks the nodes that receive it to drop cached content: one item,
@@ -147,6 +206,8 @@ type hello struct {
 	Lan string
 	// State is the sender's State. Optional on the wire: see appendHello.
 	State State
+	// Resume: a RESUME frame follows (helloResume).
+	Resume bool
 }
 
 const groupReady = 1 << 0
@@ -154,6 +215,8 @@ const groupReady = 1 << 0
 const (
 	helloReady    = 1 << 0
 	helloObserver = 1 << 1
+	// helloResume: a RESUME frame follows the HELLO (dialer only).
+	helloResume = 1 << 2
 )
 
 const purgePrefix = 1 << 0
@@ -314,6 +377,9 @@ func appendHello(b []byte, h *hello) ([]byte, error) {
 	if h.Observer {
 		flags |= helloObserver
 	}
+	if h.Resume {
+		flags |= helloResume
+	}
 	b = append(b, flags)
 	if h.Lan != "" || !h.State.IsZero() {
 		b = appendStr(b, h.Lan)
@@ -334,6 +400,7 @@ func decodeHello(p []byte) (hello, error) {
 	flags := r.byte()
 	h.Ready = flags&helloReady != 0
 	h.Observer = flags&helloObserver != 0
+	h.Resume = flags&helloResume != 0
 	if r.more() {
 		h.Lan = r.str(maxFieldLen)
 	}
@@ -684,4 +751,169 @@ func fromUnixNano(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n)
+}
+
+// SYNC flags.
+const (
+	syncResume  = 1 << 0
+	syncPending = 1 << 1
+	syncEnd     = 1 << 2
+)
+
+// appendSync appends a SYNC frame: group, flags, log, seq, items. A
+// receiver ignores fields after those it knows.
+func appendSync(b []byte, s *Sync) ([]byte, error) {
+	if err := checkLen(s.Group, maxFieldLen); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameSync)
+	b = appendStr(b, s.Group)
+	var flags byte
+	switch s.Mode {
+	case SyncResume:
+		flags |= syncResume
+	case SyncPending:
+		flags |= syncPending
+	}
+	if s.End {
+		flags |= syncEnd
+	}
+	b = append(b, flags)
+	b = binary.AppendUvarint(b, s.Log)
+	b = binary.AppendUvarint(b, s.Seq)
+	b = binary.AppendUvarint(b, s.Items)
+	return endFrame(b, start)
+}
+
+func decodeSync(p []byte) (Sync, error) {
+	r := newReader(p)
+	s := Sync{Group: r.str(maxFieldLen)}
+	flags := r.byte()
+	s.Log, s.Seq, s.Items = r.uvarint(), r.uvarint(), r.uvarint()
+	if r.err != nil {
+		return Sync{}, r.err
+	}
+	switch {
+	case flags&syncResume != 0 && flags&syncPending != 0:
+		return Sync{}, errBadValue
+	case flags&syncResume != 0:
+		s.Mode = SyncResume
+	case flags&syncPending != 0:
+		s.Mode = SyncPending
+	}
+	s.End = flags&syncEnd != 0
+	return s, nil
+}
+
+// appendSeq appends a SEQ frame: the group and the number of the change
+// whose UPSERT and DELETE frames follow. A receiver ignores fields after
+// those it knows.
+func appendSeq(b []byte, group string, seq uint64) ([]byte, error) {
+	if err := checkLen(group, maxFieldLen); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameSeq)
+	b = appendStr(b, group)
+	b = binary.AppendUvarint(b, seq)
+	return endFrame(b, start)
+}
+
+func decodeSeq(p []byte) (string, uint64, error) {
+	r := newReader(p)
+	g := r.str(maxFieldLen)
+	seq := r.uvarint()
+	return g, seq, r.err
+}
+
+// maxResumes bounds the entries of a RESUME frame (one per group).
+const maxResumes = maxGroups
+
+// appendResume appends a RESUME frame: a count, then group, log and seq
+// of each entry. Entries that do not fit in one frame are left out: the
+// peer then sends those groups whole.
+func appendResume(b []byte, rs []Resume) []byte {
+	b, start := beginFrame(b, frameResume)
+	countAt := len(b)
+	b = append(b, 0, 0) // count: a two-byte uvarint, filled in below
+	n := 0
+	for _, r := range rs {
+		if n == maxResumes || r.Group == "" || len(r.Group) > maxFieldLen ||
+			len(b)-start-frameHeaderSize+len(r.Group)+3*binary.MaxVarintLen64 > MaxFrameSize {
+			continue
+		}
+		b = appendStr(b, r.Group)
+		b = binary.AppendUvarint(b, r.Log)
+		b = binary.AppendUvarint(b, r.Seq)
+		n++
+	}
+	b[countAt], b[countAt+1] = byte(n&0x7f)|0x80, byte(n>>7)
+	b, _ = endFrame(b, start) // fits: checked per entry
+	return b
+}
+
+func decodeResume(p []byte) ([]Resume, error) {
+	r := newReader(p)
+	n := r.uvarint()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if n > maxResumes {
+		return nil, errBadValue
+	}
+	out := make([]Resume, 0, n)
+	for range n {
+		out = append(out, Resume{Group: r.str(maxFieldLen), Log: r.uvarint(), Seq: r.uvarint()})
+	}
+	if err := r.done(); err != nil {
+		return nil, err
+	}
+	for _, rs := range out {
+		if rs.Group == "" {
+			return nil, errBadValue
+		}
+	}
+	return out, nil
+}
+
+// appendMetaGet appends a META frame: group, path, epoch. The server
+// answers a RESPONSE frame whose Meta carries the variants, and no body.
+func appendMetaGet(b []byte, r *Request) ([]byte, error) {
+	if err := errors.Join(checkLen(r.Group, maxFieldLen), checkLen(r.Path, maxPathLen)); err != nil {
+		return b, err
+	}
+	b, start := beginFrame(b, frameMeta)
+	b = appendStr(b, r.Group)
+	b = appendStr(b, r.Path)
+	b = binary.AppendUvarint(b, r.Epoch)
+	return endFrame(b, start)
+}
+
+func decodeMetaGet(p []byte) (Request, error) {
+	r := newReader(p)
+	req := Request{Group: r.str(maxFieldLen), Path: r.str(maxPathLen), Epoch: r.uvarint(), MetaOnly: true}
+	return req, r.done()
+}
+
+// appendMetaResponse appends the RESPONSE to a META request: status,
+// then (for success) the item's metadata with its variants.
+func appendMetaResponse(b []byte, status quic.StreamErrorCode, m *Meta) ([]byte, error) {
+	b, start := beginFrame(b, frameResponse)
+	b = binary.AppendUvarint(b, uint64(status))
+	if status == ErrCodeNoError {
+		var err error
+		if b, err = appendMeta(b, m, true); err != nil {
+			return b[:start], err
+		}
+	}
+	return endFrame(b, start)
+}
+
+func decodeMetaResponse(p []byte) (quic.StreamErrorCode, Meta, error) {
+	r := newReader(p)
+	status := quic.StreamErrorCode(r.uvarint())
+	var m Meta
+	if r.err == nil && status == ErrCodeNoError {
+		m = r.meta(true)
+	}
+	return status, m, r.done()
 }

@@ -84,18 +84,30 @@ func (b *memBackend) Get(ctx context.Context, req Request) (Meta, []byte, error)
 	return m, it.body, nil
 }
 
-func (b *memBackend) Snapshot() []GroupTOC {
+func (b *memBackend) TOC(w *TOCWriter) error {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []GroupTOC
+	groups := map[string][]Meta{}
 	for g, items := range b.items {
-		toc := GroupTOC{Group: g}
 		for _, it := range items {
-			toc.Items = append(toc.Items, it.meta)
+			groups[g] = append(groups[g], it.meta)
 		}
-		out = append(out, toc)
 	}
-	return out
+	b.mu.Unlock()
+	for g, items := range groups {
+		ok, err := w.Group(g, len(items), true)
+		if err != nil {
+			return err
+		}
+		for i := range items {
+			if !ok {
+				break
+			}
+			if err := w.Item(&items[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func (b *memBackend) Ready() bool { return b.ready.Load() }
@@ -103,15 +115,45 @@ func (b *memBackend) Ready() bool { return b.ready.Load() }
 // recorder collects Events.
 type recorder struct {
 	mu     sync.Mutex
-	events []Event
+	events []recEvent
 	notify chan struct{}
+	// toc holds, per peer, the items of its snapshot being received.
+	toc map[string][]GroupTOC
 }
 
-func newRecorder() *recorder { return &recorder{notify: make(chan struct{}, 1)} }
+// recEvent is an Event as recorded: an EventSnapshot carries the items the
+// peer's EventTOC events listed since its EventUp, per group.
+type recEvent struct {
+	Event
+	Snapshot []GroupTOC
+}
+
+func newRecorder() *recorder {
+	return &recorder{notify: make(chan struct{}, 1), toc: map[string][]GroupTOC{}}
+}
 
 func (r *recorder) on(e Event) {
 	r.mu.Lock()
-	r.events = append(r.events, e)
+	re := recEvent{Event: e}
+	switch e.Kind {
+	case EventUp:
+		delete(r.toc, e.Peer)
+	case EventSync:
+		if !e.Sync.End && e.Sync.Mode == SyncSnapshot {
+			r.toc[e.Peer] = append(r.toc[e.Peer], GroupTOC{Group: e.Sync.Group})
+		}
+	case EventTOC:
+		gs := r.toc[e.Peer]
+		for i := range gs {
+			if gs[i].Group == e.Delta.Group {
+				gs[i].Items = append(gs[i].Items, e.Delta.Upserts...)
+			}
+		}
+	case EventSnapshot:
+		re.Snapshot = r.toc[e.Peer]
+		delete(r.toc, e.Peer)
+	}
+	r.events = append(r.events, re)
 	r.mu.Unlock()
 	select {
 	case r.notify <- struct{}{}:
@@ -121,13 +163,13 @@ func (r *recorder) on(e Event) {
 
 // wait returns the first event at or after index *from that matches, and
 // advances *from past it.
-func (r *recorder) wait(t *testing.T, from *int, timeout time.Duration, match func(Event) bool) Event {
+func (r *recorder) wait(t *testing.T, from *int, timeout time.Duration, match func(Event) bool) recEvent {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
 		r.mu.Lock()
 		for i := *from; i < len(r.events); i++ {
-			if match(r.events[i]) {
+			if match(r.events[i].Event) {
 				*from = i + 1
 				e := r.events[i]
 				r.mu.Unlock()
@@ -148,7 +190,7 @@ func (r *recorder) count(match func(Event) bool) int {
 	defer r.mu.Unlock()
 	n := 0
 	for _, e := range r.events {
-		if match(e) {
+		if match(e.Event) {
 			n++
 		}
 	}

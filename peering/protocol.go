@@ -59,9 +59,43 @@ const ALPN = "shardcache/1"
 // sender's State (see appendState), each sent only when it or a later one
 // is set (Lan empty if need be). A version that adds a field after the
 // State must send the State, zero if need be, and a receiver ignores fields
-// past those it knows. A STATE payload is a State, and may likewise carry
-// fields after it that a receiver ignores. Every other payload must be
-// consumed exactly.
+// past those it knows. A receiver ignores flags it does not know. A STATE
+// payload is a State, and may likewise carry fields after it that a
+// receiver ignores; so may SYNC and SEQ payloads. Every other payload must
+// be consumed exactly.
+//
+// Streamed, resumable tables of content (added after the first version;
+// every frame and flag below is one an older node ignores, so mixed
+// versions still work, with a whole snapshot at every connect):
+//
+//   - The acceptor numbers the changes of each group it publishes (1, 2,
+//     …) in a change log named by a random Log id (a new one when the node
+//     restarts or re-publishes the group whole), and keeps the latest
+//     changes' frames (maxLogBytes per group). Each change's UPSERT and
+//     DELETE frames are preceded by a SEQ frame (group, number).
+//   - A dialer that holds complete tables of the acceptor sets the
+//     helloResume flag and sends one RESUME frame right after its HELLO:
+//     per group, the Log id and the last number it applied.
+//   - At connect the acceptor sends, per group, a SYNC frame beginning it
+//     (flags: resume, pending; then Log, Seq, and the item count of a
+//     snapshot), then either the snapshot as TOC frames (as of Seq), or,
+//     when the log still holds every change after the dialer's number, the
+//     SEQ, UPSERT and DELETE frames of those changes (resume), or nothing
+//     (pending: not published yet, the group is priming); then a SYNC
+//     frame with the end flag. TOC_END follows the last group, as before.
+//     A group the dialer knew that is not listed is gone.
+//   - When a group is published whole later (it finished priming, or its
+//     store changed: Node.Resync), the acceptor sends every dialer a SYNC
+//     begin, the snapshot as UPSERT frames (which an older dialer applies
+//     as changes), and a SYNC end, in order with its other frames.
+//   - The snapshot is encoded from the backend's table as it is walked,
+//     in frames of at most MaxFrameSize written about tocBatch bytes at a
+//     time: never the whole table in memory on either side.
+//
+// META (client → server, on a stream of its own like GET): group, path,
+// epoch. The answer is one RESPONSE frame whose Meta carries the item's
+// variants, and no body. A server that predates it resets the stream
+// (ErrCodeBadRequest); the client then does without.
 const (
 	protocolVersion = 1
 
@@ -103,6 +137,11 @@ const (
 	framePurge    frameType = 9  // both ways, after HELLO: drop cached content
 	frameLan      frameType = 10 // acceptor → dialer, after HELLO: advertised LAN address changed
 	frameState    frameType = 11 // acceptor → dialer, after HELLO: ring epoch or groups changed
+	frameSync     frameType = 12 // acceptor → dialer: a group's table of content begins or ends
+	frameSeq      frameType = 13 // acceptor → dialer: the change number of the UPSERT/DELETE frames that follow
+	frameResume   frameType = 14 // dialer → acceptor, right after HELLO: what it holds of the acceptor's tables
+	frameMeta     frameType = 15 // client → server: one item's metadata with its variants, no body
+	// 16-19 are taken by PUSH (push.go).
 )
 
 // Stream error codes: the status of a RESPONSE and the code of a stream

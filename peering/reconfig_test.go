@@ -79,7 +79,9 @@ func closedRemoved(t *testing.T, conn *quic.Conn) {
 
 // notPurge matches the events of peer that are not purges.
 func notPurge(peer string) func(Event) bool {
-	return func(e Event) bool { return e.Peer == peer && e.Kind != EventPurge }
+	return func(e Event) bool {
+		return e.Peer == peer && e.Kind != EventPurge && e.Kind != EventSync && e.Kind != EventTOC
+	}
 }
 
 // TestSetPeers: a knows only b; adding c dials it at once, b's connection

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	weakrand "math/rand/v2"
 	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -139,6 +141,19 @@ func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
 		}
 		n.serveGet(str, payload, from, bp)
 		bufPool.Put(bp)
+	case frameMeta:
+		if len(rest) == 0 && !eof {
+			err = readEOF(str)
+		} else if len(rest) != 0 {
+			err = errTrailingBytes
+		}
+		if err != nil {
+			bufPool.Put(bp)
+			abort(str, streamCode(err))
+			return
+		}
+		n.serveMeta(str, payload, from, bp)
+		bufPool.Put(bp)
 	case frameHello:
 		if str.StreamID() != 0 {
 			// One control stream per connection, the first stream the
@@ -230,11 +245,373 @@ func (n *Node) serveGet(str *quic.Stream, payload []byte, from string, bp *[]byt
 	}
 }
 
+// serveMeta answers one META request from the backend: the item's
+// metadata with its variants, no body.
+func (n *Node) serveMeta(str *quic.Stream, payload []byte, from string, bp *[]byte) {
+	req, err := decodeMetaGet(payload)
+	if err != nil {
+		abort(str, ErrCodeBadRequest)
+		return
+	}
+	req.Peer = from
+	meta, _, err := n.backend.Get(str.Context(), req)
+	status := ErrCodeNoError
+	if err != nil {
+		status = errorCode(err)
+	}
+	meta.Encoding = ""
+	b, err := appendMetaResponse((*bp)[:0], status, &meta)
+	if err != nil {
+		b, _ = appendMetaResponse((*bp)[:0], ErrCodeInternal, nil)
+	}
+	if cap(b) <= 64<<10 {
+		*bp = b[:0]
+	}
+	if err := writeFin(str, b); err != nil {
+		abort(str, streamCode(err))
+	}
+}
+
 // subscriber is a peer that receives our table of content on its control
 // stream: every node that dialled us.
 type subscriber struct {
 	name string
 	outQueue
+}
+
+// queued is one entry of an outQueue: encoded frames, or a group to send
+// whole (Node.Resync).
+type queued struct {
+	frames []byte // shared between queues: read-only
+	resync *logPos
+}
+
+// logPos is a position in a group's change log.
+type logPos struct {
+	group string
+	log   uint64
+	seq   uint64
+}
+
+// changeLog is the latest numbered changes of one group this node
+// published, kept for peers that reconnect (see Resume).
+type changeLog struct {
+	id      uint64
+	seq     uint64 // the last change's number
+	entries []logEntry
+	bytes   int
+}
+
+type logEntry struct {
+	seq    uint64
+	frames []byte
+}
+
+// newLogID returns a random change log id (never 0).
+func newLogID() uint64 {
+	for {
+		if id := weakrand.Uint64(); id != 0 {
+			return id
+		}
+	}
+}
+
+// add records the frames of change seq, dropping the oldest changes past
+// the bounds.
+func (l *changeLog) add(seq uint64, frames []byte) {
+	l.entries = append(l.entries, logEntry{seq, frames})
+	l.bytes += len(frames)
+	drop := 0
+	for drop < len(l.entries)-1 && (l.bytes > maxLogBytes || len(l.entries)-drop > maxLogChanges) {
+		l.bytes -= len(l.entries[drop].frames)
+		drop++
+	}
+	if drop > 0 {
+		l.entries = append(l.entries[:0:0], l.entries[drop:]...)
+	}
+}
+
+// since returns the frames of the changes after seq, and whether the log
+// holds them all.
+func (l *changeLog) since(seq uint64) ([][]byte, bool) {
+	if seq > l.seq {
+		return nil, false
+	}
+	if seq == l.seq {
+		return nil, true
+	}
+	if len(l.entries) == 0 || l.entries[0].seq > seq+1 {
+		return nil, false
+	}
+	i := sort.Search(len(l.entries), func(i int) bool { return l.entries[i].seq > seq })
+	out := make([][]byte, 0, len(l.entries)-i)
+	for _, e := range l.entries[i:] {
+		out = append(out, e.frames)
+	}
+	return out, true
+}
+
+// logLocked returns group's change log, making it on first use. Called
+// with n.mu held.
+func (n *Node) logLocked(group string) *changeLog {
+	l := n.logs[group]
+	if l == nil {
+		l = &changeLog{id: newLogID()}
+		n.logs[group] = l
+	}
+	return l
+}
+
+// Resync starts a new change log for group and sends the group whole to
+// every connected peer, in order with the rest of what they are sent:
+// call it when peers may hold an incomplete table of the group (it was
+// being primed, or its store was replaced, while changes went
+// unpublished). Peers that connect later get it at connect. Peers that
+// reconnect with a position in the old log get the group whole.
+func (n *Node) Resync(group string) {
+	if checkLen(group, maxFieldLen) != nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l := &changeLog{id: newLogID()}
+	n.logs[group] = l
+	for s := range n.subs {
+		s.enqueueResync(&logPos{group: group, log: l.id})
+	}
+}
+
+// ResetLog starts a new change log for group without sending anything:
+// peers that reconnect get the group whole (its store was replaced).
+func (n *Node) ResetLog(group string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.logs[group] = &changeLog{id: newLogID()}
+}
+
+// LogPos reports group's change log id and the number of its last change
+// (0, 0 if none): for tests and measurements.
+func (n *Node) LogPos(group string) (log, seq uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if l := n.logs[group]; l != nil {
+		return l.id, l.seq
+	}
+	return 0, 0
+}
+
+// TOCWriter streams a table of content to one peer: the backend calls
+// Group, then Item for each item, per group; it encodes the items into
+// frames of at most MaxFrameSize and writes them about tocBatch bytes at a
+// time. Not safe for concurrent use.
+type TOCWriter struct {
+	n     *Node
+	write func([]byte) error
+	// only, if set, is the one group wanted (Resync), as of pos.
+	only *logPos
+	// pos holds each group's log position at subscription; resumed the
+	// changes to send instead of a snapshot, by group.
+	pos     map[string]logPos
+	resumed map[string]resumeFrom
+	sent    map[string]bool
+
+	buf     []byte
+	group   string // the group open, "" if none
+	seq     uint64 // its position (for the SYNC that ends it)
+	frame   int    // start of the items frame being filled, -1 if none
+	count   int    // items in it
+	items   int    // items written in all
+	skipped int
+	bytes   int64
+}
+
+type resumeFrom struct {
+	seq    uint64
+	frames [][]byte
+}
+
+// NewTOCWriter returns a writer that encodes a table of content as a
+// node sends it at connect, to write, outside any connection: for tools
+// and measurements. Call Finish after the last item.
+func NewTOCWriter(write func([]byte) error) *TOCWriter {
+	return &TOCWriter{write: write, pos: map[string]logPos{}, sent: map[string]bool{}, frame: -1}
+}
+
+// Finish ends the last group and writes what is buffered, then TOC_END.
+func (w *TOCWriter) Finish() error {
+	if err := w.finish(); err != nil {
+		return err
+	}
+	b := appendTOCEnd(nil)
+	w.bytes += int64(len(b))
+	return w.write(b)
+}
+
+// Only returns the one group the writer wants ("" for every group).
+func (w *TOCWriter) Only() string {
+	if w.only == nil {
+		return ""
+	}
+	return w.only.group
+}
+
+// Bytes returns how many bytes the writer has written so far.
+func (w *TOCWriter) Bytes() int64 { return w.bytes }
+
+// Group begins the table of content of group name, which lists about items
+// items (a hint for the receiver). ready false: the group is not published
+// yet (being primed): the peer gets it whole later (Resync). Group reports
+// whether the group's items are wanted: false for a group that is not
+// ready, not the one group wanted, or for which the peer gets the changes
+// since its last connection instead.
+func (w *TOCWriter) Group(name string, items int, ready bool) (bool, error) {
+	if err := w.endGroup(); err != nil {
+		return false, err
+	}
+	if checkLen(name, maxFieldLen) != nil || w.sent[name] {
+		return false, nil
+	}
+	if w.only != nil && name != w.only.group {
+		return false, nil
+	}
+	w.sent[name] = true
+	pos := w.position(name)
+	s := Sync{Group: name, Log: pos.log, Seq: pos.seq, Items: uint64(max(items, 0))}
+	if !ready {
+		s.Mode, s.End = SyncPending, true
+		return false, w.appendSync(&s)
+	}
+	if r, ok := w.resumed[name]; ok && w.only == nil {
+		s.Mode, s.Seq, s.Items = SyncResume, r.seq, 0
+		if err := w.appendSync(&s); err != nil {
+			return false, err
+		}
+		for _, f := range r.frames {
+			w.buf = append(w.buf, f...)
+			if err := w.flush(false); err != nil {
+				return false, err
+			}
+		}
+		end := Sync{Group: name, Mode: SyncResume, End: true, Log: pos.log, Seq: pos.seq}
+		return false, w.appendSync(&end)
+	}
+	if err := w.appendSync(&s); err != nil {
+		return false, err
+	}
+	w.group, w.seq = name, pos.seq
+	return true, nil
+}
+
+// position returns the log position group's snapshot is as of.
+func (w *TOCWriter) position(group string) logPos {
+	if w.only != nil {
+		return *w.only
+	}
+	if p, ok := w.pos[group]; ok {
+		return p
+	}
+	if w.n == nil {
+		return logPos{group: group}
+	}
+	// No log at subscription: every change since is queued for the peer.
+	w.n.mu.Lock()
+	l := w.n.logLocked(group)
+	w.n.mu.Unlock()
+	return logPos{group: group, log: l.id}
+}
+
+// Item appends one item of the group begun last. An item that cannot be
+// encoded (a field over its limit) is skipped and counted.
+func (w *TOCWriter) Item(m *Meta) error {
+	if w.group == "" {
+		return nil
+	}
+	t := frameTOC
+	if w.only != nil {
+		t = frameUpsert // after the connect sync: what an older peer takes
+	}
+	if w.frame < 0 {
+		w.buf, w.frame = beginFrame(w.buf, t)
+		w.buf = appendStr(w.buf, w.group)
+		w.count = 0
+	}
+	mark := len(w.buf)
+	nb, err := appendMeta(w.buf, m, true)
+	if err != nil {
+		w.buf = nb[:mark]
+		w.skipped++
+		return nil
+	}
+	w.buf = nb
+	if len(w.buf)-w.frame-frameHeaderSize > MaxFrameSize {
+		if w.count == 0 {
+			w.buf = w.buf[:mark]
+			w.skipped++
+			return nil
+		}
+		item := append([]byte(nil), w.buf[mark:]...)
+		w.buf, _ = endFrame(w.buf[:mark], w.frame)
+		w.frame = -1
+		if err := w.flush(false); err != nil {
+			return err
+		}
+		w.buf, w.frame = beginFrame(w.buf, t)
+		w.buf = appendStr(w.buf, w.group)
+		w.buf = append(w.buf, item...)
+		w.count = 1
+	} else {
+		w.count++
+	}
+	w.items++
+	return nil
+}
+
+// endGroup closes the items frame and the group begun last.
+func (w *TOCWriter) endGroup() error {
+	if w.frame >= 0 {
+		w.buf, _ = endFrame(w.buf, w.frame)
+		w.frame = -1
+	}
+	if w.group == "" {
+		return nil
+	}
+	pos := w.position(w.group)
+	s := Sync{Group: w.group, End: true, Log: pos.log, Seq: w.seq}
+	w.group = ""
+	return w.appendSync(&s)
+}
+
+func (w *TOCWriter) appendSync(s *Sync) error {
+	var err error
+	if w.buf, err = appendSync(w.buf, s); err != nil {
+		return err
+	}
+	return w.flush(false)
+}
+
+// flush writes the buffer once it holds tocBatch bytes (or whatever it
+// holds, with all), never a frame being filled.
+func (w *TOCWriter) flush(all bool) error {
+	if w.frame >= 0 || len(w.buf) == 0 || !all && len(w.buf) < tocBatch {
+		return nil
+	}
+	if err := w.write(w.buf); err != nil {
+		return err
+	}
+	w.bytes += int64(len(w.buf))
+	w.buf = w.buf[:0]
+	return nil
+}
+
+// finish ends the group begun last and writes what is buffered.
+func (w *TOCWriter) finish() error {
+	if err := w.endGroup(); err != nil {
+		return err
+	}
+	if w.skipped > 0 && w.n != nil {
+		w.n.log.Warn("items left out of the table of content (a field over its limit)", zap.Int("items", w.skipped))
+	}
+	return w.flush(true)
 }
 
 // outQueue holds the control frames waiting for one control stream's
@@ -244,7 +621,7 @@ type outQueue struct {
 	conn *quic.Conn
 
 	mu     sync.Mutex
-	queue  [][]byte // encoded frames, shared between queues: read-only
+	queue  []queued
 	queued int
 	wake   chan struct{}
 	dead   bool
@@ -265,16 +642,32 @@ func (s *outQueue) enqueue(frames []byte) {
 		go s.conn.CloseWithError(CloseTooSlow, "control stream not read")
 		return
 	}
-	s.queue = append(s.queue, frames)
+	s.queue = append(s.queue, queued{frames: frames})
 	s.queued += len(frames)
 	s.mu.Unlock()
+	s.poke()
+}
+
+// enqueueResync queues a group to send whole, after what is queued.
+func (s *outQueue) enqueueResync(pos *logPos) {
+	s.mu.Lock()
+	if s.dead {
+		s.mu.Unlock()
+		return
+	}
+	s.queue = append(s.queue, queued{resync: pos})
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *outQueue) poke() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
 }
 
-func (s *outQueue) take() [][]byte {
+func (s *outQueue) take() []queued {
 	s.mu.Lock()
 	q := s.queue
 	s.queue, s.queued = nil, 0
@@ -292,11 +685,46 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		conn.CloseWithError(CloseBadIdentity, "hello name not in certificate")
 		return
 	}
+	// A dialer that holds our tables sends what it holds right after its
+	// HELLO.
+	r := io.MultiReader(bytes.NewReader(rest), str)
+	var resumes []Resume
+	if h.Resume {
+		buf := make([]byte, 1024)
+		t, payload, err := readFrame(r, buf)
+		if err == nil && t != frameResume {
+			err = errUnexpected
+		}
+		if err == nil {
+			resumes, err = decodeResume(payload)
+		}
+		if err != nil {
+			log.Warn("peer's resume frame unreadable; closing the connection", zap.Error(err))
+			if errors.Is(err, errProtocol) {
+				conn.CloseWithError(CloseProtocolError, err.Error())
+			} else {
+				abort(str, streamCode(err))
+			}
+			return
+		}
+	}
 	sub := &subscriber{name: h.Name, outQueue: outQueue{conn: conn, wake: make(chan struct{}, 1)}}
-	// Subscribe before taking the snapshot: a change published meanwhile
-	// is queued, and applying it after the snapshot is harmless.
+	w := &TOCWriter{n: n, pos: map[string]logPos{}, resumed: map[string]resumeFrom{}, sent: map[string]bool{}, frame: -1}
+	// Subscribe before taking the snapshot, and note where each change log
+	// is: a change published meanwhile is queued, and applied after the
+	// snapshot (which may already show it: harmless).
 	n.mu.Lock()
 	n.subs[sub] = struct{}{}
+	for g, l := range n.logs {
+		w.pos[g] = logPos{group: g, log: l.id, seq: l.seq}
+	}
+	for _, rs := range resumes {
+		if l := n.logs[rs.Group]; l != nil && l.id == rs.Log {
+			if frames, ok := l.since(rs.Seq); ok {
+				w.resumed[rs.Group] = resumeFrom{seq: rs.Seq, frames: frames}
+			}
+		}
+	}
 	n.mu.Unlock()
 	defer func() {
 		n.mu.Lock()
@@ -314,7 +742,7 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 	var readErr error
 	go func() {
 		defer close(readerDone)
-		readErr = n.readControl(io.MultiReader(bytes.NewReader(rest), str), h.Name, log)
+		readErr = n.readControl(r, h.Name, log)
 		if errors.Is(readErr, errProtocol) {
 			log.Warn("peer broke the protocol on its control stream", zap.Error(readErr))
 			conn.CloseWithError(CloseProtocolError, readErr.Error())
@@ -331,7 +759,12 @@ func (n *Node) serveControl(conn *quic.Conn, str *quic.Stream, h hello, names []
 		err = write(b)
 	}
 	if err == nil {
-		err = n.writeSnapshot(write)
+		w.write = write
+		err = n.writeSnapshot(w)
+		if err == nil && len(resumes) > 0 {
+			log.Info("peer resumed the table of content", zap.Int("groups_resumed", len(w.resumed)),
+				zap.Int("groups", len(w.sent)), zap.Int64("bytes", w.bytes))
+		}
 	}
 	if err == nil {
 		err = n.writeQueue(str, &sub.outQueue, conn, readerDone)
@@ -405,9 +838,15 @@ func (n *Node) writeQueue(str *quic.Stream, q *outQueue, conn *quic.Conn, stop <
 	for {
 		select {
 		case <-q.wake:
-			for _, frames := range q.take() {
+			for _, e := range q.take() {
+				if e.resync != nil {
+					if err := n.writeResync(str, e.resync); err != nil {
+						return err
+					}
+					continue
+				}
 				str.SetWriteDeadline(time.Now().Add(n.cfg.StreamTimeout))
-				if _, err := str.Write(frames); err != nil {
+				if _, err := str.Write(e.frames); err != nil {
 					return err
 				}
 			}
@@ -426,44 +865,63 @@ func (n *Node) hello() *hello {
 	return &hello{Name: n.cfg.Name, Ready: n.backend.Ready(), Observer: n.cfg.Observer, Lan: *n.lan.Load(), State: *n.state.Load()}
 }
 
-// writeSnapshot sends the backend's table of content as TOC frames, in
-// batches of about 256 KiB, then TOC_END.
-func (n *Node) writeSnapshot(write func([]byte) error) error {
-	const batch = 256 << 10
-	const chunk = 512 // items encoded per appendItems call
-	var b []byte
-	skipped := 0
-	for _, g := range n.backend.Snapshot() {
-		for i := 0; i < len(g.Items); i += chunk {
-			var s int
-			var err error
-			b, s, err = appendItems(b, frameTOC, g.Group, g.Items[i:min(i+chunk, len(g.Items))])
-			skipped += s
-			if err != nil {
-				n.log.Error("encoding table of content", zap.String("group", g.Group), zap.Error(err))
-				break
-			}
-			if len(b) >= batch {
-				if err := write(b); err != nil {
-					return err
-				}
-				b = b[:0]
-			}
+// writeSnapshot sends the backend's table of content through w, group by
+// group (snapshots, resumed changes or pending groups), then TOC_END.
+func (n *Node) writeSnapshot(w *TOCWriter) error {
+	if err := n.backend.TOC(w); err != nil {
+		return err
+	}
+	if err := w.finish(); err != nil {
+		return err
+	}
+	b := appendTOCEnd(nil)
+	w.bytes += int64(len(b))
+	n.tocSent.Add(w.bytes)
+	return w.write(b)
+}
+
+// DeltaBytes returns how many bytes of changes this node has published
+// (each sent to every peer connected).
+func (n *Node) DeltaBytes() int64 { return n.deltaSent.Load() }
+
+// TOCBytesSent returns how many bytes of tables of content this node has
+// sent at connects and in Resyncs (not the changes published since): what
+// syncing its peers cost.
+func (n *Node) TOCBytesSent() int64 { return n.tocSent.Load() }
+
+// writeResync sends group pos.group whole to a subscriber, as of pos.
+func (n *Node) writeResync(str *quic.Stream, pos *logPos) error {
+	w := &TOCWriter{n: n, only: pos, sent: map[string]bool{}, frame: -1, write: func(b []byte) error {
+		str.SetWriteDeadline(time.Now().Add(n.cfg.StreamTimeout))
+		_, err := str.Write(b)
+		return err
+	}}
+	if err := n.backend.TOC(w); err != nil {
+		return err
+	}
+	if !w.sent[pos.group] {
+		// The backend no longer has the group: say it is empty.
+		if _, err := w.Group(pos.group, 0, true); err != nil {
+			return err
 		}
 	}
-	if skipped > 0 {
-		n.log.Warn("items left out of the table of content (a field over its limit)", zap.Int("items", skipped))
-	}
-	return write(appendTOCEnd(b))
+	err := w.finish()
+	n.tocSent.Add(w.bytes)
+	return err
 }
 
 // Publish sends a change of this node's table of content to every peer
-// connected to it. Call it after the change is visible in
-// Backend.Snapshot. Items that cannot be encoded (a field over its limit)
-// are left out and logged.
+// connected to it, numbered in the group's change log (kept for peers that
+// reconnect). Call it after the change is visible to Backend.TOC. Items
+// that cannot be encoded (a field over its limit) are left out and
+// logged.
 func (n *Node) Publish(d Delta) {
 	var b []byte
 	var skipped int
+	if checkLen(d.Group, maxFieldLen) != nil {
+		n.log.Error("encoding delta: group name too long", zap.Int("len", len(d.Group)))
+		return
+	}
 	if len(d.Upserts) > 0 {
 		var err error
 		if b, skipped, err = appendItems(b, frameUpsert, d.Group, d.Upserts); err != nil {
@@ -483,8 +941,19 @@ func (n *Node) Publish(d Delta) {
 	if skipped > 0 {
 		n.log.Warn("items left out of a delta (a field over its limit)", zap.Int("items", skipped))
 	}
-	if len(b) > 0 {
-		n.broadcast(b)
+	if len(b) == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	l := n.logLocked(d.Group)
+	l.seq++
+	frames, _ := appendSeq(make([]byte, 0, len(b)+len(d.Group)+16), d.Group, l.seq) // group checked above
+	frames = append(frames, b...)
+	l.add(l.seq, frames)
+	n.deltaSent.Add(int64(len(frames)))
+	for s := range n.subs {
+		s.enqueue(frames)
 	}
 }
 

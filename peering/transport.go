@@ -6,7 +6,8 @@
 //
 // A Node fetches items from peers' memory (Fetch), serves its own through a
 // Backend, and keeps every peer informed of the items it owns: on connect it
-// sends a snapshot of its table of content, then deltas (Publish) and
+// streams a snapshot of its table of content (or, to a peer that reconnects,
+// only the numbered changes since: Config.Resume), then deltas (Publish) and
 // ready-state changes (PublishReady). It advertises where its HTTP site is
 // reached (Config.Lan) and its State (the ring epoch it uses and its
 // content groups, Config.State), and passes purges to every node it is
@@ -50,10 +51,16 @@ type Backend interface {
 	// len(body).
 	Get(ctx context.Context, req Request) (Meta, []byte, error)
 
-	// Snapshot returns this node's table of content: the items it owns,
-	// per group. It is sent to every peer that connects. It must reflect
-	// every change already passed to Node.Publish.
-	Snapshot() []GroupTOC
+	// TOC writes this node's table of content to w, for a peer that
+	// connects or, when w.Only() names a group, that group's for every
+	// connected peer (Node.Resync): for each group, w.Group, then, if it
+	// returns true, w.Item for each item this node holds in it. It is
+	// called on the peer's own goroutine and may take as long as the
+	// table is large (w writes as it goes, in bounded frames): it must
+	// not hold locks that Publish needs. It must reflect every change
+	// already passed to Node.Publish; changes published meanwhile reach
+	// the peer after it.
+	TOC(w *TOCWriter) error
 
 	// Ready reports whether this node has finished priming and wants
 	// traffic.
@@ -116,8 +123,9 @@ const (
 	EventDown
 	// EventReady: a peer's ready state changed to Ready.
 	EventReady
-	// EventSnapshot: a peer's complete table of content, replacing any
-	// earlier one from that peer.
+	// EventSnapshot: the peer's table of content is complete: every group
+	// it has was sent (each between two EventSync). A group of the peer's
+	// that had no EventSync since its EventUp is gone.
 	EventSnapshot
 	// EventDelta: a change to a peer's table of content.
 	EventDelta
@@ -128,6 +136,13 @@ const (
 	// the new one. Ordered with the peer's other events: what the peer
 	// published before its SetState arrives before it.
 	EventState
+	// EventSync: a group's part of the peer's table of content begins or
+	// ends (Sync): at connect, before EventSnapshot, or later when the
+	// peer publishes the group whole again.
+	EventSync
+	// EventTOC: items of the snapshot that the last EventSync of
+	// Delta.Group began (Delta.Upserts), as each frame arrives.
+	EventTOC
 	// EventNamed: the name of a peer listed by address only (Peer.Name
 	// "") was learned from its HELLO, for the first time or as another
 	// name than before (another node answers at that address now): Peer
@@ -160,6 +175,10 @@ func (k EventKind) String() string {
 		return "state"
 	case EventNamed:
 		return "named"
+	case EventSync:
+		return "sync"
+	case EventTOC:
+		return "toc"
 	}
 	return fmt.Sprintf("EventKind(%d)", uint8(k))
 }
@@ -185,9 +204,9 @@ type Event struct {
 	// State is set for EventUp (from the peer's HELLO) and EventState.
 	// The callback may keep it: it is not modified afterwards.
 	State State
-	// Snapshot is set for EventSnapshot.
-	Snapshot []GroupTOC
-	// Delta is set for EventDelta.
+	// Sync is set for EventSync.
+	Sync Sync
+	// Delta is set for EventDelta and EventTOC.
 	Delta Delta
 	// Purge is set for EventPurge.
 	Purge Purge
@@ -241,6 +260,12 @@ type Config struct {
 	// return quickly. nil drops them.
 	OnSpread func(from string, s Spread)
 
+	// Resume, if set, returns what this node holds of the tables of
+	// content of the peer named peer, complete as of the numbered change
+	// of each group (see Resume): sent when dialling it, so that it sends
+	// only the changes since. nil, or an empty answer: whole snapshots.
+	Resume func(peer string) []Resume
+
 	// Observer marks a node that holds no content and is in no ring (a
 	// content director): peers serve it their tables of content and keep
 	// it out of their rings.
@@ -290,7 +315,9 @@ type Config struct {
 //     State groups maxGroups, all checked before allocating;
 //   - control frames queued for a peer that does not read:
 //     maxSubscriberQueue, then the connection is closed;
-//   - a peer's snapshot held until its end: maxSnapshotItems;
+//   - a peer's snapshot: nothing is held until its end (each frame is
+//     passed on as it arrives), but one of more than maxSnapshotItems
+//     items closes the connection;
 //   - a response body: MaxBodySize, checked before allocating;
 //   - purges: one of a whole group is refused; others are passed on one
 //     event per frame, as fast as the peer sends them (the application
@@ -332,14 +359,18 @@ const (
 	connWindow    = 32 << 20
 	maxConnWindow = 128 << 20
 
-	// maxSnapshotItems bounds the items of a peer's snapshot, which is
-	// held in memory until its TOC_END. A TOC frame of 64 KiB can list
-	// thousands of minimal items, each a Meta of about 170 bytes once
-	// decoded, so a peer that never ends its snapshot would otherwise grow
-	// our memory without end. 4 Mi items is far more than a node's share
-	// of any site this cache serves (and about 1 GiB at most); past it the
-	// connection is closed as a protocol error.
+	// maxSnapshotItems bounds the items of a peer's snapshot at connect.
+	// The snapshot is passed on frame by frame, but the application keeps
+	// what it lists: a peer that never ends its snapshot must not grow
+	// that without end. 4 Mi items is far more than a node's share of any
+	// site this cache serves; past it the connection is closed as a
+	// protocol error.
 	maxSnapshotItems = 4 << 20
+
+	// tocBatch is about how many bytes of a snapshot are encoded before
+	// they are written to the stream: the memory a snapshot takes on the
+	// sending side, whatever the table's size.
+	tocBatch = 256 << 10
 
 	// maxSubscriberQueue bounds the control frames queued for one peer that
 	// does not read them; past it the connection is closed and the peer
@@ -348,6 +379,15 @@ const (
 
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
+)
+
+// maxLogBytes bounds the encoded changes a group's change log keeps for
+// peers that reconnect (and maxLogChanges their number): a peer that missed
+// more gets a snapshot instead. 4 MiB is some 30,000 changed files: far
+// more than a site changes while a peer restarts. Variables for tests.
+var (
+	maxLogBytes   = 4 << 20
+	maxLogChanges = 1 << 16
 )
 
 // quicConfig is every quic-go setting of peer connections, in one place.
@@ -529,6 +569,12 @@ type Node struct {
 	// maxSnapshot is maxSnapshotItems (lowered by tests).
 	maxSnapshot int
 
+	// logs holds each group's change log (under mu).
+	logs map[string]*changeLog
+	// tocSent and deltaSent count the bytes of tables of content sent
+	// (TOCBytesSent) and of changes published (DeltaBytes).
+	tocSent, deltaSent atomic.Int64
+
 	// handshakes counts the inbound handshakes in progress; validating is
 	// set while they are over maxHandshakes (see verifySourceAddress).
 	handshakes atomic.Int64
@@ -592,6 +638,7 @@ func Listen(cfg Config) (*Node, error) {
 		inbound: make(map[*quic.Conn]struct{}),
 		perName: make(map[string]int),
 		subs:    make(map[*subscriber]struct{}),
+		logs:    make(map[string]*changeLog),
 	}
 	n.inflight.m = make(map[*quic.Stream]time.Time)
 	n.maxSnapshot = maxSnapshotItems
@@ -1025,5 +1072,5 @@ type noBackend struct{}
 func (noBackend) Get(context.Context, Request) (Meta, []byte, error) {
 	return Meta{}, nil, ErrUnavailable
 }
-func (noBackend) Snapshot() []GroupTOC { return nil }
+func (noBackend) TOC(*TOCWriter) error { return nil }
 func (noBackend) Ready() bool          { return false }
