@@ -68,12 +68,12 @@ type dirent struct {
 
 // listing is what listDir saw of a directory.
 type listing struct {
-	ents  []obs    // the files this node holds, and the directories
-	id    fileID   // the directory's identity
-	hasID bool     //
-	gen   uint64   // ownsState.gen the held files were chosen under
-	files int      // regular files (and links to one) in it, held or not
-	held  int      // of which this node holds
+	ents  []obs  // the files this node holds, and the directories
+	id    fileID // the directory's identity
+	hasID bool   //
+	gen   uint64 // ownsState.gen the held files were chosen under
+	files int    // regular files (and links to one) in it, held or not
+	held  int    // of which this node holds
 }
 
 // listDir lists directory dir (root-relative rel), whose proper ancestors
