@@ -66,6 +66,10 @@ type dirent struct {
 	hasID  bool
 }
 
+// onEntryStat, when not nil, is called with the path of each directory
+// entry listDir stats. Tests count them.
+var onEntryStat func(p string)
+
 // listing is what listDir saw of a directory.
 type listing struct {
 	ents  []obs  // the files this node holds, and the directories
@@ -109,11 +113,15 @@ func (s *Store) listDir(r *os.Root, dir, rel string, anc []fileID, links int) (l
 		return l, err
 	}
 	cyclic := func(id fileID, ok bool) bool { return ok && slices.Contains(anc, id) }
+	stat := d.stat
+	if onEntryStat != nil {
+		stat = func(e *dirent) error { onEntryStat(join(dir, e.name)); return d.stat(e) }
+	}
 
 	// What each entry is: links resolved through the root.
 	for i := range ents {
 		e := &ents[i]
-		if e.kind == entUnknown && d.stat(e) != nil {
+		if e.kind == entUnknown && stat(e) != nil {
 			e.kind = entOther // gone since the listing
 		}
 		if e.kind != entLink {
@@ -169,12 +177,12 @@ func (s *Store) listDir(r *os.Root, dir, rel string, anc []fileID, links int) (l
 				continue
 			}
 			l.held++
-			if !e.stated && (d.stat(e) != nil || e.kind != entFile) {
+			if !e.stated && (stat(e) != nil || e.kind != entFile) {
 				continue // gone or replaced since the listing: the next look sees it
 			}
 			l.ents = append(l.ents, obs{name: e.name, size: e.size, mtime: e.mtime, link: e.link})
 		case entDir:
-			if !e.held && !e.stated && (d.stat(e) != nil || e.kind != entDir || cyclic(e.id, e.hasID)) {
+			if !e.held && !e.stated && (stat(e) != nil || e.kind != entDir || cyclic(e.id, e.hasID)) {
 				continue // gone, replaced, or a bind mount of an ancestor
 			}
 			l.ents = append(l.ents, obs{name: e.name, dir: true, link: e.link})
