@@ -208,7 +208,7 @@ func missing(err error) bool {
 }
 
 // scanTree walks the tree at directory d (known, or with a known parent),
-// watching the directories it holds files in before listing them, and
+// watching every directory before listing it, and
 // applies what it finds: new and changed files go to aff, vanished ones are
 // forgotten.
 func (s *Store) scanTree(d string, aff affected) {
@@ -273,15 +273,13 @@ func (s *Store) walkParallel() {
 // run meanwhile. viaParent says that dir was just found in its parent's
 // listing, which told whether it is reached through a directory link.
 //
-// A directory is watched (before it is listed: what is created after the
-// listing makes an event) while this node holds a file in it, or while it
-// has no file at all (so that what is created in an empty tree is seen at
-// once); a directory whose files are all other nodes' is left to them, and
-// to rescans. A directory whose path crosses a directory link is listed
-// like any other (as file_server would serve it) but not watched: the
-// watcher would report its events under one of the paths of the directory
-// only, and Remove would drop the real directory's watch. Changes under it
-// are found by rescans.
+// A directory is watched before it is listed (what is created after the
+// listing makes an event), once: a rescan does not add the watch again
+// unless adding it failed. A directory whose path crosses a directory link
+// is listed like any other (as file_server would serve it) but not
+// watched: the watcher would report its events under one of the paths of
+// the directory only, and Remove would drop the real directory's watch.
+// Changes under it are found by rescans.
 func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []string {
 	r, err := s.fsRoot()
 	if err != nil {
@@ -295,7 +293,6 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 		s.scanMu.Lock()
 		defer s.scanMu.Unlock()
 	}
-	forceWatch := false
 	for try := 0; ; try++ {
 		s.mu.RLock()
 		links, anc, placed := s.placeLocked(dir)
@@ -317,7 +314,7 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 			}
 		}
 		added, addErr := false, error(nil)
-		if links == 0 && (forceWatch || mode == watchNew || mode == watchFailed) {
+		if links == 0 && (mode == watchNew || mode == watchFailed) {
 			added, addErr = true, s.addWatch(dir)
 		}
 		var l listing
@@ -356,17 +353,13 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 				subs = s.applyListingLocked(dir, l.ents, aff)
 			}
 		}
-		relist := false
-		if d := s.dirs[dir]; d != nil && links == 0 {
-			relist = s.reconcileWatchLocked(dir, d, added, addErr, err == nil, l)
+		if d := s.dirs[dir]; d != nil && added {
+			s.noteWatchLocked(d, addErr)
 		} else if added && addErr == nil {
-			s.unwatchLocked(dir) // not kept: gone, or not ours to watch
+			s.unwatchLocked(dir) // gone meanwhile
 		}
 		s.mu.Unlock()
-		if !relist || try >= 3 {
-			return subs
-		}
-		forceWatch = true // newly wanted: watch it, then list it again
+		return subs
 	}
 }
 

@@ -13,14 +13,17 @@ import (
 	"go.uber.org/zap"
 )
 
-// Watching storage for changes: fsnotify on the directories this node holds
-// files in (it does not watch recursively; see scanDir), events collected
-// for a short debounce window and then applied as one batch, plus a
-// periodic rescan as the safety net for what notifications miss (network
-// filesystems, overflows, watch limits, directories where it holds
-// nothing). A rescan lists every directory but stats only what this node
-// holds; the time between two is at least rescanFactor times the last
-// walk, so a large tree never rescans back to back.
+// Watching storage for changes: fsnotify on every directory (it does not
+// watch recursively; inotify watches directories, and a file created in any
+// of them may be this node's to publish: its owner must see it at once),
+// events collected for a short debounce window and then applied as one
+// batch, plus a periodic rescan as the safety net for what notifications
+// miss (network filesystems, overflows, watch limits). An event on a file
+// another node holds costs nothing but a look at the store's maps (a
+// creation: one stat, as it may be a directory). A rescan lists every
+// directory but stats only what this node holds; the time between two is at
+// least rescanFactor times the last walk, so a large tree never rescans
+// back to back.
 //
 // Running out of inotify watches (fs.inotify.max_user_watches) is logged
 // once, with the sysctl to raise; the directories that could not be watched
@@ -64,9 +67,9 @@ type watchMode uint8
 
 const (
 	watchNew    watchMode = iota // not listed yet: watch it before listing it
-	watchOn                      // watched
-	watchOff                     // not watched: no file of this node in it (or reached through a link)
-	watchFailed                  // wanted, but the watch could not be added: tried again at each rescan
+	watchOn                      // watched: not added again at each rescan
+	watchOff                     // not watched: forgotten
+	watchFailed                  // the watch could not be added: tried again at each rescan
 )
 
 // watchState is the Store's watcher and the queue of paths to look at again.
@@ -196,33 +199,14 @@ func (s *Store) setWatchLocked(d *dirRec, m watchMode) {
 	d.watch = m
 }
 
-// reconcileWatchLocked records the outcome of scanDir's watch of directory
-// dir (added: it tried, with addErr) and, when it was listed (listed, as
-// l), whether it is to be watched: while this node holds a file in it, or
-// there is no file in it. It unwatches a directory no longer wanted, and
-// returns true for one newly wanted (the caller watches and lists it).
-func (s *Store) reconcileWatchLocked(dir string, d *dirRec, added bool, addErr error, listed bool, l listing) (relist bool) {
-	if added {
-		if addErr == nil {
-			s.setWatchLocked(d, watchOn)
-		} else {
-			s.setWatchLocked(d, watchFailed)
-		}
+// noteWatchLocked records the outcome of scanDir's watch of directory d
+// (addErr: the error adding it, nil when it is watched now).
+func (s *Store) noteWatchLocked(d *dirRec, addErr error) {
+	if addErr == nil {
+		s.setWatchLocked(d, watchOn)
+	} else {
+		s.setWatchLocked(d, watchFailed)
 	}
-	if !listed || s.watch.w == nil {
-		return false
-	}
-	want := l.held > 0 || l.files == 0
-	switch {
-	case want && d.watch == watchOff:
-		return true
-	case !want && d.watch == watchOn:
-		s.unwatchLocked(dir)
-		s.setWatchLocked(d, watchOff)
-	case !want:
-		s.setWatchLocked(d, watchOff)
-	}
-	return false
 }
 
 // watchSettled is called after each rescan: once every directory that
