@@ -298,8 +298,9 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 		links, anc, placed := s.placeLocked(dir)
 		known := s.dirs[dir]
 		mode := watchNew
+		var oldID fileID
 		if known != nil {
-			mode = known.watch
+			mode, oldID = known.watch, known.id
 			if viaParent {
 				links = known.links
 			}
@@ -353,10 +354,16 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 				subs = s.applyListingLocked(dir, l.ents, aff)
 			}
 		}
-		if d := s.dirs[dir]; d != nil && added {
+		d := s.dirs[dir]
+		switch {
+		case d != nil && added:
 			s.noteWatchLocked(d, addErr)
-		} else if added && addErr == nil {
+		case added && addErr == nil:
 			s.unwatchLocked(dir) // gone meanwhile
+		case d != nil && links == 0 && d.watch == watchOn && d.hasID && d.id != oldID:
+			// Another directory under the same path (removed and made
+			// again): the kernel dropped the old one's watch.
+			s.noteWatchLocked(d, s.addWatch(dir))
 		}
 		s.mu.Unlock()
 		return subs
@@ -454,6 +461,12 @@ func (s *Store) refreshPaths(paths map[string]look, aff affected) {
 			// Its siblings are items of their own now.
 			s.lookAtSiblingsLocked(e.p, s.owns)
 		case e.fi.IsDir():
+			if d := s.dirs[e.p]; d != nil && d.watch == watchOn {
+				// An event about the directory itself: it may have been
+				// removed and made again, and its watch dropped with it.
+				// Watch it again (harmless if it was not).
+				s.setWatchLocked(d, watchNew)
+			}
 			scans = append(scans, e.p)
 		default:
 			held := s.owns(e.p)

@@ -308,3 +308,21 @@ func TestRescanIntervalFollowsWalk(t *testing.T) {
 		t.Errorf("no watcher, a 2 s walk: %v; want 20s, not %v", iv, rescanUnwatched)
 	}
 }
+
+// TestWatchRecreatedDir: a directory removed and made again under the same
+// path between two looks is watched again (the kernel dropped the old
+// one's watch), though it is not added again at each rescan.
+func TestWatchRecreatedDir(t *testing.T) {
+	var log changeLog
+	s := newStore(t, Config{OnChange: log.record, Rescan: time.Hour}, map[string]string{"x/a.txt": "a"})
+	startReady(t, s)
+	dir := filepath.Join(s.Root(), "x")
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, "x/b.txt", "b") // within the same debounce window, most likely
+	reflect(t, s, &log, "/x/b.txt", "b")
+	s.rescan()
+	write(t, s, "x/c.txt", "c")
+	reflect(t, s, &log, "/x/c.txt", "c") // only the watcher can see it
+}
