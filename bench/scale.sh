@@ -15,12 +15,13 @@
 #   - table-of-content bytes at connect and at a 10 s reconnect, if the
 #     status reports them (a key matching toc.*bytes), else n/a
 #   - CPU used while idle (rescans, keep-alives), per minute, over -i secs
-#   - one full pass of GETs over every file (bench/scaleget, 16 in flight,
-#     status and length checked): errors, seconds, requests per second
+#   - one full pass of GETs over every file on each node, the three nodes
+#     at once (bench/scaleget, 16 in flight each, status and length
+#     checked): errors, seconds, requests per second; -g caps its time
 # All three Caddys run on SERVER_CPU, the generator and the GETs on
 # CLIENT_CPU. The machine may be shared: the load average is printed.
 #
-#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-h]
+#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-g secs] [-h]
 #   -n files: files in the tree (default 1000000; e.g. -n 200000 for a quick run)
 #   -d dirs: directories (default files/10)
 #   -b caddy: run this binary instead of building ./cmd/caddy (to measure
@@ -30,10 +31,12 @@
 #      holds a tree of the same files and dirs (default: a temporary one)
 #   -m mem: each node's memory budget (default 2GiB)
 #   -i secs: the idle CPU measurement (default 60)
+#   -g secs: stop the GET passes after this long (default: no limit); an
+#      incomplete pass is reported as such
 # Environment: SAN_PORT (default 17960), PORT_WAIT (default 60).
 set -euo pipefail
 
-usage() { sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; }
 N=1000000
 DIRS=""
 BIN=""
@@ -41,7 +44,8 @@ LABEL=""
 TREE=""
 MEM=2GiB
 IDLE=60
-while getopts "n:d:b:l:t:m:i:h" opt; do
+GETCAP=0
+while getopts "n:d:b:l:t:m:i:g:h" opt; do
 	case $opt in
 	n) N=$OPTARG ;;
 	d) DIRS=$OPTARG ;;
@@ -50,6 +54,7 @@ while getopts "n:d:b:l:t:m:i:h" opt; do
 	t) TREE=$OPTARG ;;
 	m) MEM=$OPTARG ;;
 	i) IDLE=$OPTARG ;;
+	g) GETCAP=$OPTARG ;;
 	h) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -107,7 +112,7 @@ fi
 
 # --- nodes -------------------------------------------------------------------------------
 
-declare -A ADMIN=() HTTP=() NPID=() T0=() READY=()
+declare -A ADMIN=() HTTP=() NPID=() T0=() READY=() GETPID=()
 for i in 1 2 3; do
 	freeport ADMIN[$i]
 	freeport HTTP[$i]
@@ -222,6 +227,16 @@ for i in 1 2 3; do
 	TOCBYTES0[$i]=$(tocbytes "$i")
 done
 
+mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
+per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "n/a"}'; }
+say ""
+say "| node | at start: RSS / heap MiB | ready: RSS / heap / live heap MiB | ready after s | items held / toc entries | bytes held MiB | store heap - held: per item held / per file of the site | toc heap per entry | other heap MiB | toc bytes at connect |"
+say "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+for i in 1 2 3; do
+	storemeta=$((STOREB[$i] - HELD[$i]))
+	say "| n$i | ${RSS0[$i]} / ${HEAP0[$i]} | ${RSS1[$i]} / ${HEAP1[$i]} / ${LIVE1[$i]} | ${READY[$i]} | ${ITEMS[$i]} / ${TOC[$i]} | $(mib "${HELD[$i]}") | $(per "$storemeta" "${ITEMS[$i]}") / $(per "$storemeta" "$N") | $(per "${TOCB[$i]}" "${TOC[$i]}") | $(mib "${OTHERB[$i]}") | ${TOCBYTES0[$i]} |"
+done
+
 # --- table of content at a 10 s reconnect ----------------------------------------------------
 
 declare -A TOCBYTES1=()
@@ -248,27 +263,29 @@ for i in 1 2 3; do
 		'BEGIN {printf "%.2f", (b - a) / hz * 60 / s}')
 done
 
-# --- a full pass of GETs on each node ---------------------------------------------------------
-
-declare -A GETS=() RSS2=()
-for i in 1 2 3; do
-	GETS[$i]=$(taskset -c "$CLIENT_CPU" "$TMP/scaleget" -url "http://127.0.0.1:${HTTP[$i]}" -root "$TREE" -n "$N" -dirs "$DIRS" -c 16)
-	RSS2[$i]=$(procmib "${NPID[$i]}" VmRSS)
-done
-
-# --- report ---------------------------------------------------------------------------------
-
-mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
-per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "n/a"}'; }
 say ""
-say "| node | at start: RSS / heap MiB | ready: RSS / heap / live heap MiB | ready after s | items held / toc entries | bytes held MiB | store heap - held, per item held / per file of the site | toc heap per entry | other heap MiB | toc bytes connect / reconnect | idle CPU s/min | GETs: errors, s, req/s | RSS after GETs MiB |"
-say "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+say "| node | toc bytes at a 10 s reconnect | idle CPU, s per minute |"
+say "| --- | --- | --- |"
 for i in 1 2 3; do
-	storemeta=$((STOREB[$i] - HELD[$i]))
-	say "| n$i | ${RSS0[$i]} / ${HEAP0[$i]} | ${RSS1[$i]} / ${HEAP1[$i]} / ${LIVE1[$i]} | ${READY[$i]} | ${ITEMS[$i]} / ${TOC[$i]} | $(mib "${HELD[$i]}") | $(per "$storemeta" "${ITEMS[$i]}") / $(per "$storemeta" "$N") | $(per "${TOCB[$i]}" "${TOC[$i]}") | $(mib "${OTHERB[$i]}") | ${TOCBYTES0[$i]} / ${TOCBYTES1[$i]:-n/a} | ${CPUPM[$i]} | $(jq -r '"\(.errors), \(.seconds | floor), \(.rps | floor)"' <<<"${GETS[$i]}") | ${RSS2[$i]} |"
+	say "| n$i | ${TOCBYTES1[$i]:-n/a} | ${CPUPM[$i]} |"
 done
+
+# --- a full pass of GETs on each node, the three at once ----------------------------------
+
+declare -A RSS2=()
 for i in 1 2 3; do
-	if [ "$(jq .errors <<<"${GETS[$i]}")" != 0 ]; then say "n$i GET errors: $(jq -c .samples <<<"${GETS[$i]}")"; fi
+	taskset -c "$CLIENT_CPU" "$TMP/scaleget" -url "http://127.0.0.1:${HTTP[$i]}" -root "$TREE" -n "$N" -dirs "$DIRS" -c 16 -t "${GETCAP}s" >"$TMP/gets$i.json" &
+	GETPID[$i]=$!
+	PIDS+=("${GETPID[$i]}")
+done
+for i in 1 2 3; do wait "${GETPID[$i]}" || true; done
+for i in 1 2 3; do RSS2[$i]=$(procmib "${NPID[$i]}" VmRSS); done
+say ""
+say "| node | GETs: requests (complete?), errors, s, req/s | RSS after GETs MiB |"
+say "| --- | --- | --- |"
+for i in 1 2 3; do
+	say "| n$i | $(jq -r '"\(.requests) (\(.complete)), \(.errors), \(.seconds | floor), \(.rps | floor)"' "$TMP/gets$i.json") | ${RSS2[$i]} |"
+	if [ "$(jq .errors "$TMP/gets$i.json")" != 0 ]; then say "n$i GET errors: $(jq -c .samples "$TMP/gets$i.json")"; fi
 done
 say ""
 say "load average after: $(loadavg); heap profiles: $OUT/scale-$LABEL-$STAMP-n*.heap.pprof; this table: $RESULT"

@@ -1,10 +1,11 @@
 // Command scaleget makes one full pass of GETs over the tree bench/gensmall
 // wrote (file i is d<i mod dirs>/f<i>.bin) against one node, c requests in
 // flight, and checks each answer: status 200 and as many bytes as the file
-// holds on disk. It prints one line of JSON: requests, errors, seconds,
-// requests per second, and the first few errors.
+// holds on disk. It prints one line of JSON: requests made, whether that is
+// every file (complete), errors, seconds, requests per second, and the
+// first few errors. With -t it stops starting requests after that long.
 //
-//	scaleget -url http://127.0.0.1:8080 -root DIR -n 1000000 -dirs 100000 -c 16
+//	scaleget -url http://127.0.0.1:8080 -root DIR -n 1000000 -dirs 100000 -c 16 [-t 5m]
 package main
 
 import (
@@ -26,6 +27,7 @@ func main() {
 	n := flag.Int("n", 0, "files in the tree")
 	dirs := flag.Int("dirs", 1000, "directories the files are spread over")
 	conc := flag.Int("c", 16, "requests in flight")
+	limit := flag.Duration("t", 0, "stop starting requests after this long (0: no limit)")
 	flag.Parse()
 	if *base == "" || *root == "" || *n <= 0 {
 		flag.Usage()
@@ -46,6 +48,7 @@ func main() {
 	}
 	buf := make([][]byte, *conc)
 	start := time.Now()
+	var done atomic.Int64
 	var wg sync.WaitGroup
 	for w := range *conc {
 		buf[w] = make([]byte, 64<<10)
@@ -53,10 +56,14 @@ func main() {
 		go func() {
 			defer wg.Done()
 			for {
+				if *limit > 0 && time.Since(start) > *limit {
+					return
+				}
 				i := int(next.Add(1) - 1)
 				if i >= *n {
 					return
 				}
+				done.Add(1)
 				rel := fmt.Sprintf("d%04d/f%06d.bin", i%*dirs, i)
 				fi, err := os.Stat(filepath.Join(*root, rel))
 				if err != nil {
@@ -84,7 +91,7 @@ func main() {
 	wg.Wait()
 	secs := time.Since(start).Seconds()
 	json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"requests": *n, "errors": errs.Load(), "seconds": secs,
-		"rps": float64(*n) / secs, "samples": samples,
+		"requests": done.Load(), "complete": done.Load() == int64(*n), "errors": errs.Load(), "seconds": secs,
+		"rps": float64(done.Load()) / secs, "samples": samples,
 	})
 }
