@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -51,7 +52,8 @@ func TestMetadataBytesEstimate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		startReady(t, s)
+		s.Start()
+		waitFor(t, 3*time.Minute, "store ready", s.Ready) // 20000 files: slow under -race on a busy machine
 		used := heapInUse() - before
 		est := s.MetadataBytes()
 		st := s.Stats()
