@@ -21,9 +21,13 @@ type ownsState struct {
 
 	// Under Store.mu: gen counts the changes of Store.owner, so that a
 	// listing made under an older one is made again (scanDir); gaining,
-	// while a change is applied, collects the files newly recorded.
+	// while a change is applied, collects the files newly recorded; walking
+	// is true from a change of Store.owner until the tree was listed under
+	// it: until then a file this node newly holds may not be recorded yet,
+	// and a lookup that finds no record reads storage.
 	gen     uint64
 	gaining map[string]bool
+	walking bool
 }
 
 // SetOwns changes which paths this node owns (a ring change). Items it no
@@ -94,6 +98,7 @@ func (s *Store) applyOwns() {
 	s.mu.Lock()
 	s.owner = fn
 	s.setOwn.gen++
+	s.setOwn.walking = true
 	var gone []string
 	var drops []*Item
 	for p, rec := range s.files {
@@ -127,7 +132,7 @@ func (s *Store) applyOwns() {
 	s.scanTree("/", aff)
 	s.mu.Lock()
 	gained := s.setOwn.gaining
-	s.setOwn.gaining = nil
+	s.setOwn.gaining, s.setOwn.walking = nil, false
 	s.mu.Unlock()
 
 	// Then drop, republish and load, as after a change on storage.

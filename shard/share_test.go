@@ -326,3 +326,38 @@ func TestWatchRecreatedDir(t *testing.T) {
 	write(t, s, "x/c.txt", "c")
 	reflect(t, s, &log, "/x/c.txt", "c") // only the watcher can see it
 }
+
+// TestSetOwnsLookupWhileWalking: while SetOwns lists the tree to find what
+// the node newly holds, a lookup of such a file (not recorded yet) reads
+// storage: never a 404 for a file that exists.
+func TestSetOwnsLookupWhileWalking(t *testing.T) {
+	files := ownsTree()
+	a, b := rule(0), rule(1)
+	_, _, onlyB := ruleSets(files, a, b)
+	s := newStore(t, Config{Owns: a, Rescan: time.Hour}, files)
+	startReady(t, s)
+	var once sync.Once
+	looked := ""
+	var lookErr error
+	onEntryStat = func(p string) {
+		once.Do(func() {
+			for q := range onlyB {
+				if path.Dir(q) == path.Dir(p) {
+					continue // its directory is being listed: maybe recorded already
+				}
+				looked = q
+				_, _, lookErr = s.Lookup(q)
+				return
+			}
+		})
+	}
+	t.Cleanup(func() { onEntryStat = nil })
+	s.SetOwns(b)
+	if looked == "" {
+		t.Fatal("no lookup made while SetOwns walked the tree")
+	}
+	if lookErr != nil {
+		t.Errorf("Lookup(%s) while SetOwns walked: %v; want the file, from storage", looked, lookErr)
+	}
+	checkOwned(t, s, files, b)
+}

@@ -96,8 +96,13 @@ func (s *Store) holdsLocked(p string, isFile func(string) bool) bool {
 // mayHoldLocked reports whether this node would hold a regular file at p
 // (it does, if p is recorded), as far as it can tell without looking at
 // storage: a precompressed sibling of a file it does not hold may be the
-// sibling of a file it was never told about.
+// sibling of a file it was never told about. While a change of share is
+// being applied (SetOwns), a file it newly holds may not be recorded yet:
+// then it says false for every path not recorded.
 func (s *Store) mayHoldLocked(p string) bool {
+	if s.setOwn.walking && s.files[p] == nil {
+		return false
+	}
 	if base, ok := siblingBase(s.encs, p); ok && s.files[base] != nil {
 		return true // a sibling of a file this node holds
 	}
