@@ -7,21 +7,29 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shardcache/caddy-shardcache/shard"
 	"go.uber.org/zap"
 )
 
 // The Go runtime's soft memory limit follows what the stores and hot caches
-// actually hold, unless the operator set GOMEMLIMIT.
+// actually hold, and the metadata that describes it, unless the operator set
+// GOMEMLIMIT.
 //
 // Without a limit the collector lets the heap grow to twice what is live,
 // and what is live is mostly primed bytes: the resident set would reach
 // about twice them. A limit derived from the budgets is no better when the
 // site is smaller than its budget (a 200 MiB site under `memory 2GiB`
 // reached 609 MiB of RSS once warm). So while any store is priming (which
-// allocates fast), the limit is 1.1 × the budgets + memoryOverhead; once
-// every store is ready, it is 1.1 × the bytes held + memoryOverhead, and
-// never less than the live heap + minHeadroom (a heap that cannot fit under
-// the limit would make the collector run without pause). It is re-read
+// allocates fast), the limit is 1.1 × the budgets + the metadata +
+// memoryOverhead; once every store is ready, it is 1.1 × (the bytes held +
+// the metadata) + memoryOverhead, and never less than the live heap +
+// minHeadroom (a heap that cannot fit under the limit would make the
+// collector run without pause). The metadata is what the stores estimate
+// their records of files, items and directories take
+// (shard.Store.MetadataBytes), plus whatever else the running config
+// reports through metadataSized (see metadataOf): with millions of files
+// it is hundreds of MiB, and a limit blind to it keeps the collector
+// running almost continuously. It is re-read
 // every second, so it follows the hot caches as they fill and files as they
 // change. When every store has become ready, the garbage of priming is
 // returned to the operating system once.
@@ -29,22 +37,66 @@ import (
 // The limit is soft: the runtime never fails an allocation for it.
 
 // memoryOverhead is what the process may use beyond 1.1 × the bytes held
-// before the Go runtime collects harder: Caddy itself, the items' metadata,
-// and the garbage of requests and storage reads.
+// and the metadata before the Go runtime collects harder: Caddy itself, and
+// the garbage of requests and storage reads.
 const memoryOverhead = 64 << 20
 
 // minHeadroom is the least room for garbage above the live heap.
 const minHeadroom = 32 << 20
 
 // memoryLimit is the limit for a process whose stores and hot caches hold
-// held bytes, with a live heap of live bytes.
-func memoryLimit(held, live int64) int64 {
-	return max(held+held/10+memoryOverhead, live+minHeadroom)
+// held bytes described by meta bytes of metadata, with a live heap of live
+// bytes.
+func memoryLimit(held, meta, live int64) int64 {
+	kept := held + meta
+	return max(kept+kept/10+memoryOverhead, live+minHeadroom)
 }
 
-// primingLimit is the limit while stores with these budgets prime.
-func primingLimit(budgets int64) int64 {
-	return budgets + budgets/10 + memoryOverhead
+// primingLimit is the limit while stores with these budgets prime, with
+// meta bytes of metadata so far.
+func primingLimit(budgets, meta int64) int64 {
+	return budgets + budgets/10 + meta + meta/10 + memoryOverhead
+}
+
+// metadataSized is what reports the Go heap its metadata takes, besides
+// the bytes it holds: every *shard.Store, and whatever else metadataOf
+// finds.
+type metadataSized interface {
+	MetadataBytes() int64
+}
+
+// metadataOf returns what holds metadata in the running config: each store
+// once, and the cluster's tables of content.
+//
+// The cluster hook: clusterRef embeds *cluster.Cluster, so the day
+// cluster.Cluster has `MetadataBytes() int64` (the size of its tables of
+// content), the type assertion below picks it up with no change here
+// (TestMetadataOfCluster says so). To plug in any other source, append it
+// here.
+func metadataOf(sources []source, c *clusterRef) []metadataSized {
+	out := make([]metadataSized, 0, len(sources)+1)
+	seen := make(map[*shard.Store]bool, len(sources))
+	for _, s := range sources {
+		if s.store != nil && !seen[s.store] {
+			seen[s.store] = true
+			out = append(out, s.store)
+		}
+	}
+	if c != nil {
+		if m, ok := any(c).(metadataSized); ok {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// metadataBytes sums what ms report.
+func metadataBytes(ms []metadataSized) int64 {
+	var n int64
+	for _, m := range ms {
+		n += m.MetadataBytes()
+	}
+	return n
 }
 
 // setMemoryLimit sets the priming limit for stores with these budgets,
@@ -53,7 +105,7 @@ func setMemoryLimit(budgets int64, log *zap.Logger) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return
 	}
-	limit := primingLimit(budgets)
+	limit := primingLimit(budgets, 0)
 	debug.SetMemoryLimit(limit)
 	log.Info("set the Go memory limit for priming; once primed it follows the bytes held (set GOMEMLIMIT to choose another)",
 		zap.Int64("budgets", budgets), zap.Int64("limit", limit))
@@ -75,37 +127,45 @@ func governMemory(log *zap.Logger) {
 	var last int64
 	freed := false
 	for range time.Tick(time.Second) {
-		sources, _ := reg.get()
+		sources, c := reg.get()
 		if len(sources) == 0 {
 			continue
 		}
 		var held, budgets int64
 		ready := true
+		seenStore := map[*shard.Store]bool{}
+		seenHot := map[*shard.Hot]bool{}
 		for _, s := range sources {
-			held += s.store.Stats().ResidentBytes
+			if !seenStore[s.store] { // two sites may share a store
+				seenStore[s.store] = true
+				held += s.store.Stats().ResidentBytes
+			}
 			budgets += s.budget
 			if s.grp != nil {
-				if h := s.grp.Hot(); h != nil {
+				if h := s.grp.Hot(); h != nil && !seenHot[h] {
+					seenHot[h] = true
 					held += h.Stats().Bytes
 				}
 			}
 			ready = ready && s.store.Ready()
 		}
-		limit := primingLimit(budgets)
+		meta := metadataBytes(metadataOf(sources, c))
+		limit := primingLimit(budgets, meta)
 		if ready {
 			metrics.Read(live)
-			limit = memoryLimit(held, int64(live[0].Value.Uint64()))
+			limit = memoryLimit(held, meta, int64(live[0].Value.Uint64()))
 		}
 		if d := limit - last; d > 1<<20 || d < -1<<20 {
 			debug.SetMemoryLimit(limit)
 			last = limit
-			log.Debug("Go memory limit", zap.Int64("held", held), zap.Int64("limit", limit), zap.Bool("primed", ready))
+			log.Debug("Go memory limit", zap.Int64("held", held), zap.Int64("metadata", meta),
+				zap.Int64("limit", limit), zap.Bool("primed", ready))
 		}
 		if ready && !freed {
 			freed = true
 			debug.FreeOSMemory()
-			log.Info("primed: the Go memory limit now follows the bytes held; returned priming's garbage to the OS",
-				zap.Int64("held", held), zap.Int64("limit", limit))
+			log.Info("primed: the Go memory limit now follows the bytes held and their metadata; returned priming's garbage to the OS",
+				zap.Int64("held", held), zap.Int64("metadata", meta), zap.Int64("limit", limit))
 		}
 	}
 }

@@ -1,18 +1,62 @@
 package shardcache
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/shardcache/caddy-shardcache/shard"
+)
 
 func TestMemoryLimit(t *testing.T) {
 	const mib = 1 << 20
-	for _, tc := range []struct{ held, live, want int64 }{
-		{0, 10 * mib, 64 * mib},                      // an empty site: the overhead
-		{200 * mib, 240 * mib, 284 * mib},            // 1.1 × held + 64 MiB
-		{200 * mib, 300 * mib, 332 * mib},            // more live heap than that: room above it
-		{1 << 30, 1100 * mib, 1126*mib + 64*mib + 1}, // rounding: 1.1 × 1 GiB = 1126.4 MiB
+	for _, tc := range []struct{ held, meta, live, want int64 }{
+		{0, 0, 10 * mib, 64 * mib},                      // an empty site: the overhead
+		{200 * mib, 0, 240 * mib, 284 * mib},            // 1.1 × held + 64 MiB
+		{200 * mib, 0, 300 * mib, 332 * mib},            // more live heap than that: room above it
+		{1 << 30, 0, 1100 * mib, 1126*mib + 64*mib + 1}, // rounding: 1.1 × 1 GiB = 1126.4 MiB
+		{200 * mib, 300 * mib, 540 * mib, 614 * mib},    // 1.1 × (held + metadata) + 64 MiB
+		{0, 500 * mib, 520 * mib, 614 * mib},            // millions of files with no bytes held
 	} {
-		got := memoryLimit(tc.held, tc.live)
+		got := memoryLimit(tc.held, tc.meta, tc.live)
 		if d := got - tc.want; d < -mib || d > mib {
-			t.Errorf("memoryLimit(%d MiB, %d MiB) = %.1f MiB; want %.1f MiB", tc.held/mib, tc.live/mib, float64(got)/mib, float64(tc.want)/mib)
+			t.Errorf("memoryLimit(%d MiB, %d MiB, %d MiB) = %.1f MiB; want %.1f MiB",
+				tc.held/mib, tc.meta/mib, tc.live/mib, float64(got)/mib, float64(tc.want)/mib)
 		}
+	}
+	if got, want := primingLimit(1<<30, 100*mib), int64(1126*mib+110*mib+64*mib); got-want < -mib || got-want > mib {
+		t.Errorf("primingLimit(1 GiB, 100 MiB) = %.1f MiB; want %.1f MiB", float64(got)/mib, float64(want)/mib)
+	}
+}
+
+// fixedMeta reports a fixed metadata size.
+type fixedMeta int64
+
+func (m fixedMeta) MetadataBytes() int64 { return int64(m) }
+
+// TestMetadataOfCluster: every store counts once, and the cluster counts
+// as soon as *cluster.Cluster reports MetadataBytes (the hook for its
+// tables of content).
+func TestMetadataOfCluster(t *testing.T) {
+	st, err := shard.New(shard.Config{Root: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms := metadataOf([]source{{store: st}, {store: st}}, nil)
+	if len(ms) != 1 {
+		t.Errorf("metadataOf: %d sources for one store shared by two sites; want 1", len(ms))
+	}
+	if n := metadataBytes(append(ms, fixedMeta(1000))); n != st.MetadataBytes()+1000 {
+		t.Errorf("metadataBytes = %d; want %d", n, st.MetadataBytes()+1000)
+	}
+	c := &clusterRef{}
+	_, clusterReports := any(c.Cluster).(metadataSized)
+	got := len(metadataOf(nil, c))
+	if clusterReports && got != 1 {
+		t.Errorf("*cluster.Cluster has MetadataBytes but metadataOf leaves it out")
+	}
+	if !clusterReports {
+		if got != 0 {
+			t.Errorf("metadataOf counts a cluster that reports no metadata")
+		}
+		t.Log("*cluster.Cluster does not report MetadataBytes yet: its tables of content are not counted")
 	}
 }

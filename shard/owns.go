@@ -18,6 +18,16 @@ type ownsState struct {
 	fn      func(path string) bool // the latest; nil means everything
 	waiters []chan struct{}        // closed once fn (or a later one) is applied
 	ch      chan struct{}          // wakes the updater; buffered, 1
+
+	// Under Store.mu: gen counts the changes of Store.owner, so that a
+	// listing made under an older one is made again (scanDir); gaining,
+	// while a change is applied, collects the files newly recorded; walking
+	// is true from a change of Store.owner until the tree was listed under
+	// it: until then a file this node newly holds may not be recorded yet,
+	// and a lookup that finds no record reads storage.
+	gen     uint64
+	gaining map[string]bool
+	walking bool
 }
 
 // SetOwns changes which paths this node owns (a ring change). Items it no
@@ -36,6 +46,7 @@ func (s *Store) SetOwns(owns func(path string) bool) {
 	if !s.started || s.closed.Load() {
 		s.mu.Lock()
 		s.owner = owns
+		s.setOwn.gen++
 		s.mu.Unlock()
 		s.lifeMu.Unlock()
 		return
@@ -79,35 +90,23 @@ func (s *Store) applyOwns() {
 		}
 	}()
 
-	// First the new function, and what it changes: the files whose content
-	// is needed or not any more (aff), and the published items that go.
-	// From here on no load installs content that is not ours and no item
-	// that is not ours is published, so drops is complete; but the items in
-	// it stay published until OnDrop has seen them.
+	// First the new function, and what it changes among the files this
+	// node holds: those it no longer needs (gone), and the published items
+	// that go. From here on no load installs content that is not ours and
+	// no item that is not ours is published, so drops is complete; but the
+	// items in it stay published until OnDrop has seen them.
 	s.mu.Lock()
-	type before struct{ need, owns bool }
-	was := make(map[string]before, len(s.files))
-	for p := range s.files {
-		was[p] = before{s.needLocked(p), s.owns(p)}
-	}
 	s.owner = fn
-	aff := make(affected)
-	gained := make(map[string]bool)
+	s.setOwn.gen++
+	s.setOwn.walking = true
+	var gone []string
 	var drops []*Item
 	for p, rec := range s.files {
-		need, owns := s.needLocked(p), s.owns(p)
-		b := was[p]
-		if need == b.need && owns == b.owns {
-			continue
-		}
-		aff.add(p)
-		if need && !b.need {
-			gained[p] = true
-		}
-		if !need {
+		if !s.needLocked(p) {
+			gone = append(gone, p)
 			rec.queued = false // priming skips it
 		}
-		if !owns {
+		if !s.owns(p) {
 			if it, ok := s.index.load(p); ok && !it.isDir() {
 				drops = append(drops, it)
 			}
@@ -120,6 +119,21 @@ func (s *Store) applyOwns() {
 			s.cfg.OnDrop(it)
 		}
 	}
+
+	// Then forget what is not ours any more, and list the tree to find
+	// what newly is (this node kept no record of other nodes' files).
+	aff := make(affected)
+	s.mu.Lock()
+	for _, p := range gone {
+		s.removeFileLocked(p, aff)
+	}
+	s.setOwn.gaining = make(map[string]bool)
+	s.mu.Unlock()
+	s.scanTree("/", aff)
+	s.mu.Lock()
+	gained := s.setOwn.gaining
+	s.setOwn.gaining, s.setOwn.walking = nil, false
+	s.mu.Unlock()
 
 	// Then drop, republish and load, as after a change on storage.
 	s.settle(aff, func(j *job) { j.handoff = gained[j.path] })

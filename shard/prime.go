@@ -52,6 +52,7 @@ func (s *Store) prime() {
 	if s.ctx.Err() != nil {
 		return
 	}
+	s.watch.lastWalk.Store(int64(time.Since(start)))
 	s.log.Debug("walked", zap.Duration("duration", time.Since(start)),
 		zap.Int64("dirs", s.stats.dirs.Load()))
 

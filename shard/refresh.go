@@ -3,7 +3,7 @@ package shard
 import "strings"
 
 // Refresh reads the file at p again from storage, or with prefix every
-// known file whose path starts with p, even if size and modification time
+// file this node holds whose path starts with p, even if size and modification time
 // look unchanged (an operator's purge: the bytes on storage were replaced
 // in a way the watcher could not tell). A file that is gone is removed.
 // Changes are published (OnChange) as for any other change. Refresh returns
@@ -12,17 +12,17 @@ func (s *Store) Refresh(p string, prefix bool) int {
 	if s.closed.Load() {
 		return 0
 	}
-	paths := make(map[string]bool)
+	paths := make(map[string]look)
 	if prefix {
 		s.mu.RLock()
 		for fp := range s.files {
 			if strings.HasPrefix(fp, p) {
-				paths[fp] = true
+				paths[fp] = look{force: true}
 			}
 		}
 		s.mu.RUnlock()
 	} else if _, ok := relPath(p); ok {
-		paths[p] = true
+		paths[p] = look{force: true}
 	}
 	if len(paths) == 0 {
 		return 0

@@ -33,6 +33,7 @@ type counters struct {
 	loadErrors                 atomic.Int64
 	handoffItems, handoffBytes atomic.Int64
 	handoffFailed              atomic.Int64
+	pathBytes                  atomic.Int64 // bytes of the paths of files and directories recorded (metadata.go)
 }
 
 // Stats returns the store's counters.

@@ -255,8 +255,9 @@ func (s *Store) lookupSlow(p string) (*Item, bool, error) {
 		s.mu.RLock()
 		rec := s.files[p]
 		hidden := rec != nil && s.hiddenLocked(p)
+		theirs := rec == nil && !s.mayHoldLocked(p) // scale-store: not recorded, another node's: storage answers
 		s.mu.RUnlock()
-		if rec == nil || hidden {
+		if (rec == nil && !theirs) || hidden {
 			return nil, false, ErrNotFound
 		}
 		// A file we know but do not publish: not ours, or its (re)load has

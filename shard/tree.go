@@ -6,13 +6,18 @@ import (
 )
 
 // The writer side of a Store: what storage was last seen to hold (every
-// regular file and directory under the root, owned or not, and every
-// symbolic link that resolves to one inside the root, as what it resolves
-// to), what was loaded from it, and the rules that turn that into published
-// Items. Everything here runs with s.mu held.
+// directory under the root, every regular file this node holds, and every
+// symbolic link that resolves inside the root to either, as what it
+// resolves to), what was loaded from it, and the rules that turn that into
+// published Items. Everything here runs with s.mu held.
+//
+// A node holds the files it owns and their precompressed siblings (see
+// needLocked); it keeps no record of the others' files, and never stats or
+// watches them: their changes are their owners' to see and publish, and a
+// lookup of one reads storage. Listings of every directory find new paths.
 
-// fileRec is one regular file under the root, or a symbolic link to one
-// (its size and modification time are the target's).
+// fileRec is one regular file under the root that this node holds, or a
+// symbolic link to one (its size and modification time are the target's).
 type fileRec struct {
 	size  int64     // last observed (walk, rescan, event)
 	mtime time.Time // last observed
@@ -34,9 +39,10 @@ func (rec *fileRec) stale() bool {
 // directory links).
 type dirRec struct {
 	kids  map[string]struct{} // names of the files and directories in it we track
-	links int                 // directory links its path crosses; 0: a real path, watched
+	links int                 // directory links its path crosses; 0: a real path, maybe watched
 	id    fileID              // its identity, from its last listing, to cut cycles
 	hasID bool
+	watch watchMode // whether the watcher watches it (links 0 only)
 }
 
 // obs is one entry of a directory as observed on storage: a regular file or
@@ -77,6 +83,44 @@ func join(d, name string) string {
 // owns reports whether this node owns the item at p.
 func (s *Store) owns(p string) bool { return s.owner == nil || s.owner(p) }
 
+// holdsLocked reports whether this node holds the regular file at p, given
+// which paths of its directory are regular files (isFile): it owns it, or
+// it is a precompressed sibling of a file this node owns.
+func (s *Store) holdsLocked(p string, isFile func(string) bool) bool {
+	if base, ok := siblingBase(s.encs, p); ok && isFile(base) {
+		return s.owns(base)
+	}
+	return s.owns(p)
+}
+
+// mayHoldLocked reports whether this node would hold a regular file at p
+// (it does, if p is recorded), as far as it can tell without looking at
+// storage: a precompressed sibling of a file it does not hold may be the
+// sibling of a file it was never told about. While a change of share is
+// being applied (SetOwns), a file it newly holds may not be recorded yet:
+// then it says false for every path not recorded.
+func (s *Store) mayHoldLocked(p string) bool {
+	if s.setOwn.walking && s.files[p] == nil {
+		return false
+	}
+	if base, ok := siblingBase(s.encs, p); ok && s.files[base] != nil {
+		return true // a sibling of a file this node holds
+	}
+	return s.owns(p)
+}
+
+// siblingsMineLocked reports whether a precompressed sibling of p is, or
+// would be by itself, this node's: what happens to p (a base) changes
+// whether it holds them.
+func (s *Store) siblingsMineLocked(p string) bool {
+	for _, e := range s.encs {
+		if q := p + e.ext; s.files[q] != nil || s.owns(q) {
+			return true
+		}
+	}
+	return false
+}
+
 // hiddenLocked reports whether p is a precompressed sibling of an existing
 // file, and so a Variant rather than an item.
 func (s *Store) hiddenLocked(p string) bool {
@@ -114,6 +158,7 @@ func (s *Store) addDirLocked(p string, links int) {
 		return
 	}
 	s.dirs[p] = &dirRec{kids: make(map[string]struct{}), links: links}
+	s.stats.pathBytes.Add(int64(len(p)))
 	if p != "/" {
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
 			pd.kids[path.Base(p)] = struct{}{}
@@ -133,14 +178,16 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 		s.removeLocked(join(p, name), aff)
 	}
 	delete(s.dirs, p)
+	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil && p != "/" {
 		delete(pd.kids, path.Base(p))
 	}
 	s.index.delete(p)
 	s.stats.dirs.Add(-1)
-	if d.links == 0 {
-		s.unwatchLocked(p) // never watched otherwise (scanDir)
+	if d.watch == watchOn {
+		s.unwatchLocked(p)
 	}
+	s.setWatchLocked(d, watchOff)
 }
 
 // removeFileLocked forgets the file at p and frees its body.
@@ -151,6 +198,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 	}
 	s.held.Add(-held(rec.data))
 	delete(s.files, p)
+	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
 		delete(pd.kids, path.Base(p))
 	}
@@ -176,6 +224,10 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 	if rec == nil {
 		rec = &fileRec{size: size, mtime: mtime}
 		s.files[p] = rec
+		s.stats.pathBytes.Add(int64(len(p)))
+		if s.setOwn.gaining != nil {
+			s.setOwn.gaining[p] = true
+		}
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
 			pd.kids[path.Base(p)] = struct{}{}
 		}
@@ -296,17 +348,15 @@ func (s *Store) settleLocked(aff affected) []*job {
 }
 
 // wantsLoadLocked reports whether the file at p should be loaded now, and
-// drops its content if it is no longer ours.
+// forgets it if it is no longer this node's to hold (a sibling whose base
+// went, or came back under another owner).
 func (s *Store) wantsLoadLocked(p string) bool {
 	rec := s.files[p]
 	if rec == nil {
 		return false
 	}
 	if !s.needLocked(p) {
-		if rec.data != nil {
-			s.held.Add(-held(rec.data))
-			rec.data = nil
-		}
+		s.removeFileLocked(p, nil)
 		return false
 	}
 	if !s.planned || rec.queued || rec.loading || rec.failed {

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -13,9 +14,21 @@ import (
 )
 
 // Watching storage for changes: fsnotify on every directory (it does not
-// watch recursively), events collected for a short debounce window and then
-// applied as one batch, plus a periodic rescan as the safety net for what
-// notifications miss (network filesystems, overflows, watch limits).
+// watch recursively; inotify watches directories, and a file created in any
+// of them may be this node's to publish: its owner must see it at once),
+// events collected for a short debounce window and then applied as one
+// batch, plus a periodic rescan as the safety net for what notifications
+// miss (network filesystems, overflows, watch limits). An event on a file
+// another node holds costs nothing but a look at the store's maps (a
+// creation: one stat, as it may be a directory). A rescan lists every
+// directory but stats only what this node holds; the time between two is at
+// least rescanFactor times the last walk, so a large tree never rescans
+// back to back.
+//
+// Running out of inotify watches (fs.inotify.max_user_watches) is logged
+// once, with the sysctl to raise; the directories that could not be watched
+// are tried again at each rescan, and when they all are, that is logged
+// too. Meanwhile changes there are found by rescans.
 //
 // Symbolic links: a directory is watched under its real path only, never
 // under a path through a directory link (one inotify watch per directory
@@ -36,17 +49,37 @@ const (
 	// changes).
 	rescanWatched   = 30 * time.Second
 	rescanUnwatched = time.Second
+
+	// rescanFactor: the time between two rescans is at least this many
+	// times the last walk of the tree, whatever the interval: a walk then
+	// takes at most a tenth of the updater's time.
+	rescanFactor = 10
 )
 
 // newWatcher makes the file watcher; tests swap it to run without one.
 var newWatcher = fsnotify.NewWatcher
 
+// watchAdd adds a watch; tests swap it to inject errors (a watch limit).
+var watchAdd = func(w *fsnotify.Watcher, name string) error { return w.Add(name) }
+
+// watchMode is whether a directory is watched.
+type watchMode uint8
+
+const (
+	watchNew    watchMode = iota // not listed yet: watch it before listing it
+	watchOn                      // watched: not added again at each rescan
+	watchOff                     // not watched: forgotten
+	watchFailed                  // the watch could not be added: tried again at each rescan
+)
+
 // watchState is the Store's watcher and the queue of paths to look at again.
 type watchState struct {
 	w        *fsnotify.Watcher // nil: no watcher
 	degraded atomic.Bool       // some directory could not be watched
-	warned   atomic.Bool
-	running  atomic.Bool // the updater takes kicks
+	warned   atomic.Bool       // that was logged, and not cleared since
+	failed   atomic.Int64      // directories in watchFailed
+	running  atomic.Bool       // the updater takes kicks
+	lastWalk atomic.Int64      // how long the last walk of the tree took, in nanoseconds
 
 	kickMu sync.Mutex
 	kicked map[string]pending
@@ -55,8 +88,8 @@ type watchState struct {
 
 // pending is a path waiting to be looked at again.
 type pending struct {
-	due   time.Time
-	force bool
+	due time.Time
+	look
 }
 
 // run is the store's background life: watch, prime, then keep up with
@@ -106,7 +139,8 @@ func (s *Store) pump(w *fsnotify.Watcher) {
 			}
 			s.stats.events.Add(1)
 			if p, ok := s.eventPath(ev.Name); ok {
-				s.kick(p, ev.Has(fsnotify.Create) || ev.Has(fsnotify.Write), debounce)
+				create := ev.Has(fsnotify.Create)
+				s.kickLook(p, look{force: create || ev.Has(fsnotify.Write), create: create}, debounce)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
@@ -121,19 +155,70 @@ func (s *Store) pump(w *fsnotify.Watcher) {
 }
 
 // addWatch watches directory p (called with s.scanMu held, before listing
-// it). Watching a directory twice is harmless.
-func (s *Store) addWatch(p string) {
+// it). Watching a directory twice is harmless. The first failure is logged
+// (once until every directory is watched again, see watchSettled).
+func (s *Store) addWatch(p string) error {
 	w := s.watch.w
 	if w == nil {
-		return
+		return nil
 	}
-	if err := w.Add(s.abs(p)); err != nil && !errors.Is(err, fsnotify.ErrClosed) {
-		s.watch.degraded.Store(true)
-		if !s.watch.warned.Swap(true) {
+	err := watchAdd(w, s.abs(p))
+	if err == nil || errors.Is(err, fsnotify.ErrClosed) {
+		return nil
+	}
+	if !s.watch.warned.Swap(true) {
+		if errors.Is(err, syscall.ENOSPC) {
+			s.log.Warn("out of inotify watches: directories from here on are not watched, and changes in them are found by rescans; "+
+				"raise the limit with `sysctl -w fs.inotify.max_user_watches=N` (persist it in /etc/sysctl.d/), "+
+				"N above the directories of every store on this machine",
+				zap.String("path", p), zap.Error(err),
+				zap.Int64("dirs", s.stats.dirs.Load()),
+				zap.Duration("rescan_at_least", s.rescanInterval()))
+		} else {
 			s.log.Warn("cannot watch directory; relying on rescans",
 				zap.String("path", p), zap.Error(err),
-				zap.Duration("rescan", s.rescanInterval()))
+				zap.Duration("rescan_at_least", s.rescanInterval()))
 		}
+	}
+	return err
+}
+
+// setWatchLocked records directory d's watch mode, counting the
+// directories whose watch failed.
+func (s *Store) setWatchLocked(d *dirRec, m watchMode) {
+	if d.watch == m {
+		return
+	}
+	if d.watch == watchFailed {
+		s.watch.failed.Add(-1)
+	}
+	if m == watchFailed {
+		s.watch.failed.Add(1)
+		s.watch.degraded.Store(true)
+	}
+	d.watch = m
+}
+
+// noteWatchLocked records the outcome of scanDir's watch of directory d
+// (addErr: the error adding it, nil when it is watched now).
+func (s *Store) noteWatchLocked(d *dirRec, addErr error) {
+	if addErr == nil {
+		s.setWatchLocked(d, watchOn)
+	} else {
+		s.setWatchLocked(d, watchFailed)
+	}
+}
+
+// watchSettled is called after each rescan: once every directory that
+// could not be watched is, it says so and clears the degraded state.
+func (s *Store) watchSettled() {
+	if s.watch.failed.Load() > 0 {
+		return
+	}
+	s.watch.degraded.Store(false)
+	if s.watch.warned.Swap(false) {
+		s.log.Info("every directory is watched again; the watcher sees changes at once",
+			zap.Int64("dirs", s.stats.dirs.Load()))
 	}
 }
 
@@ -175,6 +260,11 @@ func (s *Store) eventPath(name string) (string, bool) {
 // is still looked at every delay. It never blocks and may be called with
 // s.mu held.
 func (s *Store) kick(p string, force bool, delay time.Duration) {
+	s.kickLook(p, look{force: force}, delay)
+}
+
+// kickLook is kick with the reasons to look in lk.
+func (s *Store) kickLook(p string, lk look, delay time.Duration) {
 	if !s.watch.running.Load() {
 		return
 	}
@@ -187,9 +277,9 @@ func (s *Store) kick(p string, force bool, delay time.Duration) {
 		if old.due.Before(due) {
 			due = old.due
 		}
-		force = force || old.force
+		lk = lk.or(old.look)
 	}
-	s.watch.kicked[p] = pending{due, force}
+	s.watch.kicked[p] = pending{due, lk}
 	s.watch.kickMu.Unlock()
 	select {
 	case s.watch.kickCh <- struct{}{}:
@@ -197,16 +287,24 @@ func (s *Store) kick(p string, force bool, delay time.Duration) {
 	}
 }
 
-// rescanInterval is how often the whole tree is walked again.
+// or merges two reasons to look.
+func (lk look) or(o look) look { return look{lk.force || o.force, lk.create || o.create} }
+
+// rescanInterval is the time from the end of a walk of the whole tree to
+// the start of the next: Config.Rescan, or the default (rescanWatched, or
+// rescanUnwatched without a working watcher), and at least rescanFactor
+// times the last walk.
 func (s *Store) rescanInterval() time.Duration {
+	var iv time.Duration
 	switch {
 	case s.cfg.Rescan > 0:
-		return s.cfg.Rescan
+		iv = s.cfg.Rescan
 	case s.watch.w == nil || s.watch.degraded.Load():
-		return rescanUnwatched
+		iv = rescanUnwatched
 	default:
-		return rescanWatched
+		iv = rescanWatched
 	}
+	return max(iv, rescanFactor*time.Duration(s.watch.lastWalk.Load()))
 }
 
 // update is the updater: the one goroutine that applies changes seen on
@@ -222,13 +320,9 @@ func (s *Store) update() {
 
 	primed := s.primedCh
 	var rescan <-chan time.Time
-	var ticker *time.Ticker
-	var interval time.Duration
-	defer func() {
-		if ticker != nil {
-			ticker.Stop()
-		}
-	}()
+	rescanTimer := time.NewTimer(time.Hour)
+	rescanTimer.Stop()
+	defer rescanTimer.Stop()
 
 	for {
 		select {
@@ -237,9 +331,8 @@ func (s *Store) update() {
 
 		case <-primed:
 			primed = nil
-			interval = s.rescanInterval()
-			ticker = time.NewTicker(interval)
-			rescan = ticker.C
+			rescanTimer.Reset(s.rescanInterval())
+			rescan = rescanTimer.C
 
 		case <-s.watch.kickCh:
 			s.watch.kickMu.Lock()
@@ -251,7 +344,7 @@ func (s *Store) update() {
 					if old.due.Before(pd.due) {
 						pd.due = old.due
 					}
-					pd.force = pd.force || old.force
+					pd.look = pd.look.or(old.look)
 				}
 				dirty[p] = pd
 				if next.IsZero() || pd.due.Before(next) {
@@ -262,11 +355,11 @@ func (s *Store) update() {
 
 		case <-timer.C:
 			now := time.Now()
-			batch := make(map[string]bool)
+			batch := make(map[string]look)
 			next = time.Time{}
 			for p, pd := range dirty {
 				if !pd.due.After(now) {
-					batch[p] = pd.force
+					batch[p] = pd.look
 					delete(dirty, p)
 				} else if next.IsZero() || pd.due.Before(next) {
 					next = pd.due
@@ -283,11 +376,8 @@ func (s *Store) update() {
 			s.applyOwns()
 
 		case <-rescan:
-			s.rescan()
-			if iv := s.rescanInterval(); iv != interval {
-				interval = iv
-				ticker.Reset(iv)
-			}
+			s.watch.lastWalk.Store(int64(s.rescan()))
+			rescanTimer.Reset(s.rescanInterval()) // from now: never back to back
 		}
 	}
 }

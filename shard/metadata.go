@@ -1,0 +1,89 @@
+package shard
+
+import (
+	"math/bits"
+	"unsafe"
+)
+
+// What a store's bookkeeping costs on the Go heap, besides the bytes it
+// holds: for the Go memory limit (the root package's memlimit.go), which
+// must leave room for it, and for operators sizing nodes. An estimate from
+// counts kept as the store changes (never a walk of its maps), calibrated
+// against the heap by TestMetadataBytesEstimate.
+//
+// Per file this node holds: its record and its entry in the files map and
+// in its directory's names; per published item: the Item, its ETag and its
+// index slot; per directory (every directory of the tree, held or not):
+// its record, its index entry, its map entries and its names map; and the
+// paths themselves. The files of other nodes cost nothing here. Variants
+// (a published copy of the Item and the Variant slice) and what the
+// handler memoizes in Item.Memo are not counted.
+
+const (
+	// mapSlack is what a Go map entry costs beyond its key and value: the
+	// control byte, and the free slots of groups kept between 7/16 and 7/8
+	// full.
+	mapSlack = 18
+
+	// stringHeader is the size of a string header (a map key).
+	stringHeader = int64(unsafe.Sizeof(""))
+
+	// etagBytes is the allocation of an ETag: 34 bytes in the 48-byte size
+	// class (the Version shares it).
+	etagBytes = 48
+
+	// indexSlot is an index entry: an 8-byte slot at a load between 3/8
+	// and 3/4.
+	indexSlot = 14
+
+	// namesMap is an empty names map of a directory: its header and first
+	// group.
+	namesMap = 48 + 8 + 8*stringHeader
+)
+
+var (
+	itemBytes = sizeClass(int64(unsafe.Sizeof(Item{})))
+
+	// metaPerFile is a held file's record and its entries in the files map
+	// and in its directory's names.
+	metaPerFile = sizeClass(int64(unsafe.Sizeof(fileRec{}))) +
+		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack)
+
+	// metaPerItem is a published item: the Item, its ETag, its index slot.
+	metaPerItem = itemBytes + etagBytes + indexSlot
+
+	// metaPerDir is a directory: its record and names map, its index entry
+	// (an Item), its entries in the dirs map, its parent's names and the
+	// index.
+	metaPerDir = sizeClass(int64(unsafe.Sizeof(dirRec{}))) + namesMap + itemBytes +
+		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack) + indexSlot
+)
+
+// sizeClass rounds n up to the Go allocator's size class (roughly: the
+// classes are 16 bytes apart up to 256, then closer than 1/8 of the size).
+func sizeClass(n int64) int64 {
+	switch {
+	case n <= 8:
+		return 8
+	case n <= 256:
+		return (n + 15) &^ 15
+	default:
+		step := int64(1) << (63 - bits.LeadingZeros64(uint64(n)) - 3) // an eighth of the power of two below n
+		return (n + step - 1) &^ (step - 1)
+	}
+}
+
+// MetadataBytes estimates the Go heap the store's bookkeeping takes, besides
+// item bodies (Stats.ResidentBytes): records of the files this node holds,
+// published items, directories and paths. It costs a few atomic loads.
+func (s *Store) MetadataBytes() int64 {
+	s.mu.RLock()
+	files := int64(len(s.files))
+	s.mu.RUnlock()
+	items := s.stats.items.Load()
+	dirs := s.stats.dirs.Load()
+	paths := s.stats.pathBytes.Load()
+	// A path string is rounded up to its size class: about an eighth more
+	// on average, at least 8 bytes (a third more) for short ones.
+	return files*metaPerFile + items*metaPerItem + dirs*metaPerDir + paths + paths/4
+}
