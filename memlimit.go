@@ -68,11 +68,8 @@ type metadataSized interface {
 // metadataOf returns what holds metadata in the running config: each store
 // once, and the cluster's tables of content.
 //
-// The cluster hook: clusterRef embeds *cluster.Cluster, so the day
-// cluster.Cluster has `MetadataBytes() int64` (the size of its tables of
-// content), the type assertion below picks it up with no change here
-// (TestMetadataOfCluster says so). To plug in any other source, append it
-// here.
+// The cluster's share is its tables of content (Cluster.MetadataBytes):
+// per file another node holds, a slot of the compact table.
 func metadataOf(sources []source, c *clusterRef) []metadataSized {
 	out := make([]metadataSized, 0, len(sources)+1)
 	seen := make(map[*shard.Store]bool, len(sources))
@@ -82,10 +79,8 @@ func metadataOf(sources []source, c *clusterRef) []metadataSized {
 			out = append(out, s.store)
 		}
 	}
-	if c != nil {
-		if m, ok := any(c).(metadataSized); ok {
-			out = append(out, m)
-		}
+	if c != nil && c.Cluster != nil {
+		out = append(out, c.Cluster)
 	}
 	return out
 }

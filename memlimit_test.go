@@ -3,6 +3,7 @@ package shardcache
 import (
 	"testing"
 
+	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/shard"
 )
 
@@ -33,8 +34,7 @@ type fixedMeta int64
 func (m fixedMeta) MetadataBytes() int64 { return int64(m) }
 
 // TestMetadataOfCluster: every store counts once, and the cluster counts
-// as soon as *cluster.Cluster reports MetadataBytes (the hook for its
-// tables of content).
+// with its tables of content.
 func TestMetadataOfCluster(t *testing.T) {
 	st, err := shard.New(shard.Config{Root: t.TempDir()})
 	if err != nil {
@@ -47,16 +47,17 @@ func TestMetadataOfCluster(t *testing.T) {
 	if n := metadataBytes(append(ms, fixedMeta(1000))); n != st.MetadataBytes()+1000 {
 		t.Errorf("metadataBytes = %d; want %d", n, st.MetadataBytes()+1000)
 	}
-	c := &clusterRef{}
-	_, clusterReports := any(c.Cluster).(metadataSized)
-	got := len(metadataOf(nil, c))
-	if clusterReports && got != 1 {
-		t.Errorf("*cluster.Cluster has MetadataBytes but metadataOf leaves it out")
+	if got := len(metadataOf(nil, &clusterRef{})); got != 0 {
+		t.Errorf("metadataOf counts a config without a cluster: %d sources", got)
 	}
-	if !clusterReports {
-		if got != 0 {
-			t.Errorf("metadataOf counts a cluster that reports no metadata")
-		}
-		t.Log("*cluster.Cluster does not report MetadataBytes yet: its tables of content are not counted")
+	m := cluster.NewMembership("n1", false, nil, 1)
+	c := cluster.New(cluster.Config{Name: "n1"}, m)
+	c.Commit(cluster.Commit{Members: m, Groups: []cluster.GroupConfig{{Name: "site", Store: st}}})
+	ms = metadataOf(nil, &clusterRef{Cluster: c})
+	if len(ms) != 1 {
+		t.Fatalf("metadataOf leaves the cluster's tables of content out: %d sources", len(ms))
+	}
+	if n, want := metadataBytes(ms), c.MetadataBytes(); n != want {
+		t.Errorf("metadataBytes = %d; want the cluster's %d", n, want)
 	}
 }

@@ -124,3 +124,14 @@ func (c *Cluster) Where(p string) []Where {
 	}
 	return out
 }
+
+// MetadataBytes is the memory the cluster's tables of content take, over
+// every group: what the Go memory limit counts besides the stores' own
+// metadata.
+func (c *Cluster) MetadataBytes() int64 {
+	var n int64
+	for _, g := range c.Groups() {
+		n += g.TOCBytes()
+	}
+	return n
+}
