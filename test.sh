@@ -8,14 +8,14 @@ cd "$(dirname "$0")"
 # integration tests build.
 FLAGS="-trimpath -tags nobadger,nomysql,nopgx"
 
-# shard/, peering/, cluster/ and the root package need no Caddy process:
+# shard/, peering/, cluster/, spread/ and the root package need no Caddy process:
 # their tests run in seconds, with the race detector.
-CGO_ENABLED=1 go test -race -count=1 $FLAGS . ./shard/... ./peering/... ./cluster/...
+CGO_ENABLED=1 go test -race -count=1 $FLAGS . ./shard/... ./peering/... ./cluster/... ./spread/...
 
 # Real Caddy processes (caddytest/ builds the binary it runs), and the
 # rest of the module.
 CGO_ENABLED=0 go test -count=1 $FLAGS \
-	$(go list ./... | grep -vE '/(shard|peering|cluster)$' | grep -v '^github.com/shardcache/caddy-shardcache$')
+	$(go list ./... | grep -vE '/(shard|peering|cluster|spread)$' | grep -v '^github.com/shardcache/caddy-shardcache$')
 
 # The cluster, chunk and fault tests once more on a Caddy built with the
 # race detector: a node that reports a data race fails its test.
