@@ -288,13 +288,13 @@ func TestWatchLimit(t *testing.T) {
 	mu.Unlock()
 }
 
-// TestRescanIntervalFollowsWalk: the time between rescans is at least ten
-// walks.
+// TestRescanIntervalFollowsWalk: the time between rescans is at least twenty
+// walks (walks then take under 5% of a core).
 func TestRescanIntervalFollowsWalk(t *testing.T) {
 	s := newStore(t, Config{Rescan: time.Second}, nil)
 	s.watch.lastWalk.Store(int64(3 * time.Second))
-	if iv := s.rescanInterval(); iv != 30*time.Second {
-		t.Errorf("after a 3 s walk with a 1 s interval: %v; want 30s", iv)
+	if iv := s.rescanInterval(); iv != 60*time.Second {
+		t.Errorf("after a 3 s walk with a 1 s interval: %v; want 60s", iv)
 	}
 	s.watch.lastWalk.Store(int64(time.Millisecond))
 	if iv := s.rescanInterval(); iv != time.Second {
@@ -304,8 +304,8 @@ func TestRescanIntervalFollowsWalk(t *testing.T) {
 	t.Cleanup(func() { newWatcher = fsnotify.NewWatcher })
 	s2 := newStore(t, Config{}, nil)
 	s2.watch.lastWalk.Store(int64(2 * time.Second))
-	if iv := s2.rescanInterval(); iv != 20*time.Second {
-		t.Errorf("no watcher, a 2 s walk: %v; want 20s, not %v", iv, rescanUnwatched)
+	if iv := s2.rescanInterval(); iv != 40*time.Second {
+		t.Errorf("no watcher, a 2 s walk: %v; want 40s, not %v", iv, rescanUnwatched)
 	}
 }
 
