@@ -22,11 +22,12 @@ import (
 var statusPageFS embed.FS
 
 var statusPageTmpl = template.Must(template.New("page.html").Funcs(template.FuncMap{
-	"human":  human,
-	"yesNo":  yesNo,
-	"pct":    pctWidth,
-	"clamp":  clampPercent,
-	"joinOr": joinOr,
+	"human":   human,
+	"yesNo":   yesNo,
+	"pct":     pctWidth,
+	"clamp":   clampPercent,
+	"joinOr":  joinOr,
+	"percent": func(f float64) float64 { return 100 * f },
 }).ParseFS(statusPageFS, "statuspage/page.html"))
 
 // statusPage is what the page template renders.

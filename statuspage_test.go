@@ -104,10 +104,21 @@ func TestStatusPageDirector(t *testing.T) {
 	st := Status{Node: "front", SAN: "10.0.0.9:7946", Ready: true, Epoch: 7, Ring: []string{"n1", "n2"},
 		Members: []cluster.MemberStatus{{Name: "n1", Up: true, Ready: true}, {Name: "n2", Up: false}}}
 	page := render(t, st, true)
-	for _, want := range []string{"node front", "<strong>director</strong>", "<td>n1</td>", "<td>n2</td>", "keeps no routing counters"} {
+	for _, want := range []string{"node front", "<strong>director</strong>", "<td>n1</td>", "<td>n2</td>", "No path is hot enough to spread"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("director page lacks %q", want)
 		}
+	}
+	// A spread path: its share as a bar, the members serving it and asked.
+	st.Spread = []SpreadStatus{{Path: "/hot.js", Share: 0.125, Width: 2, Members: []string{"n1", "n2"}, Asked: []string{"n2"}, Requests: 4242}}
+	page = render(t, st, true)
+	for _, want := range []string{"<code>/hot.js</code>", `style="width: 12.5%"`, "12.50%", "<td>n1, n2</td>", "<td>n2</td>", "4242"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("director page with a spread path lacks %q", want)
+		}
+	}
+	if strings.Contains(page, "No path is hot enough") {
+		t.Errorf("director page with a spread path says none is spread")
 	}
 	if strings.Contains(page, "No groups yet") || strings.Contains(page, "<h2>Groups</h2>") {
 		t.Errorf("director page shows groups")
