@@ -250,7 +250,8 @@ if [ "${TOCBYTES0[1]}" != "n/a" ]; then
 		sleep 0.2
 	done
 	sleep 2
-	for i in 1 2 3; do TOCBYTES1[$i]=$(tocbytes "$i"); done
+	# What the reconnect cost: the bytes sent since the first table.
+	for i in 1 2 3; do TOCBYTES1[$i]=$(($(tocbytes "$i") - TOCBYTES0[$i])); done
 fi
 
 # --- idle CPU (rescans) ----------------------------------------------------------------------

@@ -37,6 +37,11 @@ type Status struct {
 	Epoch   uint64         `json:"ring_epoch"`
 	Ring    []string       `json:"ring"`
 	Members []MemberStatus `json:"members"`
+	// TOCBytesSent is what syncing its peers' tables of content has cost
+	// this node since it started: snapshots and the changes a reconnecting
+	// peer asked for (peering.Node.TOCBytesSent), not the changes
+	// published as they happen.
+	TOCBytesSent int64 `json:"toc_bytes_sent"`
 }
 
 // Status reports the node and its peers.
@@ -48,6 +53,7 @@ func (c *Cluster) Status() Status {
 		return st
 	}
 	st.SAN = n.Addr().String()
+	st.TOCBytesSent = n.TOCBytesSent()
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for _, p := range n.Peers() {

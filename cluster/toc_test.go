@@ -251,6 +251,9 @@ func TestReconnectResumesTheTable(t *testing.T) {
 	n1.c.Node().SetPeers(n1.m.Peers())
 	waitFor(t, "trust again", func() bool { return n1.trustsAll(nodes, "www") })
 	resumed := n2.c.Node().TOCBytesSent() - before
+	if st := n2.c.Status(); st.TOCBytesSent != before+resumed {
+		t.Errorf("status toc_bytes_sent %d; want the node's %d", st.TOCBytesSent, before+resumed)
+	}
 	t.Logf("first sync %d bytes; reconnect %d bytes", full, resumed)
 	if resumed*4 > full {
 		t.Errorf("reconnect sent %d bytes of table of content (first sync %d): not a resume", resumed, full)
