@@ -3,9 +3,12 @@ package shardcache
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/textproto"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -157,14 +160,18 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, resp *response, 
 		}
 		switch {
 		case b.Chunks != nil:
-			_, _ = shard.NewChunksReader(b.Chunks).WriteTo(w)
+			for _, c := range b.Chunks {
+				if writeBody(w, r, c) != nil {
+					break
+				}
+			}
 		case b.Remote != nil:
 			_, _ = b.Remote.WriteTo(w)
 			if err := b.Remote.Err(); err != nil {
 				h.cutShort(resp.it, err)
 			}
 		default:
-			_, _ = w.Write(b.Data)
+			_ = writeBody(w, r, b.Data)
 		}
 		return nil
 	}
@@ -193,6 +200,90 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, resp *response, 
 		}
 	}
 	return nil
+}
+
+// sendfileMin is the smallest body sent with sendfile(2) from its arena
+// rather than written from memory: below it the system calls of the
+// kernel path (a seek, the first 512 bytes read and written with the
+// headers, then sendfile) cost more than the copy they save. Measured with
+// bench/run.sh (bench/README.md); SHARDCACHE_SENDFILE_MIN overrides it
+// (bytes; "off" never sends files), for such measurements.
+var sendfileMin = func() int {
+	switch v := os.Getenv("SHARDCACHE_SENDFILE_MIN"); v {
+	case "":
+		return 48 << 10
+	case "off":
+		return math.MaxInt
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return 48 << 10
+		}
+		return n
+	}
+}()
+
+// writeBody writes data (a body, or a chunk of one) to w: over plain
+// HTTP/1.1, when data lies in an arena and is large enough, with
+// sendfile(2) from the arena's memfd (net/http's ReadFrom path, as
+// file_server's for files: the headers and the first bytes in one write,
+// then the kernel moves the rest without a copy through user space);
+// otherwise, over TLS or HTTP/2 above all, with a write from memory.
+func writeBody(w http.ResponseWriter, r *http.Request, data []byte) error {
+	if len(data) >= sendfileMin && r.TLS == nil && r.ProtoMajor == 1 {
+		if chunk, ok := sendMode(w); ok {
+			if bf, ok := shard.OpenBody(data, chunk); ok {
+				defer bf.Close()
+				var src io.Reader = bf
+				if chunk == 0 {
+					src = bf.LimitedReader()
+				}
+				_, err := w.(io.ReaderFrom).ReadFrom(src)
+				return err
+			}
+		}
+	}
+	_, err := w.Write(data)
+	return err
+}
+
+// sendMode tells how a body file may be handed to w's ReadFrom (see
+// shard.OpenBody): chunk 0 when no writer below limits each call (the
+// file goes in a LimitedReader of its own length), else the size of the
+// LimitedReader that Caddy's write idle timeout (IdleTimeoutWriter) wraps
+// around every call, when the writers below it are ones known to pass
+// that reader on unchanged to net/http. ok is false when w cannot
+// ReadFrom, or when the chain is not one of those.
+func sendMode(w http.ResponseWriter) (chunk int64, ok bool) {
+	if _, ok := w.(io.ReaderFrom); !ok {
+		return 0, false
+	}
+	for {
+		if itw, ok := w.(*caddyhttp.IdleTimeoutWriter); ok {
+			chunk := int64(itw.MaxChunk)
+			if chunk <= 0 {
+				chunk = caddyhttp.DefaultMaxWriteChunk
+			}
+			if itw.ResponseWriterWrapper == nil {
+				return 0, false
+			}
+			for inner := itw.ResponseWriterWrapper.ResponseWriter; ; {
+				switch fmt.Sprintf("%T", inner) {
+				case "*http.response":
+					return chunk, true
+				case "*caddyhttp.readDeadlineWriter", "*caddyhttp.ResponseWriterWrapper":
+					inner = inner.(interface{ Unwrap() http.ResponseWriter }).Unwrap()
+				default:
+					return 0, false
+				}
+			}
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return 0, true
+		}
+		w = u.Unwrap()
+	}
 }
 
 // prepareAgain redoes prepare for another item (a newer version).

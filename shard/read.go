@@ -48,29 +48,20 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 	if wantBody(c.Size) {
 		// A body of up to ChunkSize is one slice; a larger one is held in
 		// chunks, so that it never needs more contiguous memory than that.
+		// The memory is outside the Go heap where the platform allows
+		// (arena.go); it is freed at once if the read fails.
 		var one [1][]byte
 		chunks := one[:0]
 		if c.Size > ChunkSize {
-			chunks = newChunks(c.Size)
+			chunks, c.mem = allocChunks(c.Size)
 		} else if c.Size > 0 {
-			chunks = append(chunks, make([]byte, c.Size))
+			var b []byte
+			b, c.mem = allocBody(c.Size)
+			chunks = append(chunks, b)
 		}
-		for _, body := range chunks {
-			for off := 0; off < len(body); {
-				if err := ctx.Err(); err != nil {
-					return nil, err
-				}
-				end := min(off+readChunk, len(body))
-				n, err := io.ReadFull(f, body[off:end])
-				if err != nil {
-					if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-						return nil, errChanging // truncated while we read
-					}
-					return nil, err
-				}
-				h.Write(body[off : off+n])
-				off += n
-			}
+		if err := fill(ctx, f, h, chunks); err != nil {
+			c.mem.release()
+			return nil, err
 		}
 		switch {
 		case len(chunks) == 0:
@@ -109,16 +100,39 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 		}
 	}
 	size, mtime, _, err = f.stat()
-	if err != nil {
-		return nil, err
+	if err == nil && (size != c.Size || !mtime.Equal(c.ModTime)) {
+		err = errChanging
 	}
-	if size != c.Size || !mtime.Equal(c.ModTime) {
-		return nil, errChanging
+	if err != nil {
+		c.mem.release()
+		return nil, err
 	}
 	c.ContentType = contentType(p, head)
 	c.ETag = etag(h)
 	c.Version = c.ETag[1 : len(c.ETag)-1]
 	return c, nil
+}
+
+// fill reads the bytes of chunks from f, hashing them into h.
+func fill(ctx context.Context, f io.Reader, h io.Writer, chunks [][]byte) error {
+	for _, body := range chunks {
+		for off := 0; off < len(body); {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			end := min(off+readChunk, len(body))
+			n, err := io.ReadFull(f, body[off:end])
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+					return errChanging // truncated while we read
+				}
+				return err
+			}
+			h.Write(body[off : off+n])
+			off += n
+		}
+	}
+	return nil
 }
 
 // relPath turns a slash-rooted request path into a root-relative name for
