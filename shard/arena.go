@@ -55,7 +55,9 @@ const nbins = 40
 // over twice the peers' default stream deadline (peering's
 // DefaultStreamTimeout, 10s), which bounds how long a peer's fetch may
 // write a slice it got without its Item. Tests lower it.
-var reuseGrace = 30 * time.Second
+var reuseGrace atomic.Int64 // a time.Duration
+
+func init() { reuseGrace.Store(int64(30 * time.Second)) }
 
 // extent is a run of bytes of an arena.
 type extent struct {
@@ -204,7 +206,10 @@ type arenaSet struct {
 	timer   *time.Timer
 
 	// stats, guarded by mu
-	retiredBytes int64
+	retiredBytes   int64
+	reclaimedBytes int64
+
+	sendfiles atomic.Int64 // BodyFile descriptors given to sendfile
 }
 
 var arenas arenaSet
@@ -308,7 +313,7 @@ func retire(ext []extent) {
 		arenas.pending = append(arenas.pending, retired{ext: e, ticket: t, at: now})
 		arenas.retiredBytes += e.n
 	}
-	arenas.scheduleLocked(reuseGrace)
+	arenas.scheduleLocked(time.Duration(reuseGrace.Load()))
 }
 
 // scheduleLocked makes reclaim run after d unless it is already due.
@@ -332,11 +337,13 @@ func (s *arenaSet) reclaim() {
 // reclaimLocked frees the retired extents that no reader can hold anymore.
 func (s *arenaSet) reclaimLocked(now time.Time) {
 	oldest := readers.oldest()
+	grace := time.Duration(reuseGrace.Load())
 	keep := s.pending[:0]
 	for _, r := range s.pending {
-		if r.ticket < oldest && now.Sub(r.at) >= reuseGrace {
+		if r.ticket < oldest && now.Sub(r.at) >= grace {
 			r.ext.a.free(r.ext.off, r.ext.grains())
 			s.retiredBytes -= r.ext.n
+			s.reclaimedBytes += r.ext.n
 			continue
 		}
 		keep = append(keep, r)
@@ -420,6 +427,9 @@ type ArenaStats struct {
 	Free     int64 // free bytes below the arenas' high-water marks (fragmentation)
 	FreeRuns int64 // free extents below the high-water marks
 	Readers  int64 // Readings in progress
+
+	Reclaimed int64 // bytes of retired bodies whose memory became free again, in all
+	Sendfiles int64 // bodies (or parts) handed to sendfile(2), in all
 }
 
 // Arenas returns the process's arena counters.
@@ -436,7 +446,9 @@ func Arenas() ArenaStats {
 		}
 	}
 	st.Retired = arenas.retiredBytes
+	st.Reclaimed = arenas.reclaimedBytes
 	arenas.mu.Unlock()
+	st.Sendfiles = arenas.sendfiles.Load()
 	readers.mu.Lock()
 	st.Readers = int64(len(readers.active))
 	readers.mu.Unlock()
