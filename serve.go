@@ -232,14 +232,23 @@ var sendfileMin = func() int {
 func writeBody(w http.ResponseWriter, r *http.Request, data []byte) error {
 	if len(data) >= sendfileMin && r.TLS == nil && r.ProtoMajor == 1 {
 		if chunk, ok := sendMode(w); ok {
-			if bf, ok := shard.OpenBody(data, chunk); ok {
-				defer bf.Close()
+			// Behind the idle timeout's writer, whole chunks go by
+			// sendfile and the rest from memory.
+			head := len(data)
+			if chunk > 0 {
+				head = len(data) / int(chunk) * int(chunk)
+			}
+			if bf, ok := shard.OpenBody(data[:head], chunk); ok && head > 0 {
 				var src io.Reader = bf
 				if chunk == 0 {
 					src = bf.LimitedReader()
 				}
 				_, err := w.(io.ReaderFrom).ReadFrom(src)
-				return err
+				bf.Close()
+				if err != nil || head == len(data) {
+					return err
+				}
+				data = data[head:]
 			}
 		}
 	}
