@@ -68,7 +68,8 @@ func TestWriteBodySendfile(t *testing.T) {
 	}
 	sizes := []int{sendfileMin, 64 << 10, 64<<10 + 1, 64<<10 - 1, 300<<10 + 7, 1 << 20, 1<<20 - 100, 4 << 20, shard.ChunkSize + 3}
 	items := arenaItems(t, sizes)
-	for _, idle := range []bool{false, true} {
+	for _, mode := range []string{"plain", "idle", "idle+sniffer"} {
+		idle := mode != "plain"
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			i, _ := strconv.Atoi(r.URL.Query().Get("i"))
 			it := items[i]
@@ -78,6 +79,9 @@ func TestWriteBodySendfile(t *testing.T) {
 					Ctrl:                  http.NewResponseController(w),
 					Deadline:              caddyhttp.IdleDeadline{Start: time.Now(), Timeout: time.Minute},
 				}
+			}
+			if mode == "idle+sniffer" {
+				w = &sniffer{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
 			}
 			w.Header().Set("Content-Length", strconv.FormatInt(it.Size, 10))
 			w.WriteHeader(http.StatusOK)
@@ -105,23 +109,28 @@ func TestWriteBodySendfile(t *testing.T) {
 			for k := range 2 {
 				resp, err := http.ReadResponse(br, nil)
 				if err != nil {
-					t.Fatalf("idle=%v size %d response %d: %v", idle, n, k, err)
+					t.Fatalf("%s: size %d response %d: %v", mode, n, k, err)
 				}
 				b, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if err != nil || len(b) != n || !bytes.Equal(b, bytes.Repeat([]byte{byte('a' + i)}, n)) {
-					t.Fatalf("idle=%v size %d response %d: %d bytes (%v), or wrong ones", idle, n, k, len(b), err)
+					t.Fatalf("%s: size %d response %d: %d bytes (%v), or wrong ones", mode, n, k, len(b), err)
 				}
 			}
 			if rest, _ := io.ReadAll(br); len(rest) != 0 {
-				t.Fatalf("idle=%v size %d: %d bytes after the responses", idle, n, len(rest))
+				t.Fatalf("%s: size %d: %d bytes after the responses", mode, n, len(rest))
 			}
 			conn.Close()
 			// Behind the idle timeout's writer, only whole 64 KiB pieces
 			// can go by sendfile.
-			want := !idle || n >= caddyhttp.DefaultMaxWriteChunk
+			const chunk = caddyhttp.DefaultMaxWriteChunk
+			want := !idle || n >= chunk
+			if mode == "idle+sniffer" {
+				// Its 512 bytes leave less than a chunk of a 64 KiB body.
+				want = n-n%chunk-512 >= chunk
+			}
 			if got := shard.Arenas().Sendfiles - before; (got > 0) != want {
-				t.Errorf("idle=%v size %d: %d sendfiles, want some: %v", idle, n, got, want)
+				t.Errorf("%s: size %d: %d sendfiles, want some: %v", mode, n, got, want)
 			}
 		}
 		srv.Close()
@@ -146,4 +155,26 @@ func TestWriteBodySendfile(t *testing.T) {
 	if shard.Arenas().Sendfiles != before {
 		t.Error("TLS response went through sendfile")
 	}
+}
+
+// sniffer is a writer like Caddy's encode handler's when it does not
+// compress: its ReadFrom first reads up to 512 bytes of the reader itself
+// (to decide), writes them, and hands the reader on.
+type sniffer struct {
+	*caddyhttp.ResponseWriterWrapper
+	sniffed bool
+}
+
+func (s *sniffer) ReadFrom(r io.Reader) (int64, error) {
+	var n int64
+	if !s.sniffed {
+		s.sniffed = true
+		var err error
+		n, err = io.Copy(struct{ io.Writer }{s}, io.LimitReader(r, 512))
+		if err != nil || n < 512 {
+			return n, err
+		}
+	}
+	m, err := s.ResponseWriterWrapper.ReadFrom(r)
+	return n + m, err
 }

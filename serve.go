@@ -232,23 +232,30 @@ var sendfileMin = func() int {
 func writeBody(w http.ResponseWriter, r *http.Request, data []byte) error {
 	if len(data) >= sendfileMin && r.TLS == nil && r.ProtoMajor == 1 {
 		if chunk, ok := sendMode(w); ok {
-			// Behind the idle timeout's writer, whole chunks go by
-			// sendfile and the rest from memory.
-			head := len(data)
-			if chunk > 0 {
-				head = len(data) / int(chunk) * int(chunk)
-			}
-			if bf, ok := shard.OpenBody(data[:head], chunk); ok && head > 0 {
-				var src io.Reader = bf
-				if chunk == 0 {
-					src = bf.LimitedReader()
-				}
-				_, err := w.(io.ReaderFrom).ReadFrom(src)
-				bf.Close()
-				if err != nil || head == len(data) {
+			if chunk == 0 {
+				if bf, ok := shard.OpenBody(data, 0); ok {
+					_, err := w.(io.ReaderFrom).ReadFrom(bf.LimitedReader())
+					bf.Close()
 					return err
 				}
-				data = data[head:]
+			} else if tail := len(data) % int(chunk); len(data)-tail > 0 {
+				// Behind the idle timeout's writer, whole chunks go by
+				// sendfile: the part of the body before them is written
+				// from memory with the headers, and flushed, so that
+				// net/http does not read the start of the file itself.
+				if bf, ok := shard.OpenBody(data[tail:], chunk); ok {
+					defer bf.Close()
+					if tail > 0 {
+						if _, err := w.Write(data[:tail]); err != nil {
+							return err
+						}
+					}
+					if err := http.NewResponseController(w).Flush(); err != nil {
+						return err
+					}
+					_, err := w.(io.ReaderFrom).ReadFrom(bf)
+					return err
+				}
 			}
 		}
 	}

@@ -204,6 +204,7 @@ type arenaSet struct {
 
 	pending []retired
 	timer   *time.Timer
+	due     time.Time // when timer fires; zero when it is not set
 
 	// stats, guarded by mu
 	retiredBytes   int64
@@ -217,6 +218,7 @@ var arenas arenaSet
 // retired is an extent waiting to be reused.
 type retired struct {
 	ext    extent
+	grace  bool   // wait reuseGrace too (see retire)
 	ticket uint64 // readers.seq when it was retired
 	at     time.Time
 }
@@ -304,30 +306,55 @@ func (e extent) grains() int64 { return (e.n + arenaGrain - 1) / arenaGrain * ar
 
 // retire is the cleanup of a body's anchor: its extents wait for the
 // readers that might still hold them, and the grace period.
-func retire(ext []extent) {
+func retire(ext []extent) { retireExtents(ext, true) }
+
+// retireHot is retire for hot copies: peers never fetch from the hot
+// cache, so only the readers need waiting for.
+func retireHot(ext []extent) { retireExtents(ext, false) }
+
+// noGrace makes m's memory reusable without the grace period (a hot copy).
+func (m *bodyMem) noGrace() {
+	if m == nil {
+		return
+	}
+	m.cleanup.Stop()
+	m.cleanup = runtime.AddCleanup(m, retireHot, m.ext)
+}
+
+func retireExtents(ext []extent, grace bool) {
 	t := readers.current()
 	now := time.Now()
 	arenas.mu.Lock()
 	defer arenas.mu.Unlock()
 	for _, e := range ext {
-		arenas.pending = append(arenas.pending, retired{ext: e, ticket: t, at: now})
+		arenas.pending = append(arenas.pending, retired{ext: e, grace: grace, ticket: t, at: now})
 		arenas.retiredBytes += e.n
 	}
-	arenas.scheduleLocked(time.Duration(reuseGrace.Load()))
+	d := time.Duration(0)
+	if grace {
+		d = time.Duration(reuseGrace.Load())
+	}
+	arenas.scheduleLocked(d)
 }
 
 // scheduleLocked makes reclaim run after d unless it is already due.
 func (s *arenaSet) scheduleLocked(d time.Duration) {
-	if s.timer == nil {
+	at := time.Now().Add(d)
+	switch {
+	case s.timer == nil:
 		s.timer = time.AfterFunc(d, s.reclaim)
-		return
+	case s.due.IsZero() || at.Before(s.due):
+		s.timer.Reset(d)
+	default:
+		return // due sooner already
 	}
-	s.timer.Reset(d)
+	s.due = at
 }
 
 func (s *arenaSet) reclaim() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.due = time.Time{}
 	s.reclaimLocked(time.Now())
 	if len(s.pending) > 0 {
 		s.scheduleLocked(time.Second)
@@ -340,7 +367,7 @@ func (s *arenaSet) reclaimLocked(now time.Time) {
 	grace := time.Duration(reuseGrace.Load())
 	keep := s.pending[:0]
 	for _, r := range s.pending {
-		if r.ticket < oldest && now.Sub(r.at) >= grace {
+		if r.ticket < oldest && (!r.grace || now.Sub(r.at) >= grace) {
 			r.ext.a.free(r.ext.off, r.ext.grains())
 			s.retiredBytes -= r.ext.n
 			s.reclaimedBytes += r.ext.n

@@ -76,7 +76,6 @@ type BodyFile struct {
 	sys      arenaSys
 	end      int64 // the body's end in the arena
 	chunk    int64 // see OpenBody
-	readRun  int64 // bytes read with Read since the last SyscallConn
 	granted  bool  // the last SyscallConn gave out the descriptor
 	sendable bool  // false once net copied after being given the descriptor
 }
@@ -95,11 +94,13 @@ type BodyFile struct {
 //     writer in between that wraps it in another LimitedReader only makes
 //     the kernel path unavailable (a copy instead).
 //   - chunk > 0: the caller passes bf itself to a writer known to wrap it
-//     in a LimitedReader of chunk bytes per call (Caddy's write idle
-//     timeout does, with its MaxChunk); bf then offers its descriptor
-//     only when the rest of the body is at least that, less what was read
-//     since (net/http reads the first 512 bytes through the reader), and
-//     is otherwise copied by read(2).
+//     in a LimitedReader of at most chunk bytes per call (Caddy's write
+//     idle timeout does, with its MaxChunk); bf then offers its descriptor
+//     only while the rest of the body is at least chunk bytes, and is
+//     otherwise copied by read(2). Whoever else reads from bf meanwhile
+//     only makes the rest shorter. To have every byte go by sendfile, the
+//     body should be a multiple of chunk, with the headers flushed first
+//     (else net/http reads its first 512 bytes).
 func OpenBody(b []byte, chunk int64) (*BodyFile, bool) {
 	a, off, ok := arenaOf(b)
 	if !ok {
@@ -139,9 +140,7 @@ func (bf *BodyFile) Read(p []byte) (int, error) {
 		// ask next is unknown, so no more descriptors.
 		bf.sendable = false
 	}
-	n, err := bf.f.Read(p)
-	bf.readRun += int64(n)
-	return n, err
+	return bf.f.Read(p)
 }
 
 // errNoSendfile refuses the kernel path (net/http then copies).
@@ -150,14 +149,13 @@ var errNoSendfile = errors.New("shard: not sendable here")
 // SyscallConn gives net the file descriptor for sendfile(2) when the
 // kernel cannot send past the body (see OpenBody) (syscall.Conn).
 func (bf *BodyFile) SyscallConn() (syscall.RawConn, error) {
-	run := bf.readRun
-	bf.readRun, bf.granted = 0, false
+	bf.granted = false
 	if !bf.sendable {
 		return nil, errNoSendfile
 	}
 	if bf.chunk > 0 {
 		pos, err := bf.f.Seek(0, io.SeekCurrent)
-		if err != nil || bf.end-pos < bf.chunk-run {
+		if err != nil || bf.end-pos < bf.chunk {
 			bf.sendable = false
 			return nil, errNoSendfile
 		}

@@ -173,6 +173,7 @@ func arenaCopy(it *Item) *Item {
 		Version:     it.Version,
 	}
 	c.toArena()
+	c.mem.noGrace() // peers never fetch hot copies: readers are all to wait for
 	return c
 }
 

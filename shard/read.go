@@ -29,7 +29,20 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return
 // without Variants. Once the size is known, wantBody says whether to hold
 // the bytes (true) or only hash them while streaming (false), so a file is
 // read once either way.
+//
+// The bytes go to arena memory (arena.go): they are the store's to keep.
 func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
+	return s.read(ctx, p, wantBody, true)
+}
+
+// readFileHeap is readFile with the bytes in the Go heap: for transient
+// items, which the collector frees as soon as their requests are done
+// (arena memory would wait for the reuse grace period).
+func (s *Store) readFileHeap(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
+	return s.read(ctx, p, wantBody, false)
+}
+
+func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bool, arena bool) (*Item, error) {
 	f, err := s.openRead(p[1:])
 	if err != nil {
 		return nil, err
@@ -52,12 +65,17 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 		// (arena.go); it is freed at once if the read fails.
 		var one [1][]byte
 		chunks := one[:0]
-		if c.Size > ChunkSize {
+		switch {
+		case c.Size > ChunkSize && arena:
 			chunks, c.mem = allocChunks(c.Size)
-		} else if c.Size > 0 {
+		case c.Size > ChunkSize:
+			chunks = newChunks(c.Size)
+		case c.Size > 0 && arena:
 			var b []byte
 			b, c.mem = allocBody(c.Size)
 			chunks = append(chunks, b)
+		case c.Size > 0:
+			chunks = append(chunks, make([]byte, c.Size))
 		}
 		if err := fill(ctx, f, h, chunks); err != nil {
 			c.mem.release()
