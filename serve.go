@@ -203,24 +203,20 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, resp *response, 
 }
 
 // sendfileMin is the smallest body sent with sendfile(2) from its arena
-// rather than written from memory: below it the system calls of the
-// kernel path (a seek, the first 512 bytes read and written with the
-// headers, then sendfile) cost more than the copy they save. Measured with
-// bench/run.sh (bench/README.md); SHARDCACHE_SENDFILE_MIN overrides it
-// (bytes; "off" never sends files), for such measurements.
+// rather than written from memory. Off by default: measured on loopback
+// behind Caddy's default write idle timeout (bench/README.md), sendfile
+// was 0.5–0.6× as fast as a write from the arena for 128 KiB to 4 MiB
+// bodies (the extra system calls and 64 KiB rounds cost more than the copy
+// they save), so there was no crossover to choose. SHARDCACHE_SENDFILE_MIN
+// (bytes; "off") in the environment turns it on from that size, for NICs
+// where the copy costs more, and for such measurements.
 var sendfileMin = func() int {
-	switch v := os.Getenv("SHARDCACHE_SENDFILE_MIN"); v {
-	case "":
-		return 48 << 10
-	case "off":
+	v := os.Getenv("SHARDCACHE_SENDFILE_MIN")
+	n, err := strconv.Atoi(v)
+	if v == "" || v == "off" || err != nil || n < 0 {
 		return math.MaxInt
-	default:
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 0 {
-			return 48 << 10
-		}
-		return n
 	}
+	return n
 }()
 
 // writeBody writes data (a body, or a chunk of one) to w: over plain
@@ -238,11 +234,12 @@ func writeBody(w http.ResponseWriter, r *http.Request, data []byte) error {
 					bf.Close()
 					return err
 				}
-			} else if tail := len(data) % int(chunk); len(data)-tail > 0 {
+			} else if tail := len(data)%int(chunk) + int(chunk); len(data)-tail > 0 {
 				// Behind the idle timeout's writer, whole chunks go by
-				// sendfile: the part of the body before them is written
-				// from memory with the headers, and flushed, so that
-				// net/http does not read the start of the file itself.
+				// sendfile: the part of the body before them (at least
+				// one chunk) is written from memory with the headers, and
+				// flushed, so that net/http does not read the start of
+				// the file itself.
 				if bf, ok := shard.OpenBody(data[tail:], chunk); ok {
 					defer bf.Close()
 					if tail > 0 {

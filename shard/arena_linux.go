@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"sync"
 	"syscall"
 	"unsafe"
 
@@ -25,7 +24,8 @@ var arenasOn = unsafe.Sizeof(uintptr(0)) == 8 && os.Getenv("SHARDCACHE_ARENAS") 
 // uses (each has its own file position, which sendfile reads from).
 type arenaSys struct {
 	fd    int
-	files *sync.Pool // of *os.File, each opened anew on /proc/self/fd/<fd>
+	path  string        // /proc/self/fd/<fd>: opening it makes a new description
+	files chan *os.File // idle descriptions (a sync.Pool would be emptied by every GC)
 }
 
 func newArena(size int64) (*arena, error) {
@@ -42,15 +42,31 @@ func newArena(size int64) (*arena, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	path := "/proc/self/fd/" + strconv.Itoa(fd)
-	sys := arenaSys{fd: fd, files: &sync.Pool{New: func() any {
-		f, err := os.Open(path)
-		if err != nil {
-			return nil
-		}
-		return f
-	}}}
+	sys := arenaSys{fd: fd, path: "/proc/self/fd/" + strconv.Itoa(fd), files: make(chan *os.File, 256)}
 	return newArenaAllocator(mem, sys), nil
+}
+
+// file returns an idle file description of the arena, or opens one.
+func (s arenaSys) file() *os.File {
+	select {
+	case f := <-s.files:
+		return f
+	default:
+	}
+	f, err := os.Open(s.path)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// putFile keeps f for the next body, or closes it.
+func (s arenaSys) putFile(f *os.File) {
+	select {
+	case s.files <- f:
+	default:
+		f.Close()
+	}
 }
 
 // discard gives the whole pages inside the n bytes at off back to the
@@ -106,7 +122,7 @@ func OpenBody(b []byte, chunk int64) (*BodyFile, bool) {
 	if !ok {
 		return nil, false
 	}
-	f, _ := a.sys.files.Get().(*os.File)
+	f := a.sys.file()
 	if f == nil {
 		return nil, false
 	}
@@ -168,7 +184,7 @@ func (bf *BodyFile) SyscallConn() (syscall.RawConn, error) {
 // Close returns the file description to its arena's pool.
 func (bf *BodyFile) Close() error {
 	if bf.f != nil {
-		bf.sys.files.Put(bf.f)
+		bf.sys.putFile(bf.f)
 		bf.f = nil
 	}
 	return nil
