@@ -284,6 +284,11 @@ func (r storeRef) Destruct() error { return r.Close() }
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	h.life.enter()
 	defer h.life.leave()
+	// Body slices this request gets (from the store, the hot cache, a
+	// chunk) stay valid until it returns, even if their items leave
+	// memory meanwhile.
+	rd := shard.BeginRead()
+	defer rd.End()
 	reqPath := r.URL.Path
 	if strings.IndexByte(reqPath, 0) >= 0 {
 		return caddyhttp.Error(http.StatusBadRequest, errors.New("NUL byte in path"))

@@ -3,7 +3,7 @@
 # HTTP and HTTPS, for 1 KiB, 64 KiB and 1 MiB bodies; then the priming rate
 # of a 1 GiB tree. See bench/README.md.
 #
-#   bench/run.sh [-d secs] [-w secs] [-c conns] [-r repeats] [-p] [-s] [-P] [-G size]
+#   bench/run.sh [-d secs] [-w secs] [-c conns] [-r repeats] [-p] [-s] [-P] [-G size] [-O] [-H size]
 set -euo pipefail
 
 DUR=5          # seconds measured per cell
@@ -14,6 +14,8 @@ PROFILE=0      # -p: CPU profile of the server during an extra 1 KiB run
 PLUMBING=0     # -s: stock Caddy only, no shardcache column (to test the script)
 PRIME=1        # -P: skip the priming measurement
 PRIME_SIZE=1GiB
+OTHERS=1       # -O: skip the nginx and Varnish columns
+HEAP_SIZE=4GiB # -H: size of the heap/GC line's tree (0: skip it)
 SERVER_CPU=1
 CLIENT_CPU=0
 
@@ -30,10 +32,12 @@ usage() {
   -s          plumbing test: stock Caddy only, shardcache not built
   -P          skip the priming measurement
   -G size     size of the priming tree (default $PRIME_SIZE; e.g. 256MiB)
+  -O          skip the nginx and Varnish columns (plain HTTP)
+  -H size     size of the tree of the heap/GC line (default $HEAP_SIZE; 0 skips it)
 EOF
 }
 
-while getopts "d:w:c:r:psPG:h" opt; do
+while getopts "d:w:c:r:psPG:OH:h" opt; do
 	case $opt in
 	d) DUR=$OPTARG ;;
 	w) WARM=$OPTARG ;;
@@ -43,6 +47,8 @@ while getopts "d:w:c:r:psPG:h" opt; do
 	s) PLUMBING=1 ;;
 	P) PRIME=0 ;;
 	G) PRIME_SIZE=$OPTARG ;;
+	O) OTHERS=0 ;;
+	H) HEAP_SIZE=$OPTARG ;;
 	h) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -241,6 +247,178 @@ measure() {
 	done
 }
 
+# --- nginx and Varnish ---------------------------------------------------------
+# What one would otherwise put in front of a tree to serve it from RAM:
+# nginx (sendfile from the page cache) and Varnish (hits from malloc
+# storage, Caddy's file_server behind it). Each runs alone on the server
+# CPU, plain HTTP, its config in TMP; the distribution's packages
+# (nginx-light, varnish) are installed if missing.
+
+# others_install: install nginx and varnishd if missing; fails when that
+# does not work.
+others_install() {
+	local missing=()
+	command -v nginx >/dev/null || missing+=(nginx-light)
+	command -v varnishd >/dev/null || missing+=(varnish)
+	[ "${#missing[@]}" -gt 0 ] || return 0
+	log "installing ${missing[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >"$TMP/apt.log" 2>&1; then
+		log "run.sh: could not install ${missing[*]} (see apt-get); no nginx/Varnish columns"
+		tail -n 5 "$TMP/apt.log" >&2
+		return 1
+	fi
+}
+
+# waitport PORT PID: wait (10 s at most) until something answers HTTP on
+# PORT while PID lives.
+waitport() {
+	local i
+	for i in $(seq 1 200); do
+		curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+		kill -0 "$2" 2>/dev/null || return 1
+		sleep 0.05
+	done
+	return 1
+}
+
+# withchildren PID: PID and its children (for the CPU accounting).
+withchildren() { echo "$1" $(pgrep -P "$1" || true); }
+
+measure_others() {
+	others_install || return 0
+	local d pid bpid s r
+	freeport P_NGINX
+	freeport P_VARNISH
+	freeport P_VBACK
+	freeport A_VBACK
+	PORT[nginx/http]=$P_NGINX
+	PORT[varnish/http]=$P_VARNISH
+
+	# nginx: one worker, sendfile, open_file_cache.
+	d=$TMP/nginx
+	mkdir -p "$d/tmp"
+	cat >"$d/nginx.conf" <<NGINX
+worker_processes 1;
+user root;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 4096; }
+http {
+	include /etc/nginx/mime.types;
+	access_log off;
+	sendfile on;
+	tcp_nopush on;
+	open_file_cache max=10000 inactive=60s;
+	open_file_cache_valid 60s;
+	client_body_temp_path $d/tmp;
+	proxy_temp_path $d/tmp;
+	server {
+		listen 127.0.0.1:$P_NGINX;
+		root $TREE;
+	}
+}
+NGINX
+	taskset -c "$SERVER_CPU" nginx -p "$d" -e "$d/error.log" -c "$d/nginx.conf" -g 'daemon off;' >"$d/out.log" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	if ! waitport "$P_NGINX" "$pid"; then
+		log "run.sh: nginx did not start:"
+		cat "$d/out.log" "$d/error.log" >&2
+		return 0
+	fi
+	read -ra SERVER_PIDS <<<"$(withchildren "$pid")"
+	for s in "${SIZES[@]}"; do check nginx http "$s"; done
+	log "measuring nginx (worker_processes 1, sendfile on, open_file_cache)"
+	for r in $(seq 1 "$REPEATS"); do
+		for s in "${SIZES[@]}"; do measure nginx http "$s"; done
+	done
+	stopcaddy "$pid"
+
+	# Varnish: malloc storage, stock Caddy's file_server behind it, warmed.
+	d=$TMP/varnish
+	mkdir -p "$d"
+	{
+		globals "$A_VBACK"
+		printf 'http://127.0.0.1:%s {\n\troot * %s\n\tfile_server\n}\n' "$P_VBACK" "$TREE"
+	} >"$TMP/vback.caddy"
+	startcaddy vback "$STOCK" "$TMP/vback.caddy" "$A_VBACK"
+	bpid=$CADDY_PID
+	taskset -c "$SERVER_CPU" varnishd -F -j none -n "$d" -a "127.0.0.1:$P_VARNISH" -b "127.0.0.1:$P_VBACK" \
+		-s malloc,512m -t 86400 -p thread_pools=1 >"$d/out.log" 2>&1 &
+	pid=$!
+	PIDS+=("$pid")
+	if ! waitport "$P_VARNISH" "$pid"; then
+		log "run.sh: varnishd did not start:"
+		cat "$d/out.log" >&2
+		stopcaddy "$bpid"
+		return 0
+	fi
+	for s in "${SIZES[@]}"; do
+		curl -s -o /dev/null "$(url varnish http "$s")" # warm: the first is a miss
+		check varnish http "$s"
+	done
+	read -ra SERVER_PIDS <<<"$(withchildren "$pid") $bpid"
+	log "measuring Varnish (-s malloc, file_server behind it, warmed)"
+	for r in $(seq 1 "$REPEATS"); do
+		for s in "${SIZES[@]}"; do measure varnish http "$s"; done
+	done
+	stopcaddy "$pid"
+	stopcaddy "$bpid"
+}
+
+# others_table: the plain-HTTP rows of file_server, shardcache, nginx and
+# Varnish, with shardcache's ratios to them and to respond; then the
+# heap/GC line.
+others_table() {
+	local s f c n v
+	echo
+	echo "plain HTTP, each server alone on CPU $SERVER_CPU (req/s):"
+	printf '%-7s | %9s %9s %9s %9s | %8s %8s %8s\n' size file_srv shardcch nginx varnish "s/nginx" "s/varn" "s/resp"
+	printf -- '-%.0s' $(seq 1 84)
+	echo
+	for s in "${SIZES[@]}"; do
+		f=${RPS[file_server/http/$s]:-} c=${RPS[shardcache/http/$s]:-}
+		n=${RPS[nginx/http/$s]:-} v=${RPS[varnish/http/$s]:-}
+		printf '%-7s | %9s %9s %9s %9s | %8s %8s %8s\n' "${LABEL[$s]}" \
+			"$(cell "file_server/http/$s")" "$(cell "shardcache/http/$s")" "$(cell "nginx/http/$s")" "$(cell "varnish/http/$s")" \
+			"$(ratio "$c" "$n")" "$(ratio "$c" "$v")" "$(ratio "$c" "${RPS[respond/http/$s]:-}")"
+	done
+	if [ -n "$HEAP_LINE" ]; then
+		echo
+		echo "$HEAP_LINE"
+	fi
+}
+
+# --- heap/GC line ---------------------------------------------------------------
+# The Go heap and a forced GC with a HEAP_SIZE tree primed: shard's
+# BenchmarkPrimedHeap (runtime/metrics /memory/classes/heap/objects:bytes
+# after a GC, the median of 5 forced GCs, RSS, bytes held).
+
+HEAP_LINE=""
+heap_gc() {
+	local total ht out
+	total=$(numfmt --from=iec-i "${HEAP_SIZE%B}")
+	ht=$TMP/heaptree
+	log "heap/GC: writing a $HEAP_SIZE tree"
+	"$TMP/bin/gentree" -prime "$ht" -total "$total" >/dev/null
+	find "$ht" -type f -print0 | xargs -0 cat >/dev/null
+	waitquiet
+	out=$(cd "$REPO" && SHARDCACHE_HEAP_TREE=$ht SHARDCACHE_HEAP_BYTES=$total CGO_ENABLED=0 \
+		go test -trimpath -tags nobadger,nomysql,nopgx -run '^$' -bench '^BenchmarkPrimedHeap$' -benchtime 1x ./shard/ 2>&1 |
+		grep '^heapgc:' | tail -n 1 || true)
+	rm -rf "$ht"
+	if [ -z "$out" ]; then
+		HEAP_LINE="heap/GC: no result (shard BenchmarkPrimedHeap)"
+		return
+	fi
+	HEAP_LINE=$(awk -v sz="$HEAP_SIZE" '{
+		for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+		printf "heap/GC, %s tree primed (%d files): held %.2f GiB, Go heap objects %.1f MiB, forced GC %.2f ms, RSS %.2f GiB (%.3f x held)",
+			sz, v["items"], v["held"] / 2^30, v["heap_objects"] / 2^20, v["gc_ms"], v["rss"] / 2^30, (v["held"] > 0 ? v["rss"] / v["held"] : 0)
+	}' <<<"$out")
+	log "  $HEAP_LINE"
+}
+
 PROTOS=(http https)
 
 log "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
@@ -315,6 +493,8 @@ if [ "$PROFILE" = 1 ]; then
 fi
 stopcaddy "$OURS_PID"
 
+[ "$OTHERS" = 0 ] || [ "$PLUMBING" = 1 ] || measure_others
+
 # --- priming -------------------------------------------------------------------
 
 PRIME_LINE="priming: skipped"
@@ -350,6 +530,8 @@ if [ "$PRIME" = 1 ] && [ "$PLUMBING" = 0 ]; then
 	stopcaddy "$CADDY_PID"
 	rm -rf "$PT"
 fi
+
+[ "$HEAP_SIZE" = 0 ] || [ "$PLUMBING" = 1 ] || heap_gc
 
 # --- table -----------------------------------------------------------------------
 
@@ -402,3 +584,4 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
 		echo "!! $key: ${NOTE[$key]}"
 	done
 } | tee "$OUT/table-$STAMP.txt"
+[ "$OTHERS" = 0 ] && [ "$HEAP_SIZE" = 0 ] || others_table | tee -a "$OUT/table-$STAMP.txt"

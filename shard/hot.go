@@ -111,6 +111,19 @@ func (h *Hot) Admit(it *Item) bool {
 		h.rejects.Add(1)
 		return false
 	}
+	if h.Contains(it.Path, it.Version) {
+		return true // a concurrent fetch got here first
+	}
+	// The copy kept lives in the same arenas as the store's items (a hot
+	// hit is sent like a local one); it is made outside the lock, and
+	// dropped at once if it is not kept after all.
+	it = arenaCopy(it)
+	kept := false
+	defer func() {
+		if !kept {
+			it.mem.release()
+		}
+	}()
 
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -132,6 +145,7 @@ func (h *Hot) Admit(it *Item) bool {
 		victims = append(victims, el)
 		need -= e.cost
 	}
+	kept = true
 	for _, el := range victims {
 		h.removeLocked(el)
 		h.evicts.Add(1)
@@ -140,6 +154,28 @@ func (h *Hot) Admit(it *Item) bool {
 	h.bytes += c
 	h.admits.Add(1)
 	return true
+}
+
+// arenaCopy returns it, or a copy of it whose bytes are in arena memory
+// when its own are in the Go heap (a fetch from a peer).
+func arenaCopy(it *Item) *Item {
+	if !arenasOn || it.mem != nil || it.Size <= 0 {
+		return it
+	}
+	c := &Item{
+		Path:        it.Path,
+		Size:        it.Size,
+		ModTime:     it.ModTime,
+		ContentType: it.ContentType,
+		ETag:        it.ETag,
+		Body:        it.Body,
+		Chunks:      it.Chunks,
+		Variants:    it.Variants,
+		Version:     it.Version,
+	}
+	c.toArena()
+	c.mem.noGrace() // peers never fetch hot copies: readers are all to wait for
+	return c
 }
 
 // Drop removes any copy of path (purge, or the owner said it changed) and

@@ -103,6 +103,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 		Body:        base.Body,
 		Chunks:      base.Chunks,
 		Version:     base.Version,
+		mem:         base.mem,
 	}
 	it.Variants = make([]Variant, 0, len(sibs))
 	for i, v := range sibs {
@@ -116,6 +117,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			ETag:     v.ETag,
 			Body:     v.Body,
 			Chunks:   v.Chunks,
+			mem:      v.mem,
 		})
 	}
 	return &it

@@ -96,9 +96,13 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	if !sameContent(old, c) {
 		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
 			c.Body, c.Chunks = nil, nil // the hard limit wins over any plan
+			c.mem.release()             // nobody saw them
+			c.mem = nil
 		}
 		s.held.Add(held(c) - held(old))
 		rec.data = c
+	} else {
+		c.mem.release() // the same bytes are held already; nobody saw these
 	}
 	if rec.dirty || rec.size != c.Size || !rec.mtime.Equal(c.ModTime) {
 		// Storage was seen to change after this load began: look again.
@@ -140,7 +144,16 @@ func (s *Store) runJobs(jobs []*job) {
 func (s *Store) loadJob(j *job) (*Item, error) {
 	want := s.wantBody(j)
 	if j.handoff && s.cfg.Handoff != nil {
-		if c := s.tryHandoff(j, want); c != nil {
+		// The handed-off bytes may be memory of another item (a hot
+		// copy): held by this Reading until they are copied into the
+		// store's own.
+		rd := BeginRead()
+		c := s.tryHandoff(j, want)
+		if c != nil {
+			c.toArena()
+		}
+		rd.End()
+		if c != nil {
 			return c, nil
 		}
 	}

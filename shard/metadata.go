@@ -42,11 +42,11 @@ const (
 )
 
 var (
-	itemBytes = sizeClass(int64(unsafe.Sizeof(Item{})))
+	itemBytes = heapSizeClass(int64(unsafe.Sizeof(Item{})))
 
 	// metaPerFile is a held file's record and its entries in the files map
 	// and in its directory's names.
-	metaPerFile = sizeClass(int64(unsafe.Sizeof(fileRec{}))) +
+	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) +
 		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack)
 
 	// metaPerItem is a published item: the Item, its ETag, its index slot.
@@ -55,13 +55,13 @@ var (
 	// metaPerDir is a directory: its record and names map, its index entry
 	// (an Item), its entries in the dirs map, its parent's names and the
 	// index.
-	metaPerDir = sizeClass(int64(unsafe.Sizeof(dirRec{}))) + namesMap + itemBytes +
+	metaPerDir = heapSizeClass(int64(unsafe.Sizeof(dirRec{}))) + namesMap + itemBytes +
 		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack) + indexSlot
 )
 
-// sizeClass rounds n up to the Go allocator's size class (roughly: the
+// heapSizeClass rounds n up to the Go allocator's size class (roughly: the
 // classes are 16 bytes apart up to 256, then closer than 1/8 of the size).
-func sizeClass(n int64) int64 {
+func heapSizeClass(n int64) int64 {
 	switch {
 	case n <= 8:
 		return 8

@@ -135,7 +135,7 @@ func (s *Store) readTransient(p string, fi fs.FileInfo) (*Item, error) {
 			return c, nil
 		}
 	}
-	c, err := s.readFile(s.ctx, p, func(size int64) bool { return size <= transientBodyMax })
+	c, err := s.readFileHeap(s.ctx, p, func(size int64) bool { return size <= transientBodyMax })
 	if err != nil {
 		return nil, err
 	}

@@ -29,7 +29,20 @@ var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunk); return
 // without Variants. Once the size is known, wantBody says whether to hold
 // the bytes (true) or only hash them while streaming (false), so a file is
 // read once either way.
+//
+// The bytes go to arena memory (arena.go): they are the store's to keep.
 func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
+	return s.read(ctx, p, wantBody, true)
+}
+
+// readFileHeap is readFile with the bytes in the Go heap: for transient
+// items, which the collector frees as soon as their requests are done
+// (arena memory would wait for the reuse grace period).
+func (s *Store) readFileHeap(ctx context.Context, p string, wantBody func(size int64) bool) (*Item, error) {
+	return s.read(ctx, p, wantBody, false)
+}
+
+func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bool, arena bool) (*Item, error) {
 	f, err := s.openRead(p[1:])
 	if err != nil {
 		return nil, err
@@ -48,29 +61,25 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 	if wantBody(c.Size) {
 		// A body of up to ChunkSize is one slice; a larger one is held in
 		// chunks, so that it never needs more contiguous memory than that.
+		// The memory is outside the Go heap where the platform allows
+		// (arena.go); it is freed at once if the read fails.
 		var one [1][]byte
 		chunks := one[:0]
-		if c.Size > ChunkSize {
+		switch {
+		case c.Size > ChunkSize && arena:
+			chunks, c.mem = allocChunks(c.Size)
+		case c.Size > ChunkSize:
 			chunks = newChunks(c.Size)
-		} else if c.Size > 0 {
+		case c.Size > 0 && arena:
+			var b []byte
+			b, c.mem = allocBody(c.Size)
+			chunks = append(chunks, b)
+		case c.Size > 0:
 			chunks = append(chunks, make([]byte, c.Size))
 		}
-		for _, body := range chunks {
-			for off := 0; off < len(body); {
-				if err := ctx.Err(); err != nil {
-					return nil, err
-				}
-				end := min(off+readChunk, len(body))
-				n, err := io.ReadFull(f, body[off:end])
-				if err != nil {
-					if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-						return nil, errChanging // truncated while we read
-					}
-					return nil, err
-				}
-				h.Write(body[off : off+n])
-				off += n
-			}
+		if err := fill(ctx, f, h, chunks); err != nil {
+			c.mem.release()
+			return nil, err
 		}
 		switch {
 		case len(chunks) == 0:
@@ -109,16 +118,39 @@ func (s *Store) readFile(ctx context.Context, p string, wantBody func(size int64
 		}
 	}
 	size, mtime, _, err = f.stat()
-	if err != nil {
-		return nil, err
+	if err == nil && (size != c.Size || !mtime.Equal(c.ModTime)) {
+		err = errChanging
 	}
-	if size != c.Size || !mtime.Equal(c.ModTime) {
-		return nil, errChanging
+	if err != nil {
+		c.mem.release()
+		return nil, err
 	}
 	c.ContentType = contentType(p, head)
 	c.ETag = etag(h)
 	c.Version = c.ETag[1 : len(c.ETag)-1]
 	return c, nil
+}
+
+// fill reads the bytes of chunks from f, hashing them into h.
+func fill(ctx context.Context, f io.Reader, h io.Writer, chunks [][]byte) error {
+	for _, body := range chunks {
+		for off := 0; off < len(body); {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			end := min(off+readChunk, len(body))
+			n, err := io.ReadFull(f, body[off:end])
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+					return errChanging // truncated while we read
+				}
+				return err
+			}
+			h.Write(body[off : off+n])
+			off += n
+		}
+	}
+	return nil
 }
 
 // relPath turns a slash-rooted request path into a root-relative name for

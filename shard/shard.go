@@ -90,6 +90,10 @@ type Item struct {
 	// header values here, so a hit allocates nothing). The store never
 	// reads it. An Item must not be copied once in use (go vet says so).
 	Memo atomic.Value
+
+	// mem anchors the arena memory of Body or Chunks (arena.go); nil when
+	// they are in the Go heap.
+	mem *bodyMem
 }
 
 // noCopy makes go vet's copylocks check flag copies of the struct that
@@ -121,6 +125,8 @@ type Variant struct {
 	// Chunks holds the compressed bytes of a resident variant larger than
 	// ChunkSize; nil otherwise.
 	Chunks Chunks
+
+	mem *bodyMem // as Item's
 }
 
 // Resident reports whether the item's bytes are held in memory.

@@ -1,0 +1,528 @@
+package shard
+
+import (
+	"math/bits"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+)
+
+// Item bodies live outside the Go heap where the platform allows it (Linux:
+// memfd arenas mapped into the process, arena_linux.go; elsewhere the heap,
+// arena_other.go). The collector neither scans nor paces on them, RSS
+// tracks what is held, and a body can go to a socket with sendfile(2) from
+// its arena.
+//
+// Lifetime. A body's bytes are referenced by plain []byte slices that the
+// collector cannot see, so the store decides when its memory may be reused,
+// in three steps:
+//
+//  1. Every arena body has an anchor (*bodyMem) that each Item and Variant
+//     holding the bytes points to. While any of them is reachable (the
+//     index, the hot cache, an item kept for handoff, a request holding
+//     it), the memory is in use. When the last is collected, a cleanup
+//     retires the memory.
+//  2. A retired extent is not reused while any reader that began before it
+//     was retired is still running (BeginRead/End, which the HTTP handler
+//     brackets every request with): a request may hold a body slice after
+//     dropping its Item (a hot copy, a chunk).
+//  3. Nor before reuseGrace has passed since it was retired: a peer's fetch
+//     writes a slice to its QUIC stream after the item was looked up, under
+//     a stream deadline shorter than that.
+//
+// Only then does the extent join its arena's free space (coalesced with
+// its neighbours; whole pages inside large free extents go back to the
+// kernel). A body that was never published (a failed or dropped read) is
+// freed at once.
+
+// arenaGrain is the allocation unit: extents start and end on multiples of
+// it (cache lines; little waste even for 1 KiB bodies).
+const arenaGrain = 64
+
+// arenaSize is the size of one arena (address space; its pages exist only
+// as they are written). Bodies are at most ChunkSize, so an arena holds
+// hundreds of the largest.
+const arenaSize = 1 << 30
+
+// nbins is the number of size classes of free extents (by bit length of
+// their length in grains).
+const nbins = 40
+
+// reuseGrace is how long a retired extent waits, at least, before reuse:
+// over twice the peers' default stream deadline (peering's
+// DefaultStreamTimeout, 10s), which bounds how long a peer's fetch may
+// write a slice it got without its Item. Tests lower it.
+var reuseGrace atomic.Int64 // a time.Duration
+
+func init() { reuseGrace.Store(int64(30 * time.Second)) }
+
+// extent is a run of bytes of an arena.
+type extent struct {
+	a      *arena
+	off, n int64
+}
+
+// bodyMem is the anchor of one body's arena memory (one extent, or one per
+// chunk): Items and Variants holding the bytes point to it, and its
+// cleanup retires the extents once none does.
+type bodyMem struct {
+	ext     []extent
+	cleanup runtime.Cleanup
+}
+
+// release frees m's extents at once, for a body nobody else ever saw.
+func (m *bodyMem) release() {
+	if m == nil {
+		return
+	}
+	m.cleanup.Stop()
+	arenas.mu.Lock()
+	for _, e := range m.ext {
+		e.a.freeExtent(e)
+	}
+	arenas.mu.Unlock()
+	m.ext = nil
+}
+
+// arena is one mapping outside the Go heap, with its own allocator. Its
+// fields other than mem, base, size and sys are guarded by arenas.mu.
+type arena struct {
+	mem  []byte
+	base uintptr
+	size int64
+	sys  arenaSys // the platform's part (the memfd)
+
+	top   int64                     // never handed out above this
+	frees map[int64]int64           // start → length of free extents below top
+	ends  map[int64]int64           // end → start of the same
+	bins  [nbins]map[int64]struct{} // starts of free extents by size class
+	used  int64                     // bytes in extents handed out (and not freed)
+}
+
+func newArenaAllocator(mem []byte, sys arenaSys) *arena {
+	a := &arena{mem: mem, size: int64(len(mem)), sys: sys, frees: map[int64]int64{}, ends: map[int64]int64{}}
+	if len(mem) > 0 {
+		a.base = uintptrOf(mem)
+	}
+	for i := range a.bins {
+		a.bins[i] = map[int64]struct{}{}
+	}
+	return a
+}
+
+func sizeClass(n int64) int { return min(nbins-1, bits.Len64(uint64(n/arenaGrain))) }
+
+// alloc returns the offset of n free bytes (n a multiple of arenaGrain),
+// or -1.
+func (a *arena) alloc(n int64) int64 {
+	c := sizeClass(n)
+	// First fit within n's class (a few looks), then any extent of a larger
+	// class, which always fits.
+	looked := 0
+	for off := range a.bins[c] {
+		if a.frees[off] >= n {
+			return a.take(off, n)
+		}
+		if looked++; looked == 8 {
+			break
+		}
+	}
+	for k := c + 1; k < nbins; k++ {
+		for off := range a.bins[k] {
+			return a.take(off, n)
+		}
+	}
+	if a.top+n <= a.size {
+		off := a.top
+		a.top += n
+		a.used += n
+		return off
+	}
+	return -1
+}
+
+// take hands out the first n bytes of the free extent at off.
+func (a *arena) take(off, n int64) int64 {
+	l := a.frees[off]
+	a.unlinkFree(off, l)
+	if l > n {
+		a.linkFree(off+n, l-n)
+	}
+	a.used += n
+	return off
+}
+
+func (a *arena) linkFree(off, n int64) {
+	a.frees[off] = n
+	a.ends[off+n] = off
+	a.bins[sizeClass(n)][off] = struct{}{}
+}
+
+func (a *arena) unlinkFree(off, n int64) {
+	delete(a.frees, off)
+	delete(a.ends, off+n)
+	delete(a.bins[sizeClass(n)], off)
+}
+
+// free returns the n bytes at off, merging them with free neighbours; what
+// borders top lowers it. Whole pages of the result go back to the kernel.
+func (a *arena) free(off, n int64) {
+	a.used -= n
+	start, end := off, off+n
+	if s, ok := a.ends[start]; ok {
+		a.unlinkFree(s, start-s)
+		start = s
+	}
+	if l, ok := a.frees[end]; ok {
+		a.unlinkFree(end, l)
+		end += l
+	}
+	if end == a.top {
+		a.sys.discard(start, a.top-start)
+		a.top = start
+		return
+	}
+	a.linkFree(start, end-start)
+	if end-start >= discardMin {
+		a.sys.discard(start, end-start)
+	}
+}
+
+// discardMin is the smallest free extent whose whole pages are given back
+// to the kernel: smaller holes keep their pages for the next body.
+const discardMin = 64 << 10
+
+// arenaSet is the process's arenas, shared by every Store and Hot cache.
+type arenaSet struct {
+	mu     sync.Mutex
+	list   []*arena                 // ascending base
+	snap   atomic.Pointer[[]*arena] // list, for lock-free lookups (arenaOf)
+	failed bool                     // the platform refused a new arena: bodies go to the heap
+
+	pending []retired
+	timer   *time.Timer
+	due     time.Time // when timer fires; zero when it is not set
+
+	// stats, guarded by mu
+	retiredBytes   int64
+	reclaimedBytes int64
+
+	sendfiles atomic.Int64 // BodyFile descriptors given to sendfile
+}
+
+var arenas arenaSet
+
+// retired is an extent waiting to be reused.
+type retired struct {
+	ext    extent
+	grace  bool   // wait reuseGrace too (see retire)
+	ticket uint64 // readers.seq when it was retired
+	at     time.Time
+}
+
+// allocBody returns n bytes of arena memory and their anchor, or heap
+// memory and nil where arenas are not available.
+func allocBody(n int64) ([]byte, *bodyMem) {
+	if n == 0 || !arenasOn {
+		return make([]byte, n), nil
+	}
+	e, ok := arenas.alloc(n)
+	if !ok {
+		return make([]byte, n), nil
+	}
+	m := &bodyMem{ext: []extent{e}}
+	m.cleanup = runtime.AddCleanup(m, retire, m.ext)
+	return e.bytes(), m
+}
+
+// allocChunks returns chunks for size bytes (see newChunks) and their
+// anchor, as allocBody.
+func allocChunks(size int64) (Chunks, *bodyMem) {
+	if !arenasOn {
+		return newChunks(size), nil
+	}
+	c := make(Chunks, 0, NumChunks(size))
+	m := &bodyMem{ext: make([]extent, 0, NumChunks(size))}
+	for size > 0 {
+		n := min(size, ChunkSize)
+		e, ok := arenas.alloc(n)
+		if !ok {
+			m.release()
+			return newChunks(int64(len(c))*ChunkSize + size), nil
+		}
+		m.ext = append(m.ext, e)
+		c = append(c, e.bytes())
+		size -= n
+	}
+	m.cleanup = runtime.AddCleanup(m, retire, m.ext)
+	return c, m
+}
+
+func (e extent) bytes() []byte { return e.a.mem[e.off : e.off+e.n : e.off+e.n] }
+
+// alloc finds n bytes in an arena, mapping a new one when none has room.
+func (s *arenaSet) alloc(n int64) (extent, bool) {
+	g := (n + arenaGrain - 1) / arenaGrain * arenaGrain
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) > 0 {
+		s.reclaimLocked(time.Now())
+	}
+	for _, a := range s.list {
+		if off := a.alloc(g); off >= 0 {
+			return extent{a: a, off: off, n: g}.trim(n), true
+		}
+	}
+	if s.failed {
+		return extent{}, false
+	}
+	a, err := newArena(arenaSize)
+	if err != nil {
+		s.failed = true
+		return extent{}, false
+	}
+	i := 0
+	for i < len(s.list) && s.list[i].base < a.base {
+		i++
+	}
+	s.list = append(s.list, nil)
+	copy(s.list[i+1:], s.list[i:])
+	s.list[i] = a
+	l := slices.Clone(s.list)
+	s.snap.Store(&l)
+	off := a.alloc(g)
+	return extent{a: a, off: off, n: g}.trim(n), true
+}
+
+// trim is e's first n bytes as the body sees them; the grain's padding
+// stays allocated with it (free rounds up again).
+func (e extent) trim(n int64) extent { e.n = n; return e }
+
+// grains is e's length as allocated.
+func (e extent) grains() int64 { return (e.n + arenaGrain - 1) / arenaGrain * arenaGrain }
+
+// retire is the cleanup of a body's anchor: its extents wait for the
+// readers that might still hold them, and the grace period.
+func retire(ext []extent) { retireExtents(ext, true) }
+
+// retireHot is retire for hot copies: peers never fetch from the hot
+// cache, so only the readers need waiting for.
+func retireHot(ext []extent) { retireExtents(ext, false) }
+
+// noGrace makes m's memory reusable without the grace period (a hot copy).
+func (m *bodyMem) noGrace() {
+	if m == nil {
+		return
+	}
+	m.cleanup.Stop()
+	m.cleanup = runtime.AddCleanup(m, retireHot, m.ext)
+}
+
+func retireExtents(ext []extent, grace bool) {
+	t := readers.current()
+	now := time.Now()
+	arenas.mu.Lock()
+	defer arenas.mu.Unlock()
+	for _, e := range ext {
+		arenas.pending = append(arenas.pending, retired{ext: e, grace: grace, ticket: t, at: now})
+		arenas.retiredBytes += e.n
+	}
+	d := time.Duration(0)
+	if grace {
+		d = time.Duration(reuseGrace.Load())
+	}
+	arenas.scheduleLocked(d)
+}
+
+// scheduleLocked makes reclaim run after d unless it is already due.
+func (s *arenaSet) scheduleLocked(d time.Duration) {
+	at := time.Now().Add(d)
+	switch {
+	case s.timer == nil:
+		s.timer = time.AfterFunc(d, s.reclaim)
+	case s.due.IsZero() || at.Before(s.due):
+		s.timer.Reset(d)
+	default:
+		return // due sooner already
+	}
+	s.due = at
+}
+
+func (s *arenaSet) reclaim() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.due = time.Time{}
+	s.reclaimLocked(time.Now())
+	if len(s.pending) > 0 {
+		s.scheduleLocked(time.Second)
+	}
+}
+
+// reclaimLocked frees the retired extents that no reader can hold anymore.
+func (s *arenaSet) reclaimLocked(now time.Time) {
+	oldest := readers.oldest()
+	grace := time.Duration(reuseGrace.Load())
+	keep := s.pending[:0]
+	for _, r := range s.pending {
+		if r.ticket < oldest && (!r.grace || now.Sub(r.at) >= grace) {
+			r.ext.a.free(r.ext.off, r.ext.grains())
+			s.retiredBytes -= r.ext.n
+			s.reclaimedBytes += r.ext.n
+			continue
+		}
+		keep = append(keep, r)
+	}
+	clear(s.pending[len(keep):])
+	s.pending = keep
+}
+
+// free returns a never-published extent (bodyMem.release).
+func (a *arena) freeExtent(e extent) { a.free(e.off, e.grains()) }
+
+// readers tracks the requests that may hold body slices (BeginRead).
+var readers readerSet
+
+type readerSet struct {
+	mu     sync.Mutex
+	seq    uint64
+	active map[uint64]struct{}
+}
+
+// A Reading is a span in which the caller may use body slices of Items it
+// got from a Store or a Hot cache, even after dropping the Items: memory
+// the store lets go of meanwhile is not reused before End. The HTTP
+// handler brackets every request with one.
+type Reading struct{ ticket uint64 }
+
+// BeginRead starts a Reading. End it when the bytes are no longer used
+// (after the response was written).
+func BeginRead() Reading {
+	if !arenasOn {
+		return Reading{}
+	}
+	readers.mu.Lock()
+	readers.seq++
+	t := readers.seq
+	if readers.active == nil {
+		readers.active = make(map[uint64]struct{})
+	}
+	readers.active[t] = struct{}{}
+	readers.mu.Unlock()
+	return Reading{ticket: t}
+}
+
+// End ends the Reading.
+func (r Reading) End() {
+	if r.ticket == 0 {
+		return
+	}
+	readers.mu.Lock()
+	delete(readers.active, r.ticket)
+	readers.mu.Unlock()
+}
+
+// current is the last ticket handed out: every reader that began before
+// now has a ticket ≤ it.
+func (rs *readerSet) current() uint64 {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	return rs.seq
+}
+
+// oldest is the smallest ticket of a running reader (or one past the
+// last ticket when none runs).
+func (rs *readerSet) oldest() uint64 {
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	m := rs.seq + 1
+	for t := range rs.active {
+		m = min(m, t)
+	}
+	return m
+}
+
+// ArenaStats describes the memory outside the Go heap that holds bodies.
+type ArenaStats struct {
+	Enabled  bool  // bodies live in arenas (false: in the Go heap)
+	Arenas   int64 // arenas mapped
+	Mapped   int64 // address space mapped for them
+	Used     int64 // bytes in extents handed out (bodies, rounded to 64 bytes), retired ones included
+	Retired  int64 // bytes of bodies let go of, waiting for readers and the grace period before reuse
+	Free     int64 // free bytes below the arenas' high-water marks (fragmentation)
+	FreeRuns int64 // free extents below the high-water marks
+	Readers  int64 // Readings in progress
+
+	Reclaimed int64 // bytes of retired bodies whose memory became free again, in all
+	Sendfiles int64 // bodies (or parts) handed to sendfile(2), in all
+}
+
+// Arenas returns the process's arena counters.
+func Arenas() ArenaStats {
+	st := ArenaStats{Enabled: arenasOn}
+	arenas.mu.Lock()
+	for _, a := range arenas.list {
+		st.Arenas++
+		st.Mapped += a.size
+		st.Used += a.used
+		for _, l := range a.frees {
+			st.Free += l
+			st.FreeRuns++
+		}
+	}
+	st.Retired = arenas.retiredBytes
+	st.Reclaimed = arenas.reclaimedBytes
+	arenas.mu.Unlock()
+	st.Sendfiles = arenas.sendfiles.Load()
+	readers.mu.Lock()
+	st.Readers = int64(len(readers.active))
+	readers.mu.Unlock()
+	return st
+}
+
+// arenaOf finds the arena extent b lies in, if any.
+func arenaOf(b []byte) (a *arena, off int64, ok bool) {
+	l := arenas.snap.Load()
+	if l == nil || len(b) == 0 {
+		return nil, 0, false
+	}
+	p := uintptrOf(b)
+	list := *l
+	i, _ := slices.BinarySearchFunc(list, p, func(a *arena, p uintptr) int {
+		switch {
+		case a.base+uintptr(a.size) <= p:
+			return -1
+		case a.base > p:
+			return 1
+		}
+		return 0
+	})
+	if i == len(list) || list[i].base > p || p+uintptr(len(b)) > list[i].base+uintptr(list[i].size) {
+		return nil, 0, false
+	}
+	return list[i], int64(p - list[i].base), true
+}
+
+func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// toArena moves it's bytes (not its Variants') into arena memory when they
+// are in the Go heap. it must not be shared yet.
+func (it *Item) toArena() {
+	if !arenasOn || it.mem != nil || it.Size <= 0 {
+		return
+	}
+	switch {
+	case it.Chunks != nil:
+		c, m := allocChunks(it.Chunks.Len())
+		for i := range c {
+			copy(c[i], it.Chunks[i])
+		}
+		it.Chunks, it.mem = c, m
+	case it.Body != nil:
+		b, m := allocBody(int64(len(it.Body)))
+		copy(b, it.Body)
+		it.Body, it.mem = b, m
+	}
+}

@@ -1,0 +1,87 @@
+package shard
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// BenchmarkPrimedHeap primes the tree SHARDCACHE_HEAP_TREE names (all of
+// it: a budget of twice its size) and reports what the Go heap holds then
+// (runtime/metrics /memory/classes/heap/objects:bytes, after a forced
+// collection), how long a forced collection takes (median of 5), the
+// process's RSS and the bytes the store holds. bench/run.sh runs it on a
+// 4 GiB tree for its heap/GC line (the "heapgc:" line it prints). Without
+// SHARDCACHE_HEAP_TREE it is skipped.
+func BenchmarkPrimedHeap(b *testing.B) {
+	dir := os.Getenv("SHARDCACHE_HEAP_TREE")
+	if dir == "" {
+		b.Skip("SHARDCACHE_HEAP_TREE is not set (a directory to prime; bench/run.sh sets it)")
+	}
+	var total int64
+	if v := os.Getenv("SHARDCACHE_HEAP_BYTES"); v != "" {
+		total, _ = strconv.ParseInt(v, 10, 64)
+	}
+	s, err := New(Config{Root: dir, Memory: max(2*total, 0)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	start := time.Now()
+	s.Start()
+	for !s.Ready() {
+		if time.Since(start) > 10*time.Minute {
+			b.Fatal("not primed after 10 minutes")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	primed := time.Since(start)
+	for b.Loop() {
+		runtime.GC()
+	}
+	runtime.GC()
+	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
+	metrics.Read(sample)
+	heap := sample[0].Value.Uint64()
+	var gcs []time.Duration
+	for range 5 {
+		t0 := time.Now()
+		runtime.GC()
+		gcs = append(gcs, time.Since(t0))
+	}
+	slices.Sort(gcs)
+	gc := gcs[len(gcs)/2]
+	rss := rssBytes()
+	st := s.Stats()
+	b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+	b.ReportMetric(float64(gc.Microseconds())/1000, "gc-ms")
+	b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
+	b.ReportMetric(float64(st.ResidentBytes)/(1<<20), "held-MiB")
+	fmt.Printf("heapgc: items=%d held=%d heap_objects=%d gc_ms=%.2f rss=%d primed_s=%.1f\n",
+		st.Items, st.ResidentBytes, heap, float64(gc.Microseconds())/1000, rss, primed.Seconds())
+	runtime.KeepAlive(s)
+}
+
+// rssBytes is the process's resident set size (Linux; 0 elsewhere).
+func rssBytes() int64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
