@@ -34,6 +34,11 @@ import (
 // change. When every store has become ready, the garbage of priming is
 // returned to the operating system once.
 //
+// Where the bytes held live in arenas outside the Go heap (Linux, see
+// shard/arena.go), they are left out: the held bytes and budgets above
+// count as zero, so the limit is 1.1 × the metadata + memoryOverhead, and
+// never less than the live heap + minHeadroom, while priming too.
+//
 // The limit is soft: the runtime never fails an allocation for it.
 
 // memoryOverhead is what the process may use beyond 1.1 × the bytes held
@@ -144,11 +149,18 @@ func governMemory(log *zap.Logger) {
 			}
 			ready = ready && s.store.Ready()
 		}
+		if shard.Arenas().Enabled {
+			// The bytes held live in arenas outside the Go heap
+			// (shard/arena.go): the limit bounds the metadata and the
+			// requests' garbage only.
+			held, budgets = 0, 0
+		}
 		meta := metadataBytes(metadataOf(sources, c))
-		limit := primingLimit(budgets, meta)
+		metrics.Read(live)
+		liveHeap := int64(live[0].Value.Uint64())
+		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)
 		if ready {
-			metrics.Read(live)
-			limit = memoryLimit(held, meta, int64(live[0].Value.Uint64()))
+			limit = memoryLimit(held, meta, liveHeap)
 		}
 		if d := limit - last; d > 1<<20 || d < -1<<20 {
 			debug.SetMemoryLimit(limit)
