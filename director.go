@@ -138,16 +138,8 @@ func (d *Director) pick(pool reverseproxy.UpstreamPool, key string) *reverseprox
 	peers := n.Peers()
 	ring := d.c.Members().Ring()
 	for _, name := range ring.Owners(key, ring.Len()) {
-		for i := range peers {
-			p := &peers[i]
-			if p.Name != name || !p.Up || !p.Ready || p.Lan == "" {
-				continue
-			}
-			for _, up := range pool {
-				if up.Dial == p.Lan && up.Available() {
-					return up
-				}
-			}
+		if up := upstreamOf(pool, peers, name); up != nil {
+			return up
 		}
 	}
 	return nil

@@ -125,7 +125,7 @@ func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
 		return
 	}
 	switch t {
-	case frameGet:
+	case frameGet, frameMeta:
 		// The request is one frame: the client's side ends here. Reading
 		// the end also completes our receive side, which frees the
 		// stream slot.
@@ -139,20 +139,11 @@ func (n *Node) serveStream(ic *inConn, str *quic.Stream) {
 			abort(str, streamCode(err))
 			return
 		}
-		n.serveGet(str, payload, from, bp)
-		bufPool.Put(bp)
-	case frameMeta:
-		if len(rest) == 0 && !eof {
-			err = readEOF(str)
-		} else if len(rest) != 0 {
-			err = errTrailingBytes
+		if t == frameGet {
+			n.serveGet(str, payload, from, bp)
+		} else {
+			n.serveMeta(str, payload, from, bp)
 		}
-		if err != nil {
-			bufPool.Put(bp)
-			abort(str, streamCode(err))
-			return
-		}
-		n.serveMeta(str, payload, from, bp)
 		bufPool.Put(bp)
 	case frameHello:
 		if str.StreamID() != 0 {
