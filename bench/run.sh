@@ -402,3 +402,4 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
 		echo "!! $key: ${NOTE[$key]}"
 	done
 } | tee "$OUT/table-$STAMP.txt"
+[ "$PLUMBING" = 1 ] || "$BENCH/h2.sh" -d "$DUR" -w "$WARM" -r "$REPEATS" # HTTP/2 over TLS with h2load
