@@ -9,7 +9,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -391,5 +390,3 @@ func sortedPaths[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
-
-var errNoResult = errors.New("the page set no result")
