@@ -274,10 +274,10 @@ https://127.0.0.1:%d {
 // HTTP/3, and checks from the DevTools Network events that every resource
 // (HTML, CSS, JS, a font, two images, a <video> seeked into a 10 MiB file
 // of 4 MiB chunks that a non-owner serves, and a Range the page's script
-// fetches) came over that protocol with the right status and bytes. Then
-// it renders the director's status page (the shardcache_status directive)
-// and checks that it shows the three members up and ready, and writes a
-// screenshot of it.
+// fetches) came over that protocol with the right status and bytes, and
+// from which node. Then it renders the status pages (the shardcache_status
+// directive) of the director and of n1, checks in the DOM that they show
+// the members up and ready, and writes screenshots.
 func TestBrowser(t *testing.T) {
 	needCaddy(t)
 	bin := findChromium(t)
@@ -355,6 +355,13 @@ func TestBrowser(t *testing.T) {
 			b := startBrowser(t, bin, pc.flags...)
 			checkBrowserPage(t, b, base, pc.proto, site, realFont, owner, members[mediaNode].name)
 		})
+	}
+
+	// The media's chunks crossed the SAN to the node that served them.
+	if c := nodeCounters(t, nodes[mediaNode]); c.req["peer"] == 0 {
+		t.Errorf("%s served %s without fetching a chunk from its owner (tiers %v)", members[mediaNode].name, browserClip, c.req)
+	} else {
+		t.Logf("%s (not the owner of %s): requests by tier %v, bytes %v", members[mediaNode].name, browserClip, c.req, c.bytes)
 	}
 
 	// The director's page lists the three members; a node's lists the
