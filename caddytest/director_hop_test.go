@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,41 +22,86 @@ import (
 // issued by the cluster CA derived from the secret (`tls { get_certificate
 // shardcache }`) and trusted by the director (`tls_trust_pool shardcache`):
 // no certificate file anywhere, and no Host rewriting, because the node
-// site the director reaches has no host name (`https://:<port>`).
+// site the director reaches has no host name (`https://:<port>`). The
+// nodes and the director run examples/director/https-node.Caddyfile and
+// https-director.Caddyfile, with the test's addresses.
 
-// hopNodeCaddyfile is a content node: its lan site https://:<port> with a
-// certificate from the cluster CA, X-Node on every response.
-func hopNodeCaddyfile(c clusterNodeConfig) string {
-	return globalBlock(c.admin, shardcacheOption(c.self, c.members, "{env."+clusterSecretEnv+"}",
-		fmt.Sprintf("lan 127.0.0.1:%d", c.port), "fetch_timeout 2s"), "skip_install_trust", "auto_https disable_redirects") +
-		fmt.Sprintf(`
-https://:%d {
-	bind 127.0.0.1
-	tls {
-		get_certificate shardcache
+// fromExample returns the text of the example file rel (under examples/)
+// with each old string of pairs (old, new, old, new...) replaced, failing
+// the test if the example no longer contains one: the test runs what the
+// example says, so the example cannot drift from what is tested.
+func fromExample(t *testing.T, rel string, pairs ...string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot, "examples", filepath.FromSlash(rel)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	header X-Node %s
-	shardcache {
-		root %s
-		group %s
-		memory 64MiB
-		hot 8MiB
+	s := string(b)
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if !strings.Contains(s, pairs[i]) {
+			t.Fatalf("examples/%s no longer contains %q; update this test", rel, pairs[i])
+		}
+		s = strings.ReplaceAll(s, pairs[i], pairs[i+1])
 	}
+	return s
 }
-`, c.port, c.self.name, c.root, clusterGroup)
+
+// exampleGlobals is what a test adds to an example's global block: its
+// admin endpoint, sites on loopback only, no trust store, a short grace.
+func exampleGlobals(admin string) string {
+	return fmt.Sprintf("{\n\tadmin %s\n\tdefault_bind 127.0.0.1\n\tskip_install_trust\n\tgrace_period 5s\n\tshardcache {", admin)
+}
+
+// hopNodeCaddyfile is content node c as examples/director/https-node.Caddyfile
+// writes n1: its lan site https://:<port> with a certificate from the
+// cluster CA; the test's addresses, root and budgets, and X-Node on every
+// response.
+func hopNodeCaddyfile(t *testing.T, c clusterNodeConfig) string {
+	t.Helper()
+	var peers []string
+	for _, m := range c.members {
+		if m.name != c.self.name {
+			peers = append(peers, fmt.Sprintf("peer %s %s", m.name, m.san))
+		}
+	}
+	return fromExample(t, "director/https-node.Caddyfile",
+		"{\n\tshardcache {", exampleGlobals(c.admin),
+		"node n1 10.0.0.1:7946", fmt.Sprintf("node %s %s", c.self.name, c.self.san),
+		"peer n2 10.0.0.2:7946\n\t\tpeer n3 10.0.0.3:7946", strings.Join(peers, "\n\t\t"),
+		"lan 10.0.1.1:8443", fmt.Sprintf("lan 127.0.0.1:%d", c.port),
+		"https://:8443 {\n", fmt.Sprintf("https://:%d {\n\tbind 127.0.0.1\n\theader X-Node %s\n", c.port, c.self.name),
+		"root /srv/www", fmt.Sprintf("root %s\n\t\tgroup %s", c.root, clusterGroup),
+		"memory 8GiB", "memory 64MiB",
+		"hot 1GiB", "hot 8MiB",
+	)
+}
+
+// hopExampleDirector is examples/director/https-director.Caddyfile with the
+// test's addresses, its site http://<host>:<port> instead of example.com.
+func hopExampleDirector(t *testing.T, admin, san string, members []clusterMember, nodePorts []int, host string, port int) string {
+	t.Helper()
+	pairs := []string{
+		"{\n\tshardcache {", exampleGlobals(admin),
+		"node director 10.0.0.9:7946", "node director " + san,
+		"example.com {\n", fmt.Sprintf("http://%s:%d {\n\tbind 127.0.0.1\n", host, port),
+	}
+	for i, m := range members {
+		pairs = append(pairs,
+			fmt.Sprintf("peer %s 10.0.0.%d:7946", m.name, i+1), fmt.Sprintf("peer %s %s", m.name, m.san),
+			fmt.Sprintf("https://10.0.1.%d:8443", i+1), fmt.Sprintf("https://127.0.0.1:%d", nodePorts[i]))
+	}
+	return fromExample(t, "director/https-director.Caddyfile", pairs...)
 }
 
 // hopDirectorCaddyfile is a director at san named name, with the secret
 // from the environment, whose site http://<host>:<port> proxies to the
-// nodes' lan sites over HTTPS trusting the cluster CA; with dynamic, a
-// second site http://dyn.<host>:<dynPort> takes its upstreams from the
-// cluster (`dynamic shardcache`).
-func hopDirectorCaddyfile(admin, name, san string, members []clusterMember, nodePorts []int, host string, port, dynPort int) string {
+// nodes' lan sites over HTTPS trusting the cluster CA.
+func hopDirectorCaddyfile(admin, name, san string, members []clusterMember, nodePorts []int, host string, port int) string {
 	var ups []string
 	for _, p := range nodePorts {
 		ups = append(ups, fmt.Sprintf("https://127.0.0.1:%d", p))
 	}
-	cf := globalBlock(admin, shardcacheOption(clusterMember{name: name, san: san}, members, "{env."+clusterSecretEnv+"}", "observer")) +
+	return globalBlock(admin, shardcacheOption(clusterMember{name: name, san: san}, members, "{env."+clusterSecretEnv+"}", "observer")) +
 		fmt.Sprintf(`
 http://%s:%d {
 	bind 127.0.0.1
@@ -66,21 +113,6 @@ http://%s:%d {
 	}
 }
 `, host, port, strings.Join(ups, " "))
-	if dynPort > 0 {
-		cf += fmt.Sprintf(`
-http://dyn.%s:%d {
-	bind 127.0.0.1
-	reverse_proxy {
-		dynamic shardcache
-		lb_policy shardcache
-		transport http {
-			tls_trust_pool shardcache
-		}
-	}
-}
-`, host, dynPort)
-	}
-	return cf
 }
 
 // hostGet GETs p from the server at addr (127.0.0.1:port) with the Host
@@ -131,7 +163,7 @@ func TestDirectorHop(t *testing.T) {
 	var nodes []*clusterNode
 	var ports []int
 	for _, c := range cfgs {
-		nodes = append(nodes, g.launch(c.self.name, c.self.san, fmt.Sprintf("https://127.0.0.1:%d", c.port), c.root, hopNodeCaddyfile(c)))
+		nodes = append(nodes, g.launch(c.self.name, c.self.san, fmt.Sprintf("https://127.0.0.1:%d", c.port), c.root, hopNodeCaddyfile(t, c)))
 		ports = append(ports, c.port)
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -152,8 +184,21 @@ func TestDirectorHop(t *testing.T) {
 	port, dynPort := freePort(t), freePort(t)
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	dirSAN := "127.0.62.9:7946"
-	director := g.launch("director", dirSAN, fmt.Sprintf("http://127.0.0.1:%d", port), "",
-		hopDirectorCaddyfile(admin, "director", dirSAN, members, ports, host, port, dynPort))
+	// The example's director, plus a site with dynamic upstreams.
+	dcf := hopExampleDirector(t, admin, dirSAN, members, ports, host, port) +
+		fmt.Sprintf(`
+http://dyn.%s:%d {
+	bind 127.0.0.1
+	reverse_proxy {
+		dynamic shardcache
+		lb_policy shardcache
+		transport http {
+			tls_trust_pool shardcache
+		}
+	}
+}
+`, host, dynPort)
+	director := g.launch("director", dirSAN, fmt.Sprintf("http://127.0.0.1:%d", port), "", dcf)
 	director.waitUp("", time.Now().Add(30*time.Second))
 	waitFor(t, 20*time.Second, "the director to see every member up and ready", func() bool {
 		for _, m := range members {
@@ -245,7 +290,7 @@ func TestDirectorHop(t *testing.T) {
 		wadmin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		wsan := "127.0.62.10:7946"
 		wd := wrong.launch("intruder", wsan, fmt.Sprintf("http://127.0.0.1:%d", wport), "",
-			hopDirectorCaddyfile(wadmin, "intruder", wsan, members, ports, host, wport, 0))
+			hopDirectorCaddyfile(wadmin, "intruder", wsan, members, ports, host, wport))
 		wd.waitUp("", time.Now().Add(30*time.Second))
 		waddr := fmt.Sprintf("127.0.0.1:%d", wport)
 		ok, _ := pollUntil(10*time.Second, func() bool {
