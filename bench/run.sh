@@ -585,3 +585,4 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
 	done
 } | tee "$OUT/table-$STAMP.txt"
 [ "$OTHERS" = 0 ] && [ "$HEAP_SIZE" = 0 ] || others_table | tee -a "$OUT/table-$STAMP.txt"
+[ "$PLUMBING" = 1 ] || "$BENCH/h2.sh" -d "$DUR" -w "$WARM" -r "$REPEATS" # HTTP/2 over TLS with h2load

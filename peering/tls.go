@@ -3,7 +3,9 @@ package peering
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -16,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -511,4 +514,52 @@ func (n *Node) clientTLS(serverName string) *tls.Config {
 		return n.credentials().clientConfigAnyName()
 	}
 	return n.credentials().ClientConfig(serverName)
+}
+
+// CAs returns the cluster CAs c trusts (the one derived from the secret,
+// or those of the CA file).
+func (c *Credentials) CAs() []*x509.Certificate { return slices.Clone(c.cas) }
+
+// IssueServerCert issues a TLS server certificate for host (a DNS name or
+// an IP address) signed by the cluster CA, with a fresh ECDSA P-256 key
+// (which browsers and every TLS stack accept), valid from an hour before
+// now (clock skew) for validity. It is the certificate of a node's HTTPS
+// site that a content director verifies against the cluster CA: usable
+// for server authentication only, so it is no peer identity (a peer's
+// certificate must also allow client authentication, and its key stays
+// with the node that asked for it anyway).
+func IssueServerCert(ca *x509.Certificate, caKey crypto.Signer, host string, now time.Time, validity time.Duration) (tls.Certificate, error) {
+	if host == "" {
+		return tls.Certificate{}, errors.New("issuing site certificate: empty host")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("generating site key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("generating serial: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{Organization: []string{"shardcache"}, OrganizationalUnit: []string{"site"}, CommonName: host},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		tmpl.IPAddresses = []net.IP{ip}
+	} else {
+		tmpl.DNSNames = []string{host}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("issuing site certificate for %q: %w", host, err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("parsing site certificate for %q: %w", host, err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
