@@ -62,6 +62,9 @@ type Status struct {
 	Spread []SpreadStatus `json:"spread,omitempty"`
 	// Push is, on a content node, what it carries for directors.
 	Push *cluster.PushStats `json:"push,omitempty"`
+	// TOCBytesSent: what syncing its peers' tables of content has cost
+	// this node since it started (cluster.Status).
+	TOCBytesSent int64 `json:"toc_bytes_sent,omitempty"`
 }
 
 // GroupStatus is one content tree on this node.
@@ -111,6 +114,7 @@ func currentStatus() Status {
 	if c != nil {
 		cs := c.Status()
 		st.Node, st.SAN, st.Epoch, st.Ring, st.Members = cs.Node, cs.SAN, cs.Epoch, cs.Ring, cs.Members
+		st.TOCBytesSent = cs.TOCBytesSent
 		if c.Observer() {
 			st.Spread = spreadStatus()
 		} else {
