@@ -158,18 +158,7 @@ measure() {
 			log "h2.sh: h2load did not speak HTTP/2 to $u ($TLSINFO)"
 			exit 1
 		fi
-		if [ "$foreign" -le "$QUIET_PCT" ]; then
-			quiet=1
-			if [ -n "${NOISY[$key]:-}" ]; then unset "RPS[$key]" "MBS[$key]" "NOISY[$key]"; fi
-			if [ -z "${RPS[$key]:-}" ] || better "$rps" "${RPS[$key]}"; then
-				RPS[$key]=$rps
-				MBS[$key]=$mbs
-			fi
-		elif [ -z "${RPS[$key]:-}" ] || { [ -n "${NOISY[$key]:-}" ] && better "$rps" "${RPS[$key]}"; }; then
-			RPS[$key]=$rps
-			MBS[$key]=$mbs
-			NOISY[$key]=1
-		fi
+		if keepbest "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
 		log "  $(printf '%-18s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${fails:+  !! $fails}"
 		[ "$quiet" = 0 ] || break
 	done

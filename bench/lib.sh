@@ -224,6 +224,28 @@ waitquiet() {
 
 better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
 
+# keepbest KEY RPS MBS FOREIGN: keep the best quiet run of a cell in RPS,
+# MBS; the best noisy one only while no try of this cell (in this or an
+# earlier repeat) has been quiet (NOISY marks it). Returns 0 if this run
+# was quiet (other CPU use at most QUIET_PCT).
+keepbest() {
+	local key=$1 rps=$2 mbs=$3 foreign=$4
+	if [ "$foreign" -le "$QUIET_PCT" ]; then
+		if [ -n "${NOISY[$key]:-}" ]; then unset "RPS[$key]" "MBS[$key]" "NOISY[$key]"; fi
+		if [ -z "${RPS[$key]:-}" ] || better "$rps" "${RPS[$key]}"; then
+			RPS[$key]=$rps
+			MBS[$key]=$mbs
+		fi
+		return 0
+	fi
+	if [ -z "${RPS[$key]:-}" ] || { [ -n "${NOISY[$key]:-}" ] && better "$rps" "${RPS[$key]}"; }; then
+		RPS[$key]=$rps
+		MBS[$key]=$mbs
+		NOISY[$key]=1
+	fi
+	return 1
+}
+
 # tomib: MiB/s from wrk's Transfer/sec ("12.34MB", 1024-based units).
 tomib() {
 	awk -v t="$1" 'BEGIN {

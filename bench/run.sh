@@ -230,18 +230,7 @@ measure() {
 		if [ -n "$errs" ]; then NOTE[$key]="$errs"; fi
 		# Keep the best quiet run; the best noisy one only while no try of
 		# this cell (in this or an earlier repeat) has been quiet.
-		if [ "$foreign" -le "$QUIET_PCT" ]; then
-			quiet=1
-			if [ -n "${NOISY[$key]:-}" ]; then unset "RPS[$key]" "MBS[$key]" "NOISY[$key]"; fi
-			if [ -z "${RPS[$key]:-}" ] || better "$rps" "${RPS[$key]}"; then
-				RPS[$key]=$rps
-				MBS[$key]=$mbs
-			fi
-		elif [ -z "${RPS[$key]:-}" ] || { [ -n "${NOISY[$key]:-}" ] && better "$rps" "${RPS[$key]}"; }; then
-			RPS[$key]=$rps
-			MBS[$key]=$mbs
-			NOISY[$key]=1
-		fi
+		if keepbest "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
 		log "  $(printf '%-26s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${errs:+  !! $errs}"
 		[ "$quiet" = 0 ] || break
 	done
