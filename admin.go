@@ -65,6 +65,22 @@ type Status struct {
 	// TOCBytesSent: what syncing its peers' tables of content has cost
 	// this node since it started (cluster.Status).
 	TOCBytesSent int64 `json:"toc_bytes_sent,omitempty"`
+	// Arenas is the memory outside the Go heap that holds the bodies
+	// (shard.ArenaStats); absent where bodies live in the Go heap.
+	Arenas *ArenaStatus `json:"arenas,omitempty"`
+}
+
+// ArenaStatus is shard.ArenaStats in the status's JSON.
+type ArenaStatus struct {
+	Arenas    int64 `json:"arenas"`
+	Mapped    int64 `json:"mapped_bytes"`
+	Used      int64 `json:"used_bytes"`
+	Retired   int64 `json:"retired_bytes"`
+	Free      int64 `json:"free_bytes"`
+	FreeRuns  int64 `json:"free_runs"`
+	Readers   int64 `json:"readers"`
+	Reclaimed int64 `json:"reclaimed_bytes_total"`
+	Sendfiles int64 `json:"sendfiles_total"`
 }
 
 // GroupStatus is one content tree on this node.
@@ -110,6 +126,9 @@ func handleStatus(w http.ResponseWriter, r *http.Request) error {
 func currentStatus() Status {
 	var st Status
 	st.Ready = true
+	if a := shard.Arenas(); a.Enabled {
+		st.Arenas = &ArenaStatus{a.Arenas, a.Mapped, a.Used, a.Retired, a.Free, a.FreeRuns, a.Readers, a.Reclaimed, a.Sendfiles}
+	}
 	sources, c := reg.get()
 	if c != nil {
 		cs := c.Status()

@@ -33,10 +33,12 @@
 #   -i secs: the idle CPU measurement (default 60)
 #   -g secs: stop the GET passes after this long (default: no limit); an
 #      incomplete pass is reported as such
-# Environment: SAN_PORT (default 17960), PORT_WAIT (default 60).
+# Environment: SAN_PORT (default 17960), PORT_WAIT (default 60),
+# CADDY_CPUS (the CPUs of the three Caddys, default SERVER_CPU: e.g. 0,1),
+# PROFILE_SECS (a CPU profile of n1 over its first seconds, to bench/out/).
 set -euo pipefail
 
-usage() { sed -n '2,41p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; }
 N=1000000
 DIRS=""
 BIN=""
@@ -166,6 +168,12 @@ for i in 1 2 3; do
 	HEAP0[$i]=$(heapval "${ADMIN[$i]}" HeapAlloc)
 done
 
+# PROFILE_SECS: a CPU profile of n1 over its first seconds (priming).
+if [ -n "${PROFILE_SECS:-}" ]; then
+	curl -s -o "$OUT/scale-$LABEL-$STAMP-n1.cpu.pprof" \
+		"http://127.0.0.1:${ADMIN[1]}/debug/pprof/profile?seconds=$PROFILE_SECS" &
+fi
+
 # ready: primed, both peers up and ready; the time from each exec.
 deadline=$(($(date +%s) + 1800))
 while :; do
@@ -210,7 +218,7 @@ heapsplit() {
 		END { flush(); printf "%d %d %d\n", s, t, o }'
 }
 
-declare -A ITEMS=() TOC=() HELD=() STOREB=() TOCB=() OTHERB=() TOCBYTES0=()
+declare -A ITEMS=() TOC=() HELD=() ARENAS=() STOREB=() TOCB=() OTHERB=() TOCBYTES0=()
 tocbytes() { # tocbytes I: table-of-content bytes the status reports, or n/a
 	status "$1" | jq -r '[.. | objects | to_entries[] | select(.key | test("toc.*bytes|bytes.*toc")) | .value | numbers] | if length == 0 then "n/a" else add end'
 }
@@ -223,6 +231,7 @@ for i in 1 2 3; do
 	ITEMS[$i]=$(jq '[.groups[].items] | add' <<<"$st")
 	TOC[$i]=$(jq '[.groups[].toc_items] | add' <<<"$st")
 	HELD[$i]=$(jq '[.groups[].memory] | add' <<<"$st")
+	ARENAS[$i]=$(jq 'if .arenas then 1 else 0 end' <<<"$st") # bodies outside the Go heap
 	read -r STOREB[$i] TOCB[$i] OTHERB[$i] < <(heapsplit "$OUT/scale-$LABEL-$STAMP-n$i.heap.pprof")
 	TOCBYTES0[$i]=$(tocbytes "$i")
 done
@@ -230,11 +239,16 @@ done
 mib() { awk -v b="$1" 'BEGIN {printf "%.1f", b / 1048576}'; }
 per() { awk -v b="$1" -v n="$2" 'BEGIN {if (n > 0) printf "%.0f", b / n; else print "n/a"}'; }
 say ""
-say "| node | at start: RSS / heap MiB | ready: RSS / heap / live heap MiB | ready after s | items held / toc entries | bytes held MiB | store heap - held: per item held / per file of the site | toc heap per entry | other heap MiB | toc bytes at connect |"
-say "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+# The store's heap is its metadata; where bodies live in the Go heap (no
+# arenas) they are taken out. The RSS target of issue 12: 1.1 x bytes held
+# + 200 B per item held + 64 MiB.
+say "| node | at start: RSS / heap MiB | ready: RSS / heap / live heap MiB | ready after s | items held / toc entries | bytes held MiB | store metadata: per item held / per file of the site | toc heap per entry | other heap MiB | toc bytes at connect | RSS / (1.1 held + 200 B/item + 64 MiB) |"
+say "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for i in 1 2 3; do
-	storemeta=$((STOREB[$i] - HELD[$i]))
-	say "| n$i | ${RSS0[$i]} / ${HEAP0[$i]} | ${RSS1[$i]} / ${HEAP1[$i]} / ${LIVE1[$i]} | ${READY[$i]} | ${ITEMS[$i]} / ${TOC[$i]} | $(mib "${HELD[$i]}") | $(per "$storemeta" "${ITEMS[$i]}") / $(per "$storemeta" "$N") | $(per "${TOCB[$i]}" "${TOC[$i]}") | $(mib "${OTHERB[$i]}") | ${TOCBYTES0[$i]} |"
+	storemeta=${STOREB[$i]}
+	[ "${ARENAS[$i]}" = 1 ] || storemeta=$((STOREB[$i] - HELD[$i]))
+	rsstarget=$(awk -v r="${RSS1[$i]}" -v h="${HELD[$i]}" -v n="${ITEMS[$i]}" 'BEGIN {printf "%.2f", r * 1048576 / (1.1 * h + 200 * n + 64 * 1048576)}')
+	say "| n$i | ${RSS0[$i]} / ${HEAP0[$i]} | ${RSS1[$i]} / ${HEAP1[$i]} / ${LIVE1[$i]} | ${READY[$i]} | ${ITEMS[$i]} / ${TOC[$i]} | $(mib "${HELD[$i]}") | $(per "$storemeta" "${ITEMS[$i]}") / $(per "$storemeta" "$N") | $(per "${TOCB[$i]}" "${TOC[$i]}") | $(mib "${OTHERB[$i]}") | ${TOCBYTES0[$i]} | $rsstarget |"
 done
 
 # --- table of content at a 10 s reconnect ----------------------------------------------------

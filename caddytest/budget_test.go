@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -82,6 +83,36 @@ http://127.0.0.1:%d {
 	}
 	if !strings.Contains(text, root) {
 		t.Errorf("budget warning does not name the root %s: %s", root, text)
+	}
+
+	// The status reports the arenas the held bodies live in (Linux): at
+	// least the bytes held (extents are rounded up), never past the
+	// budget's worth plus rounding.
+	var st struct {
+		Groups []struct {
+			Memory int64 `json:"memory"`
+		} `json:"groups"`
+		Arenas *struct {
+			Arenas int64 `json:"arenas"`
+			Used   int64 `json:"used_bytes"`
+			Mapped int64 `json:"mapped_bytes"`
+		} `json:"arenas"`
+	}
+	cn := &clusterNode{node: n, name: "n1"}
+	if err := cn.adminGet("/shardcache/status", &st); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case runtime.GOOS != "linux":
+		if st.Arenas != nil {
+			t.Errorf("status reports arenas on %s: %+v", runtime.GOOS, *st.Arenas)
+		}
+	case st.Arenas == nil:
+		t.Error("status reports no arenas on Linux (bodies held outside the Go heap)")
+	case len(st.Groups) != 1 || st.Groups[0].Memory == 0:
+		t.Errorf("status groups %+v: want one holding bytes", st.Groups)
+	case st.Arenas.Arenas < 1 || st.Arenas.Used < st.Groups[0].Memory || st.Arenas.Used > 2<<20+64*int64(len(files)) || st.Arenas.Mapped < st.Arenas.Used:
+		t.Errorf("status arenas %+v with %d bytes held under a 2 MiB budget: want used between them, within mapped", *st.Arenas, st.Groups[0].Memory)
 	}
 
 	t.Logf("RSS after two rounds: %d MiB", n.rss()>>20)

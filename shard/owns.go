@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"io/fs"
 	"sync"
 )
 
@@ -149,6 +150,13 @@ var afterApplyOwns func()
 // tryHandoff asks Config.Handoff for the file of j and returns its data if
 // it matches storage (size and modification time now, and the bytes' hash
 // to the Version claimed) and the budget lets j hold it; else nil.
+//
+// The version asked for is the one the walk or the last rescan observed;
+// storage is checked again only when a peer answers. A node starting with
+// its peers (nobody holds anything yet: every ask fails at once) thus
+// costs storage no more than reading the file, where a stat of its own
+// before each ask cost as much as the read (a million files: a quarter of
+// priming's time).
 func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	rel, ok := relPath(j.path)
 	if !ok {
@@ -158,13 +166,26 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	if err != nil {
 		return nil
 	}
-	fi, err := s.statIn(r, rel) // a link is seen as its target, as readFile reads it
-	if err != nil || !fi.Mode().IsRegular() {
-		return nil
+	s.mu.RLock()
+	size, mtime := j.rec.size, j.rec.mtime
+	s.mu.RUnlock()
+	var fi fs.FileInfo
+	if mtime.IsZero() {
+		// Never observed (a path only listed): storage first.
+		if fi, err = s.statIn(r, rel); err != nil || !fi.Mode().IsRegular() {
+			return nil
+		}
+		size, mtime = fi.Size(), fi.ModTime()
 	}
-	h, ok := s.cfg.Handoff(s.ctx, j.path, fi.Size(), fi.ModTime())
+	h, ok := s.cfg.Handoff(s.ctx, j.path, size, mtime)
 	if !ok || h == nil {
 		return nil
+	}
+	if fi == nil {
+		// a link is seen as its target, as readFile reads it
+		if fi, err = s.statIn(r, rel); err != nil || !fi.Mode().IsRegular() {
+			return nil
+		}
 	}
 	body, chunks, ok := handoffBytes(h)
 	if !ok || h.Size != fi.Size() || !h.ModTime.Equal(fi.ModTime()) {
