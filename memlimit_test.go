@@ -28,6 +28,29 @@ func TestMemoryLimit(t *testing.T) {
 	}
 }
 
+// TestArenaLimit: with bodies in arenas the limit leaves room for half the
+// live heap in garbage once primed, as much as the live heap while
+// priming, and never lowers a limit that already does.
+func TestArenaLimit(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct {
+		limit, live int64
+		primed      bool
+		want        int64
+	}{
+		{100 * mib, 200 * mib, true, 300 * mib},
+		{100 * mib, 200 * mib, false, 400 * mib},
+		{500 * mib, 200 * mib, true, 500 * mib},
+		{500 * mib, 200 * mib, false, 500 * mib},
+		{64 * mib, 0, false, 64 * mib},
+	} {
+		if got := arenaLimit(tc.limit, tc.live, tc.primed); got != tc.want {
+			t.Errorf("arenaLimit(%d MiB, live %d MiB, primed %v) = %d MiB, want %d MiB",
+				tc.limit/mib, tc.live/mib, tc.primed, got/mib, tc.want/mib)
+		}
+	}
+}
+
 // fixedMeta reports a fixed metadata size.
 type fixedMeta int64
 

@@ -9,7 +9,7 @@ set -euo pipefail
 
 DUR=5       # seconds measured per cell (h2load -D)
 WARM=1      # h2load --warm-up-time
-REPEATS=1   # measure every cell this many times, keep the best
+REPEATS=1   # measure every cell this many times, report the median
 SERVER_CPU=1
 CLIENT_CPU=0
 
@@ -18,7 +18,7 @@ usage() {
 	cat <<EOF
   -d secs     measured duration of each h2load run (default $DUR)
   -w secs     warm-up of each run (default $WARM)
-  -r n        repeat every measurement n times and keep the best (default 1)
+  -r n        repeat every measurement n times and report the median (default 1)
 EOF
 }
 
@@ -124,7 +124,7 @@ declare -A RPS=() MBS=() NOTE=() NOISY=()
 TLSINFO=""
 
 # measure SERVER SIZE: h2load -c 32 -m 10 for DUR s after WARM s, on the
-# client CPU; keep the best quiet run (as bench/run.sh: a run where other
+# client CPU; report the median of the quiet runs (as bench/run.sh: a run where other
 # processes used more than QUIET_PCT of a CPU is redone, up to QUIET_TRIES).
 measure() {
 	local srv=$1 size=$2 key=$1/$2 u res rps mbs fails try s0 s1 c0 c1 wt wall foreign quiet=0
@@ -188,7 +188,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "") print "-"; el
 {
 	echo "shardcache h2load bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
 	echo "$(go version | cut -d' ' -f3), Caddy $("$CADDY" version | cut -d' ' -f1), $(h2load --version | head -n 1)"
-	echo "h2load -t 1 -c 32 -m 10 -D $DUR --warm-up-time=$WARM (best of $REPEATS; $TLSINFO) on CPU $CLIENT_CPU; server on CPU $SERVER_CPU"
+	echo "h2load -t 1 -c 32 -m 10 -D $DUR --warm-up-time=$WARM (median of $REPEATS; $TLSINFO) on CPU $CLIENT_CPU; server on CPU $SERVER_CPU"
 	echo
 	printf '%-7s | %9s %9s %9s | %7s %7s %7s | %6s %6s\n' size respond file_srv shardcch "MiB/s r" "MiB/s f" "MiB/s s" "s/resp" "s/fs"
 	printf -- '-%.0s' $(seq 1 82); echo

@@ -224,26 +224,32 @@ waitquiet() {
 
 better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
 
-# keepbest KEY RPS MBS FOREIGN: keep the best quiet run of a cell in RPS,
-# MBS; the best noisy one only while no try of this cell (in this or an
-# earlier repeat) has been quiet (NOISY marks it). Returns 0 if this run
-# was quiet (other CPU use at most QUIET_PCT).
+# keepbest KEY RPS MBS FOREIGN: record a run of a cell; RPS and MBS hold
+# the median of its quiet runs (other CPU use at most QUIET_PCT), or, while
+# none of its tries (in this or an earlier repeat) has been quiet, the
+# median of its noisy ones (NOISY marks it). With an even count the lower
+# middle run is taken. Returns 0 if this run was quiet.
+declare -A SAMPLES=() NSAMPLES=()
 keepbest() {
-	local key=$1 rps=$2 mbs=$3 foreign=$4
+	local key=$1 rps=$2 mbs=$3 foreign=$4 quiet=1 list mid
 	if [ "$foreign" -le "$QUIET_PCT" ]; then
-		if [ -n "${NOISY[$key]:-}" ]; then unset "RPS[$key]" "MBS[$key]" "NOISY[$key]"; fi
-		if [ -z "${RPS[$key]:-}" ] || better "$rps" "${RPS[$key]}"; then
-			RPS[$key]=$rps
-			MBS[$key]=$mbs
+		SAMPLES[$key]="${SAMPLES[$key]:-} $rps:$mbs"
+		unset "NOISY[$key]"
+		list=${SAMPLES[$key]}
+	else
+		quiet=0
+		NSAMPLES[$key]="${NSAMPLES[$key]:-} $rps:$mbs"
+		if [ -n "${SAMPLES[$key]:-}" ]; then
+			list=${SAMPLES[$key]}
+		else
+			list=${NSAMPLES[$key]}
+			NOISY[$key]=1
 		fi
-		return 0
 	fi
-	if [ -z "${RPS[$key]:-}" ] || { [ -n "${NOISY[$key]:-}" ] && better "$rps" "${RPS[$key]}"; }; then
-		RPS[$key]=$rps
-		MBS[$key]=$mbs
-		NOISY[$key]=1
-	fi
-	return 1
+	mid=$(tr ' ' '\n' <<<"$list" | awk 'NF' | sort -t: -k1,1g | awk '{v[NR] = $0} END {print v[int((NR + 1) / 2)]}')
+	RPS[$key]=${mid%%:*}
+	MBS[$key]=${mid#*:}
+	[ "$quiet" = 1 ]
 }
 
 # tomib: MiB/s from wrk's Transfer/sec ("12.34MB", 1024-based units).

@@ -9,7 +9,7 @@ set -euo pipefail
 DUR=5          # seconds measured per cell
 WARM=1         # seconds of warm-up before each cell
 CONNS=32       # wrk connections (one wrk thread)
-REPEATS=1      # measure every cell this many times, keep the best
+REPEATS=1      # measure every cell this many times, report the median
 PROFILE=0      # -p: CPU profile of the server during an extra 1 KiB run
 PLUMBING=0     # -s: stock Caddy only, no shardcache column (to test the script)
 PRIME=1        # -P: skip the priming measurement
@@ -25,7 +25,7 @@ usage() {
   -d secs     measured duration of each wrk run (default $DUR)
   -w secs     warm-up before each run (default $WARM)
   -c conns    wrk connections (default $CONNS)
-  -r n        repeat every measurement n times and keep the best (default 1)
+  -r n        repeat every measurement n times and report the median (default 1)
   -p          also profile the server (CPU, via the admin endpoint) during
               extra runs of shardcache and of respond (1 KiB over HTTP,
               64 KiB over HTTPS); profiles and top lists go to bench/out/
@@ -196,15 +196,16 @@ declare -A RPS=() MBS=() NOTE=()
 # servers and wrk: /proc/stat's user+nice+system time, less the Caddy
 # processes' and wrk's own. A run where that exceeds QUIET_PCT of one CPU is
 # redone (up to QUIET_TRIES times); every try first waits (up to QUIET_WAIT
-# s) for a moment when the machine is idle. If no try was quiet, the best
-# is kept and the table marks the cell with "~".
+# s) for a moment when the machine is idle. A cell reports the median of
+# its quiet runs (one per repeat, -r); if no try of it was quiet, the median
+# of the noisy ones, and the table marks the cell with "~".
 QUIET_PCT=${QUIET_PCT:-10}
 QUIET_TRIES=${QUIET_TRIES:-6}
 declare -A NOISY=()
 
 QUIET_WAIT=${QUIET_WAIT:-60}
 
-# measure SERVER PROTO SIZE: warm up, run wrk, keep the best req/s.
+# measure SERVER PROTO SIZE: warm up, run wrk, record its req/s.
 measure() {
 	local srv=$1 proto=$2 size=$3 u res rps mbs errs key try s0 s1 c0 c1 wt wall foreign quiet=0
 	key=$srv/$proto/$size
@@ -228,7 +229,7 @@ measure() {
 		mbs=$(tomib "$(awk '/^Transfer\/sec:/ {print $2}' <<<"$res")")
 		errs=$(awk '/Non-2xx or 3xx responses:/ {print "non-2xx " $NF} /Socket errors:/ {print}' <<<"$res" | paste -sd' ')
 		if [ -n "$errs" ]; then NOTE[$key]="$errs"; fi
-		# Keep the best quiet run; the best noisy one only while no try of
+		# The median of the quiet runs; of the noisy ones only while no try of
 		# this cell (in this or an earlier repeat) has been quiet.
 		if keepbest "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
 		log "  $(printf '%-26s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${errs:+  !! $errs}"
@@ -411,7 +412,7 @@ heap_gc() {
 PROTOS=(http https)
 
 log "machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1); server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
-log "tree: $NFILES files; wrk -t1 -c$CONNS -d${DUR}s after ${WARM}s warm-up, best of $REPEATS"
+log "tree: $NFILES files; wrk -t1 -c$CONNS -d${DUR}s after ${WARM}s warm-up, median of $REPEATS"
 
 SERVERS=(respond file_server)
 [ "$PLUMBING" = 1 ] || SERVERS+=(shardcache)
@@ -533,7 +534,7 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a != "-" && a + 0 >= b) }'; }
 {
 	echo "shardcache bench $(date -u '+%Y-%m-%d %H:%M UTC'): $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1)"
 	echo "$(go version | cut -d' ' -f3), Caddy $("$OURS" version | cut -d' ' -f1), CGO_ENABLED=0 ${BUILD[*]:1}"
-	echo "wrk -t1 -c$CONNS -d${DUR}s (after ${WARM}s warm-up, best of $REPEATS) on CPU $CLIENT_CPU; server on CPU $SERVER_CPU; $NFILES files in the tree"
+	echo "wrk -t1 -c$CONNS -d${DUR}s (after ${WARM}s warm-up, median of $REPEATS) on CPU $CLIENT_CPU; server on CPU $SERVER_CPU; $NFILES files in the tree"
 	echo
 	printf '%-7s %-5s | %9s %9s %9s | %7s %7s %7s | %6s %6s | %9s %6s | %s\n' \
 		size proto respond file_srv shardcch "MiB/s r" "MiB/s f" "MiB/s s" "s/resp" "s/fs" "stock fs" "fs/stk" "targets"

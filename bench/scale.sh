@@ -21,7 +21,7 @@
 # All three Caddys run on SERVER_CPU, the generator and the GETs on
 # CLIENT_CPU. The machine may be shared: the load average is printed.
 #
-#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-g secs] [-h]
+#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-g secs] [-w] [-h]
 #   -n files: files in the tree (default 1000000; e.g. -n 200000 for a quick run)
 #   -d dirs: directories (default files/10)
 #   -b caddy: run this binary instead of building ./cmd/caddy (to measure
@@ -33,9 +33,14 @@
 #   -i secs: the idle CPU measurement (default 60)
 #   -g secs: stop the GET passes after this long (default: no limit); an
 #      incomplete pass is reported as such
+#   -w: read every file of the tree once before starting the nodes (one
+#      thread, timed: a floor for what reading the tree costs here), so
+#      that the nodes start with the tree in the page cache, as after a
+#      restart; without it they find whatever the cache holds
 # Environment: SAN_PORT (default 17960), PORT_WAIT (default 60),
 # CADDY_CPUS (the CPUs of the three Caddys, default SERVER_CPU: e.g. 0,1),
-# PROFILE_SECS (a CPU profile of n1 over its first seconds, to bench/out/).
+# PROFILE_SECS (CPU profiles of n1 over its first seconds and over the
+# first seconds of the GET passes, to bench/out/).
 set -euo pipefail
 
 usage() { sed -n '2,43p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -47,7 +52,8 @@ TREE=""
 MEM=2GiB
 IDLE=60
 GETCAP=0
-while getopts "n:d:b:l:t:m:i:g:h" opt; do
+WARMUP=0
+while getopts "n:d:b:l:t:m:i:g:wh" opt; do
 	case $opt in
 	n) N=$OPTARG ;;
 	d) DIRS=$OPTARG ;;
@@ -57,6 +63,7 @@ while getopts "n:d:b:l:t:m:i:g:h" opt; do
 	m) MEM=$OPTARG ;;
 	i) IDLE=$OPTARG ;;
 	g) GETCAP=$OPTARG ;;
+	w) WARMUP=1 ;;
 	h) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
@@ -100,6 +107,11 @@ if [ ! -e "$MARK" ]; then
 fi
 TOTAL_BYTES=$(find "$TREE" -name '*.bin' -printf '%s\n' | awk '{s += $1} END {print s + 0}')
 say "tree: $TREE, $TOTAL_BYTES bytes in files"
+if [ "$WARMUP" = 1 ]; then
+	t0=$(date +%s.%N)
+	(cd "$TREE" && find . -type f -print0 | taskset -c "$CLIENT_CPU" xargs -0 -n 4096 cat >/dev/null)
+	say "page cache warmed: every file read once by one thread (find | xargs cat) in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s"
+fi
 
 # --- binaries --------------------------------------------------------------------------
 
@@ -293,7 +305,13 @@ for i in 1 2 3; do
 	GETPID[$i]=$!
 	PIDS+=("${GETPID[$i]}")
 done
+if [ -n "${PROFILE_SECS:-}" ]; then
+	curl -s -o "$OUT/scale-$LABEL-$STAMP-n1-gets.cpu.pprof" \
+		"http://127.0.0.1:${ADMIN[1]}/debug/pprof/profile?seconds=$PROFILE_SECS" &
+	GETPROF=$!
+fi
 for i in 1 2 3; do wait "${GETPID[$i]}" || true; done
+[ -z "${GETPROF:-}" ] || wait "$GETPROF" || true
 for i in 1 2 3; do RSS2[$i]=$(procmib "${NPID[$i]}" VmRSS); done
 say ""
 say "| node | GETs: requests (complete?), errors, s, req/s | RSS after GETs MiB |"
