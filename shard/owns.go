@@ -154,9 +154,9 @@ var afterApplyOwns func()
 // The version asked for is the one the walk or the last rescan observed;
 // storage is checked again only when a peer answers. A node starting with
 // its peers (nobody holds anything yet: every ask fails at once) thus
-// costs storage no more than reading the file, where a stat of its own
-// before each ask cost as much as the read (a million files: a quarter of
-// priming's time).
+// costs storage no more than reading the file, where a stat through
+// os.Root before each ask (a system call or three per path element) took
+// 14.6% of a priming node's CPU with a million files.
 func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	rel, ok := relPath(j.path)
 	if !ok {
