@@ -116,26 +116,33 @@ func issueLeaf(ca *x509.Certificate, caKey crypto.Signer, nodeName string, now t
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("generating node key: %w", err)
 	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{Organization: []string{"shardcache"}, CommonName: nodeName},
+		DNSNames:    []string{nodeName},
+		NotBefore:   now.Add(-time.Hour), // tolerate clock skew between nodes
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	return signCert(tmpl, pub, key, ca, caKey, fmt.Sprintf("certificate for node %q", nodeName))
+}
+
+// signCert gives tmpl a random serial, signs it with the CA for the key
+// pair pub/key and returns it as a TLS certificate; what names it in
+// errors.
+func signCert(tmpl *x509.Certificate, pub crypto.PublicKey, key crypto.Signer, ca *x509.Certificate, caKey crypto.Signer, what string) (tls.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("generating serial: %w", err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{Organization: []string{"shardcache"}, CommonName: nodeName},
-		DNSNames:     []string{nodeName},
-		NotBefore:    now.Add(-time.Hour), // tolerate clock skew between nodes
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
+	tmpl.SerialNumber = serial
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issuing certificate for node %q: %w", nodeName, err)
+		return tls.Certificate{}, fmt.Errorf("issuing %s: %w", what, err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("parsing certificate for node %q: %w", nodeName, err)
+		return tls.Certificate{}, fmt.Errorf("parsing %s: %w", what, err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
@@ -536,30 +543,17 @@ func IssueServerCert(ca *x509.Certificate, caKey crypto.Signer, host string, now
 	if err != nil {
 		return tls.Certificate{}, fmt.Errorf("generating site key: %w", err)
 	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("generating serial: %w", err)
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{Organization: []string{"shardcache"}, OrganizationalUnit: []string{"site"}, CommonName: host},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		Subject:     pkix.Name{Organization: []string{"shardcache"}, OrganizationalUnit: []string{"site"}, CommonName: host},
+		NotBefore:   now.Add(-time.Hour),
+		NotAfter:    now.Add(validity),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
 	if ip := net.ParseIP(host); ip != nil {
 		tmpl.IPAddresses = []net.IP{ip}
 	} else {
 		tmpl.DNSNames = []string{host}
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("issuing site certificate for %q: %w", host, err)
-	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("parsing site certificate for %q: %w", host, err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
+	return signCert(tmpl, &key.PublicKey, key, ca, caKey, fmt.Sprintf("site certificate for %q", host))
 }
