@@ -203,8 +203,7 @@ measure() {
 		res=$(cat "$TMP/wrk.out")
 		wt=$(awk '{print $1 + $2}' "$TMP/wrk.time")
 		wall=$(awk '{print $3}' "$TMP/wrk.time")
-		foreign=$(awk -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v w="$wt" -v hz="$HZ" -v d="$wall" \
-			'BEGIN { f = ((s - c) / hz - w) / d * 100; printf "%.0f", (f < 0 ? 0 : f) }')
+		foreign=$(foreign_pct "$s0" "$s1" "$c0" "$c1" "$wt" "$wall")
 		printf '== %s (try %d, other CPU use %s%%)\n%s\n' "$key" "$try" "$foreign" "$res" >>"$WRKLOG"
 		rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$res")
 		mbs=$(tomib "$(awk '/^Transfer\/sec:/ {print $2}' <<<"$res")")

@@ -90,16 +90,7 @@ done
 https://127.0.0.1:${PORT[respond]} {
 	tls internal
 EOF
-	for s in "${SIZES[@]}"; do
-		echo "	handle /b/$s.txt {"
-		echo "		header Content-Length ${BYTES[$s]}"
-		echo "		respond <<BENCHBODY"
-		cat "$TREE/b/$s.txt"
-		echo
-		echo "BENCHBODY 200"
-		echo "	}"
-	done
-	echo "	respond 404"
+	respond_bodies "${SIZES[@]}"
 	echo "}"
 	printf 'https://127.0.0.1:%s {\n\ttls internal\n\troot * %s\n\tfile_server\n}\n' "${PORT[file_server]}" "$TREE"
 	printf 'https://127.0.0.1:%s {\n\ttls internal\n\tshardcache {\n\t\troot %s\n\t\tmemory 256MiB\n\t}\n}\n' "${PORT[shardcache]}" "$TREE"
@@ -139,8 +130,7 @@ measure() {
 		res=$(cat "$TMP/h2load.out")
 		wt=$(awk '{print $1 + $2}' "$TMP/h2load.time")
 		wall=$(awk '{print $3}' "$TMP/h2load.time")
-		foreign=$(awk -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v w="$wt" -v hz="$HZ" -v d="$wall" \
-			'BEGIN { f = ((s - c) / hz - w) / d * 100; printf "%.0f", (f < 0 ? 0 : f) }')
+		foreign=$(foreign_pct "$s0" "$s1" "$c0" "$c1" "$wt" "$wall")
 		printf '== %s %s (try %d, other CPU use %s%%)\n%s\n' "$key" "$u" "$try" "$foreign" "$res" >>"$OUT/h2load-$STAMP.txt"
 		# "finished in 5.00s, 12345.60 req/s, 13.21MB/s"
 		rps=$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$res")
@@ -158,7 +148,7 @@ measure() {
 			log "h2.sh: h2load did not speak HTTP/2 to $u ($TLSINFO)"
 			exit 1
 		fi
-		if keepbest "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
+		if keepmedian "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
 		log "  $(printf '%-18s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${fails:+  !! $fails}"
 		[ "$quiet" = 0 ] || break
 	done

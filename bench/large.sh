@@ -209,8 +209,11 @@ fetch() {
 	SUM=$([ -s "$TMP/sum" ] && cut -d' ' -f1 "$TMP/sum" || echo none)
 	w=$(tail -n 1 "$TMP/curl.time" | awk '{print $1 + $2}')
 	# (in clock ticks: meaningless for a GET of a fraction of a second)
-	OTHER=$(awk -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v hz="$HZ" -v w="$w" -v d="$SECS" \
-		'BEGIN { f = ((s - c) / hz - w) / d * 100; if (d < 0.2) print "n/a"; else printf "%.0f%%", (f < 0 ? 0 : f) }')
+	if awk -v d="$SECS" 'BEGIN { exit !(d < 0.2) }'; then
+		OTHER=n/a
+	else
+		OTHER="$(foreign_pct "$s0" "$s1" "$c0" "$c1" "$w" "$SECS")%"
+	fi
 	CPUS=$(awk -v o=$((o1 - o0)) -v n=$((n1 - n0)) -v hz="$HZ" 'BEGIN { printf "CPU s owner %.2f, non-owner %.2f", o / hz, n / hz }')
 	FLT=$((f1 - f0))
 }

@@ -199,6 +199,14 @@ waitready() {
 HZ=$(getconf CLK_TCK)
 # user + nice + system + steal (time the host took from this VM's CPUs)
 sys_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $9; exit}' /proc/stat; }
+# foreign_pct S0 S1 C0 C1 WORK WALL: the % of one CPU that went to anything
+# but the measured processes and the client over a run: the machine's ticks
+# (sys_ticks S0 to S1) less the processes' (proc_ticks C0 to C1) and the
+# client's WORK seconds (user + system), over WALL seconds; 0 at least.
+foreign_pct() {
+	awk -v s=$(($2 - $1)) -v c=$(($4 - $3)) -v w="$5" -v hz="$HZ" -v d="$6" \
+		'BEGIN { f = ((s - c) / hz - w) / d * 100; printf "%.0f", (f < 0 ? 0 : f) }'
+}
 proc_ticks() { # proc_ticks PID...: user+system ticks of the processes
 	local p t=0
 	for p in "$@"; do
@@ -224,13 +232,13 @@ waitquiet() {
 
 better() { awk -v a="$1" -v b="$2" 'BEGIN {exit !(a > b)}'; }
 
-# keepbest KEY RPS MBS FOREIGN: record a run of a cell; RPS and MBS hold
+# keepmedian KEY RPS MBS FOREIGN: record a run of a cell; RPS and MBS hold
 # the median of its quiet runs (other CPU use at most QUIET_PCT), or, while
 # none of its tries (in this or an earlier repeat) has been quiet, the
 # median of its noisy ones (NOISY marks it). With an even count the lower
 # middle run is taken. Returns 0 if this run was quiet.
 declare -A SAMPLES=() NSAMPLES=()
-keepbest() {
+keepmedian() {
 	local key=$1 rps=$2 mbs=$3 foreign=$4 quiet=1 list mid
 	if [ "$foreign" -le "$QUIET_PCT" ]; then
 		SAMPLES[$key]="${SAMPLES[$key]:-} $rps:$mbs"
@@ -250,6 +258,24 @@ keepbest() {
 	RPS[$key]=${mid%%:*}
 	MBS[$key]=${mid#*:}
 	[ "$quiet" = 1 ]
+}
+
+# respond_bodies SIZE...: the handle blocks of a respond site that serves
+# $TREE/b/SIZE.txt, each body inlined as a heredoc with an explicit
+# Content-Length (net/http would chunk the larger bodies otherwise), then
+# 404 for anything else; BYTES[SIZE] is each body's length.
+respond_bodies() {
+	local s
+	for s in "$@"; do
+		echo "	handle /b/$s.txt {"
+		echo "		header Content-Length ${BYTES[$s]}"
+		echo "		respond <<BENCHBODY"
+		cat "$TREE/b/$s.txt"
+		echo
+		echo "BENCHBODY 200"
+		echo "	}"
+	done
+	echo "	respond 404"
 }
 
 # tomib: MiB/s from wrk's Transfer/sec ("12.34MB", 1024-based units).

@@ -110,16 +110,7 @@ EOF
 # Content-Length (net/http would chunk the larger bodies otherwise).
 {
 	echo "(bodies) {"
-	for s in "${SIZES[@]}"; do
-		echo "	handle /b/$s.txt {"
-		echo "		header Content-Length ${BYTES[$s]}"
-		echo "		respond <<BENCHBODY"
-		cat "$TREE/b/$s.txt"
-		echo
-		echo "BENCHBODY 200"
-		echo "	}"
-	done
-	echo "	respond 404"
+	respond_bodies "${SIZES[@]}"
 	echo "}"
 } >"$TMP/bodies.caddy"
 
@@ -221,9 +212,7 @@ measure() {
 		res=$(cat "$TMP/wrk.out")
 		wt=$(awk '{print $1 + $2}' "$TMP/wrk.time")
 		wall=$(awk '{print $3}' "$TMP/wrk.time")
-		# % of one CPU that went elsewhere during the run
-		foreign=$(awk -v s=$((s1 - s0)) -v c=$((c1 - c0)) -v w="$wt" -v hz="$HZ" -v d="$wall" \
-			'BEGIN { f = ((s - c) / hz - w) / d * 100; printf "%.0f", (f < 0 ? 0 : f) }')
+		foreign=$(foreign_pct "$s0" "$s1" "$c0" "$c1" "$wt" "$wall")
 		printf '== %s %s (try %d, other CPU use %s%%)\n%s\n' "$key" "$u" "$try" "$foreign" "$res" >>"$OUT/wrk-$STAMP.txt"
 		rps=$(awk '/^Requests\/sec:/ {print $2}' <<<"$res")
 		mbs=$(tomib "$(awk '/^Transfer\/sec:/ {print $2}' <<<"$res")")
@@ -231,7 +220,7 @@ measure() {
 		if [ -n "$errs" ]; then NOTE[$key]="$errs"; fi
 		# The median of the quiet runs; of the noisy ones only while no try of
 		# this cell (in this or an earlier repeat) has been quiet.
-		if keepbest "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
+		if keepmedian "$key" "$rps" "$mbs" "$foreign"; then quiet=1; fi
 		log "  $(printf '%-26s %10.0f req/s %9s MiB/s  (other CPU use %3s%%)' "$key" "$rps" "$mbs" "$foreign")${errs:+  !! $errs}"
 		[ "$quiet" = 0 ] || break
 	done
