@@ -162,17 +162,7 @@ func arenaCopy(it *Item) *Item {
 	if !arenasOn || it.mem != nil || it.Size <= 0 {
 		return it
 	}
-	c := &Item{
-		Path:        it.Path,
-		Size:        it.Size,
-		ModTime:     it.ModTime,
-		ContentType: it.ContentType,
-		ETag:        it.ETag,
-		Body:        it.Body,
-		Chunks:      it.Chunks,
-		Variants:    it.Variants,
-		Version:     it.Version,
-	}
+	c := it.copyFields()
 	c.toArena()
 	c.mem.noGrace() // peers never fetch hot copies: readers are all to wait for
 	return c

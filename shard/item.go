@@ -93,18 +93,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 	if sibs == nil {
 		return base
 	}
-	// Field by field: an Item is never copied (its Memo belongs to it).
-	it := Item{
-		Path:        base.Path,
-		Size:        base.Size,
-		ModTime:     base.ModTime,
-		ContentType: base.ContentType,
-		ETag:        base.ETag,
-		Body:        base.Body,
-		Chunks:      base.Chunks,
-		Version:     base.Version,
-		mem:         base.mem,
-	}
+	it := base.copyFields()
 	it.Variants = make([]Variant, 0, len(sibs))
 	for i, v := range sibs {
 		if v == nil {
@@ -120,7 +109,24 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			mem:      v.mem,
 		})
 	}
-	return &it
+	return it
+}
+
+// copyFields returns a new Item with every field of it but Memo, field by
+// field: an Item is never copied (its Memo belongs to it).
+func (it *Item) copyFields() *Item {
+	return &Item{
+		Path:        it.Path,
+		Size:        it.Size,
+		ModTime:     it.ModTime,
+		ContentType: it.ContentType,
+		ETag:        it.ETag,
+		Body:        it.Body,
+		Chunks:      it.Chunks,
+		Variants:    it.Variants,
+		Version:     it.Version,
+		mem:         it.mem,
+	}
 }
 
 // sameItem reports whether a and b are interchangeable: same metadata and
