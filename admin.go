@@ -127,7 +127,8 @@ func currentStatus() Status {
 	var st Status
 	st.Ready = true
 	if a := shard.Arenas(); a.Enabled {
-		st.Arenas = &ArenaStatus{a.Arenas, a.Mapped, a.Used, a.Retired, a.Free, a.FreeRuns, a.Readers, a.Reclaimed, a.Sendfiles}
+		st.Arenas = &ArenaStatus{Arenas: a.Arenas, Mapped: a.Mapped, Used: a.Used, Retired: a.Retired, Free: a.Free,
+			FreeRuns: a.FreeRuns, Readers: a.Readers, Reclaimed: a.Reclaimed, Sendfiles: a.Sendfiles}
 	}
 	sources, c := reg.get()
 	if c != nil {
