@@ -123,16 +123,36 @@ func needCaddy(t *testing.T) {
 	}
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago and
+// that no other call of this test process returned. The kernel may hand
+// out a port it just gave and saw closed again, and Caddy binds its
+// listeners with SO_REUSEPORT: two nodes given the same port would both
+// listen on it, each answering part of the requests (seen: a director's
+// admin endpoint answering for a node's).
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("finding a free port: %v", err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("finding a free port: %v", err)
+		}
+		p := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if !portsGiven[p] {
+			portsGiven[p] = true
+			return p
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	t.Fatalf("finding a free port: 1000 tries gave ports already handed out (%d so far)", len(portsGiven))
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // globalBlock returns a Caddyfile global options block with the admin
 // endpoint on admin, every site bound to 127.0.0.1 only, a short grace

@@ -312,6 +312,18 @@ func TestMembershipDNS(t *testing.T) {
 		n4 = g.launch(s.self.name, s.self.san, s.base(), s.root, s.caddyfile(d.addr))
 		n4.waitUp(n4.caddyfile, time.Now().Add(30*time.Second))
 		upIn := time.Since(launchAt)
+		// DNS lists n4 once it is ready (a readiness probe's order): it
+		// primed its share from the others' memory before they route to
+		// it, and the load sent to it from then on is not served from
+		// storage for want of the others' tables (which a node that
+		// just started may not have yet: that is timing, not the move).
+		if ok, _ := pollEvery(30*time.Second, 20*time.Millisecond, func() bool {
+			var st clusterStatus
+			return n4.adminGet("/shardcache/status", &st) == nil && st.Ready
+		}); !ok {
+			t.Fatalf("n4 was not ready 30s after it answered HTTP")
+		}
+		readyIn := time.Since(launchAt)
 		addAt := time.Now()
 		d.setTargets(want4...)
 		l4 = ftStartLoad([]ftTarget{{"n4", n4.base, 1}}, site, paths, 30000, 60*time.Second)
@@ -326,8 +338,8 @@ func TestMembershipDNS(t *testing.T) {
 		}
 		ftWaitReady(t, 30*time.Second, append(slices.Clone(nodes), n4), dir)
 		readyAt := time.Now()
-		t.Logf("n4 answered HTTP %s after its start; every member up and ready, seen so by the director, %s after n4 was added to DNS",
-			upIn.Round(time.Millisecond), readyAt.Sub(addAt).Round(time.Millisecond))
+		t.Logf("n4 answered HTTP %s and was ready %s after its start; every member up and ready, seen so by the director, %s after n4 was added to DNS",
+			upIn.Round(time.Millisecond), readyIn.Round(time.Millisecond), readyAt.Sub(addAt).Round(time.Millisecond))
 		// The others' stores moved to the new ring.
 		for _, n := range nodes {
 			if ok, _ := pollEvery(15*time.Second, 50*time.Millisecond, func() bool { return len(mbSharesMoved(n, movedBefore[n.name])) > 0 }); !ok {
@@ -400,6 +412,20 @@ func TestMembershipDNS(t *testing.T) {
 			}
 			t.Errorf("n4 read %d bytes of its share from storage (%d files) while joining: %.1f%% of the share's %d bytes; want ≤ 5%% (the rest from its peers' memory). n4's log:\n  %s",
 				o4.inBytes, o4.in, 100*float64(o4.inBytes)/float64(shareBytes), shareBytes, strings.Join(first, "\n  "))
+		}
+
+		// Its priming took the share from the others' memory (the store
+		// counts what Handoff gave it, and what storage refused of it).
+		if pl := n4.findLogs(func(e logEntry) bool { return e.str("msg") == "primed" }); len(pl) != 1 {
+			t.Errorf("n4 logged %d \"primed\" lines; want 1", len(pl))
+		} else {
+			items, _ := pl[0].num("items")
+			peers, ok := pl[0].num("from_peers_memory")
+			refused, _ := pl[0].num("from_peers_refused")
+			t.Logf("n4's priming: %v of %v items from its peers' memory, %v answers refused", peers, items, refused)
+			if !ok || peers < 0.95*items || refused != 0 {
+				t.Errorf("n4 primed %v items, %v of them from its peers' memory (%v answers refused); want ≥ 95%% and none refused: %s", items, peers, refused, pl[0])
+			}
 		}
 
 		// n4 holds its share.

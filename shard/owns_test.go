@@ -13,6 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // ownsTree is ~200 files of different sizes (100 B to 7.5 KB) in 7
@@ -275,12 +278,19 @@ func TestSetOwnsHandoff(t *testing.T) {
 		root := t.TempDir()
 		writeTree(t, root, files)
 		var calls atomic.Int64
-		s := newStore(t, Config{Root: root, Owns: a, Handoff: holder(t, root, &calls)}, nil)
+		core, logs := observer.New(zap.InfoLevel)
+		s := newStore(t, Config{Root: root, Owns: a, Handoff: holder(t, root, &calls), Logger: zap.New(core)}, nil)
 		startReady(t, s)
 		// Priming asks Handoff too (a node joining a running cluster).
 		st0 := s.Stats()
 		if primed := calls.Load(); primed != st0.PrimedItems || st0.HandoffItems != primed {
 			t.Errorf("priming asked Handoff %d times and took %d items from it; want %d each", primed, st0.HandoffItems, st0.PrimedItems)
+		}
+		// and says so when it is done.
+		if l := logs.FilterMessage("primed").All(); len(l) != 1 {
+			t.Errorf("%d \"primed\" lines; want 1", len(l))
+		} else if f := l[0].ContextMap(); f["from_peers_memory"] != st0.HandoffItems || f["from_peers_refused"] != int64(0) || f["items"] != st0.PrimedItems {
+			t.Errorf("\"primed\" logged %v; want items %d, from_peers_memory %d, from_peers_refused 0", f, st0.PrimedItems, st0.HandoffItems)
 		}
 		calls0 := calls.Load()
 		s.SetOwns(b)

@@ -170,13 +170,22 @@ dispatch:
 
 	d := time.Since(start)
 	bytes := s.primed.bytes.Load()
-	s.log.Info("primed",
+	fields := []zap.Field{
 		zap.Int64("items", s.primed.items.Load()),
 		zap.Int64("bytes", bytes),
 		zap.Duration("duration", d),
 		zap.Float64("mb_per_s", mbps(bytes, d)),
 		zap.Int64("resident_bytes", s.held.Load()),
-		zap.Int64("memory", s.budget))
+		zap.Int64("memory", s.budget),
+	}
+	if s.cfg.Handoff != nil {
+		// A node joining a running cluster: how much of its share came
+		// from its peers' memory, and how many of their answers storage
+		// refused (the rest of the items were read from storage).
+		fields = append(fields, zap.Int64("from_peers_memory", s.stats.handoffItems.Load()),
+			zap.Int64("from_peers_refused", s.stats.handoffFailed.Load()))
+	}
+	s.log.Info("primed", fields...)
 }
 
 // logProgress logs priming progress every progressEvery until stop closes.
