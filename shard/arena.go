@@ -67,9 +67,12 @@ type extent struct {
 
 // bodyMem is the anchor of one body's arena memory (one extent, or one per
 // chunk): Items and Variants holding the bytes point to it, and its
-// cleanup retires the extents once none does.
+// cleanup retires the extents once none does. A body of up to ChunkSize
+// (nearly every one) keeps its extent inline: 48 bytes with the cleanup,
+// where a slice of one extent cost another 24-byte object per body.
 type bodyMem struct {
-	ext     []extent
+	one     extent    // the extent of a body in one piece
+	chunks  *[]extent // the extents of a chunked body, one per chunk; nil for one piece
 	cleanup runtime.Cleanup
 }
 
@@ -80,11 +83,31 @@ func (m *bodyMem) release() {
 	}
 	m.cleanup.Stop()
 	arenas.mu.Lock()
-	for _, e := range m.ext {
-		e.a.freeExtent(e)
+	if m.chunks != nil {
+		for _, e := range *m.chunks {
+			e.a.freeExtent(e)
+		}
+	} else if m.one.a != nil {
+		m.one.a.freeExtent(m.one)
 	}
 	arenas.mu.Unlock()
-	m.ext = nil
+	m.one, m.chunks = extent{}, nil
+}
+
+// watch registers m's cleanup: once no Item or Variant points to m, its
+// extents are retired (after the readers, and the grace period unless
+// grace is false).
+func (m *bodyMem) watch(grace bool) {
+	switch {
+	case m.chunks != nil && grace:
+		m.cleanup = runtime.AddCleanup(m, retire, *m.chunks)
+	case m.chunks != nil:
+		m.cleanup = runtime.AddCleanup(m, retireHot, *m.chunks)
+	case grace:
+		m.cleanup = runtime.AddCleanup(m, retireOne, m.one)
+	default:
+		m.cleanup = runtime.AddCleanup(m, retireHotOne, m.one)
+	}
 }
 
 // arena is one mapping outside the Go heap, with its own allocator. Its
@@ -233,8 +256,8 @@ func allocBody(n int64) ([]byte, *bodyMem) {
 	if !ok {
 		return make([]byte, n), nil
 	}
-	m := &bodyMem{ext: []extent{e}}
-	m.cleanup = runtime.AddCleanup(m, retire, m.ext)
+	m := &bodyMem{one: e}
+	m.watch(true)
 	return e.bytes(), m
 }
 
@@ -245,7 +268,8 @@ func allocChunks(size int64) (Chunks, *bodyMem) {
 		return newChunks(size), nil
 	}
 	c := make(Chunks, 0, NumChunks(size))
-	m := &bodyMem{ext: make([]extent, 0, NumChunks(size))}
+	ext := make([]extent, 0, NumChunks(size))
+	m := &bodyMem{chunks: &ext}
 	for size > 0 {
 		n := min(size, ChunkSize)
 		e, ok := arenas.alloc(n)
@@ -253,11 +277,11 @@ func allocChunks(size int64) (Chunks, *bodyMem) {
 			m.release()
 			return newChunks(int64(len(c))*ChunkSize + size), nil
 		}
-		m.ext = append(m.ext, e)
+		ext = append(ext, e)
 		c = append(c, e.bytes())
 		size -= n
 	}
-	m.cleanup = runtime.AddCleanup(m, retire, m.ext)
+	m.watch(true)
 	return c, m
 }
 
@@ -312,13 +336,18 @@ func retire(ext []extent) { retireExtents(ext, true) }
 // cache, so only the readers need waiting for.
 func retireHot(ext []extent) { retireExtents(ext, false) }
 
+// retireOne and retireHotOne are retire and retireHot for a body in one
+// piece.
+func retireOne(e extent)    { retireExtents([]extent{e}, true) }
+func retireHotOne(e extent) { retireExtents([]extent{e}, false) }
+
 // noGrace makes m's memory reusable without the grace period (a hot copy).
 func (m *bodyMem) noGrace() {
 	if m == nil {
 		return
 	}
 	m.cleanup.Stop()
-	m.cleanup = runtime.AddCleanup(m, retireHot, m.ext)
+	m.watch(false)
 }
 
 func retireExtents(ext []extent, grace bool) {

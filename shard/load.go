@@ -24,7 +24,7 @@ type job struct {
 // startLoadLocked starts a load of the file at p (known) and returns it.
 // A later load of the same file makes this one's result be dropped.
 func (s *Store) startLoadLocked(p string) *job {
-	rec := s.files[p]
+	rec := s.files.get(p)
 	s.seq++
 	rec.loadSeq = s.seq
 	rec.loading = true
@@ -71,7 +71,7 @@ func (s *Store) wantBody(j *job) func(int64) bool {
 func (s *Store) finishLocked(j *job, c *Item, err error) {
 	s.reserved -= j.res
 	rec := j.rec
-	if s.files[j.path] != rec || rec.loadSeq != j.seq {
+	if s.files.get(j.path) != rec || rec.loadSeq != j.seq {
 		return // removed meanwhile, or a newer load started
 	}
 	rec.loading = false
@@ -104,7 +104,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	} else {
 		c.mem.release() // the same bytes are held already; nobody saw these
 	}
-	if rec.dirty || rec.size != c.Size || !rec.mtime.Equal(c.ModTime) {
+	if rec.dirty || rec.size != c.Size || !rec.mtimeIs(c.ModTime) {
 		// Storage was seen to change after this load began: look again.
 		s.kick(j.path, rec.dirty, 0)
 	}

@@ -11,8 +11,8 @@ import (
 // counts kept as the store changes (never a walk of its maps), calibrated
 // against the heap by TestMetadataBytesEstimate.
 //
-// Per file this node holds: its record and its entry in the files map and
-// in its directory's names; per published item: the Item, its ETag and its
+// Per file this node holds: its record, its slot in the files table and
+// its entry in its directory's names; per published item: the Item, its ETag and its
 // index slot; per directory (every directory of the tree, held or not):
 // its record, its index entry, its map entries and its names map; and the
 // paths themselves. The files of other nodes cost nothing here. Variants
@@ -44,10 +44,10 @@ const (
 var (
 	itemBytes = heapSizeClass(int64(unsafe.Sizeof(Item{})))
 
-	// metaPerFile is a held file's record and its entries in the files map
-	// and in its directory's names.
-	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) +
-		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack)
+	// metaPerFile is a held file's record, its slot in the files table
+	// (as an index slot) and its entry in its directory's names.
+	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) + indexSlot +
+		(stringHeader + mapSlack)
 
 	// metaPerItem is a published item: the Item, its ETag, its index slot.
 	metaPerItem = itemBytes + etagBytes + indexSlot
@@ -78,7 +78,7 @@ func heapSizeClass(n int64) int64 {
 // published items, directories and paths. It costs a few atomic loads.
 func (s *Store) MetadataBytes() int64 {
 	s.mu.RLock()
-	files := int64(len(s.files))
+	files := int64(s.files.len())
 	s.mu.RUnlock()
 	items := s.stats.items.Load()
 	dirs := s.stats.dirs.Load()

@@ -102,7 +102,7 @@ func (s *Store) applyOwns() {
 	s.setOwn.walking = true
 	var gone []string
 	var drops []*Item
-	for p, rec := range s.files {
+	for p, rec := range s.files.all() {
 		if !s.needLocked(p) {
 			gone = append(gone, p)
 			rec.queued = false // priming skips it
@@ -167,7 +167,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		return nil
 	}
 	s.mu.RLock()
-	size, mtime := j.rec.size, j.rec.mtime
+	size, mtime := j.rec.size, j.rec.mtime()
 	s.mu.RUnlock()
 	var fi fs.FileInfo
 	if mtime.IsZero() {

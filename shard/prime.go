@@ -63,7 +63,7 @@ func (s *Store) prime() {
 	}
 	s.mu.Lock()
 	var plan []item
-	for p, rec := range s.files {
+	for p, rec := range s.files.all() {
 		if s.needLocked(p) {
 			rec.queued = true
 			plan = append(plan, item{p, rec.size})
@@ -132,7 +132,7 @@ func (s *Store) prime() {
 dispatch:
 	for _, it := range plan {
 		s.mu.Lock()
-		rec := s.files[it.path]
+		rec := s.files.get(it.path)
 		if rec == nil || !rec.queued {
 			s.mu.Unlock()
 			continue // gone, or the updater took it over
@@ -200,7 +200,7 @@ func (s *Store) logProgress(start time.Time, stop <-chan struct{}) {
 			p := s.Progress()
 			if p.TotalItems == 0 && p.Items == 0 {
 				s.mu.RLock()
-				n := len(s.files)
+				n := s.files.len()
 				s.mu.RUnlock()
 				s.log.Info("priming: walking the tree",
 					zap.Int("files_found", n),

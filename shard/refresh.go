@@ -15,7 +15,7 @@ func (s *Store) Refresh(p string, prefix bool) int {
 	paths := make(map[string]look)
 	if prefix {
 		s.mu.RLock()
-		for fp := range s.files {
+		for fp := range s.files.all() {
 			if strings.HasPrefix(fp, p) {
 				paths[fp] = look{force: true}
 			}

@@ -344,7 +344,7 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 				s.removeDirLocked(dir, aff)
 			}
 			if s.dirs[dir] == nil && (dir == "/" || s.dirs[path.Dir(dir)] != nil) {
-				if s.files[dir] != nil {
+				if s.files.get(dir) != nil {
 					s.removeFileLocked(dir, aff)
 				}
 				s.addDirLocked(dir, links)
@@ -424,7 +424,7 @@ func (s *Store) refreshPaths(paths map[string]look, aff affected) {
 		if _, ok := relPath(p); !ok {
 			continue
 		}
-		if lk.create || p == "/" || s.files[p] != nil || s.dirs[p] != nil || s.mayHoldLocked(p) || s.siblingsMineLocked(p) {
+		if lk.create || p == "/" || s.files.get(p) != nil || s.dirs[p] != nil || s.mayHoldLocked(p) || s.siblingsMineLocked(p) {
 			all = append(all, seen{p: p, force: lk.force})
 		}
 	}
@@ -470,7 +470,7 @@ func (s *Store) refreshPaths(paths map[string]look, aff affected) {
 			scans = append(scans, e.p)
 		default:
 			held := s.owns(e.p)
-			if base, ok := siblingBase(s.encs, e.p); ok && (e.baseFile || s.files[base] != nil) {
+			if base, ok := siblingBase(s.encs, e.p); ok && (e.baseFile || s.files.get(base) != nil) {
 				held = s.owns(base)
 			}
 			if held {
@@ -502,7 +502,7 @@ func (s *Store) refreshPaths(paths map[string]look, aff affected) {
 // node's).
 func (s *Store) lookAtSiblingsLocked(p string, want func(q string) bool) {
 	for _, enc := range s.encs {
-		if q := p + enc.ext; s.files[q] == nil && want(q) {
+		if q := p + enc.ext; s.files.get(q) == nil && want(q) {
 			s.kickLook(q, look{create: true}, 0)
 		}
 	}

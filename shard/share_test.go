@@ -87,7 +87,7 @@ func TestHoldsOnlyItsShare(t *testing.T) {
 	slices.Sort(mine)
 	s.mu.RLock()
 	var recorded []string
-	for p := range s.files {
+	for p := range s.files.all() {
 		recorded = append(recorded, p)
 	}
 	s.mu.RUnlock()
@@ -190,7 +190,7 @@ func TestShareSiblings(t *testing.T) {
 		})
 	startReady(t, s)
 	s.mu.RLock()
-	_, gz := s.files["/theirs.css.gz"]
+	gz := s.files.get("/theirs.css.gz") != nil
 	s.mu.RUnlock()
 	if gz {
 		t.Error("the sibling of another node's file is recorded")

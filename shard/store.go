@@ -39,7 +39,7 @@ type Store struct {
 	// mu guards the writer side below (see tree.go) and the planned flag.
 	// Lookups take it only on a miss.
 	mu       sync.RWMutex
-	files    map[string]*fileRec
+	files    fileTable
 	dirs     map[string]*dirRec
 	seq      uint64                 // last load sequence number handed out
 	planned  bool                   // the priming queue is built; later files are the updater's
@@ -136,7 +136,7 @@ func New(cfg Config) (*Store, error) {
 		workers:  workers,
 		log:      log.With(zap.String("root", root)),
 		index:    newIndex(),
-		files:    make(map[string]*fileRec),
+		files:    fileTable{},
 		dirs:     make(map[string]*dirRec),
 		ctx:      ctx,
 		cancel:   cancel,
@@ -190,7 +190,7 @@ func (s *Store) Close() error {
 
 	s.mu.Lock()
 	s.index.clear()
-	s.files = make(map[string]*fileRec)
+	s.files = fileTable{}
 	s.dirs = make(map[string]*dirRec)
 	s.held.Store(0)
 	s.stats.items.Store(0)
@@ -253,7 +253,7 @@ func (s *Store) lookupSlow(p string) (*Item, bool, error) {
 	}
 	if s.ready.Load() {
 		s.mu.RLock()
-		rec := s.files[p]
+		rec := s.files.get(p)
 		hidden := rec != nil && s.hiddenLocked(p)
 		theirs := rec == nil && !s.mayHoldLocked(p) // scale-store: not recorded, another node's: storage answers
 		s.mu.RUnlock()

@@ -18,12 +18,15 @@ import (
 
 // fileRec is one regular file under the root that this node holds, or a
 // symbolic link to one (its size and modification time are the target's).
+// 64 bytes (files.go keeps it in a table by its path).
 type fileRec struct {
-	size  int64     // last observed (walk, rescan, event)
-	mtime time.Time // last observed
-	data  *Item     // last loaded data (no Variants); nil if not loaded (or not ours)
+	path string // its key in Store.files
+	size int64  // last observed (walk, rescan, event)
+	sec  int64  // last observed modification time (setMtime, mtime)
+	data *Item  // last loaded data (no Variants); nil if not loaded (or not ours)
 
 	loadSeq uint64 // the latest load started; older loads are dropped
+	nsec    int32  // with sec
 	queued  bool   // waiting in the priming queue: priming will read it
 	loading bool   // a load is in flight
 	dirty   bool   // an event says reload even if size and mtime look the same
@@ -32,7 +35,7 @@ type fileRec struct {
 
 // stale reports whether rec needs (re)loading to match storage.
 func (rec *fileRec) stale() bool {
-	return rec.dirty || rec.data == nil || rec.data.Size != rec.size || !rec.data.ModTime.Equal(rec.mtime)
+	return rec.dirty || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime)
 }
 
 // dirRec is one directory under the root (or a path to one through
@@ -100,10 +103,10 @@ func (s *Store) holdsLocked(p string, isFile func(string) bool) bool {
 // being applied (SetOwns), a file it newly holds may not be recorded yet:
 // then it says false for every path not recorded.
 func (s *Store) mayHoldLocked(p string) bool {
-	if s.setOwn.walking && s.files[p] == nil {
+	if s.setOwn.walking && s.files.get(p) == nil {
 		return false
 	}
-	if base, ok := siblingBase(s.encs, p); ok && s.files[base] != nil {
+	if base, ok := siblingBase(s.encs, p); ok && s.files.get(base) != nil {
 		return true // a sibling of a file this node holds
 	}
 	return s.owns(p)
@@ -114,7 +117,7 @@ func (s *Store) mayHoldLocked(p string) bool {
 // whether it holds them.
 func (s *Store) siblingsMineLocked(p string) bool {
 	for _, e := range s.encs {
-		if q := p + e.ext; s.files[q] != nil || s.owns(q) {
+		if q := p + e.ext; s.files.get(q) != nil || s.owns(q) {
 			return true
 		}
 	}
@@ -125,13 +128,13 @@ func (s *Store) siblingsMineLocked(p string) bool {
 // file, and so a Variant rather than an item.
 func (s *Store) hiddenLocked(p string) bool {
 	base, ok := siblingBase(s.encs, p)
-	return ok && s.files[base] != nil
+	return ok && s.files.get(base) != nil
 }
 
 // needLocked reports whether the content of the file at p is ours to load:
 // it is an item we own, or a sibling of an item we own.
 func (s *Store) needLocked(p string) bool {
-	if base, ok := siblingBase(s.encs, p); ok && s.files[base] != nil {
+	if base, ok := siblingBase(s.encs, p); ok && s.files.get(base) != nil {
 		return s.owns(base)
 	}
 	return s.owns(p)
@@ -192,12 +195,12 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 
 // removeFileLocked forgets the file at p and frees its body.
 func (s *Store) removeFileLocked(p string, aff affected) {
-	rec := s.files[p]
+	rec := s.files.get(p)
 	if rec == nil {
 		return
 	}
 	s.held.Add(-held(rec.data))
-	delete(s.files, p)
+	s.files.remove(p)
 	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
 		delete(pd.kids, path.Base(p))
@@ -220,10 +223,11 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 	if s.dirs[p] != nil {
 		s.removeDirLocked(p, aff)
 	}
-	rec := s.files[p]
+	rec := s.files.get(p)
 	if rec == nil {
-		rec = &fileRec{size: size, mtime: mtime}
-		s.files[p] = rec
+		rec = &fileRec{path: p, size: size}
+		rec.setMtime(mtime)
+		s.files.put(rec)
 		s.stats.pathBytes.Add(int64(len(p)))
 		if s.setOwn.gaining != nil {
 			s.setOwn.gaining[p] = true
@@ -232,8 +236,9 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 			pd.kids[path.Base(p)] = struct{}{}
 		}
 		aff.add(p)
-	} else if rec.size != size || !rec.mtime.Equal(mtime) {
-		rec.size, rec.mtime = size, mtime
+	} else if rec.size != size || !rec.mtimeIs(mtime) {
+		rec.size = size
+		rec.setMtime(mtime)
 		rec.failed = false
 		aff.add(p)
 	}
@@ -262,7 +267,7 @@ func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs 
 	for _, e := range ents {
 		p := join(d, e.name)
 		if e.dir {
-			if s.files[p] != nil {
+			if s.files.get(p) != nil {
 				s.removeFileLocked(p, aff)
 			}
 			links := dr.links
@@ -283,13 +288,13 @@ func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs 
 
 // desiredLocked returns the Item that should be published at p now, or nil.
 func (s *Store) desiredLocked(p string) *Item {
-	rec := s.files[p]
+	rec := s.files.get(p)
 	if rec == nil || rec.data == nil || s.hiddenLocked(p) || !s.owns(p) {
 		return nil
 	}
 	var sibs []*Item
 	for i, e := range s.encs {
-		if v := s.files[p+e.ext]; v != nil && v.data != nil {
+		if v := s.files.get(p + e.ext); v != nil && v.data != nil {
 			if sibs == nil {
 				sibs = make([]*Item, len(s.encs))
 			}
@@ -351,7 +356,7 @@ func (s *Store) settleLocked(aff affected) []*job {
 // forgets it if it is no longer this node's to hold (a sibling whose base
 // went, or came back under another owner).
 func (s *Store) wantsLoadLocked(p string) bool {
-	rec := s.files[p]
+	rec := s.files.get(p)
 	if rec == nil {
 		return false
 	}

@@ -1,0 +1,143 @@
+package shard
+
+import (
+	"hash/maphash"
+	"iter"
+	"time"
+)
+
+// fileTable is the store's records of the files it holds, by path: open
+// addressing over a hash of the path (linear probing, tombstones for
+// removed records), one 8-byte slot per record at a load between 3/8 and
+// 3/4, 11 to 21 bytes a file, where a map[string]*fileRec took about 70
+// (its key's string header, its value and the map's slack). The record
+// keeps its path (the string the Item shares). Guarded by Store.mu, like
+// the records; not safe for concurrent use.
+type fileTable struct {
+	seed  maphash.Seed
+	slots []*fileRec // len a power of two, or 0
+	live  int
+	tombs int
+}
+
+// removedRec marks a slot whose record was removed: probes go on past it.
+var removedRec = &fileRec{path: "\x00(removed)"}
+
+const minFileSlots = 16
+
+// get returns the record of p, or nil.
+func (t *fileTable) get(p string) *fileRec {
+	if t.live == 0 {
+		return nil
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := maphash.String(t.seed, p) & mask; ; i = (i + 1) & mask {
+		r := t.slots[i]
+		if r == nil {
+			return nil
+		}
+		if r != removedRec && r.path == p {
+			return r
+		}
+	}
+}
+
+// put adds r, whose path has no record yet.
+func (t *fileTable) put(r *fileRec) {
+	if len(t.slots) == 0 {
+		t.seed = maphash.MakeSeed()
+		t.slots = make([]*fileRec, minFileSlots)
+	} else if (t.live+t.tombs+1)*4 > len(t.slots)*3 {
+		t.rebuild()
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := maphash.String(t.seed, r.path) & mask; ; i = (i + 1) & mask {
+		switch t.slots[i] {
+		case nil:
+			t.slots[i] = r
+			t.live++
+			return
+		case removedRec:
+			t.slots[i] = r
+			t.live++
+			t.tombs--
+			return
+		}
+	}
+}
+
+// remove removes the record of p, if any.
+func (t *fileTable) remove(p string) {
+	if t.live == 0 {
+		return
+	}
+	mask := uint64(len(t.slots) - 1)
+	for i := maphash.String(t.seed, p) & mask; ; i = (i + 1) & mask {
+		r := t.slots[i]
+		if r == nil {
+			return
+		}
+		if r != removedRec && r.path == p {
+			t.slots[i] = removedRec
+			t.live--
+			t.tombs++
+			if len(t.slots) > minFileSlots && t.live*16 < len(t.slots) {
+				t.rebuild()
+			}
+			return
+		}
+	}
+}
+
+// rebuild makes a table of the live records at a load of 3/8 (or the
+// smallest one).
+func (t *fileTable) rebuild() {
+	n := minFileSlots
+	for n*3 < t.live*8 {
+		n *= 2
+	}
+	old := t.slots
+	t.slots = make([]*fileRec, n)
+	t.live, t.tombs = 0, 0
+	mask := uint64(n - 1)
+	for _, r := range old {
+		if r == nil || r == removedRec {
+			continue
+		}
+		i := maphash.String(t.seed, r.path) & mask
+		for t.slots[i] != nil {
+			i = (i + 1) & mask
+		}
+		t.slots[i] = r
+		t.live++
+	}
+}
+
+// len is the number of records.
+func (t *fileTable) len() int { return t.live }
+
+// all yields every record with its path, in no particular order. The
+// table must not change meanwhile.
+func (t *fileTable) all() iter.Seq2[string, *fileRec] {
+	return func(yield func(string, *fileRec) bool) {
+		for _, r := range t.slots {
+			if r == nil || r == removedRec {
+				continue
+			}
+			if !yield(r.path, r) {
+				return
+			}
+		}
+	}
+}
+
+// setMtime records t as the file's last observed modification time.
+func (rec *fileRec) setMtime(t time.Time) { rec.sec, rec.nsec = t.Unix(), int32(t.Nanosecond()) }
+
+// mtime is the file's last observed modification time.
+func (rec *fileRec) mtime() time.Time { return time.Unix(rec.sec, int64(rec.nsec)) }
+
+// mtimeIs reports whether t is the last observed modification time.
+func (rec *fileRec) mtimeIs(t time.Time) bool {
+	return rec.sec == t.Unix() && rec.nsec == int32(t.Nanosecond())
+}

@@ -1,0 +1,109 @@
+package shard
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+	"unsafe"
+)
+
+// TestFileTable: the files table against a map, through growth, removals
+// (tombstones), shrinking and re-adding, with every path checked after
+// each round and the iteration yielding each record once.
+func TestFileTable(t *testing.T) {
+	var tab fileTable
+	model := map[string]*fileRec{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	check := func(round string) {
+		t.Helper()
+		if tab.len() != len(model) {
+			t.Fatalf("%s: len %d, want %d", round, tab.len(), len(model))
+		}
+		seen := map[string]bool{}
+		for p, r := range tab.all() {
+			if seen[p] {
+				t.Fatalf("%s: %s yielded twice", round, p)
+			}
+			seen[p] = true
+			if model[p] != r || r.path != p {
+				t.Fatalf("%s: %s yielded %p (path %q), want %p", round, p, r, r.path, model[p])
+			}
+		}
+		if len(seen) != len(model) {
+			t.Fatalf("%s: %d yielded, want %d", round, len(seen), len(model))
+		}
+		for p, r := range model {
+			if got := tab.get(p); got != r {
+				t.Fatalf("%s: get(%s) = %p, want %p", round, p, got, r)
+			}
+		}
+		for i := range 100 {
+			if p := fmt.Sprintf("/absent/%d", i); tab.get(p) != nil {
+				t.Fatalf("%s: get(%s) found a record", round, p)
+			}
+		}
+		if tab.live > 0 && (tab.live+tab.tombs)*4 > len(tab.slots)*3 {
+			t.Fatalf("%s: %d live and %d tombstones in %d slots: over 3/4", round, tab.live, tab.tombs, len(tab.slots))
+		}
+	}
+	for round := range 6 {
+		// Grow.
+		for i := range 5000 {
+			p := fmt.Sprintf("/d%d/f%d-%d", i%97, round, i)
+			r := &fileRec{path: p, size: int64(i)}
+			tab.put(r)
+			model[p] = r
+		}
+		check(fmt.Sprintf("round %d, added", round))
+		// Remove most (a shrink), some twice, some never present.
+		for p := range model {
+			if rng.IntN(10) < 9 {
+				tab.remove(p)
+				tab.remove(p)
+				delete(model, p)
+			}
+		}
+		tab.remove("/never/there")
+		check(fmt.Sprintf("round %d, removed", round))
+	}
+	// Remove everything, then use the table again.
+	for p := range model {
+		tab.remove(p)
+		delete(model, p)
+	}
+	check("emptied")
+	if len(tab.slots) > minFileSlots {
+		t.Errorf("an empty table kept %d slots", len(tab.slots))
+	}
+	r := &fileRec{path: "/again"}
+	tab.put(r)
+	model["/again"] = r
+	check("reused")
+}
+
+// TestFileRecMtime: a record keeps a modification time exactly, the zero
+// time included (a path only listed), and a record stays in the 64-byte
+// size class the metadata estimate assumes.
+func TestFileRecMtime(t *testing.T) {
+	for _, tm := range []time.Time{
+		{},
+		time.Unix(0, 0),
+		time.Unix(1796254666, 896072123),
+		time.Unix(-1, 999999999),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
+	} {
+		var rec fileRec
+		rec.setMtime(tm)
+		if !rec.mtime().Equal(tm) || !rec.mtimeIs(tm) || rec.mtime().IsZero() != tm.IsZero() {
+			t.Errorf("setMtime(%v): mtime %v (zero %v), mtimeIs %v", tm, rec.mtime(), rec.mtime().IsZero(), rec.mtimeIs(tm))
+		}
+		if rec.mtimeIs(tm.Add(time.Nanosecond)) {
+			t.Errorf("setMtime(%v): mtimeIs a nanosecond later", tm)
+		}
+	}
+	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 64 {
+		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 64", unsafe.Sizeof(fileRec{}), n)
+	}
+}
