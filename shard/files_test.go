@@ -107,3 +107,59 @@ func TestFileRecMtime(t *testing.T) {
 		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 64", unsafe.Sizeof(fileRec{}), n)
 	}
 }
+
+// TestNames: a directory's names against a map, across the switch from a
+// slice to a map, with the loop over them removing the name it was given
+// (as a rescan and a directory's removal do) and seeing every name once.
+func TestNames(t *testing.T) {
+	for _, total := range []int{0, 1, 5, namesFew, namesFew + 1, 3 * namesFew} {
+		var n names
+		model := map[string]bool{}
+		for i := range total {
+			name := fmt.Sprintf("f%d", i)
+			n.add(name)
+			n.add(name) // twice: a set
+			model[name] = true
+		}
+		if n.len() != len(model) {
+			t.Fatalf("%d names: len %d", total, n.len())
+		}
+		if (n.many != nil) != (total > namesFew) {
+			t.Errorf("%d names: map %v; want a map only past %d", total, n.many != nil, namesFew)
+		}
+		// Remove every other name while looping.
+		seen := map[string]bool{}
+		for name := range n.all() {
+			if seen[name] {
+				t.Fatalf("%d names: %s yielded twice", total, name)
+			}
+			seen[name] = true
+			if len(seen)%2 == 0 {
+				n.remove(name)
+				delete(model, name)
+			}
+		}
+		if len(seen) != total {
+			t.Errorf("%d names: the loop saw %d", total, len(seen))
+		}
+		n.remove("absent")
+		left := map[string]bool{}
+		for name := range n.all() {
+			left[name] = true
+		}
+		if len(left) != len(model) || n.len() != len(model) {
+			t.Fatalf("%d names: %d left (len %d), want %d", total, len(left), n.len(), len(model))
+		}
+		for name := range model {
+			if !left[name] {
+				t.Errorf("%d names: %s lost", total, name)
+			}
+		}
+		for name := range model {
+			n.remove(name)
+		}
+		if n.len() != 0 {
+			t.Errorf("%d names: %d left after removing all", total, n.len())
+		}
+	}
+}

@@ -5,8 +5,9 @@ import (
 	"sync/atomic"
 )
 
-// index maps a slash-rooted path to its published *Item (a directory's
-// item has dir set): the read side of the Store, keyed by Item.Path.
+// index maps a slash-rooted path to its published *Item (files only:
+// Store.dirs answers for directories): the read side of the Store, keyed
+// by Item.Path.
 //
 // It is an open-addressing hash table of item pointers, with linear
 // probing. Reads take no lock and allocate nothing: they load the table,

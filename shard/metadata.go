@@ -12,10 +12,10 @@ import (
 // against the heap by TestMetadataBytesEstimate.
 //
 // Per file this node holds: its record, its slot in the files table and
-// its entry in its directory's names; per published item: the Item, its ETag and its
-// index slot; per directory (every directory of the tree, held or not):
-// its record, its index entry, its map entries and its names map; and the
-// paths themselves. The files of other nodes cost nothing here. Variants
+// its entry in its directory's names; per published item: the Item, its
+// ETag and its index slot; per directory (every directory of the tree,
+// held or not): its record, its entry in the dirs map and in its parent's
+// names; and the paths themselves. The files of other nodes cost nothing here. Variants
 // (a published copy of the Item and the Variant slice) and what the
 // handler memoizes in Item.Memo are not counted.
 
@@ -36,9 +36,10 @@ const (
 	// and 3/4.
 	indexSlot = 14
 
-	// namesMap is an empty names map of a directory: its header and first
-	// group.
-	namesMap = 48 + 8 + 8*stringHeader
+	// nameEntry is a name in a directory's names: a string header in a
+	// slice grown by doubling (a map past namesFew names costs about as
+	// much: the key and mapSlack).
+	nameEntry = stringHeader + 8
 )
 
 var (
@@ -46,17 +47,15 @@ var (
 
 	// metaPerFile is a held file's record, its slot in the files table
 	// (as an index slot) and its entry in its directory's names.
-	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) + indexSlot +
-		(stringHeader + mapSlack)
+	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) + indexSlot + nameEntry
 
 	// metaPerItem is a published item: the Item, its ETag, its index slot.
 	metaPerItem = itemBytes + etagBytes + indexSlot
 
-	// metaPerDir is a directory: its record and names map, its index entry
-	// (an Item), its entries in the dirs map, its parent's names and the
-	// index.
-	metaPerDir = heapSizeClass(int64(unsafe.Sizeof(dirRec{}))) + namesMap + itemBytes +
-		(stringHeader + 8 + mapSlack) + (stringHeader + mapSlack) + indexSlot
+	// metaPerDir is a directory: its record, its entry in the dirs map and
+	// in its parent's names.
+	metaPerDir = heapSizeClass(int64(unsafe.Sizeof(dirRec{}))) +
+		(stringHeader + 8 + mapSlack) + nameEntry
 )
 
 // heapSizeClass rounds n up to the Go allocator's size class (roughly: the

@@ -28,7 +28,7 @@ func (memFile) Close() error { return nil }
 // until it has, Lookup may return the same stale item, so do not retry in a
 // loop. An unknown encoding is ErrNotFound.
 func (s *Store) Open(it *Item, encoding string) (File, error) {
-	if it == nil || it.isDir() {
+	if it == nil {
 		return nil, ErrNotFound
 	}
 	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime, it.Body, it.Chunks

@@ -108,7 +108,7 @@ func (s *Store) applyOwns() {
 			rec.queued = false // priming skips it
 		}
 		if !s.owns(p) {
-			if it, ok := s.index.load(p); ok && !it.isDir() {
+			if it, ok := s.index.load(p); ok {
 				drops = append(drops, it)
 			}
 		}

@@ -76,12 +76,6 @@ type Store struct {
 	primed progressCounters
 }
 
-// dirItem returns the index entry of the directory at p.
-func dirItem(p string) *Item { return &Item{Path: p, Size: -1} }
-
-// isDir reports whether it is a directory's index entry.
-func (it *Item) isDir() bool { return it.Size < 0 }
-
 // New returns a Store for cfg after checking it. It is cheap: it reads no
 // file (it runs in `caddy validate`); Start does the work.
 func New(cfg Config) (*Store, error) {
@@ -224,7 +218,7 @@ func (s *Store) Root() string { return s.root }
 // node holds, or held until a ring change that is still being applied),
 // nil if none. Unlike Lookup it never reads storage.
 func (s *Store) Published(path string) *Item {
-	if it, ok := s.index.load(path); ok && !it.isDir() {
+	if it, ok := s.index.load(path); ok {
 		return it
 	}
 	return nil
@@ -232,9 +226,6 @@ func (s *Store) Published(path string) *Item {
 
 func (s *Store) Lookup(path string) (it *Item, isDir bool, err error) {
 	if it, ok := s.index.load(path); ok {
-		if it.isDir() {
-			return nil, true, nil
-		}
 		return it, false, nil
 	}
 	return s.lookupSlow(path)
@@ -250,6 +241,14 @@ func (s *Store) lookupSlow(p string) (*Item, bool, error) {
 	}
 	if _, ok := relPath(p); !ok {
 		return nil, false, ErrNotFound
+	}
+	// Directories are not in the index (an Item each cost 200 bytes a
+	// directory, for lookups that are rare): their records answer.
+	s.mu.RLock()
+	_, isDir := s.dirs[p]
+	s.mu.RUnlock()
+	if isDir {
+		return nil, true, nil
 	}
 	if s.ready.Load() {
 		s.mu.RLock()
@@ -270,12 +269,7 @@ func (s *Store) lookupSlow(p string) (*Item, bool, error) {
 // from memory), in no particular order, until fn returns false. Items added
 // or removed meanwhile may or may not be seen.
 func (s *Store) Each(fn func(*Item) bool) {
-	s.index.each(func(it *Item) bool {
-		if it.isDir() {
-			return true
-		}
-		return fn(it)
-	})
+	s.index.each(fn)
 }
 
 // fsRoot returns the os.Root every storage access goes through, opening it

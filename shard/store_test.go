@@ -118,9 +118,19 @@ func mustNotFound(t testing.TB, s *Store, p string) {
 
 func mustDir(t testing.TB, s *Store, p string) {
 	t.Helper()
+	ready, before := s.Ready(), s.Stats().OnDemand
 	it, isDir, err := s.Lookup(p)
 	if err != nil || !isDir || it != nil {
 		t.Fatalf("Lookup(%s) = %v, %v, %v; want a directory", p, it, isDir, err)
+	}
+	// A directory the store knows is answered from its records.
+	if d := s.Stats().OnDemand - before; ready && d != 0 && p != "/" {
+		s.mu.RLock()
+		_, known := s.dirs[p]
+		s.mu.RUnlock()
+		if known {
+			t.Errorf("Lookup(%s), a directory the store records, went to storage (%d on-demand lookups)", p, d)
+		}
 	}
 }
 

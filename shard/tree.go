@@ -41,9 +41,9 @@ func (rec *fileRec) stale() bool {
 // dirRec is one directory under the root (or a path to one through
 // directory links).
 type dirRec struct {
-	kids  map[string]struct{} // names of the files and directories in it we track
-	links int                 // directory links its path crosses; 0: a real path, maybe watched
-	id    fileID              // its identity, from its last listing, to cut cycles
+	kids  names  // names of the files and directories in it we track
+	links int    // directory links its path crosses; 0: a real path, maybe watched
+	id    fileID // its identity, from its last listing, to cut cycles
 	hasID bool
 	watch watchMode // whether the watcher watches it (links 0 only)
 }
@@ -160,14 +160,13 @@ func (s *Store) addDirLocked(p string, links int) {
 	if s.dirs[p] != nil {
 		return
 	}
-	s.dirs[p] = &dirRec{kids: make(map[string]struct{}), links: links}
+	s.dirs[p] = &dirRec{links: links}
 	s.stats.pathBytes.Add(int64(len(p)))
 	if p != "/" {
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
-			pd.kids[path.Base(p)] = struct{}{}
+			pd.kids.add(path.Base(p))
 		}
 	}
-	s.index.store(dirItem(p))
 	s.stats.dirs.Add(1)
 }
 
@@ -177,15 +176,14 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 	if d == nil {
 		return
 	}
-	for name := range d.kids {
+	for name := range d.kids.all() {
 		s.removeLocked(join(p, name), aff)
 	}
 	delete(s.dirs, p)
 	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil && p != "/" {
-		delete(pd.kids, path.Base(p))
+		pd.kids.remove(path.Base(p))
 	}
-	s.index.delete(p)
 	s.stats.dirs.Add(-1)
 	if d.watch == watchOn {
 		s.unwatchLocked(p)
@@ -203,7 +201,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 	s.files.remove(p)
 	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
-		delete(pd.kids, path.Base(p))
+		pd.kids.remove(path.Base(p))
 	}
 	aff.add(p)
 }
@@ -233,7 +231,7 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 			s.setOwn.gaining[p] = true
 		}
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
-			pd.kids[path.Base(p)] = struct{}{}
+			pd.kids.add(path.Base(p))
 		}
 		aff.add(p)
 	} else if rec.size != size || !rec.mtimeIs(mtime) {
@@ -253,12 +251,12 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 // returns its subdirectories.
 func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs []string) {
 	dr := s.dirs[d]
-	if len(dr.kids) > 0 {
+	if dr.kids.len() > 0 {
 		seen := make(map[string]bool, len(ents))
 		for _, e := range ents {
 			seen[e.name] = true
 		}
-		for name := range dr.kids {
+		for name := range dr.kids.all() {
 			if !seen[name] {
 				s.removeLocked(join(d, name), aff)
 			}
