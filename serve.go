@@ -31,7 +31,7 @@ import (
 type response struct {
 	it  *shard.Item
 	enc string
-	hv  *itemHeaders
+	hv  itemHeaders
 
 	// status is 304 or 412 when the preconditions answer the request with
 	// no body, else 0.
@@ -376,7 +376,7 @@ func checkPreconditions(hdr http.Header, r *http.Request, modTime time.Time) (st
 
 // writeNotModified trims the headers of a 304 as net/http does: no
 // representation metadata but what guides cache updates.
-func writeNotModified(hdr http.Header, hv *itemHeaders) {
+func writeNotModified(hdr http.Header, hv itemHeaders) {
 	delete(hdr, "Content-Type")
 	delete(hdr, "Content-Length")
 	delete(hdr, "Content-Encoding")
@@ -566,8 +566,9 @@ type valSlab struct{ vals []string }
 
 var slabs = sync.Pool{New: func() any { return new(valSlab) }}
 
-// itemHeaders are the response header values of one encoding of an item,
-// built once.
+// itemHeaders are the response header values of one encoding of an item.
+// The strings are the item's own, or formatted once and kept in its Memo
+// (itemMemo): a hit allocates nothing.
 type itemHeaders struct {
 	etag, contentType, contentLength, lastModified string
 
@@ -575,44 +576,71 @@ type itemHeaders struct {
 	modTime time.Time // zero when not a useful validator
 }
 
-// headersOf returns the header values of it in encoding enc ("" identity,
-// else one of it.Variants), building them on first use.
-func headersOf(it *shard.Item, enc string) *itemHeaders {
-	all, _ := it.Memo.Load().([]itemHeaders)
-	if len(all) != 1+len(it.Variants) {
-		all = make([]itemHeaders, 1+len(it.Variants))
-		modTime := it.ModTime
-		if u := modTime.Unix(); u == 0 || u == 1 { // as file_server: not a useful validator
-			modTime = time.Time{}
-		}
-		lastModified := ""
-		if !modTime.IsZero() {
-			lastModified = modTime.UTC().Format(http.TimeFormat)
-		}
-		for i := range all {
-			etag, size := it.ETag, it.Size
-			if i > 0 {
-				etag, size = it.Variants[i-1].ETag, it.Variants[i-1].Size
-			}
-			all[i] = itemHeaders{
-				etag:          etag,
-				contentType:   it.ContentType,
-				contentLength: strconv.FormatInt(size, 10),
-				lastModified:  lastModified,
-				size:          size,
-				modTime:       modTime,
-			}
-		}
-		it.Memo.Store(all) // a concurrent first use builds the same values
+// itemMemo is what the handler keeps in an Item's Memo: the header values
+// it formats, built on the item's first response (a concurrent first use
+// builds the same). 32 bytes plus the two strings for an item without
+// variants, where a copy of every header value per encoding took 168.
+type itemMemo struct {
+	lastModified string // "" when the time is not a useful validator
+	length       string // the identity's Content-Length
+}
+
+// variantsMemo is itemMemo for an item with precompressed variants.
+type variantsMemo struct {
+	lastModified string
+	lengths      []string // the identity's Content-Length, then each variant's, in it.Variants' order
+}
+
+// usefulModTime is it's modification time as a validator: zero when it is
+// not a useful one (as file_server: the Unix epoch, or a second past it).
+func usefulModTime(it *shard.Item) time.Time {
+	if u := it.ModTime.Unix(); u == 0 || u == 1 {
+		return time.Time{}
 	}
+	return it.ModTime
+}
+
+// headersOf returns the header values of it in encoding enc ("" identity,
+// else one of it.Variants), formatting them on first use.
+func headersOf(it *shard.Item, enc string) itemHeaders {
+	modTime := usefulModTime(it)
+	h := itemHeaders{etag: it.ETag, contentType: it.ContentType, size: it.Size, modTime: modTime}
+	if len(it.Variants) == 0 {
+		m, _ := it.Memo.Load().(*itemMemo)
+		if m == nil {
+			m = &itemMemo{lastModified: lastModifiedOf(modTime), length: strconv.FormatInt(it.Size, 10)}
+			it.Memo.Store(m)
+		}
+		h.lastModified, h.contentLength = m.lastModified, m.length
+		return h
+	}
+	m, _ := it.Memo.Load().(*variantsMemo)
+	if m == nil || len(m.lengths) != 1+len(it.Variants) {
+		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(it.Variants))}
+		m.lengths[0] = strconv.FormatInt(it.Size, 10)
+		for i, v := range it.Variants {
+			m.lengths[i+1] = strconv.FormatInt(v.Size, 10)
+		}
+		it.Memo.Store(m)
+	}
+	h.lastModified, h.contentLength = m.lastModified, m.lengths[0]
 	if enc != "" {
 		for i := range it.Variants {
 			if it.Variants[i].Encoding == enc {
-				return &all[i+1]
+				h.etag, h.size, h.contentLength = it.Variants[i].ETag, it.Variants[i].Size, m.lengths[i+1]
+				break
 			}
 		}
 	}
-	return &all[0]
+	return h
+}
+
+// lastModifiedOf formats a validator for Last-Modified ("" for none).
+func lastModifiedOf(modTime time.Time) string {
+	if modTime.IsZero() {
+		return ""
+	}
+	return modTime.UTC().Format(http.TimeFormat)
 }
 
 // noBody stands for bytes of a known size that are never read: it lets

@@ -141,3 +141,46 @@ func TestBadGatewayCarriesNoItemHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestHeadersOf: an item's header values in each encoding, formatted once
+// and kept in its Memo (the same memo on the next response), for an item
+// with precompressed variants and one without; an unknown encoding gets
+// the identity's; the Unix epoch is no validator.
+func TestHeadersOf(t *testing.T) {
+	mt := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+	plain := &shard.Item{Path: "/a.txt", Size: 12345, ModTime: mt, ContentType: "text/plain", ETag: `"p"`}
+	withVars := &shard.Item{Path: "/b.css", Size: 2000, ModTime: mt, ContentType: "text/css", ETag: `"b"`,
+		Variants: []shard.Variant{{Encoding: "br", Size: 300, ETag: `"b-br"`}, {Encoding: "gzip", Size: 400, ETag: `"b-gz"`}}}
+	epoch := &shard.Item{Path: "/c", Size: 7, ModTime: time.Unix(0, 0), ETag: `"c"`}
+	lm := mt.Format(http.TimeFormat)
+	for _, c := range []struct {
+		it   *shard.Item
+		enc  string
+		want itemHeaders
+	}{
+		{plain, "", itemHeaders{`"p"`, "text/plain", "12345", lm, 12345, mt}},
+		{plain, "gzip", itemHeaders{`"p"`, "text/plain", "12345", lm, 12345, mt}},
+		{withVars, "", itemHeaders{`"b"`, "text/css", "2000", lm, 2000, mt}},
+		{withVars, "br", itemHeaders{`"b-br"`, "text/css", "300", lm, 300, mt}},
+		{withVars, "gzip", itemHeaders{`"b-gz"`, "text/css", "400", lm, 400, mt}},
+		{withVars, "zstd", itemHeaders{`"b"`, "text/css", "2000", lm, 2000, mt}},
+		{epoch, "", itemHeaders{`"c"`, "", "7", "", 7, time.Time{}}},
+	} {
+		for round := range 2 {
+			memo := c.it.Memo.Load()
+			got := headersOf(c.it, c.enc)
+			if got != c.want {
+				t.Errorf("headersOf(%s, %q), round %d = %+v; want %+v", c.it.Path, c.enc, round, got, c.want)
+			}
+			if round == 1 && c.it.Memo.Load() != memo {
+				t.Errorf("headersOf(%s, %q) built its memo again", c.it.Path, c.enc)
+			}
+		}
+	}
+	if _, ok := plain.Memo.Load().(*itemMemo); !ok {
+		t.Errorf("an item without variants keeps a %T; want *itemMemo", plain.Memo.Load())
+	}
+	if _, ok := withVars.Memo.Load().(*variantsMemo); !ok {
+		t.Errorf("an item with variants keeps a %T; want *variantsMemo", withVars.Memo.Load())
+	}
+}
