@@ -2,6 +2,7 @@ package shardcache
 
 import (
 	"os"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -135,7 +136,7 @@ func startMemoryGovernor(log *zap.Logger) {
 func governMemory(log *zap.Logger) {
 	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
 	var last int64
-	freed := false
+	primed, logged := false, false
 	for range time.Tick(time.Second) {
 		sources, c := reg.get()
 		if len(sources) == 0 {
@@ -167,6 +168,19 @@ func governMemory(log *zap.Logger) {
 			held, budgets = 0, 0
 		}
 		meta := metadataBytes(metadataOf(sources, c))
+		if ready && !primed {
+			// Priming's garbage is collected under the priming limit,
+			// before the lower one below is set: lowered first, the heap
+			// would be over it and every allocating goroutine would help
+			// mark the whole metadata until the cycle ends (with the
+			// scavenging of debug.FreeOSMemory after it, a node of 1M
+			// files stalled for 1.4-2 s under load, longer than its peers'
+			// idle timeout: they took it for down; bench/scale.sh). The
+			// runtime returns the freed pages to the OS as the new limit
+			// requires, a span at a time.
+			primed = true
+			runtime.GC()
+		}
 		metrics.Read(live)
 		liveHeap := int64(live[0].Value.Uint64())
 		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)
@@ -191,11 +205,11 @@ func governMemory(log *zap.Logger) {
 			log.Debug("Go memory limit", zap.Int64("held", held), zap.Int64("metadata", meta),
 				zap.Int64("limit", limit), zap.Bool("primed", ready))
 		}
-		if ready && !freed {
-			freed = true
-			debug.FreeOSMemory()
-			log.Info("primed: the Go memory limit now follows the bytes held and their metadata; returned priming's garbage to the OS",
-				zap.Int64("held", held), zap.Int64("metadata", meta), zap.Int64("limit", limit))
+		if ready && !logged {
+			logged = true
+			log.Info("primed: the Go memory limit now follows the bytes held and their metadata",
+				zap.Int64("held", held), zap.Int64("metadata", meta), zap.Int64("limit", limit),
+				zap.Int64("live_heap", liveHeap))
 		}
 	}
 }

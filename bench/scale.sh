@@ -12,6 +12,9 @@
 #     holds, per item it holds and per file of the site; the tables of
 #     content (stacks through cluster/ or peering/) per entry it keeps of
 #     other nodes' items
+#   - how many times it saw a peer down while the cluster started (its log's
+#     "peer down" lines before the reconnect test: 0 unless a node stalled
+#     for longer than the idle timeout)
 #   - table-of-content bytes at connect and at a 10 s reconnect, if the
 #     status reports them (a key matching toc.*bytes), else n/a
 #   - CPU used while idle (rescans, keep-alives), per minute, over -i secs
@@ -265,6 +268,11 @@ done
 
 # --- table of content at a 10 s reconnect ----------------------------------------------------
 
+# Connections lost while starting: a node that stalls for longer than the
+# peers' idle timeout (1 s) is taken for down (priming, the memory limit).
+declare -A FLAPS=()
+for i in 1 2 3; do FLAPS[$i]=$(grep -c '"msg":"peer down"' "$TMP/n$i.log" || true); done
+
 declare -A TOCBYTES1=()
 if [ "${TOCBYTES0[1]}" != "n/a" ]; then
 	kill -STOP "${NPID[3]}"
@@ -291,10 +299,10 @@ for i in 1 2 3; do
 done
 
 say ""
-say "| node | toc bytes at a 10 s reconnect | idle CPU, s per minute |"
-say "| --- | --- | --- |"
+say "| node | peers seen down while starting | toc bytes at a 10 s reconnect | idle CPU, s per minute |"
+say "| --- | --- | --- | --- |"
 for i in 1 2 3; do
-	say "| n$i | ${TOCBYTES1[$i]:-n/a} | ${CPUPM[$i]} |"
+	say "| n$i | ${FLAPS[$i]} | ${TOCBYTES1[$i]:-n/a} | ${CPUPM[$i]} |"
 done
 
 # --- a full pass of GETs on each node, the three at once ----------------------------------
@@ -321,4 +329,5 @@ for i in 1 2 3; do
 	if [ "$(jq .errors "$TMP/gets$i.json")" != 0 ]; then say "n$i GET errors: $(jq -c .samples "$TMP/gets$i.json")"; fi
 done
 say ""
-say "load average after: $(loadavg); heap profiles: $OUT/scale-$LABEL-$STAMP-n*.heap.pprof; this table: $RESULT"
+for i in 1 2 3; do cp "$TMP/n$i.log" "$OUT/scale-$LABEL-$STAMP-n$i.log" 2>/dev/null || true; done
+say "load average after: $(loadavg); heap profiles: $OUT/scale-$LABEL-$STAMP-n*.heap.pprof; node logs: $OUT/scale-$LABEL-$STAMP-n*.log; this table: $RESULT"
