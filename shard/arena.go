@@ -59,36 +59,46 @@ var reuseGrace atomic.Int64 // a time.Duration
 
 func init() { reuseGrace.Store(int64(30 * time.Second)) }
 
-// extent is a run of bytes of an arena.
+// extent is a run of bytes of an arena: 16 bytes, offsets and lengths in
+// 32 bits (an arena is 1 GiB, a body at most ChunkSize).
 type extent struct {
-	a      *arena
-	off, n int64
+	a    *arena
+	at   uint32 // offset in a
+	size uint32 // length in bytes; it takes grains() of the arena
 }
+
+// The offsets and lengths of extents fit in 32 bits.
+const (
+	_ = uint32(arenaSize - 1)
+	_ = uint32(ChunkSize)
+)
 
 // bodyMem is the anchor of one body's arena memory (one extent, or one per
 // chunk): Items and Variants holding the bytes point to it, and its
 // cleanup retires the extents once none does. A body of up to ChunkSize
-// (nearly every one) keeps its extent inline: 48 bytes with the cleanup,
-// where a slice of one extent cost another 24-byte object per body.
+// (nearly every one) keeps its extent inline: 24 bytes, where a slice of
+// one extent cost another 24-byte object per body and a cleanup handle 16
+// bytes more (release has no need of it).
 type bodyMem struct {
-	one     extent    // the extent of a body in one piece
-	chunks  *[]extent // the extents of a chunked body, one per chunk; nil for one piece
-	cleanup runtime.Cleanup
+	one    extent    // the extent of a body in one piece
+	chunks *[]extent // the extents of a chunked body, one per chunk; nil for one piece
 }
 
-// release frees m's extents at once, for a body nobody else ever saw.
+// release gives up m's extents, for a body nobody else ever saw: they are
+// freed as soon as the collector finds m unreachable (its cleanup runs),
+// without waiting for readers or the grace period. m must not be used
+// after it.
 func (m *bodyMem) release() {
 	if m == nil {
 		return
 	}
-	m.cleanup.Stop()
 	arenas.mu.Lock()
 	if m.chunks != nil {
 		for _, e := range *m.chunks {
-			e.a.freeExtent(e)
+			arenas.released[e] = struct{}{}
 		}
 	} else if m.one.a != nil {
-		m.one.a.freeExtent(m.one)
+		arenas.released[m.one] = struct{}{}
 	}
 	arenas.mu.Unlock()
 	m.one, m.chunks = extent{}, nil
@@ -100,13 +110,13 @@ func (m *bodyMem) release() {
 func (m *bodyMem) watch(grace bool) {
 	switch {
 	case m.chunks != nil && grace:
-		m.cleanup = runtime.AddCleanup(m, retire, *m.chunks)
+		runtime.AddCleanup(m, retire, *m.chunks)
 	case m.chunks != nil:
-		m.cleanup = runtime.AddCleanup(m, retireHot, *m.chunks)
+		runtime.AddCleanup(m, retireHot, *m.chunks)
 	case grace:
-		m.cleanup = runtime.AddCleanup(m, retireOne, m.one)
+		runtime.AddCleanup(m, retireOne, m.one)
 	default:
-		m.cleanup = runtime.AddCleanup(m, retireHotOne, m.one)
+		runtime.AddCleanup(m, retireHotOne, m.one)
 	}
 }
 
@@ -225,8 +235,9 @@ type arenaSet struct {
 	snap   atomic.Pointer[[]*arena] // list, for lock-free lookups (arenaOf)
 	failed bool                     // the platform refused a new arena: bodies go to the heap
 
-	pending []retired
-	timer   *time.Timer
+	pending  []retired
+	released map[extent]struct{} // extents of bodies nobody saw (bodyMem.release), freed by their cleanup
+	timer    *time.Timer
 	due     time.Time // when timer fires; zero when it is not set
 
 	// stats, guarded by mu
@@ -236,7 +247,7 @@ type arenaSet struct {
 	sendfiles atomic.Int64 // BodyFile descriptors given to sendfile
 }
 
-var arenas arenaSet
+var arenas = arenaSet{released: map[extent]struct{}{}}
 
 // retired is an extent waiting to be reused.
 type retired struct {
@@ -247,8 +258,10 @@ type retired struct {
 }
 
 // allocBody returns n bytes of arena memory and their anchor, or heap
-// memory and nil where arenas are not available.
-func allocBody(n int64) ([]byte, *bodyMem) {
+// memory and nil where arenas are not available. Without grace, the memory
+// is reused once no reader may hold it, without the grace period (a hot
+// copy: peers never fetch those).
+func allocBody(n int64, grace bool) ([]byte, *bodyMem) {
 	if n == 0 || !arenasOn {
 		return make([]byte, n), nil
 	}
@@ -257,13 +270,13 @@ func allocBody(n int64) ([]byte, *bodyMem) {
 		return make([]byte, n), nil
 	}
 	m := &bodyMem{one: e}
-	m.watch(true)
+	m.watch(grace)
 	return e.bytes(), m
 }
 
 // allocChunks returns chunks for size bytes (see newChunks) and their
 // anchor, as allocBody.
-func allocChunks(size int64) (Chunks, *bodyMem) {
+func allocChunks(size int64, grace bool) (Chunks, *bodyMem) {
 	if !arenasOn {
 		return newChunks(size), nil
 	}
@@ -274,18 +287,22 @@ func allocChunks(size int64) (Chunks, *bodyMem) {
 		n := min(size, ChunkSize)
 		e, ok := arenas.alloc(n)
 		if !ok {
-			m.release()
+			arenas.mu.Lock()
+			for _, e := range ext {
+				e.a.freeExtent(e) // no cleanup yet
+			}
+			arenas.mu.Unlock()
 			return newChunks(int64(len(c))*ChunkSize + size), nil
 		}
 		ext = append(ext, e)
 		c = append(c, e.bytes())
 		size -= n
 	}
-	m.watch(true)
+	m.watch(grace)
 	return c, m
 }
 
-func (e extent) bytes() []byte { return e.a.mem[e.off : e.off+e.n : e.off+e.n] }
+func (e extent) bytes() []byte { return e.a.mem[e.at : e.at+e.size : e.at+e.size] }
 
 // alloc finds n bytes in an arena, mapping a new one when none has room.
 func (s *arenaSet) alloc(n int64) (extent, bool) {
@@ -297,7 +314,7 @@ func (s *arenaSet) alloc(n int64) (extent, bool) {
 	}
 	for _, a := range s.list {
 		if off := a.alloc(g); off >= 0 {
-			return extent{a: a, off: off, n: g}.trim(n), true
+			return extent{a: a, at: uint32(off), size: uint32(g)}.trim(n), true
 		}
 	}
 	if s.failed {
@@ -318,15 +335,15 @@ func (s *arenaSet) alloc(n int64) (extent, bool) {
 	l := slices.Clone(s.list)
 	s.snap.Store(&l)
 	off := a.alloc(g)
-	return extent{a: a, off: off, n: g}.trim(n), true
+	return extent{a: a, at: uint32(off), size: uint32(g)}.trim(n), true
 }
 
 // trim is e's first n bytes as the body sees them; the grain's padding
 // stays allocated with it (free rounds up again).
-func (e extent) trim(n int64) extent { e.n = n; return e }
+func (e extent) trim(n int64) extent { e.size = uint32(n); return e }
 
 // grains is e's length as allocated.
-func (e extent) grains() int64 { return (e.n + arenaGrain - 1) / arenaGrain * arenaGrain }
+func (e extent) grains() int64 { return (int64(e.size) + arenaGrain - 1) / arenaGrain * arenaGrain }
 
 // retire is the cleanup of a body's anchor: its extents wait for the
 // readers that might still hold them, and the grace period.
@@ -341,23 +358,19 @@ func retireHot(ext []extent) { retireExtents(ext, false) }
 func retireOne(e extent)    { retireExtents([]extent{e}, true) }
 func retireHotOne(e extent) { retireExtents([]extent{e}, false) }
 
-// noGrace makes m's memory reusable without the grace period (a hot copy).
-func (m *bodyMem) noGrace() {
-	if m == nil {
-		return
-	}
-	m.cleanup.Stop()
-	m.watch(false)
-}
-
 func retireExtents(ext []extent, grace bool) {
 	t := readers.current()
 	now := time.Now()
 	arenas.mu.Lock()
 	defer arenas.mu.Unlock()
 	for _, e := range ext {
+		if _, ok := arenas.released[e]; ok {
+			delete(arenas.released, e)
+			e.a.freeExtent(e)
+			continue
+		}
 		arenas.pending = append(arenas.pending, retired{ext: e, grace: grace, ticket: t, at: now})
-		arenas.retiredBytes += e.n
+		arenas.retiredBytes += int64(e.size)
 	}
 	d := time.Duration(0)
 	if grace {
@@ -397,9 +410,9 @@ func (s *arenaSet) reclaimLocked(now time.Time) {
 	keep := s.pending[:0]
 	for _, r := range s.pending {
 		if r.ticket < oldest && (!r.grace || now.Sub(r.at) >= grace) {
-			r.ext.a.free(r.ext.off, r.ext.grains())
-			s.retiredBytes -= r.ext.n
-			s.reclaimedBytes += r.ext.n
+			r.ext.a.freeExtent(r.ext)
+			s.retiredBytes -= int64(r.ext.size)
+			s.reclaimedBytes += int64(r.ext.size)
 			continue
 		}
 		keep = append(keep, r)
@@ -408,8 +421,8 @@ func (s *arenaSet) reclaimLocked(now time.Time) {
 	s.pending = keep
 }
 
-// free returns a never-published extent (bodyMem.release).
-func (a *arena) freeExtent(e extent) { a.free(e.off, e.grains()) }
+// freeExtent returns e to its arena's free space (arenas.mu held).
+func (a *arena) freeExtent(e extent) { a.free(int64(e.at), e.grains()) }
 
 // readers tracks the requests that may hold body slices (BeginRead).
 var readers readerSet
@@ -537,20 +550,20 @@ func arenaOf(b []byte) (a *arena, off int64, ok bool) {
 func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
 
 // toArena moves it's bytes (not its Variants') into arena memory when they
-// are in the Go heap. it must not be shared yet.
-func (it *Item) toArena() {
+// are in the Go heap (grace as allocBody's). it must not be shared yet.
+func (it *Item) toArena(grace bool) {
 	if !arenasOn || it.mem != nil || it.Size <= 0 {
 		return
 	}
 	switch {
 	case it.Chunks != nil:
-		c, m := allocChunks(it.Chunks.Len())
+		c, m := allocChunks(it.Chunks.Len(), grace)
 		for i := range c {
 			copy(c[i], it.Chunks[i])
 		}
 		it.Chunks, it.mem = c, m
 	case it.Body != nil:
-		b, m := allocBody(int64(len(it.Body)))
+		b, m := allocBody(int64(len(it.Body)), grace)
 		copy(b, it.Body)
 		it.Body, it.mem = b, m
 	}

@@ -135,13 +135,87 @@ func collect(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// TestArenaRelease: a body nobody saw, given up with release, stays
+// allocated while its anchor is reachable, and is freed as soon as the
+// collector finds the anchor unreachable: without waiting for a Reading or
+// the grace period, and never counted as retired. A chunked body too.
+func TestArenaRelease(t *testing.T) {
+	if !arenasOn {
+		t.Skip("no arenas on this platform")
+	}
+	rd := BeginRead() // would hold back anything retired
+	defer rd.End()
+	isFree := func(e extent) bool {
+		arenas.mu.Lock()
+		defer arenas.mu.Unlock()
+		if _, ok := arenas.released[e]; ok {
+			return false
+		}
+		at := int64(e.at)
+		if at >= e.a.top {
+			return true
+		}
+		for off, l := range e.a.frees {
+			if off <= at && at < off+l {
+				return true
+			}
+		}
+		return false
+	}
+	for _, size := range []int64{100 << 10, ChunkSize + 1000} {
+		var m *bodyMem
+		if size > ChunkSize {
+			_, m = allocChunks(size, true)
+		} else {
+			_, m = allocBody(size, true)
+		}
+		if m == nil {
+			t.Fatal("heap memory, not an arena's")
+		}
+		exts := []extent{m.one}
+		if m.chunks != nil {
+			exts = *m.chunks
+		}
+		m.release()
+		runtime.GC()
+		for _, e := range exts {
+			if isFree(e) {
+				t.Fatalf("%d bytes: freed while their anchor is reachable", size)
+			}
+		}
+		retired := Arenas().Retired
+		runtime.KeepAlive(m)
+		m = nil
+		collect(t, "the released memory to be freed", func() bool {
+			for _, e := range exts {
+				if !isFree(e) {
+					return false
+				}
+			}
+			return true
+		})
+		if got := Arenas().Retired; got > retired {
+			// Other tests' items may be retired meanwhile, but not these.
+			arenas.mu.Lock()
+			for _, r := range arenas.pending {
+				for _, e := range exts {
+					if r.ext == e {
+						t.Errorf("%d bytes: a released extent was retired (it waits for readers)", size)
+					}
+				}
+			}
+			arenas.mu.Unlock()
+		}
+	}
+}
+
 // TestArenaReuseWaitsForReaders: memory of an item nobody references is
 // not reused while a Reading that began before it was let go runs, and is
 // once it ends.
 func TestArenaReuseWaitsForReaders(t *testing.T) {
 	lowGrace(t)
 	const n = 100 << 10
-	b, m := allocBody(n)
+	b, m := allocBody(n, true)
 	if m == nil {
 		t.Fatal("allocBody gave heap memory")
 	}
@@ -159,7 +233,7 @@ func TestArenaReuseWaitsForReaders(t *testing.T) {
 	// may land on body.
 	var keep [][]byte
 	for range 64 {
-		c, _ := allocBody(n)
+		c, _ := allocBody(n, true)
 		for i := range c {
 			c[i] = 0x5A
 		}
@@ -174,7 +248,7 @@ func TestArenaReuseWaitsForReaders(t *testing.T) {
 		t.Fatalf("reclaimed %d bytes while a Reading held them", got-before)
 	}
 	rd.End()
-	c, _ := allocBody(n) // reclaims on the way
+	c, _ := allocBody(n, true) // reclaims on the way
 	if Arenas().Reclaimed == before {
 		t.Fatal("the retired memory was not reclaimed after the Reading ended")
 	}

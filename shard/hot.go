@@ -163,8 +163,7 @@ func arenaCopy(it *Item) *Item {
 		return it
 	}
 	c := it.copyFields()
-	c.toArena()
-	c.mem.noGrace() // peers never fetch hot copies: readers are all to wait for
+	c.toArena(false) // peers never fetch hot copies: readers are all to wait for
 	return c
 }
 

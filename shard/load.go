@@ -150,7 +150,7 @@ func (s *Store) loadJob(j *job) (*Item, error) {
 		rd := BeginRead()
 		c := s.tryHandoff(j, want)
 		if c != nil {
-			c.toArena()
+			c.toArena(true)
 		}
 		rd.End()
 		if c != nil {

@@ -67,12 +67,12 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		chunks := one[:0]
 		switch {
 		case c.Size > ChunkSize && arena:
-			chunks, c.mem = allocChunks(c.Size)
+			chunks, c.mem = allocChunks(c.Size, true)
 		case c.Size > ChunkSize:
 			chunks = newChunks(c.Size)
 		case c.Size > 0 && arena:
 			var b []byte
-			b, c.mem = allocBody(c.Size)
+			b, c.mem = allocBody(c.Size, true)
 			chunks = append(chunks, b)
 		case c.Size > 0:
 			chunks = append(chunks, make([]byte, c.Size))
