@@ -607,7 +607,7 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 	if req.MetaOnly {
 		return toMeta(it), nil, nil
 	}
-	if req.Version != "" && it.Version != req.Version {
+	if req.Version != "" && it.Version() != req.Version {
 		return peering.Meta{}, nil, peering.ErrNotFound
 	}
 	_, _, size, ok := HeldBytes(it, req.Encoding)
@@ -692,7 +692,7 @@ func (c *Cluster) TOC(w *peering.TOCWriter) error {
 
 // metaInto sets *m to it's metadata, its variants in vs (reused).
 func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant) []peering.Variant {
-	*m = peering.Meta{Path: it.Path, Version: it.Version, Size: it.Size, ContentType: it.ContentType,
+	*m = peering.Meta{Path: it.Path, Version: it.Version(), Size: it.Size, ContentType: it.ContentType,
 		ModTime: it.ModTime, ETag: it.ETag}
 	for _, v := range it.Variants {
 		vs = append(vs, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})

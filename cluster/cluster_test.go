@@ -452,7 +452,8 @@ func TestTableOfContentCapPerPeer(t *testing.T) {
 	var ms []peering.Meta
 	for i := 0; len(ms) < 3000; i++ {
 		if p := fmt.Sprintf("/p%d", i); n1.m.Owner(p) == "n2" {
-			ms = append(ms, peering.Meta{Path: p, ETag: `"e"`, Version: strings.Repeat("v", 1000)})
+			v := strings.Repeat("v", 1000)
+			ms = append(ms, peering.Meta{Path: p, ETag: `"` + v + `"`, Version: v})
 		}
 	}
 	old := maxWeightPerPeer

@@ -210,6 +210,8 @@ func (g *Group) warnNoTable(path string, m *Membership) {
 		zap.Int64("so_far", g.stats.noTable.Load()))
 }
 
+// fromMeta is the Item a peer's entry describes. Its Version is its ETag's
+// (shard.Item.Version); the entry's Version field repeats it.
 func fromMeta(m peering.Meta) *shard.Item {
 	it := &shard.Item{
 		Path:        m.Path,
@@ -217,7 +219,6 @@ func fromMeta(m peering.Meta) *shard.Item {
 		ModTime:     m.ModTime,
 		ContentType: m.ContentType,
 		ETag:        m.ETag,
-		Version:     m.Version,
 	}
 	for _, v := range m.Variants {
 		it.Variants = append(it.Variants, shard.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
@@ -228,7 +229,7 @@ func fromMeta(m peering.Meta) *shard.Item {
 func toMeta(it *shard.Item) peering.Meta {
 	m := peering.Meta{
 		Path:        it.Path,
-		Version:     it.Version,
+		Version:     it.Version(),
 		Size:        it.Size,
 		ContentType: it.ContentType,
 		ModTime:     it.ModTime,
@@ -334,7 +335,7 @@ func (g *Group) Open(store *shard.Store, e *Entry, enc, rangeHdr string) (Body, 
 // one fetch from a holder, shared by every request for key meanwhile, which
 // the hot cache may then keep.
 func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data []byte, fromHot bool, err error) {
-	version := e.Item.Version
+	version := e.Item.Version()
 	hot := g.hot.Load()
 	if hot != nil {
 		if c, ok := hot.Get(key, version); ok {
@@ -361,7 +362,7 @@ func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data 
 	}
 	data = v.([]byte)
 	if hot != nil {
-		hot.Admit(&shard.Item{Path: key, Version: version, Size: int64(len(data)), Body: data})
+		hot.Admit(&shard.Item{Path: key, ETag: e.Item.ETag, Size: int64(len(data)), Body: data})
 	}
 	return data, false, nil
 }
@@ -396,14 +397,14 @@ func (g *Group) fetchPeer(e *Entry, enc string, off, length int64) ([]byte, erro
 		meta, data, err = n.Fetch(ctx, holder, peering.Request{
 			Group:    g.name,
 			Path:     e.Item.Path,
-			Version:  e.Item.Version,
+			Version:  e.Item.Version(),
 			Encoding: enc,
 			Epoch:    m.Epoch(),
 			Offset:   off,
 			Length:   length,
 		})
-		if err == nil && meta.Version != e.Item.Version {
-			err = fmt.Errorf("%s answered version %s, want %s", holder, meta.Version, e.Item.Version)
+		if err == nil && meta.Version != e.Item.Version() {
+			err = fmt.Errorf("%s answered version %s, want %s", holder, meta.Version, e.Item.Version())
 		}
 		if err == nil {
 			return data, nil

@@ -294,7 +294,7 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 		if m.Owns(path) {
 			if st := g.store.Load(); st != nil {
 				if it := st.Published(path); it != nil {
-					return it.Version, it.Resident(), nil
+					return it.Version(), it.Resident(), nil
 				}
 			}
 			continue
@@ -305,7 +305,7 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 		}
 		h := g.hot.Load()
 		if h == nil || e.Item.Size > shard.ChunkSize {
-			return e.Item.Version, false, nil
+			return e.Item.Version(), false, nil
 		}
 		encs := []string{""}
 		for _, v := range e.Item.Variants {
@@ -315,14 +315,14 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 		}
 		var want []string
 		for _, enc := range encs {
-			if !h.Contains(hotKey(path, enc), e.Item.Version) {
+			if !h.Contains(hotKey(path, enc), e.Item.Version()) {
 				want = append(want, enc)
 			}
 		}
 		if len(want) == 0 {
-			return e.Item.Version, true, nil
+			return e.Item.Version(), true, nil
 		}
-		return e.Item.Version, false, func() { g.carry(e, want) }
+		return e.Item.Version(), false, func() { g.carry(e, want) }
 	}
 	return "", false, nil
 }
@@ -335,7 +335,7 @@ func (g *Group) carry(e *Entry, encs []string) {
 	if h == nil {
 		return
 	}
-	version := e.Item.Version
+	version := e.Item.Version()
 	for _, enc := range encs {
 		key := hotKey(e.Item.Path, enc)
 		v, err, _ := g.flight.Do(key+"@"+version, func() (any, error) {
@@ -347,7 +347,7 @@ func (g *Group) carry(e *Entry, encs []string) {
 			return
 		}
 		data := v.([]byte)
-		if h.Push(&shard.Item{Path: key, Version: version, Size: int64(len(data)), Body: data}) {
+		if h.Push(&shard.Item{Path: key, ETag: e.Item.ETag, Size: int64(len(data)), Body: data}) {
 			g.c.push.items.Add(1)
 			g.c.push.bytes.Add(int64(len(data)))
 		}

@@ -82,7 +82,7 @@ func TestCarry(t *testing.T) {
 	owner, member := nodes[0], nodes[1]
 	g := member.c.Group("g")
 	e, _ := g.entry(p)
-	v1 := e.Item.Version
+	v1 := e.Item.Version()
 	if !dir.SendSpread("n2", p, true) {
 		t.Fatal("SPREAD not queued")
 	}
@@ -107,7 +107,7 @@ func TestCarry(t *testing.T) {
 	var v2 string
 	waitFor(t, "n2's table lists the new version", func() bool {
 		e, ok := g.entry(p)
-		v2 = e.Item.Version
+		v2 = e.Item.Version()
 		return ok && v2 != v1
 	})
 	body, _, err = member.get(p)
@@ -131,7 +131,7 @@ func TestCarry(t *testing.T) {
 	dir.SendSpread("n2", "/nope.txt", true)
 	waitFor(t, "HELD of n2's own path", func() bool {
 		it := member.store.Published(own)
-		return it != nil && held.has("n2 "+own+" "+it.Version)
+		return it != nil && held.has("n2 "+own+" "+it.Version())
 	})
 	time.Sleep(3 * carryTick)
 	if held.has("n2 /nope.txt ") {

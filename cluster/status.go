@@ -107,22 +107,22 @@ func (c *Cluster) Where(p string) []Where {
 		if wh.Local {
 			if s := g.store.Load(); s != nil {
 				if it, isDir, err := s.Lookup(p); err == nil && !isDir {
-					wh.Found, wh.Version, wh.Size, wh.Resident = true, it.Version, it.Size, it.Resident()
+					wh.Found, wh.Version, wh.Size, wh.Resident = true, it.Version(), it.Size, it.Resident()
 				}
 			}
 		} else if e, ok := g.entry(p); ok {
-			wh.Found, wh.Version, wh.Size = true, e.Item.Version, e.Item.Size
+			wh.Found, wh.Version, wh.Size = true, e.Item.Version(), e.Item.Size
 			if h := g.hot.Load(); h != nil {
 				if e.Item.Size > shard.ChunkSize {
 					wh.Chunks = shard.NumChunks(e.Item.Size)
 					for i := range wh.Chunks {
-						if h.Contains(chunkKey(p, "", i), e.Item.Version) {
+						if h.Contains(chunkKey(p, "", i), e.Item.Version()) {
 							wh.HotChunks++
 						}
 					}
 					wh.Resident = wh.HotChunks == wh.Chunks
 				} else {
-					wh.Resident = h.Contains(hotKey(p, ""), e.Item.Version)
+					wh.Resident = h.Contains(hotKey(p, ""), e.Item.Version())
 				}
 			}
 		}

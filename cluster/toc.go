@@ -358,7 +358,7 @@ func (tt *typeTable) item(path string, s *tocSlot) *shard.Item {
 	b[0], b[33] = '"', '"'
 	hex.Encode(b[1:33], s.digest[:])
 	etag := string(b[:])
-	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), ETag: etag, Version: etag[1:33]}
+	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), ETag: etag}
 	if s.mtime != 0 {
 		it.ModTime = time.Unix(0, s.mtime)
 	}

@@ -238,7 +238,7 @@ type arenaSet struct {
 	pending  []retired
 	released map[extent]struct{} // extents of bodies nobody saw (bodyMem.release), freed by their cleanup
 	timer    *time.Timer
-	due     time.Time // when timer fires; zero when it is not set
+	due      time.Time // when timer fires; zero when it is not set
 
 	// stats, guarded by mu
 	retiredBytes   int64

@@ -343,7 +343,7 @@ func TestArenaStress(t *testing.T) {
 			v := hex.EncodeToString(sum[:16])
 			hot.Get(k, v)
 			hot.Get(k, v)
-			hot.Admit(&Item{Path: k, Version: v, Size: int64(len(b)), Body: b})
+			hot.Admit(&Item{Path: k, ETag: `"` + v + `"`, Size: int64(len(b)), Body: b})
 		}
 	}()
 	// The collector, all the time.
@@ -382,13 +382,13 @@ func TestArenaStress(t *testing.T) {
 					el, ok := hot.items[what]
 					if ok {
 						it := el.Value.(*hotEntry).it
-						chunks, version = [][]byte{it.Body}, it.Version
+						chunks, version = [][]byte{it.Body}, it.Version()
 					}
 					hot.mu.Unlock()
 				} else {
 					what = fmt.Sprintf("/f%d", rng.IntN(nfiles))
 					if it, _, err := s.Lookup(what); err == nil && it.Resident() {
-						version = it.Version
+						version = it.Version()
 						chunks = append(chunks, it.Body)
 						if it.Chunks != nil {
 							chunks = it.Chunks

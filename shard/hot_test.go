@@ -7,13 +7,13 @@ import (
 )
 
 func hotItem(path, version string, size int) *Item {
-	return &Item{Path: path, Version: version, Size: int64(size), Body: make([]byte, size)}
+	return &Item{Path: path, ETag: `"` + version + `"`, Size: int64(size), Body: make([]byte, size)}
 }
 
 // ask simulates a request on a non-owner: look in the hot cache, and on a
 // miss fetch from the owner and offer the copy.
 func ask(h *Hot, it *Item) (hit bool) {
-	if _, ok := h.Get(it.Path, it.Version); ok {
+	if _, ok := h.Get(it.Path, it.Version()); ok {
 		return true
 	}
 	h.Admit(it)
@@ -57,7 +57,7 @@ func TestHotOneOffNeverEvictsHot(t *testing.T) {
 		ask(h, hotItem(fmt.Sprintf("/scan%d", i), "v1", 1000))
 	}
 	for _, it := range hot {
-		if _, ok := h.Get(it.Path, it.Version); !ok {
+		if _, ok := h.Get(it.Path, it.Version()); !ok {
 			t.Errorf("%s was evicted by a scan of one-off keys", it.Path)
 		}
 	}
@@ -148,7 +148,7 @@ func TestHotConcurrent(t *testing.T) {
 			defer wg.Done()
 			for i := range 2000 {
 				it := hotItem(fmt.Sprintf("/k%d", (i*(g+1))%50), "v", 512)
-				if got, ok := h.Get(it.Path, it.Version); ok && got.Path != it.Path {
+				if got, ok := h.Get(it.Path, it.Version()); ok && got.Path != it.Path {
 					t.Errorf("got %s for %s", got.Path, it.Path)
 				}
 				h.Admit(it)

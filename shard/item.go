@@ -26,7 +26,7 @@ func held(it *Item) int64 {
 // same bytes with the same metadata and residency, so that b can be dropped
 // in favour of a.
 func sameContent(a, b *Item) bool {
-	return a != nil && b != nil && a.Version == b.Version && a.Size == b.Size &&
+	return a != nil && b != nil && a.Version() == b.Version() && a.Size == b.Size &&
 		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
 }
 
@@ -124,7 +124,6 @@ func (it *Item) copyFields() *Item {
 		Body:        it.Body,
 		Chunks:      it.Chunks,
 		Variants:    it.Variants,
-		Version:     it.Version,
 		mem:         it.mem,
 	}
 }

@@ -204,7 +204,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		head = body
 	}
 	tag := etag(sum)
-	if tag[1:len(tag)-1] != h.Version {
+	if tag[1:len(tag)-1] != h.Version() {
 		s.stats.handoffFailed.Add(1)
 		return nil
 	}
@@ -219,7 +219,6 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		ETag:        tag,
 		Body:        body,
 		Chunks:      chunks,
-		Version:     tag[1 : len(tag)-1],
 	}
 	s.stats.handoffItems.Add(1)
 	s.stats.handoffBytes.Add(c.Size)

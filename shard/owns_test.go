@@ -318,19 +318,19 @@ func TestSetOwnsHandoff(t *testing.T) {
 		"altered bytes": func(it *Item) *Item {
 			body := bytes.Clone(it.Body)
 			body[len(body)/2]++
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: it.ETag, Version: it.Version, Body: body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: it.ETag, Body: body}
 		},
 		"wrong version": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Version: strings.Repeat("0", 32), Body: it.Body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: `"` + strings.Repeat("0", 32) + `"`, Body: it.Body}
 		},
 		"wrong mtime": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime.Add(time.Second), Version: it.Version, Body: it.Body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime.Add(time.Second), ETag: it.ETag, Body: it.Body}
 		},
 		"wrong size": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size - 1, ModTime: it.ModTime, Version: it.Version, Body: it.Body[1:]}
+			return &Item{Path: it.Path, Size: it.Size - 1, ModTime: it.ModTime, ETag: it.ETag, Body: it.Body[1:]}
 		},
 		"short body": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Version: it.Version, Body: it.Body[1:]}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: it.ETag, Body: it.Body[1:]}
 		},
 	}
 	for name, spoil := range bad {

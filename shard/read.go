@@ -127,7 +127,6 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 	}
 	c.ContentType = contentType(p, head)
 	c.ETag = etag(h)
-	c.Version = c.ETag[1 : len(c.ETag)-1]
 	return c, nil
 }
 

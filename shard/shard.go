@@ -81,10 +81,6 @@ type Item struct {
 	// never items of their own.
 	Variants []Variant
 
-	// Version is the hex content hash the ETag is built from; it names
-	// this version of the item in versioned keys ("path@version").
-	Version string
-
 	// Memo is a slot for the layer above to keep what it derives from the
 	// item, computed once (the HTTP handler keeps the item's response
 	// header values here, so a hit allocates nothing). The store never
@@ -127,6 +123,17 @@ type Variant struct {
 	Chunks Chunks
 
 	mem *bodyMem // as Item's
+}
+
+// Version is the hex content hash the ETag is built from (the ETag without
+// its quotes); it names this version of the item in versioned keys
+// ("path@version"). An item built elsewhere sets its ETag to a version,
+// quoted.
+func (it *Item) Version() string {
+	if len(it.ETag) < 2 {
+		return ""
+	}
+	return it.ETag[1 : len(it.ETag)-1]
 }
 
 // Resident reports whether the item's bytes are held in memory.

@@ -172,8 +172,8 @@ func testPrime(t *testing.T, setup func(*Store)) {
 		if !it.Resident() {
 			t.Errorf("%s not resident with no budget", p)
 		}
-		if it.Version != strings.Trim(it.ETag, `"`) || len(it.Version) != 32 {
-			t.Errorf("%s: Version %q does not match ETag %s", p, it.Version, it.ETag)
+		if it.Version() != strings.Trim(it.ETag, `"`) || len(it.Version()) != 32 {
+			t.Errorf("%s: Version %q does not match ETag %s", p, it.Version(), it.ETag)
 		}
 		if it.Path != "/"+p {
 			t.Errorf("Path = %q; want /%s", it.Path, p)
