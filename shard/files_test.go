@@ -83,8 +83,8 @@ func TestFileTable(t *testing.T) {
 }
 
 // TestFileRecMtime: a record keeps a modification time exactly, the zero
-// time included (a path only listed), and a record stays in the 64-byte
-// size class the metadata estimate assumes.
+// time included (a path only listed), and a record stays in the 48-byte
+// size class.
 func TestFileRecMtime(t *testing.T) {
 	for _, tm := range []time.Time{
 		{},
@@ -103,8 +103,37 @@ func TestFileRecMtime(t *testing.T) {
 			t.Errorf("setMtime(%v): mtimeIs a nanosecond later", tm)
 		}
 	}
-	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 64 {
-		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 64", unsafe.Sizeof(fileRec{}), n)
+	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 48 {
+		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 48", unsafe.Sizeof(fileRec{}), n)
+	}
+}
+
+// TestFileRecState: a record's four flags and its latest load's number
+// share one word without disturbing each other, and a number is told from
+// the next ones, across the wrap of its low bits too.
+func TestFileRecState(t *testing.T) {
+	flags := []recState{recQueued, recLoading, recDirty, recFailed}
+	var rec fileRec
+	for _, seq := range []uint64{1, 2, 1<<28 - 1, 1 << 28, 1<<28 + 1, 1<<40 + 12345} {
+		for mask := range 1 << len(flags) {
+			for i, f := range flags {
+				rec.set(f, mask&(1<<i) != 0)
+			}
+			rec.setSeq(seq)
+			for i, f := range flags {
+				if rec.is(f) != (mask&(1<<i) != 0) {
+					t.Fatalf("seq %d, flags %04b: flag %d is %v after setSeq", seq, mask, i, rec.is(f))
+				}
+			}
+			if !rec.seqIs(seq) || rec.seqIs(seq+1) || rec.seqIs(seq-1) {
+				t.Fatalf("seq %d, flags %04b: seqIs(seq) %v, seqIs(seq+1) %v, seqIs(seq-1) %v",
+					seq, mask, rec.seqIs(seq), rec.seqIs(seq+1), rec.seqIs(seq-1))
+			}
+			rec.set(flags[mask%len(flags)], mask%2 == 0)
+			if !rec.seqIs(seq) {
+				t.Fatalf("seq %d: a flag changed the number", seq)
+			}
+		}
 	}
 }
 

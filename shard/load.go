@@ -26,10 +26,10 @@ type job struct {
 func (s *Store) startLoadLocked(p string) *job {
 	rec := s.files.get(p)
 	s.seq++
-	rec.loadSeq = s.seq
-	rec.loading = true
-	rec.queued = false
-	rec.dirty = false
+	rec.setSeq(s.seq)
+	rec.set(recLoading, true)
+	rec.set(recQueued, false)
+	rec.set(recDirty, false)
 	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: held(rec.data)}
 }
 
@@ -71,10 +71,10 @@ func (s *Store) wantBody(j *job) func(int64) bool {
 func (s *Store) finishLocked(j *job, c *Item, err error) {
 	s.reserved -= j.res
 	rec := j.rec
-	if s.files.get(j.path) != rec || rec.loadSeq != j.seq {
+	if s.files.get(j.path) != rec || !rec.seqIs(j.seq) {
 		return // removed meanwhile, or a newer load started
 	}
-	rec.loading = false
+	rec.set(recLoading, false)
 	if err != nil {
 		switch {
 		case errors.Is(err, context.Canceled):
@@ -83,7 +83,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 		case missing(err), errors.Is(err, errNotRegular):
 			s.kick(j.path, false, 0) // gone, replaced or leading out now: look again
 		default:
-			rec.failed = true
+			rec.set(recFailed, true)
 			s.stats.loadErrors.Add(1)
 			s.log.Warn("reading file", zap.String("path", j.path), zap.Error(err))
 		}
@@ -104,9 +104,9 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	} else {
 		c.mem.release() // the same bytes are held already; nobody saw these
 	}
-	if rec.dirty || rec.size != c.Size || !rec.mtimeIs(c.ModTime) {
+	if rec.is(recDirty) || rec.size != c.Size || !rec.mtimeIs(c.ModTime) {
 		// Storage was seen to change after this load began: look again.
-		s.kick(j.path, rec.dirty, 0)
+		s.kick(j.path, rec.is(recDirty), 0)
 	}
 	for _, q := range s.related(j.path) {
 		s.republishLocked(q)

@@ -105,7 +105,7 @@ func (s *Store) applyOwns() {
 	for p, rec := range s.files.all() {
 		if !s.needLocked(p) {
 			gone = append(gone, p)
-			rec.queued = false // priming skips it
+			rec.set(recQueued, false) // priming skips it
 		}
 		if !s.owns(p) {
 			if it, ok := s.index.load(p); ok {

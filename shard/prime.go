@@ -65,7 +65,7 @@ func (s *Store) prime() {
 	var plan []item
 	for p, rec := range s.files.all() {
 		if s.needLocked(p) {
-			rec.queued = true
+			rec.set(recQueued, true)
 			plan = append(plan, item{p, rec.size})
 		}
 	}
@@ -133,7 +133,7 @@ dispatch:
 	for _, it := range plan {
 		s.mu.Lock()
 		rec := s.files.get(it.path)
-		if rec == nil || !rec.queued {
+		if rec == nil || !rec.is(recQueued) {
 			s.mu.Unlock()
 			continue // gone, or the updater took it over
 		}

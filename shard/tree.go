@@ -18,24 +18,46 @@ import (
 
 // fileRec is one regular file under the root that this node holds, or a
 // symbolic link to one (its size and modification time are the target's).
-// 64 bytes (files.go keeps it in a table by its path).
+// 48 bytes (files.go keeps it in a table by its path).
 type fileRec struct {
-	path string // its key in Store.files
-	size int64  // last observed (walk, rescan, event)
-	sec  int64  // last observed modification time (setMtime, mtime)
-	data *Item  // last loaded data (no Variants); nil if not loaded (or not ours)
-
-	loadSeq uint64 // the latest load started; older loads are dropped
-	nsec    int32  // with sec
-	queued  bool   // waiting in the priming queue: priming will read it
-	loading bool   // a load is in flight
-	dirty   bool   // an event says reload even if size and mtime look the same
-	failed  bool   // the last load failed for good; retried when the file changes
+	path string   // its key in Store.files
+	size int64    // last observed (walk, rescan, event)
+	sec  int64    // last observed modification time (setMtime, mtime)
+	data *Item    // last loaded data (no Variants); nil if not loaded (or not ours)
+	nsec int32    // with sec
+	st   recState // the latest load's number and the flags below
 }
+
+// recState is a fileRec's flags, and the low bits of the number of the
+// latest load started (setSeq, seqIs): a load that finds a newer one
+// started is dropped. Loads of one file are never 2^28 apart.
+type recState uint32
+
+const (
+	recQueued  recState = 1 << 31 // waiting in the priming queue: priming will read it
+	recLoading recState = 1 << 30 // a load is in flight
+	recDirty   recState = 1 << 29 // an event says reload even if size and mtime look the same
+	recFailed  recState = 1 << 28 // the last load failed for good; retried when the file changes
+	recSeqMask recState = 1<<28 - 1
+)
+
+func (rec *fileRec) is(f recState) bool { return rec.st&f != 0 }
+
+func (rec *fileRec) set(f recState, on bool) {
+	if on {
+		rec.st |= f
+	} else {
+		rec.st &^= f
+	}
+}
+
+func (rec *fileRec) setSeq(seq uint64) { rec.st = rec.st&^recSeqMask | recState(seq)&recSeqMask }
+
+func (rec *fileRec) seqIs(seq uint64) bool { return rec.st&recSeqMask == recState(seq)&recSeqMask }
 
 // stale reports whether rec needs (re)loading to match storage.
 func (rec *fileRec) stale() bool {
-	return rec.dirty || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime)
+	return rec.is(recDirty) || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime)
 }
 
 // dirRec is one directory under the root (or a path to one through
@@ -237,12 +259,12 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 	} else if rec.size != size || !rec.mtimeIs(mtime) {
 		rec.size = size
 		rec.setMtime(mtime)
-		rec.failed = false
+		rec.set(recFailed, false)
 		aff.add(p)
 	}
 	if force {
-		rec.dirty = true
-		rec.failed = false
+		rec.set(recDirty, true)
+		rec.set(recFailed, false)
 		aff.add(p)
 	}
 }
@@ -362,7 +384,7 @@ func (s *Store) wantsLoadLocked(p string) bool {
 		s.removeFileLocked(p, nil)
 		return false
 	}
-	if !s.planned || rec.queued || rec.loading || rec.failed {
+	if !s.planned || rec.is(recQueued) || rec.is(recLoading) || rec.is(recFailed) {
 		return false
 	}
 	return rec.stale()
