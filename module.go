@@ -384,7 +384,7 @@ func (h *Handler) resolve(p string) (cluster.Resolved, error) {
 
 // encoding picks the precompressed variant of it to send, "" for none.
 func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
-	if len(it.Variants) == 0 || len(r.Header["Accept-Encoding"]) == 0 {
+	if len(it.Variants()) == 0 || len(r.Header["Accept-Encoding"]) == 0 {
 		return ""
 	}
 	for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {

@@ -88,8 +88,8 @@ func TestWriteBodySendfile(t *testing.T) {
 			}
 			w.Header().Set("Content-Length", strconv.FormatInt(it.Size, 10))
 			w.WriteHeader(http.StatusOK)
-			if it.Chunks != nil {
-				for _, c := range it.Chunks {
+			if it.Chunks() != nil {
+				for _, c := range it.Chunks() {
 					if writeBody(w, r, c) != nil {
 						return
 					}

@@ -605,7 +605,7 @@ func usefulModTime(it *shard.Item) time.Time {
 func headersOf(it *shard.Item, enc string) itemHeaders {
 	modTime := usefulModTime(it)
 	h := itemHeaders{etag: it.ETag, contentType: it.ContentType, size: it.Size, modTime: modTime}
-	if len(it.Variants) == 0 {
+	if len(it.Variants()) == 0 {
 		m, _ := it.Memo.Load().(*itemMemo)
 		if m == nil {
 			m = &itemMemo{lastModified: lastModifiedOf(modTime), length: strconv.FormatInt(it.Size, 10)}
@@ -615,19 +615,19 @@ func headersOf(it *shard.Item, enc string) itemHeaders {
 		return h
 	}
 	m, _ := it.Memo.Load().(*variantsMemo)
-	if m == nil || len(m.lengths) != 1+len(it.Variants) {
-		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(it.Variants))}
+	if m == nil || len(m.lengths) != 1+len(it.Variants()) {
+		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(it.Variants()))}
 		m.lengths[0] = strconv.FormatInt(it.Size, 10)
-		for i, v := range it.Variants {
+		for i, v := range it.Variants() {
 			m.lengths[i+1] = strconv.FormatInt(v.Size, 10)
 		}
 		it.Memo.Store(m)
 	}
 	h.lastModified, h.contentLength = m.lastModified, m.lengths[0]
 	if enc != "" {
-		for i := range it.Variants {
-			if it.Variants[i].Encoding == enc {
-				h.etag, h.size, h.contentLength = it.Variants[i].ETag, it.Variants[i].Size, m.lengths[i+1]
+		for i := range it.Variants() {
+			if it.Variants()[i].Encoding == enc {
+				h.etag, h.size, h.contentLength = it.Variants()[i].ETag, it.Variants()[i].Size, m.lengths[i+1]
 				break
 			}
 		}

@@ -149,8 +149,8 @@ func TestBadGatewayCarriesNoItemHeaders(t *testing.T) {
 func TestHeadersOf(t *testing.T) {
 	mt := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
 	plain := &shard.Item{Path: "/a.txt", Size: 12345, ModTime: mt, ContentType: "text/plain", ETag: `"p"`}
-	withVars := &shard.Item{Path: "/b.css", Size: 2000, ModTime: mt, ContentType: "text/css", ETag: `"b"`,
-		Variants: []shard.Variant{{Encoding: "br", Size: 300, ETag: `"b-br"`}, {Encoding: "gzip", Size: 400, ETag: `"b-gz"`}}}
+	withVars := &shard.Item{Path: "/b.css", Size: 2000, ModTime: mt, ContentType: "text/css", ETag: `"b"`}
+	withVars.SetVariants([]shard.Variant{{Encoding: "br", Size: 300, ETag: `"b-br"`}, {Encoding: "gzip", Size: 400, ETag: `"b-gz"`}})
 	epoch := &shard.Item{Path: "/c", Size: 7, ModTime: time.Unix(0, 0), ETag: `"c"`}
 	lm := mt.Format(http.TimeFormat)
 	for _, c := range []struct {

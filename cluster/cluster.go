@@ -694,7 +694,7 @@ func (c *Cluster) TOC(w *peering.TOCWriter) error {
 func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant) []peering.Variant {
 	*m = peering.Meta{Path: it.Path, Version: it.Version(), Size: it.Size, ContentType: it.ContentType,
 		ModTime: it.ModTime, ETag: it.ETag}
-	for _, v := range it.Variants {
+	for _, v := range it.Variants() {
 		vs = append(vs, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
 	}
 	m.Variants = vs

@@ -220,8 +220,12 @@ func fromMeta(m peering.Meta) *shard.Item {
 		ContentType: m.ContentType,
 		ETag:        m.ETag,
 	}
-	for _, v := range m.Variants {
-		it.Variants = append(it.Variants, shard.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+	if len(m.Variants) > 0 {
+		vs := make([]shard.Variant, 0, len(m.Variants))
+		for _, v := range m.Variants {
+			vs = append(vs, shard.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
+		}
+		it.SetVariants(vs)
 	}
 	return it
 }
@@ -235,7 +239,7 @@ func toMeta(it *shard.Item) peering.Meta {
 		ModTime:     it.ModTime,
 		ETag:        it.ETag,
 	}
-	for _, v := range it.Variants {
+	for _, v := range it.Variants() {
 		m.Variants = append(m.Variants, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
 	}
 	return m
@@ -455,9 +459,9 @@ func FromStore(store *shard.Store, stats *Stats, path, enc string) (Body, error)
 
 // Variant returns it's variant in encoding enc, nil if none.
 func Variant(it *shard.Item, enc string) *shard.Variant {
-	for i := range it.Variants {
-		if it.Variants[i].Encoding == enc {
-			return &it.Variants[i]
+	for i := range it.Variants() {
+		if it.Variants()[i].Encoding == enc {
+			return &it.Variants()[i]
 		}
 	}
 	return nil

@@ -209,7 +209,8 @@ func fetchItem(ctx context.Context, n *peering.Node, holder, group, path string,
 		}
 	}
 	it := &shard.Item{Path: path, Size: size, ModTime: m.ModTime, ContentType: m.ContentType,
-		ETag: m.ETag, Body: body, Chunks: chunks}
+		ETag: m.ETag, Body: body}
+	it.SetChunks(chunks)
 	if size <= shard.ChunkSize && int64(len(body)) != size {
 		return nil, fmt.Errorf("%d bytes, want %d", len(body), size)
 	}

@@ -308,7 +308,7 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 			return e.Item.Version(), false, nil
 		}
 		encs := []string{""}
-		for _, v := range e.Item.Variants {
+		for _, v := range e.Item.Variants() {
 			if v.Size <= shard.ChunkSize {
 				encs = append(encs, v.Encoding)
 			}

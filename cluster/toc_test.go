@@ -197,8 +197,8 @@ func TestTOCCollisionsAndVariantsAskTheOwner(t *testing.T) {
 	g.items.clear()
 	for range 3 {
 		res, err := g.Resolve(n1.store, near[0])
-		if err != nil || len(res.Item.Variants) != 1 || res.Item.Variants[0].Encoding != "gzip" ||
-			res.Item.Variants[0].ETag != nodes[1].store.Published(near[0]).Variants[0].ETag {
+		if err != nil || len(res.Item.Variants()) != 1 || res.Item.Variants()[0].Encoding != "gzip" ||
+			res.Item.Variants()[0].ETag != nodes[1].store.Published(near[0]).Variants()[0].ETag {
 			t.Fatalf("variant of %s: %+v %v", near[0], res.Item, err)
 		}
 	}

@@ -556,12 +556,13 @@ func (it *Item) toArena(grace bool) {
 		return
 	}
 	switch {
-	case it.Chunks != nil:
-		c, m := allocChunks(it.Chunks.Len(), grace)
+	case it.Chunks() != nil:
+		c, m := allocChunks(it.Chunks().Len(), grace)
 		for i := range c {
-			copy(c[i], it.Chunks[i])
+			copy(c[i], it.Chunks()[i])
 		}
-		it.Chunks, it.mem = c, m
+		it.mem = m
+		it.SetChunks(c)
 	case it.Body != nil:
 		b, m := allocBody(int64(len(it.Body)), grace)
 		copy(b, it.Body)

@@ -390,8 +390,8 @@ func TestArenaStress(t *testing.T) {
 					if it, _, err := s.Lookup(what); err == nil && it.Resident() {
 						version = it.Version()
 						chunks = append(chunks, it.Body)
-						if it.Chunks != nil {
-							chunks = it.Chunks
+						if it.Chunks() != nil {
+							chunks = it.Chunks()
 						}
 					}
 				}

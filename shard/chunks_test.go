@@ -118,10 +118,10 @@ func TestPrimeLargeInChunks(t *testing.T) {
 	startReady(t, s)
 
 	it := mustLookup(t, s, "/big.bin", string(big))
-	if it.Body != nil || len(it.Chunks) != 3 || it.Chunks.Len() != int64(len(big)) {
-		t.Fatalf("big item: Body %d bytes, %d chunks of %d bytes; want none, 3 of %d", len(it.Body), len(it.Chunks), it.Chunks.Len(), len(big))
+	if it.Body != nil || len(it.Chunks()) != 3 || it.Chunks().Len() != int64(len(big)) {
+		t.Fatalf("big item: Body %d bytes, %d chunks of %d bytes; want none, 3 of %d", len(it.Body), len(it.Chunks()), it.Chunks().Len(), len(big))
 	}
-	for i, ch := range it.Chunks {
+	for i, ch := range it.Chunks() {
 		if cap(ch) > ChunkSize {
 			t.Errorf("chunk %d has capacity %d > ChunkSize", i, cap(ch))
 		}
@@ -130,8 +130,8 @@ func TestPrimeLargeInChunks(t *testing.T) {
 		t.Error("chunked item not Resident")
 	}
 	ex := mustLookup(t, s, "/exact.bin", string(exact))
-	if ex.Chunks != nil || len(ex.Body) != ChunkSize {
-		t.Errorf("item of exactly ChunkSize: %d chunks, Body %d; want one Body", len(ex.Chunks), len(ex.Body))
+	if ex.Chunks() != nil || len(ex.Body) != ChunkSize {
+		t.Errorf("item of exactly ChunkSize: %d chunks, Body %d; want one Body", len(ex.Chunks()), len(ex.Body))
 	}
 	if got, want := s.Stats().ResidentBytes, int64(len(big)+len(exact)+2); got != want {
 		t.Errorf("ResidentBytes = %d; want %d", got, want)
@@ -145,8 +145,8 @@ func TestLargeOverBudget(t *testing.T) {
 	s := newStore(t, Config{Memory: ChunkSize}, map[string]string{"big.bin": string(big)})
 	startReady(t, s)
 	it := mustLookup(t, s, "/big.bin", string(big))
-	if it.Resident() || it.Chunks != nil {
-		t.Fatalf("over-budget item resident: %d chunks", len(it.Chunks))
+	if it.Resident() || it.Chunks() != nil {
+		t.Fatalf("over-budget item resident: %d chunks", len(it.Chunks()))
 	}
 	if got := s.Stats().ResidentBytes; got != 0 {
 		t.Errorf("ResidentBytes = %d; want 0", got)
@@ -161,10 +161,10 @@ func TestLargeVariantInChunks(t *testing.T) {
 	s := newStore(t, Config{Precompressed: []string{"gzip"}}, map[string]string{"big.txt": string(big), "big.txt.gz": string(gz)})
 	startReady(t, s)
 	it := mustLookup(t, s, "/big.txt", string(big))
-	if len(it.Variants) != 1 || it.Variants[0].Encoding != "gzip" {
-		t.Fatalf("variants %+v; want one gzip", it.Variants)
+	if len(it.Variants()) != 1 || it.Variants()[0].Encoding != "gzip" {
+		t.Fatalf("variants %+v; want one gzip", it.Variants())
 	}
-	if v := it.Variants[0]; v.Body != nil || len(v.Chunks) != 2 || v.Chunks.Len() != int64(len(gz)) {
+	if v := it.Variants()[0]; v.Body != nil || len(v.Chunks) != 2 || v.Chunks.Len() != int64(len(gz)) {
 		t.Fatalf("gzip variant: Body %d bytes, %d chunks (%d bytes); want 2 chunks of %d bytes", len(v.Body), len(v.Chunks), v.Chunks.Len(), len(gz))
 	}
 	if got := body(t, s, it, "gzip"); string(got) != string(gz) {

@@ -19,7 +19,7 @@ func held(it *Item) int64 {
 	if it == nil {
 		return 0
 	}
-	return int64(len(it.Body)) + it.Chunks.Len()
+	return int64(len(it.Body)) + it.Chunks().Len()
 }
 
 // sameContent reports whether a and b (file data, no Variants) describe the
@@ -94,21 +94,22 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 		return base
 	}
 	it := base.copyFields()
-	it.Variants = make([]Variant, 0, len(sibs))
+	vs := make([]Variant, 0, len(sibs))
 	for i, v := range sibs {
 		if v == nil {
 			continue
 		}
-		it.Variants = append(it.Variants, Variant{
+		vs = append(vs, Variant{
 			Encoding: encs[i].name,
 			Size:     v.Size,
 			ModTime:  v.ModTime,
 			ETag:     v.ETag,
 			Body:     v.Body,
-			Chunks:   v.Chunks,
+			Chunks:   v.Chunks(),
 			mem:      v.mem,
 		})
 	}
+	it.SetVariants(vs)
 	return it
 }
 
@@ -122,8 +123,7 @@ func (it *Item) copyFields() *Item {
 		ContentType: it.ContentType,
 		ETag:        it.ETag,
 		Body:        it.Body,
-		Chunks:      it.Chunks,
-		Variants:    it.Variants,
+		more:        it.more,
 		mem:         it.mem,
 	}
 }
@@ -139,12 +139,12 @@ func sameItem(a, b *Item) bool {
 		return a == b
 	}
 	if a.Path != b.Path || a.Size != b.Size || !a.ModTime.Equal(b.ModTime) ||
-		a.ContentType != b.ContentType || a.ETag != b.ETag || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks, b.Chunks) ||
-		len(a.Variants) != len(b.Variants) {
+		a.ContentType != b.ContentType || a.ETag != b.ETag || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks(), b.Chunks()) ||
+		len(a.Variants()) != len(b.Variants()) {
 		return false
 	}
-	for i := range a.Variants {
-		v, w := &a.Variants[i], &b.Variants[i]
+	for i := range a.Variants() {
+		v, w := &a.Variants()[i], &b.Variants()[i]
 		if v.Encoding != w.Encoding || v.Size != w.Size || !v.ModTime.Equal(w.ModTime) ||
 			v.ETag != w.ETag || !sameBytes(v.Body, w.Body) || !sameChunks(v.Chunks, w.Chunks) {
 			return false

@@ -31,12 +31,12 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 	if it == nil {
 		return nil, ErrNotFound
 	}
-	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime, it.Body, it.Chunks
+	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime, it.Body, it.Chunks()
 	if encoding != "" {
 		var v *Variant
-		for i := range it.Variants {
-			if it.Variants[i].Encoding == encoding {
-				v = &it.Variants[i]
+		for i := range it.Variants() {
+			if it.Variants()[i].Encoding == encoding {
+				v = &it.Variants()[i]
 				break
 			}
 		}

@@ -218,8 +218,8 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		ContentType: contentType(j.path, head),
 		ETag:        tag,
 		Body:        body,
-		Chunks:      chunks,
 	}
+	c.SetChunks(chunks)
 	s.stats.handoffItems.Add(1)
 	s.stats.handoffBytes.Add(c.Size)
 	return c
@@ -235,20 +235,20 @@ func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
 	case size < 0:
 		return nil, nil, false
 	case size == 0:
-		return nil, nil, len(it.Body) == 0 && it.Chunks.Len() == 0
-	case it.Chunks != nil:
-		if it.Body != nil || len(it.Chunks) != NumChunks(size) {
+		return nil, nil, len(it.Body) == 0 && it.Chunks().Len() == 0
+	case it.Chunks() != nil:
+		if it.Body != nil || len(it.Chunks()) != NumChunks(size) {
 			return nil, nil, false
 		}
-		for i, c := range it.Chunks {
+		for i, c := range it.Chunks() {
 			if _, n := ChunkRange(size, i); int64(len(c)) != n {
 				return nil, nil, false
 			}
 		}
 		if size <= ChunkSize {
-			return it.Chunks[0], nil, true
+			return it.Chunks()[0], nil, true
 		}
-		return nil, it.Chunks, true
+		return nil, it.Chunks(), true
 	case int64(len(it.Body)) != size:
 		return nil, nil, false
 	case size <= ChunkSize:

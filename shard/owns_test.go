@@ -373,12 +373,12 @@ func TestSetOwnsHandoffLayout(t *testing.T) {
 		n    int // chunks; 0: a Body
 	}{
 		{"small body", &Item{Size: 3, Body: []byte("abc")}, true, 0},
-		{"small as a chunk", &Item{Size: 3, Chunks: Chunks{[]byte("abc")}}, true, 0},
+		{"small as a chunk", withChunks(&Item{Size: 3}, Chunks{[]byte("abc")}), true, 0},
 		{"empty", &Item{Size: 0}, true, 0},
 		{"big body", &Item{Size: int64(len(big)), Body: big}, true, 2},
-		{"big chunks", &Item{Size: int64(len(big)), Chunks: Chunks{big[:ChunkSize], big[ChunkSize:]}}, true, 2},
-		{"bad chunks", &Item{Size: int64(len(big)), Chunks: Chunks{big[:10], big[10:]}}, false, 0},
-		{"both", &Item{Size: 3, Body: []byte("abc"), Chunks: Chunks{[]byte("abc")}}, false, 0},
+		{"big chunks", withChunks(&Item{Size: int64(len(big))}, Chunks{big[:ChunkSize], big[ChunkSize:]}), true, 2},
+		{"bad chunks", withChunks(&Item{Size: int64(len(big))}, Chunks{big[:10], big[10:]}), false, 0},
+		{"both", withChunks(&Item{Size: 3, Body: []byte("abc")}, Chunks{[]byte("abc")}), false, 0},
 		{"none", &Item{Size: 3}, false, 0},
 	} {
 		body, chunks, ok := handoffBytes(c.it)
@@ -596,4 +596,10 @@ func TestSetOwnsAfterClose(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("SetOwns after Close did not return")
 	}
+}
+
+// withChunks is it with chunks c.
+func withChunks(it *Item, c Chunks) *Item {
+	it.SetChunks(c)
+	return it
 }

@@ -85,7 +85,8 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		case len(chunks) == 0:
 			head = []byte{}
 		case c.Size > ChunkSize:
-			head, c.Chunks = chunks[0], chunks
+			head = chunks[0]
+			c.SetChunks(chunks)
 		default:
 			head, c.Body = chunks[0], chunks[0]
 		}

@@ -195,12 +195,12 @@ func TestShareSiblings(t *testing.T) {
 	if gz {
 		t.Error("the sibling of another node's file is recorded")
 	}
-	if it := s.Published("/mine.css"); it == nil || len(it.Variants) != 1 {
+	if it := s.Published("/mine.css"); it == nil || len(it.Variants()) != 1 {
 		t.Errorf("/mine.css = %v; want it published with its variant", it)
 	}
 	mustNotFound(t, s, "/theirs.css.gz")
-	if it := mustLookup(t, s, "/theirs.css", "css"); len(it.Variants) != 1 {
-		t.Errorf("/theirs.css from storage has %d variants; want 1", len(it.Variants))
+	if it := mustLookup(t, s, "/theirs.css", "css"); len(it.Variants()) != 1 {
+		t.Errorf("/theirs.css from storage has %d variants; want 1", len(it.Variants()))
 	}
 
 	// Its base goes: the sibling is an item of its own, and this node's.

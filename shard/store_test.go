@@ -259,10 +259,10 @@ var variantTree = map[string]string{
 func checkVariants(t *testing.T, s *Store) {
 	t.Helper()
 	it := mustLookup(t, s, "/x.css", "plain css")
-	if len(it.Variants) != 2 || it.Variants[0].Encoding != "br" || it.Variants[1].Encoding != "gzip" {
-		t.Fatalf("variants of /x.css = %+v; want br, gzip", it.Variants)
+	if len(it.Variants()) != 2 || it.Variants()[0].Encoding != "br" || it.Variants()[1].Encoding != "gzip" {
+		t.Fatalf("variants of /x.css = %+v; want br, gzip", it.Variants())
 	}
-	for _, v := range it.Variants {
+	for _, v := range it.Variants() {
 		want := map[string]string{"br": "brotli bytes", "gzip": "gzip bytes"}[v.Encoding]
 		if got := body(t, s, it, v.Encoding); string(got) != want {
 			t.Errorf("%s variant = %q; want %q", v.Encoding, got, want)
@@ -277,8 +277,8 @@ func checkVariants(t *testing.T, s *Store) {
 	mustNotFound(t, s, "/x.css.gz")
 	mustNotFound(t, s, "/x.css.br")
 	mustLookup(t, s, "/y.js.zst", "zstd bytes, not configured")
-	if y := mustLookup(t, s, "/y.js", "plain js"); len(y.Variants) != 0 {
-		t.Errorf("/y.js variants = %+v; want none (zstd not configured)", y.Variants)
+	if y := mustLookup(t, s, "/y.js", "plain js"); len(y.Variants()) != 0 {
+		t.Errorf("/y.js variants = %+v; want none (zstd not configured)", y.Variants())
 	}
 	mustLookup(t, s, "/orphan.txt.gz", "no base file")
 }

@@ -104,7 +104,7 @@ func testChanges(t *testing.T, cfg Config) {
 	write(t, s, "d/x.css.gz", "gz")
 	waitFor(t, 2*time.Second, "variant attached", func() bool {
 		it, _, _ := s.Lookup("/d/x.css")
-		return it != nil && len(it.Variants) == 1 && it.Variants[0].ETag == etagOf("gz")
+		return it != nil && len(it.Variants()) == 1 && it.Variants()[0].ETag == etagOf("gz")
 	})
 	mustNotFound(t, s, "/d/x.css.gz")
 
