@@ -780,3 +780,66 @@ func (n *Node) FetchMeta(ctx context.Context, peerName string, req Request) (Met
 	p.seen()
 	return meta, nil
 }
+
+// stallLoop closes every connection of the node once the process has not
+// been scheduled for longer than the idle timeout (stopped with SIGSTOP, a
+// paused VM, a starved machine). By then each peer has found this node
+// silent and dropped its end, without a word (an idle timeout sends
+// nothing), while on this side quic-go measured round trips across the
+// stall (acknowledgements read seconds late) and stretched its own idle
+// timeout to three of its inflated PTOs, tens of seconds: a connection that
+// nobody answers any more stayed up, and every fetch on it timed out
+// (bench/scale.sh, a node stopped for 10 s: its fetches from one peer timed
+// out for over 40 s after it continued). Closed at once, they are dialled
+// again, and the tables of content resume from their change numbers.
+func (n *Node) stallLoop() {
+	defer n.wg.Done()
+	every := n.stallLimit() / 4
+	t := time.NewTicker(every)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case now := <-t.C:
+			n.checkStall(now.Sub(last) - every)
+			last = now
+		}
+	}
+}
+
+// stallLimit is the longest the process may go unscheduled before
+// stallLoop closes its connections: the idle timeout, and at least a
+// second, so that a goroutine merely scheduled late on a busy machine (the
+// race detector, short idle timeouts in tests) is not taken for a stall.
+func (n *Node) stallLimit() time.Duration { return max(n.cfg.IdleTimeout, time.Second) }
+
+// checkStall closes every connection if the process was not scheduled for
+// longer than stallLimit (late: how much later than due the last tick
+// came).
+func (n *Node) checkStall(late time.Duration) {
+	if late <= n.stallLimit() {
+		return
+	}
+	var conns []*quic.Conn
+	if t := n.peers.Load(); t != nil {
+		for _, p := range t.order {
+			if c := p.conn.Load(); c != nil {
+				conns = append(conns, c)
+			}
+		}
+	}
+	n.mu.Lock()
+	for c := range n.inbound {
+		conns = append(conns, c)
+	}
+	n.mu.Unlock()
+	n.stalls.Add(1)
+	n.log.Warn("this node was not scheduled for longer than its peers' idle timeout (stopped, paused or starved): they took it for down; closing its connections to dial them again",
+		zap.Duration("stalled", late.Round(time.Millisecond)), zap.Duration("idle_timeout", n.cfg.IdleTimeout),
+		zap.Int("connections", len(conns)))
+	for _, c := range conns {
+		c.CloseWithError(CloseGone, "this node stalled")
+	}
+}

@@ -864,3 +864,37 @@ func TestListenErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestStallClosesConnections: a node that finds it was not scheduled for
+// longer than the idle timeout (its peers have dropped their ends by then,
+// and its own idle timeout may be stretched by the round trips quic-go
+// measured across the stall) closes its connections, dialled and
+// accepted, and both sides dial again: down, up, fetches work. A shorter
+// delay closes nothing.
+func TestStallClosesConnections(t *testing.T) {
+	nodes := startCluster(t, []string{"n1", "n2"}, nil)
+	a, b := nodes[0], nodes[1]
+	waitUp(t, nodes)
+	var i, j int
+	a.rec.wait(t, &i, time.Second, kind(EventUp, "n2"))
+	b.rec.wait(t, &j, time.Second, kind(EventUp, "n1"))
+	b.backend.put("g", Meta{Path: "/x"}, []byte("x"))
+
+	a.checkStall(a.stallLimit() / 2)
+	time.Sleep(2 * a.cfg.IdleTimeout)
+	if n := a.rec.count(kind(EventDown, "n2")) + b.rec.count(kind(EventDown, "n1")); n != 0 || a.stalls.Load() != 0 {
+		t.Fatalf("a delay under the idle timeout: %d peers down, %d stalls", n, a.stalls.Load())
+	}
+
+	a.checkStall(2 * a.stallLimit())
+	if a.stalls.Load() != 1 {
+		t.Fatalf("stalls = %d; want 1", a.stalls.Load())
+	}
+	a.rec.wait(t, &i, time.Second, kind(EventDown, "n2"))
+	b.rec.wait(t, &j, time.Second, kind(EventDown, "n1")) // its dialled connection, which a accepted
+	a.rec.wait(t, &i, 3*time.Second, kind(EventUp, "n2"))
+	b.rec.wait(t, &j, 3*time.Second, kind(EventUp, "n1"))
+	if _, got, err := a.Fetch(context.Background(), "n2", Request{Group: "g", Path: "/x"}); err != nil || string(got) != "x" {
+		t.Fatalf("fetch after the stall: %q %v", got, err)
+	}
+}

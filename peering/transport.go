@@ -580,6 +580,10 @@ type Node struct {
 	handshakes atomic.Int64
 	validating atomic.Bool
 
+	// stalls counts the times the node closed its connections after a
+	// stall of the process (stallLoop).
+	stalls atomic.Int64
+
 	mu        sync.Mutex
 	inbound   map[*quic.Conn]struct{}
 	perName   map[string]int // inbound connections per certificate name
@@ -672,9 +676,10 @@ func Listen(cfg Config) (*Node, error) {
 	n.ln = ln
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.acceptLoop()
 	go n.sweepLoop()
+	go n.stallLoop()
 	n.mu.Lock()
 	n.setPeers(peers)
 	n.mu.Unlock()
