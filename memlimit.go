@@ -74,6 +74,19 @@ func arenaLimit(limit, live int64, primed bool) int64 {
 	return max(limit, 2*live)
 }
 
+// limitStep is how far below the memory the runtime holds (mapped and not
+// returned to the OS) the limit may be set at one tick of the governor
+// (a second). The pages above a lower limit are returned by the next
+// allocation that needs a span, at once and without being preempted:
+// after priming a million files, a limit set 1 GB below them stalled the
+// node for about a second, longer than its peers' idle timeout. A step at
+// a time they go back in pieces of a tenth of a second or less.
+const limitStep = 128 << 20
+
+// stepDown is limit, raised if need be to limitStep below mapped, the
+// memory the runtime holds.
+func stepDown(limit, mapped int64) int64 { return max(limit, mapped-limitStep) }
+
 // metadataSized is what reports the Go heap its metadata takes, besides
 // the bytes it holds: every *shard.Store, and whatever else metadataOf
 // finds.
@@ -134,7 +147,7 @@ func startMemoryGovernor(log *zap.Logger) {
 }
 
 func governMemory(log *zap.Logger) {
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	var last int64
 	primed, logged := false, false
 	for range time.Tick(time.Second) {
@@ -176,8 +189,8 @@ func governMemory(log *zap.Logger) {
 			// scavenging of debug.FreeOSMemory after it, a node of 1M
 			// files stalled for 1.4-2 s under load, longer than its peers'
 			// idle timeout: they took it for down; bench/scale.sh). The
-			// runtime returns the freed pages to the OS as the new limit
-			// requires, a span at a time.
+			// runtime returns the freed pages to the OS as the new limit,
+			// lowered a step a second (stepDown), requires.
 			primed = true
 			runtime.GC()
 		}
@@ -199,6 +212,7 @@ func governMemory(log *zap.Logger) {
 			// with the runtime's default pacing.
 			limit = arenaLimit(limit, liveHeap, ready)
 		}
+		limit = stepDown(limit, int64(live[1].Value.Uint64()-live[2].Value.Uint64()))
 		if d := limit - last; d > 1<<20 || d < -1<<20 {
 			debug.SetMemoryLimit(limit)
 			last = limit

@@ -84,3 +84,19 @@ func TestMetadataOfCluster(t *testing.T) {
 		t.Errorf("metadataBytes = %d; want the cluster's %d", n, want)
 	}
 }
+
+// TestStepDown: the limit goes at most limitStep below the memory the
+// runtime holds, and is kept when it is above that already.
+func TestStepDown(t *testing.T) {
+	const mib = 1 << 20
+	for _, tc := range []struct{ limit, mapped, want int64 }{
+		{300 * mib, 2000 * mib, 2000*mib - limitStep}, // just primed: a step below what is held
+		{300 * mib, 400 * mib, 300 * mib},             // within a step: the limit itself
+		{300 * mib, 300*mib + limitStep, 300 * mib},   // exactly a step
+		{2400 * mib, 500 * mib, 2400 * mib},           // priming: far above
+	} {
+		if got := stepDown(tc.limit, tc.mapped); got != tc.want {
+			t.Errorf("stepDown(%d MiB, %d MiB) = %d MiB; want %d MiB", tc.limit/mib, tc.mapped/mib, got/mib, tc.want/mib)
+		}
+	}
+}
