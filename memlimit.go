@@ -147,9 +147,9 @@ func startMemoryGovernor(log *zap.Logger) {
 }
 
 func governMemory(log *zap.Logger) {
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
 	var last int64
-	primed, logged := false, false
+	primed := false
 	for range time.Tick(time.Second) {
 		sources, c := reg.get()
 		if len(sources) == 0 {
@@ -181,7 +181,8 @@ func governMemory(log *zap.Logger) {
 			held, budgets = 0, 0
 		}
 		meta := metadataBytes(metadataOf(sources, c))
-		if ready && !primed {
+		justPrimed := ready && !primed
+		if justPrimed {
 			// Priming's garbage is collected under the priming limit,
 			// before the lower one below is set: lowered first, the heap
 			// would be over it and every allocating goroutine would help
@@ -194,8 +195,8 @@ func governMemory(log *zap.Logger) {
 			primed = true
 			runtime.GC()
 		}
-		metrics.Read(live)
-		liveHeap := int64(live[0].Value.Uint64())
+		metrics.Read(samples)
+		liveHeap := int64(samples[0].Value.Uint64())
 		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)
 		if ready {
 			limit = memoryLimit(held, meta, liveHeap)
@@ -212,15 +213,14 @@ func governMemory(log *zap.Logger) {
 			// with the runtime's default pacing.
 			limit = arenaLimit(limit, liveHeap, ready)
 		}
-		limit = stepDown(limit, int64(live[1].Value.Uint64()-live[2].Value.Uint64()))
+		limit = stepDown(limit, int64(samples[1].Value.Uint64()-samples[2].Value.Uint64())) // mapped, not released
 		if d := limit - last; d > 1<<20 || d < -1<<20 {
 			debug.SetMemoryLimit(limit)
 			last = limit
 			log.Debug("Go memory limit", zap.Int64("held", held), zap.Int64("metadata", meta),
 				zap.Int64("limit", limit), zap.Bool("primed", ready))
 		}
-		if ready && !logged {
-			logged = true
+		if justPrimed {
 			log.Info("primed: the Go memory limit now follows the bytes held and their metadata",
 				zap.Int64("held", held), zap.Int64("metadata", meta), zap.Int64("limit", limit),
 				zap.Int64("live_heap", liveHeap))
