@@ -388,7 +388,7 @@ func (h *Handler) encoding(r *http.Request, it *shard.Item) string {
 		return ""
 	}
 	for _, ae := range encode.AcceptedEncodings(r, h.Precompressed) {
-		if cluster.Variant(it, ae) != nil {
+		if it.Variant(ae) != nil {
 			return ae
 		}
 	}

@@ -614,20 +614,21 @@ func headersOf(it *shard.Item, enc string) itemHeaders {
 		h.lastModified, h.contentLength = m.lastModified, m.length
 		return h
 	}
+	vs := it.Variants()
 	m, _ := it.Memo.Load().(*variantsMemo)
-	if m == nil || len(m.lengths) != 1+len(it.Variants()) {
-		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(it.Variants()))}
+	if m == nil || len(m.lengths) != 1+len(vs) {
+		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(vs))}
 		m.lengths[0] = strconv.FormatInt(it.Size, 10)
-		for i, v := range it.Variants() {
+		for i, v := range vs {
 			m.lengths[i+1] = strconv.FormatInt(v.Size, 10)
 		}
 		it.Memo.Store(m)
 	}
 	h.lastModified, h.contentLength = m.lastModified, m.lengths[0]
 	if enc != "" {
-		for i := range it.Variants() {
-			if it.Variants()[i].Encoding == enc {
-				h.etag, h.size, h.contentLength = it.Variants()[i].ETag, it.Variants()[i].Size, m.lengths[i+1]
+		for i := range vs {
+			if vs[i].Encoding == enc {
+				h.etag, h.size, h.contentLength = vs[i].ETag, vs[i].Size, m.lengths[i+1]
 				break
 			}
 		}

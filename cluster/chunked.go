@@ -37,7 +37,7 @@ func ChunkKey(path, enc string, i int) string { return chunkKey(path, enc, i) }
 // SizeOf is the length of it's bytes in encoding enc ("" identity).
 func SizeOf(it *shard.Item, enc string) int64 {
 	if enc != "" {
-		if v := Variant(it, enc); v != nil {
+		if v := it.Variant(enc); v != nil {
 			return v.Size
 		}
 	}
@@ -51,7 +51,7 @@ func HeldBytes(it *shard.Item, enc string) (data []byte, chunks shard.Chunks, si
 	if enc == "" {
 		return it.Body, it.Chunks(), it.Size, true
 	}
-	v := Variant(it, enc)
+	v := it.Variant(enc)
 	if v == nil {
 		return nil, nil, 0, false
 	}

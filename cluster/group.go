@@ -291,7 +291,7 @@ func dropHot(h *shard.Hot, path string, old *shard.Item) int {
 		if old == nil {
 			continue
 		}
-		if size := SizeOf(old, enc); size > shard.ChunkSize && (enc == "" || Variant(old, enc) != nil) {
+		if size := SizeOf(old, enc); size > shard.ChunkSize && (enc == "" || old.Variant(enc) != nil) {
 			for i := range shard.NumChunks(size) {
 				if h.Drop(chunkKey(path, enc, i)) {
 					n++
@@ -455,16 +455,6 @@ func FromStore(store *shard.Store, stats *Stats, path, enc string) (Body, error)
 	}
 	stats.Count(TierStorage, size)
 	return b, nil
-}
-
-// Variant returns it's variant in encoding enc, nil if none.
-func Variant(it *shard.Item, enc string) *shard.Variant {
-	for i := range it.Variants() {
-		if it.Variants()[i].Encoding == enc {
-			return &it.Variants()[i]
-		}
-	}
-	return nil
 }
 
 // Learn applies a peer's table-of-content delta as if it had arrived over

@@ -555,11 +555,11 @@ func (it *Item) toArena(grace bool) {
 	if !arenasOn || it.mem != nil || it.Size <= 0 {
 		return
 	}
-	switch {
-	case it.Chunks() != nil:
-		c, m := allocChunks(it.Chunks().Len(), grace)
+	switch old := it.Chunks(); {
+	case old != nil:
+		c, m := allocChunks(old.Len(), grace)
 		for i := range c {
-			copy(c[i], it.Chunks()[i])
+			copy(c[i], old[i])
 		}
 		it.mem = m
 		it.SetChunks(c)

@@ -59,8 +59,8 @@ func NewHot(budget int64) *Hot {
 // cost is what holding it counts against the budget.
 func cost(it *Item) int64 {
 	c := held(it) + entryOverhead + int64(len(it.Path))
-	for i := range it.Variants() {
-		c += int64(len(it.Variants()[i].Body)) + it.Variants()[i].Chunks.Len()
+	for _, v := range it.Variants() {
+		c += int64(len(v.Body)) + v.Chunks.Len()
 	}
 	return c
 }

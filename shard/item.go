@@ -143,8 +143,9 @@ func sameItem(a, b *Item) bool {
 		len(a.Variants()) != len(b.Variants()) {
 		return false
 	}
-	for i := range a.Variants() {
-		v, w := &a.Variants()[i], &b.Variants()[i]
+	av, bv := a.Variants(), b.Variants()
+	for i := range av {
+		v, w := &av[i], &bv[i]
 		if v.Encoding != w.Encoding || v.Size != w.Size || !v.ModTime.Equal(w.ModTime) ||
 			v.ETag != w.ETag || !sameBytes(v.Body, w.Body) || !sameChunks(v.Chunks, w.Chunks) {
 			return false

@@ -33,13 +33,7 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 	}
 	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime, it.Body, it.Chunks()
 	if encoding != "" {
-		var v *Variant
-		for i := range it.Variants() {
-			if it.Variants()[i].Encoding == encoding {
-				v = &it.Variants()[i]
-				break
-			}
-		}
+		v := it.Variant(encoding)
 		ext, ok := encodingExt[encoding]
 		if v == nil || !ok {
 			return nil, fmt.Errorf("shard: %s has no %s variant: %w", it.Path, encoding, ErrNotFound)

@@ -237,18 +237,19 @@ func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
 	case size == 0:
 		return nil, nil, len(it.Body) == 0 && it.Chunks().Len() == 0
 	case it.Chunks() != nil:
-		if it.Body != nil || len(it.Chunks()) != NumChunks(size) {
+		cs := it.Chunks()
+		if it.Body != nil || len(cs) != NumChunks(size) {
 			return nil, nil, false
 		}
-		for i, c := range it.Chunks() {
+		for i, c := range cs {
 			if _, n := ChunkRange(size, i); int64(len(c)) != n {
 				return nil, nil, false
 			}
 		}
 		if size <= ChunkSize {
-			return it.Chunks()[0], nil, true
+			return cs[0], nil, true
 		}
-		return nil, it.Chunks(), true
+		return nil, cs, true
 	case int64(len(it.Body)) != size:
 		return nil, nil, false
 	case size <= ChunkSize:

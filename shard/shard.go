@@ -114,6 +114,17 @@ func (it *Item) Variants() []Variant {
 	return it.more.variants
 }
 
+// Variant returns the variant in encoding enc, nil if there is none.
+func (it *Item) Variant(enc string) *Variant {
+	vs := it.Variants()
+	for i := range vs {
+		if vs[i].Encoding == enc {
+			return &vs[i]
+		}
+	}
+	return nil
+}
+
 // SetChunks sets the chunks of an Item being built, before anyone else
 // sees it.
 func (it *Item) SetChunks(c Chunks) { it.setMore(c, it.Variants()) }
