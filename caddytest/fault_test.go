@@ -646,6 +646,7 @@ func ftLoadConfig(t *testing.T, n *clusterNode, caddyfile string) (int, string) 
 	defer resp.Body.Close()
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(resp.Body)
+	afterReload()
 	return resp.StatusCode, b.String()
 }
 

@@ -495,6 +495,17 @@ func (n *node) reload(caddyfile string) {
 	if resp.StatusCode != http.StatusOK {
 		n.t.Fatalf("reload: %s: %s", resp.Status, body)
 	}
+	afterReload()
+}
+
+// afterReload drops the test client's kept-alive connections once a reload
+// returned. The replaced server closed them as it stopped, and a request
+// sent on one before the client has read that close meets a reset: HTTP/1.1's
+// keep-alive race, which net/http's client does not retry for every request.
+// The tests' own requests after a reload go on new connections to the new
+// server; load generators keep their own clients and count the race.
+func afterReload() {
+	client.CloseIdleConnections()
 }
 
 var goroutinesRe = regexp.MustCompile(`goroutine profile: total (\d+)`)
