@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,7 +27,8 @@ import (
 // path hashes to less than k mod 3), as a node of a cluster does, and the
 // heap per held item ("B/item") is then mostly metadata: with a tree of
 // small files (bench/gensmall), what issue 12's owned-file target counts,
-// the store's share of the directories included.
+// the store's share of the directories included. SHARDCACHE_HEAP_PROFILE=FILE
+// writes a heap profile there once primed.
 func BenchmarkPrimedHeap(b *testing.B) {
 	dir := os.Getenv("SHARDCACHE_HEAP_TREE")
 	if dir == "" {
@@ -35,6 +37,9 @@ func BenchmarkPrimedHeap(b *testing.B) {
 	var total int64
 	if v := os.Getenv("SHARDCACHE_HEAP_BYTES"); v != "" {
 		total, _ = strconv.ParseInt(v, 10, 64)
+	}
+	if os.Getenv("SHARDCACHE_HEAP_PROFILE") != "" {
+		runtime.MemProfileRate = 4096 // finer than the default 512 KiB for small records
 	}
 	var owns func(string) bool
 	if v := os.Getenv("SHARDCACHE_HEAP_HOLD"); v != "" {
@@ -86,9 +91,30 @@ func BenchmarkPrimedHeap(b *testing.B) {
 	if st.Items > 0 {
 		b.ReportMetric(float64(heap)/float64(st.Items), "B/item")
 	}
+	if f := os.Getenv("SHARDCACHE_HEAP_PROFILE"); f != "" {
+		// What holds the heap, by allocation site (go tool pprof
+		// -sample_index=inuse_space): sampled at the rate set below.
+		if err := writeHeapProfile(f); err != nil {
+			b.Fatal(err)
+		}
+	}
 	fmt.Printf("heapgc: items=%d held=%d heap_objects=%d gc_ms=%.2f rss=%d primed_s=%.1f\n",
 		st.Items, st.ResidentBytes, heap, float64(gc.Microseconds())/1000, rss, primed.Seconds())
 	runtime.KeepAlive(s)
+}
+
+// writeHeapProfile writes the heap profile as of the last collection to
+// the file name.
+func writeHeapProfile(name string) error {
+	f, err := os.Create(name)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // rssBytes is the process's resident set size (Linux; 0 elsewhere).
