@@ -128,11 +128,12 @@ type arena struct {
 	size int64
 	sys  arenaSys // the platform's part (the memfd)
 
-	top   int64                     // never handed out above this
-	frees map[int64]int64           // start → length of free extents below top
-	ends  map[int64]int64           // end → start of the same
-	bins  [nbins]map[int64]struct{} // starts of free extents by size class
-	used  int64                     // bytes in extents handed out (and not freed)
+	top     int64                     // never handed out above this
+	faulted int64                     // [top, faulted) was prefaulted (prefault) and is still mapped
+	frees   map[int64]int64           // start → length of free extents below top
+	ends    map[int64]int64           // end → start of the same
+	bins    [nbins]map[int64]struct{} // starts of free extents by size class
+	used    int64                     // bytes in extents handed out (and not freed)
 }
 
 func newArenaAllocator(mem []byte, sys arenaSys) *arena {
@@ -172,10 +173,28 @@ func (a *arena) alloc(n int64) int64 {
 		off := a.top
 		a.top += n
 		a.used += n
+		if a.top > a.faulted {
+			end := min(a.size, (a.top+prefaultStep-1)/prefaultStep*prefaultStep)
+			a.sys.prefault(a.faulted, end-a.faulted)
+			a.faulted = end
+		}
 		return off
 	}
 	return -1
 }
+
+// prefaultStep is how much of an arena's memory above top is made resident
+// at a time, ahead of the bodies that will be read into it (arenaSys.prefault):
+// one system call per 2 MiB instead of a page fault per 4 KiB page as
+// read(2) copies into fresh memory. Priming reads hundreds of thousands of
+// small files into arenas; in this VM a fault cost about 20 µs, and
+// reading a 2 KiB file into fresh arena memory took 18.8 µs against 13-14
+// µs prefaulted (open, read and close included). At most prefaultStep per
+// arena is resident before it is used.
+const prefaultStep = 2 << 20
+
+// pageSize is the unit in which pages are prefaulted and discarded.
+const pageSize = 4096
 
 // take hands out the first n bytes of the free extent at off.
 func (a *arena) take(off, n int64) int64 {
@@ -214,8 +233,10 @@ func (a *arena) free(off, n int64) {
 		end += l
 	}
 	if end == a.top {
-		a.sys.discard(start, a.top-start)
-		a.top = start
+		// The pages above top go back, the one top is in stays
+		// (discard keeps partial pages).
+		a.sys.discard(start, a.faulted-start)
+		a.top, a.faulted = start, (start+pageSize-1)&^(pageSize-1)
 		return
 	}
 	a.linkFree(start, end-start)

@@ -16,6 +16,8 @@ func newArena(int64) (*arena, error) { return nil, errors.New("shard: no arenas 
 
 func (arenaSys) discard(off, n int64) {}
 
+func (arenaSys) prefault(off, n int64) {}
+
 // A BodyFile sends a body from its arena with sendfile(2); never on this
 // platform (see arena_linux.go).
 type BodyFile struct{}
