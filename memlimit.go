@@ -2,7 +2,6 @@ package shardcache
 
 import (
 	"os"
-	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -32,8 +31,9 @@ import (
 // it is hundreds of MiB, and a limit blind to it keeps the collector
 // running almost continuously. It is re-read
 // every second, so it follows the hot caches as they fill and files as they
-// change. When every store has become ready, the garbage of priming is
-// returned to the operating system once.
+// change. When every store has become ready, the limit comes down to its
+// primed value a step a second (stepDown), and the runtime returns
+// priming's garbage to the operating system as it does.
 //
 // Where the bytes held live in arenas outside the Go heap (Linux, see
 // shard/arena.go), they are left out: the held bytes and budgets above
@@ -84,8 +84,15 @@ func arenaLimit(limit, live int64, primed bool) int64 {
 const limitStep = 128 << 20
 
 // stepDown is limit, raised if need be to limitStep below mapped, the
-// memory the runtime holds.
-func stepDown(limit, mapped int64) int64 { return max(limit, mapped-limitStep) }
+// memory the runtime holds, and to minHeadroom above inUse, the heap's
+// objects live or not yet swept. Below the heap in use, the limit would
+// start a collection whose goal is already passed: every goroutine that
+// allocates would help mark the whole metadata until it ends. Above it, the
+// collector's own pacing finds priming's garbage, and the limit follows the
+// heap down a tick after.
+func stepDown(limit, mapped, inUse int64) int64 {
+	return max(limit, mapped-limitStep, inUse+minHeadroom)
+}
 
 // metadataSized is what reports the Go heap its metadata takes, besides
 // the bytes it holds: every *shard.Store, and whatever else metadataOf
@@ -147,7 +154,8 @@ func startMemoryGovernor(log *zap.Logger) {
 }
 
 func governMemory(log *zap.Logger) {
-	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"}}
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
 	var last int64
 	primed := false
 	for range time.Tick(time.Second) {
@@ -182,19 +190,16 @@ func governMemory(log *zap.Logger) {
 		}
 		meta := metadataBytes(metadataOf(sources, c))
 		justPrimed := ready && !primed
-		if justPrimed {
-			// Priming's garbage is collected under the priming limit,
-			// before the lower one below is set: lowered first, the heap
-			// would be over it and every allocating goroutine would help
-			// mark the whole metadata until the cycle ends (with the
-			// scavenging of debug.FreeOSMemory after it, a node of 1M
-			// files stalled for 1.4-2 s under load, longer than its peers'
-			// idle timeout: they took it for down; bench/scale.sh). The
-			// runtime returns the freed pages to the OS as the new limit,
-			// lowered a step a second (stepDown), requires.
-			primed = true
-			runtime.GC()
-		}
+		primed = primed || ready
+		// No collection is forced when the stores become ready: the limit
+		// comes down no faster than the heap in use and the memory held
+		// allow (stepDown), and the collector's pacing finds priming's
+		// garbage. A forced collection there (runtime.GC, even under the
+		// priming limit) left nodes of 1M files silent for over a second
+		// while their peers were still priming on the same CPUs: longer
+		// than the peers' idle timeout, so they took them for down
+		// (bench/scale.sh, "peers seen down while starting"). With
+		// debug.FreeOSMemory after it, the stall was 1.4-2 s under load.
 		metrics.Read(samples)
 		liveHeap := int64(samples[0].Value.Uint64())
 		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)
@@ -213,7 +218,8 @@ func governMemory(log *zap.Logger) {
 			// with the runtime's default pacing.
 			limit = arenaLimit(limit, liveHeap, ready)
 		}
-		limit = stepDown(limit, int64(samples[1].Value.Uint64()-samples[2].Value.Uint64())) // mapped, not released
+		mapped := int64(samples[1].Value.Uint64() - samples[2].Value.Uint64()) // not returned to the OS
+		limit = stepDown(limit, mapped, int64(samples[3].Value.Uint64()))
 		if d := limit - last; d > 1<<20 || d < -1<<20 {
 			debug.SetMemoryLimit(limit)
 			last = limit

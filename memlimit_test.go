@@ -86,17 +86,19 @@ func TestMetadataOfCluster(t *testing.T) {
 }
 
 // TestStepDown: the limit goes at most limitStep below the memory the
-// runtime holds, and is kept when it is above that already.
+// runtime holds, never below the heap in use plus minHeadroom, and is kept
+// when it is above both already.
 func TestStepDown(t *testing.T) {
 	const mib = 1 << 20
-	for _, tc := range []struct{ limit, mapped, want int64 }{
-		{300 * mib, 2000 * mib, 2000*mib - limitStep}, // just primed: a step below what is held
-		{300 * mib, 400 * mib, 300 * mib},             // within a step: the limit itself
-		{300 * mib, 300*mib + limitStep, 300 * mib},   // exactly a step
-		{2400 * mib, 500 * mib, 2400 * mib},           // priming: far above
+	for _, tc := range []struct{ limit, mapped, inUse, want int64 }{
+		{300 * mib, 2000 * mib, 200 * mib, 2000*mib - limitStep}, // just primed: a step below what is held
+		{300 * mib, 400 * mib, 200 * mib, 300 * mib},             // within a step: the limit itself
+		{300 * mib, 300*mib + limitStep, 200 * mib, 300 * mib},   // exactly a step
+		{2400 * mib, 500 * mib, 400 * mib, 2400 * mib},           // priming: far above
+		{300 * mib, 450 * mib, 400 * mib, 400*mib + minHeadroom}, // priming's garbage not collected yet: above it
 	} {
-		if got := stepDown(tc.limit, tc.mapped); got != tc.want {
-			t.Errorf("stepDown(%d MiB, %d MiB) = %d MiB; want %d MiB", tc.limit/mib, tc.mapped/mib, got/mib, tc.want/mib)
+		if got := stepDown(tc.limit, tc.mapped, tc.inUse); got != tc.want {
+			t.Errorf("stepDown(%d MiB, %d MiB, %d MiB) = %d MiB; want %d MiB", tc.limit/mib, tc.mapped/mib, tc.inUse/mib, got/mib, tc.want/mib)
 		}
 	}
 }
