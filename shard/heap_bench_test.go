@@ -98,6 +98,17 @@ func BenchmarkPrimedHeap(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	// Where the rest of the RSS is: the runtime's view of its own memory
+	// (mapped and not returned: objects, free and unused span space, its
+	// metadata) beside the arenas' pages.
+	classes := []metrics.Sample{{Name: "/memory/classes/total:bytes"}, {Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"}, {Name: "/memory/classes/heap/unused:bytes"},
+		{Name: "/memory/classes/metadata/other:bytes"}, {Name: "/memory/classes/metadata/mspan/inuse:bytes"},
+		{Name: "/memory/classes/other:bytes"}}
+	metrics.Read(classes)
+	fmt.Printf("runtime: total-released=%d free=%d unused=%d metadata_other=%d mspan=%d other=%d arenas_used=%d\n",
+		classes[0].Value.Uint64()-classes[1].Value.Uint64(), classes[2].Value.Uint64(), classes[3].Value.Uint64(),
+		classes[4].Value.Uint64(), classes[5].Value.Uint64(), classes[6].Value.Uint64(), Arenas().Used)
 	fmt.Printf("heapgc: items=%d held=%d heap_objects=%d gc_ms=%.2f rss=%d primed_s=%.1f\n",
 		st.Items, st.ResidentBytes, heap, float64(gc.Microseconds())/1000, rss, primed.Seconds())
 	runtime.KeepAlive(s)
