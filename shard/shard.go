@@ -76,7 +76,7 @@ type Item struct {
 	// item, computed once (the HTTP handler keeps the item's response
 	// header values here, so a hit allocates nothing). The store never
 	// reads it. An Item must not be copied once in use (go vet says so).
-	Memo atomic.Value
+	Memo Memo
 
 	// more holds the chunks and variants of the few items that have any
 	// (Chunks, Variants): 8 bytes in every Item where two slices took 48.
@@ -87,6 +87,24 @@ type Item struct {
 	// they are in the Go heap.
 	mem *bodyMem
 }
+
+// Memo is Item.Memo: a value set and read atomically, like atomic.Value,
+// in 8 bytes where atomic.Value takes 16 (an Item is 128 bytes, not 144).
+// Storing allocates a box for the value, once per item that is ever served.
+type Memo struct {
+	p atomic.Pointer[any]
+}
+
+// Load returns the value last stored, nil if none was.
+func (m *Memo) Load() any {
+	if p := m.p.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Store sets the value.
+func (m *Memo) Store(v any) { m.p.Store(&v) }
 
 // itemMore is what an Item larger than ChunkSize, or with precompressed
 // siblings, holds besides the common fields.
