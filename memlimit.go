@@ -31,9 +31,10 @@ import (
 // it is hundreds of MiB, and a limit blind to it keeps the collector
 // running almost continuously. It is re-read
 // every second, so it follows the hot caches as they fill and files as they
-// change. When every store has become ready, the limit comes down to its
-// primed value a step a second (stepDown), and the runtime returns
-// priming's garbage to the operating system as it does.
+// change. Once every store has become ready, the limit comes down to its
+// primed value a step a second (stepDown; with arenas, from half a minute
+// later: settleAfter), and the runtime returns priming's garbage to the
+// operating system as it does.
 //
 // Where the bytes held live in arenas outside the Go heap (Linux, see
 // shard/arena.go), they are left out: the held bytes and budgets above
@@ -73,6 +74,10 @@ func arenaLimit(limit, live int64, primed bool) int64 {
 	}
 	return max(limit, 2*live)
 }
+
+// settleAfter is how long priming's room for garbage stays once every store
+// is ready, where bodies live in arenas (see governMemory).
+const settleAfter = 30 * time.Second
 
 // limitStep is how far below the memory the runtime holds (mapped and not
 // returned to the OS) the limit may be set at one tick of the governor
@@ -157,8 +162,9 @@ func governMemory(log *zap.Logger) {
 	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"},
 		{Name: "/memory/classes/heap/released:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
 	var last int64
-	primed := false
-	for range time.Tick(time.Second) {
+	var primedAt time.Time // when every store was last found ready; zero while one primes
+	settled := false
+	for now := range time.Tick(time.Second) {
 		sources, c := reg.get()
 		if len(sources) == 0 {
 			continue
@@ -189,17 +195,31 @@ func governMemory(log *zap.Logger) {
 			held, budgets = 0, 0
 		}
 		meta := metadataBytes(metadataOf(sources, c))
-		justPrimed := ready && !primed
-		primed = primed || ready
-		// No collection is forced when the stores become ready: the limit
-		// comes down no faster than the heap in use and the memory held
-		// allow (stepDown), and the collector's pacing finds priming's
-		// garbage. A forced collection there (runtime.GC, even under the
-		// priming limit) left nodes of 1M files silent for over a second
-		// while their peers were still priming on the same CPUs: longer
-		// than the peers' idle timeout, so they took them for down
-		// (bench/scale.sh, "peers seen down while starting"). With
-		// debug.FreeOSMemory after it, the stall was 1.4-2 s under load.
+		// Once every store is ready the limit comes down no faster than
+		// the heap in use and the memory held allow (stepDown), and the
+		// collector's pacing finds priming's garbage: no collection is
+		// forced. With arenas, priming's room for garbage (as much as the
+		// live heap) stays for settleAfter.
+		//
+		// As a store becomes ready its whole table of content streams to
+		// every peer, and the peers' tables stream in as they become
+		// ready: a burst of allocation. Under the primed limit (half the
+		// room for garbage, and at most minHeadroom above the heap
+		// in use) nodes of 1M files went silent for over a second just
+		// after becoming ready, while their peers were still priming on
+		// the same CPUs: longer than the peers' idle timeout, so they
+		// took them for down (bench/scale.sh, "peers seen down while
+		// starting": a reconnect in most runs, none with the governor
+		// off). A forced collection at ready (runtime.GC) did the same,
+		// and debug.FreeOSMemory after it stalled a node 1.4-2 s.
+		switch {
+		case !ready:
+			primedAt, settled = time.Time{}, false
+		case primedAt.IsZero():
+			primedAt = now
+		}
+		justPrimed := ready && primedAt.Equal(now)
+		settled = settled || (ready && now.Sub(primedAt) >= settleAfter)
 		metrics.Read(samples)
 		liveHeap := int64(samples[0].Value.Uint64())
 		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)
@@ -216,7 +236,7 @@ func governMemory(log *zap.Logger) {
 			// allows: priming a million files on three nodes took 74-76 s
 			// with half (the collector 13% of a node's CPU), 66-67 s
 			// with the runtime's default pacing.
-			limit = arenaLimit(limit, liveHeap, ready)
+			limit = arenaLimit(limit, liveHeap, settled)
 		}
 		mapped := int64(samples[1].Value.Uint64() - samples[2].Value.Uint64()) // not returned to the OS
 		limit = stepDown(limit, mapped, int64(samples[3].Value.Uint64()))
@@ -224,7 +244,7 @@ func governMemory(log *zap.Logger) {
 			debug.SetMemoryLimit(limit)
 			last = limit
 			log.Debug("Go memory limit", zap.Int64("held", held), zap.Int64("metadata", meta),
-				zap.Int64("limit", limit), zap.Bool("primed", ready))
+				zap.Int64("limit", limit), zap.Bool("ready", ready), zap.Bool("settled", settled))
 		}
 		if justPrimed {
 			log.Info("primed: the Go memory limit now follows the bytes held and their metadata",
