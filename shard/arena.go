@@ -75,7 +75,7 @@ const (
 
 // bodyMem is the anchor of one body's arena memory (one extent, or one per
 // chunk): Items and Variants holding the bytes point to it, and its
-// cleanup retires the extents once none does. A body of up to ChunkSize
+// finalizer retires the extents once none does. A body of up to ChunkSize
 // (nearly every one) keeps its extent inline: 24 bytes, where a slice of
 // one extent cost another 24-byte object per body and a cleanup handle 16
 // bytes more (release has no need of it).
@@ -84,8 +84,19 @@ type bodyMem struct {
 	chunks *[]extent // the extents of a chunked body, one per chunk; nil for one piece
 }
 
+// extents are m's extents.
+func (m *bodyMem) extents() []extent {
+	switch {
+	case m.chunks != nil:
+		return *m.chunks
+	case m.one.a != nil:
+		return []extent{m.one}
+	}
+	return nil
+}
+
 // release gives up m's extents, for a body nobody else ever saw: they are
-// freed as soon as the collector finds m unreachable (its cleanup runs),
+// freed as soon as the collector finds m unreachable (its finalizer runs),
 // without waiting for readers or the grace period. m must not be used
 // after it.
 func (m *bodyMem) release() {
@@ -93,32 +104,37 @@ func (m *bodyMem) release() {
 		return
 	}
 	arenas.mu.Lock()
-	if m.chunks != nil {
-		for _, e := range *m.chunks {
-			arenas.released[e] = struct{}{}
-		}
-	} else if m.one.a != nil {
-		arenas.released[m.one] = struct{}{}
+	for _, e := range m.extents() {
+		arenas.released[e] = struct{}{}
 	}
 	arenas.mu.Unlock()
-	m.one, m.chunks = extent{}, nil
 }
 
-// watch registers m's cleanup: once no Item or Variant points to m, its
+// watch registers m's finalizer: once no Item or Variant points to m, its
 // extents are retired (after the readers, and the grace period unless
 // grace is false).
+//
+// A finalizer, not runtime.AddCleanup: a cleanup takes two heap objects
+// besides its record (a box for its argument, and the closure that calls
+// the function with it), 32 bytes per held body, where a finalizer that is
+// a method of m takes none. None of a finalizer's pitfalls applies here: m
+// points to nothing that points back to it (no cycle keeps it alive), the
+// finalizer does not keep m, and nothing else sets one on m.
 func (m *bodyMem) watch(grace bool) {
-	switch {
-	case m.chunks != nil && grace:
-		runtime.AddCleanup(m, retire, *m.chunks)
-	case m.chunks != nil:
-		runtime.AddCleanup(m, retireHot, *m.chunks)
-	case grace:
-		runtime.AddCleanup(m, retireOne, m.one)
-	default:
-		runtime.AddCleanup(m, retireHotOne, m.one)
+	if grace {
+		runtime.SetFinalizer(m, (*bodyMem).retire)
+	} else {
+		runtime.SetFinalizer(m, (*bodyMem).retireHot)
 	}
 }
+
+// retire is m's finalizer: its extents wait for the readers that might
+// still hold them, and the grace period.
+func (m *bodyMem) retire() { retireExtents(m.extents(), true) }
+
+// retireHot is retire for hot copies: peers never fetch from the hot
+// cache, so only the readers need waiting for.
+func (m *bodyMem) retireHot() { retireExtents(m.extents(), false) }
 
 // arena is one mapping outside the Go heap, with its own allocator. Its
 // fields other than mem, base, size and sys are guarded by arenas.mu.
@@ -273,7 +289,7 @@ var arenas = arenaSet{released: map[extent]struct{}{}}
 // retired is an extent waiting to be reused.
 type retired struct {
 	ext    extent
-	grace  bool   // wait reuseGrace too (see retire)
+	grace  bool   // wait reuseGrace too (see bodyMem.retire)
 	ticket uint64 // readers.seq when it was retired
 	at     time.Time
 }
@@ -366,19 +382,8 @@ func (e extent) trim(n int64) extent { e.size = uint32(n); return e }
 // grains is e's length as allocated.
 func (e extent) grains() int64 { return (int64(e.size) + arenaGrain - 1) / arenaGrain * arenaGrain }
 
-// retire is the cleanup of a body's anchor: its extents wait for the
-// readers that might still hold them, and the grace period.
-func retire(ext []extent) { retireExtents(ext, true) }
-
-// retireHot is retire for hot copies: peers never fetch from the hot
-// cache, so only the readers need waiting for.
-func retireHot(ext []extent) { retireExtents(ext, false) }
-
-// retireOne and retireHotOne are retire and retireHot for a body in one
-// piece.
-func retireOne(e extent)    { retireExtents([]extent{e}, true) }
-func retireHotOne(e extent) { retireExtents([]extent{e}, false) }
-
+// retireExtents retires ext: they wait for the readers that might still
+// hold them, and the grace period if grace.
 func retireExtents(ext []extent, grace bool) {
 	t := readers.current()
 	now := time.Now()
