@@ -71,13 +71,12 @@ func (s arenaSys) putFile(f *os.File) {
 	}
 }
 
-// discard gives the whole pages inside the n bytes at off back to the
-// kernel: they read as zeros until written again.
 // prefault makes the pages of [off, off+n) resident and writable in one
 // system call (MADV_POPULATE_WRITE, Linux 5.14), where writing them would
 // fault each page in (see prefaultStep). Pages already there are left as
 // they are. Where the kernel refuses it, every page faults in as it is
-// first written, as before.
+// first written, as before. Called under arenas.mu (2 MiB took about 0.6 ms
+// here, once per 2 MiB handed out).
 func (s arenaSys) prefault(off, n int64) {
 	if s.mem == nil || n <= 0 || noPrefault.Load() {
 		return
@@ -90,6 +89,8 @@ func (s arenaSys) prefault(off, n int64) {
 // noPrefault is set once the kernel refused MADV_POPULATE_WRITE.
 var noPrefault atomic.Bool
 
+// discard gives the whole pages inside the n bytes at off back to the
+// kernel: they read as zeros until written again.
 func (s arenaSys) discard(off, n int64) {
 	if s.files == nil {
 		return // an allocator over other memory (tests)
