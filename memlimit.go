@@ -79,6 +79,28 @@ func arenaLimit(limit, live int64, primed bool) int64 {
 // is ready, where bodies live in arenas (see governMemory).
 const settleAfter = 30 * time.Second
 
+// readiness follows, tick by tick, whether every store is ready, and since
+// when.
+type readiness struct {
+	primedAt time.Time // when every store was last found ready; zero while one primes
+	settled  bool      // every store has been ready for settleAfter
+}
+
+// update records whether every store is ready at now, and reports whether
+// they just became so (again, after a new store primed).
+func (r *readiness) update(ready bool, now time.Time) (justPrimed bool) {
+	if !ready {
+		*r = readiness{}
+		return false
+	}
+	if r.primedAt.IsZero() {
+		r.primedAt = now
+		justPrimed = true
+	}
+	r.settled = r.settled || now.Sub(r.primedAt) >= settleAfter
+	return justPrimed
+}
+
 // limitStep is how far below the memory the runtime holds (mapped and not
 // returned to the OS) the limit may be set at one tick of the governor
 // (a second). The pages above a lower limit are returned by the next
@@ -162,8 +184,7 @@ func governMemory(log *zap.Logger) {
 	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/memory/classes/total:bytes"},
 		{Name: "/memory/classes/heap/released:bytes"}, {Name: "/memory/classes/heap/objects:bytes"}}
 	var last int64
-	var primedAt time.Time // when every store was last found ready; zero while one primes
-	settled := false
+	var rd readiness
 	for now := range time.Tick(time.Second) {
 		sources, c := reg.get()
 		if len(sources) == 0 {
@@ -212,14 +233,8 @@ func governMemory(log *zap.Logger) {
 		// starting": a reconnect in most runs, none with the governor
 		// off). A forced collection at ready (runtime.GC) did the same,
 		// and debug.FreeOSMemory after it stalled a node 1.4-2 s.
-		switch {
-		case !ready:
-			primedAt, settled = time.Time{}, false
-		case primedAt.IsZero():
-			primedAt = now
-		}
-		justPrimed := ready && primedAt.Equal(now)
-		settled = settled || (ready && now.Sub(primedAt) >= settleAfter)
+		justPrimed := rd.update(ready, now)
+		settled := rd.settled
 		metrics.Read(samples)
 		liveHeap := int64(samples[0].Value.Uint64())
 		limit := max(primingLimit(budgets, meta), liveHeap+minHeadroom)

@@ -2,6 +2,7 @@ package shardcache
 
 import (
 	"testing"
+	"time"
 
 	"github.com/shardcache/caddy-shardcache/cluster"
 	"github.com/shardcache/caddy-shardcache/shard"
@@ -99,6 +100,35 @@ func TestStepDown(t *testing.T) {
 	} {
 		if got := stepDown(tc.limit, tc.mapped, tc.inUse); got != tc.want {
 			t.Errorf("stepDown(%d MiB, %d MiB, %d MiB) = %d MiB; want %d MiB", tc.limit/mib, tc.mapped/mib, tc.inUse/mib, got/mib, tc.want/mib)
+		}
+	}
+}
+
+// TestReadiness: the stores are "just primed" on the first tick they are all
+// ready, settled settleAfter later, and both start over when a store primes
+// again (a reload with a new root).
+func TestReadiness(t *testing.T) {
+	var r readiness
+	t0 := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		at          time.Duration
+		ready       bool
+		justPrimed  bool
+		wantSettled bool
+	}{
+		{0, false, false, false},
+		{time.Second, true, true, false},
+		{2 * time.Second, true, false, false},
+		{settleAfter, true, false, false},
+		{settleAfter + time.Second, true, false, true},
+		{settleAfter + 2*time.Second, true, false, true},
+		{settleAfter + 3*time.Second, false, false, false}, // a new store primes
+		{settleAfter + 4*time.Second, true, true, false},
+		{2*settleAfter + 3*time.Second, true, false, false},
+		{2*settleAfter + 4*time.Second, true, false, true},
+	} {
+		if got := r.update(tc.ready, t0.Add(tc.at)); got != tc.justPrimed || r.settled != tc.wantSettled {
+			t.Errorf("at %v, ready %v: just primed %v, settled %v; want %v, %v", tc.at, tc.ready, got, r.settled, tc.justPrimed, tc.wantSettled)
 		}
 	}
 }
