@@ -605,7 +605,8 @@ func usefulModTime(it *shard.Item) time.Time {
 func headersOf(it *shard.Item, enc string) itemHeaders {
 	modTime := usefulModTime(it)
 	h := itemHeaders{etag: it.ETag, contentType: it.ContentType, size: it.Size, modTime: modTime}
-	if len(it.Variants()) == 0 {
+	vs := it.Variants()
+	if len(vs) == 0 {
 		m, _ := it.Memo.Load().(*itemMemo)
 		if m == nil {
 			m = &itemMemo{lastModified: lastModifiedOf(modTime), length: strconv.FormatInt(it.Size, 10)}
@@ -614,7 +615,6 @@ func headersOf(it *shard.Item, enc string) itemHeaders {
 		h.lastModified, h.contentLength = m.lastModified, m.length
 		return h
 	}
-	vs := it.Variants()
 	m, _ := it.Memo.Load().(*variantsMemo)
 	if m == nil || len(m.lengths) != 1+len(vs) {
 		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(vs))}

@@ -230,14 +230,13 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 // Body is cut into chunks without copying). ok is false when it does not
 // hold exactly Size bytes in either form.
 func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
-	size := it.Size
+	size, cs := it.Size, it.Chunks()
 	switch {
 	case size < 0:
 		return nil, nil, false
 	case size == 0:
-		return nil, nil, len(it.Body) == 0 && it.Chunks().Len() == 0
-	case it.Chunks() != nil:
-		cs := it.Chunks()
+		return nil, nil, len(it.Body) == 0 && cs.Len() == 0
+	case cs != nil:
 		if it.Body != nil || len(cs) != NumChunks(size) {
 			return nil, nil, false
 		}
