@@ -99,16 +99,16 @@ func newHotHandler(tb testing.TB, size int, modTime ...time.Time) (*Handler, str
 			p = q
 		}
 	}
-	it := &shard.Item{Path: p, Size: int64(size), ContentType: "text/css", ETag: `"v1"`, ModTime: time.Now()}
+	it := withETag(&shard.Item{Path: p, Size: int64(size), ContentType: "text/css", ModTime: time.Now()}, `"v1"`)
 	if len(modTime) > 0 {
 		it.ModTime = modTime[0]
 	}
 	g.Learn("n2", peering.Delta{Group: "site", Upserts: []peering.Meta{{Path: it.Path, Size: it.Size,
-		ContentType: it.ContentType, ETag: it.ETag, Version: it.Version(), ModTime: it.ModTime}}})
+		ContentType: it.ContentType, ETag: it.ETag(), Version: it.Version(), ModTime: it.ModTime}}})
 	hot := g.Hot()
 	hot.Get(p, "v1") // two requests seen: admissible
 	hot.Get(p, "v1")
-	if !hot.Admit(&shard.Item{Path: p, ETag: `"v1"`, Size: int64(size), Body: make([]byte, size)}) {
+	if !hot.Admit(withETag(&shard.Item{Path: p, Size: int64(size), Body: make([]byte, size)}, `"v1"`)) {
 		tb.Fatal("not admitted")
 	}
 	h.grp, h.stats = g, g.Stats()

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -65,11 +66,11 @@ func (resp *response) undo(hdr http.Header) {
 // preconditions, into resp.
 func prepare(resp *response, w http.ResponseWriter, r *http.Request, it *shard.Item, enc string) {
 	hdr := w.Header()
-	hv := headersOf(it, enc)
 	// The values are the item's own strings, but each response gets its
 	// own slices: the header directive's replace operations modify header
 	// values in place.
-	vals := headerVals()
+	vals, etag := headerVals()
+	hv := headersOf(it, enc, etag)
 	own := func(i int, v string) []string {
 		vals[i] = v
 		return vals[i : i+1 : i+1]
@@ -545,24 +546,31 @@ func etagWeakMatch(a, b string) bool {
 
 // headerVals returns room for the 7 header values of one response (each
 // used as a slice of length and capacity 1, so that an append never reaches
-// the next). They are cut from shared arrays of valsPerSlab responses, as
-// net/textproto does for request headers: one allocation per valsPerSlab
-// responses rather than one per response. An array lives as long as a
-// header map still refers to any part of it.
-func headerVals() []string {
+// the next), and for its ETag's bytes (etagOf). They are cut from shared
+// arrays of valsPerSlab responses, as net/textproto does for request
+// headers: two allocations per valsPerSlab responses rather than two per
+// response. An array lives as long as a header map still refers to any
+// part of it.
+func headerVals() ([]string, []byte) {
 	s := slabs.Get().(*valSlab)
 	if len(s.vals) < 7 {
 		s.vals = make([]string, 7*valsPerSlab)
 	}
-	v := s.vals[:7:7]
-	s.vals = s.vals[7:]
+	if len(s.etags) < etagLen {
+		s.etags = make([]byte, etagLen*valsPerSlab)
+	}
+	v, e := s.vals[:7:7], s.etags[:0:etagLen]
+	s.vals, s.etags = s.vals[7:], s.etags[etagLen:]
 	slabs.Put(s)
-	return v
+	return v, e
 }
 
 const valsPerSlab = 64
 
-type valSlab struct{ vals []string }
+type valSlab struct {
+	vals  []string
+	etags []byte
+}
 
 var slabs = sync.Pool{New: func() any { return new(valSlab) }}
 
@@ -601,10 +609,11 @@ func usefulModTime(it *shard.Item) time.Time {
 }
 
 // headersOf returns the header values of it in encoding enc ("" identity,
-// else one of it.Variants), formatting them on first use.
-func headersOf(it *shard.Item, enc string) itemHeaders {
+// else one of it.Variants), formatting them on first use; the ETag is
+// formatted into etag (etagOf).
+func headersOf(it *shard.Item, enc string, etag []byte) itemHeaders {
 	modTime := usefulModTime(it)
-	h := itemHeaders{etag: it.ETag, contentType: it.ContentType, size: it.Size, modTime: modTime}
+	h := itemHeaders{contentType: it.ContentType, size: it.Size, modTime: modTime}
 	vs := it.Variants()
 	if len(vs) == 0 {
 		m, _ := it.Memo.Load().(*itemMemo)
@@ -612,7 +621,7 @@ func headersOf(it *shard.Item, enc string) itemHeaders {
 			m = &itemMemo{lastModified: lastModifiedOf(modTime), length: strconv.FormatInt(it.Size, 10)}
 			it.Memo.Store(m)
 		}
-		h.lastModified, h.contentLength = m.lastModified, m.length
+		h.etag, h.lastModified, h.contentLength = etagOf(it, etag), m.lastModified, m.length
 		return h
 	}
 	m, _ := it.Memo.Load().(*variantsMemo)
@@ -629,11 +638,26 @@ func headersOf(it *shard.Item, enc string) itemHeaders {
 		for i := range vs {
 			if vs[i].Encoding == enc {
 				h.etag, h.size, h.contentLength = vs[i].ETag, vs[i].Size, m.lengths[i+1]
-				break
+				return h
 			}
 		}
 	}
+	h.etag = etagOf(it, etag)
 	return h
+}
+
+// etagLen is the length of an ETag made from a shard.Tag.
+const etagLen = 2 + 2*len(shard.Tag{})
+
+// etagOf returns it's ETag, written into room (empty, with room for
+// etagLen bytes: from headerVals). An Item keeps its ETag as the 16-byte Tag
+// it is made of, not as a string (48 bytes more per file held), so a
+// response formats it, into a shared array. The room is written once,
+// here, before its string exists, and never again. (An ETag from elsewhere
+// longer than etagLen gets an array of its own.)
+func etagOf(it *shard.Item, room []byte) string {
+	b := it.AppendETag(room)
+	return unsafe.String(unsafe.SliceData(b), len(b))
 }
 
 // lastModifiedOf formats a validator for Last-Modified ("" for none).

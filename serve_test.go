@@ -59,8 +59,8 @@ func TestPreconditionsMatchServeContent(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789"), 10)
 	n := 0
 	for mname, mt := range mtimes {
-		it := &shard.Item{Path: "/x.txt", Size: int64(len(body)), ModTime: mt, ETag: etag, ContentType: "text/plain"}
-		hv := headersOf(it, "")
+		it := withETag(&shard.Item{Path: "/x.txt", Size: int64(len(body)), ModTime: mt, ContentType: "text/plain"}, etag)
+		hv := headersOf(it, "", nil)
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
 			for _, h := range headers {
 				r := httptest.NewRequest(method, "/x.txt", nil)
@@ -148,10 +148,10 @@ func TestBadGatewayCarriesNoItemHeaders(t *testing.T) {
 // the identity's; the Unix epoch is no validator.
 func TestHeadersOf(t *testing.T) {
 	mt := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
-	plain := &shard.Item{Path: "/a.txt", Size: 12345, ModTime: mt, ContentType: "text/plain", ETag: `"p"`}
-	withVars := &shard.Item{Path: "/b.css", Size: 2000, ModTime: mt, ContentType: "text/css", ETag: `"b"`}
+	plain := withETag(&shard.Item{Path: "/a.txt", Size: 12345, ModTime: mt, ContentType: "text/plain"}, `"p"`)
+	withVars := withETag(&shard.Item{Path: "/b.css", Size: 2000, ModTime: mt, ContentType: "text/css"}, `"b"`)
 	withVars.SetVariants([]shard.Variant{{Encoding: "br", Size: 300, ETag: `"b-br"`}, {Encoding: "gzip", Size: 400, ETag: `"b-gz"`}})
-	epoch := &shard.Item{Path: "/c", Size: 7, ModTime: time.Unix(0, 0), ETag: `"c"`}
+	epoch := withETag(&shard.Item{Path: "/c", Size: 7, ModTime: time.Unix(0, 0)}, `"c"`)
 	lm := mt.Format(http.TimeFormat)
 	for _, c := range []struct {
 		it   *shard.Item
@@ -168,7 +168,7 @@ func TestHeadersOf(t *testing.T) {
 	} {
 		for round := range 2 {
 			memo := c.it.Memo.Load()
-			got := headersOf(c.it, c.enc)
+			got := headersOf(c.it, c.enc, nil)
 			if got != c.want {
 				t.Errorf("headersOf(%s, %q), round %d = %+v; want %+v", c.it.Path, c.enc, round, got, c.want)
 			}
@@ -183,4 +183,10 @@ func TestHeadersOf(t *testing.T) {
 	if _, ok := withVars.Memo.Load().(*variantsMemo); !ok {
 		t.Errorf("an item with variants keeps a %T; want *variantsMemo", withVars.Memo.Load())
 	}
+}
+
+// withETag sets it's ETag (shard.Item.SetETag) and returns it.
+func withETag(it *shard.Item, etag string) *shard.Item {
+	it.SetETag(etag)
+	return it
 }

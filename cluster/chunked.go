@@ -118,7 +118,7 @@ func (g *Group) chunk(e *Entry, enc string, size int64, i int) (data []byte, tie
 	switch {
 	case lerr != nil:
 		return nil, 0, fmt.Errorf("%w; own storage: %v", err, lerr)
-	case isDir || own.Version() != it.Version():
+	case isDir || !shard.SameVersion(own, it):
 		return nil, 0, fmt.Errorf("%w; own storage has another version", err)
 	}
 	data, serr := readRange(st, own, enc, off, n)

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -607,7 +608,7 @@ func (c *Cluster) Get(ctx context.Context, req peering.Request) (peering.Meta, [
 	if req.MetaOnly {
 		return toMeta(it), nil, nil
 	}
-	if req.Version != "" && it.Version() != req.Version {
+	if req.Version != "" && !it.HasVersion(req.Version) {
 		return peering.Meta{}, nil, peering.ErrNotFound
 	}
 	_, _, size, ok := HeldBytes(it, req.Encoding)
@@ -675,11 +676,12 @@ func (c *Cluster) TOC(w *peering.TOCWriter) error {
 		}
 		var meta peering.Meta
 		var variants []peering.Variant
+		var etag etagScratch
 		og.store.Each(func(it *shard.Item) bool {
 			if !m.Owns(it.Path) {
 				return true
 			}
-			variants = metaInto(&meta, it, variants[:0])
+			variants = metaInto(&meta, it, variants[:0], &etag)
 			err = w.Item(&meta)
 			return err == nil
 		})
@@ -690,10 +692,23 @@ func (c *Cluster) TOC(w *peering.TOCWriter) error {
 	return nil
 }
 
-// metaInto sets *m to it's metadata, its variants in vs (reused).
-func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant) []peering.Variant {
-	*m = peering.Meta{Path: it.Path, Version: it.Version(), Size: it.Size, ContentType: it.ContentType,
-		ModTime: it.ModTime, ETag: it.ETag}
+// etagScratch is where metaInto writes an item's ETag.
+type etagScratch [2 + 2*len(shard.Tag{})]byte
+
+// metaInto sets *m to it's metadata, its variants in vs (reused). Its ETag
+// and Version are in etag, valid until the next call with the same etag:
+// the table of content is written one item at a time (TOCWriter.Item
+// copies them into its frame), so a snapshot of a million items allocates
+// no ETag or Version.
+func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant, etag *etagScratch) []peering.Variant {
+	b := it.AppendETag(etag[:0])
+	e := unsafe.String(unsafe.SliceData(b), len(b))
+	v := ""
+	if len(e) >= 2 {
+		v = e[1 : len(e)-1]
+	}
+	*m = peering.Meta{Path: it.Path, Version: v, Size: it.Size, ContentType: it.ContentType,
+		ModTime: it.ModTime, ETag: e}
 	for _, v := range it.Variants() {
 		vs = append(vs, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
 	}

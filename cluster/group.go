@@ -218,8 +218,8 @@ func fromMeta(m peering.Meta) *shard.Item {
 		Size:        m.Size,
 		ModTime:     m.ModTime,
 		ContentType: m.ContentType,
-		ETag:        m.ETag,
 	}
+	it.SetETag(m.ETag)
 	if len(m.Variants) > 0 {
 		vs := make([]shard.Variant, 0, len(m.Variants))
 		for _, v := range m.Variants {
@@ -237,7 +237,7 @@ func toMeta(it *shard.Item) peering.Meta {
 		Size:        it.Size,
 		ContentType: it.ContentType,
 		ModTime:     it.ModTime,
-		ETag:        it.ETag,
+		ETag:        it.ETag(),
 	}
 	for _, v := range it.Variants() {
 		m.Variants = append(m.Variants, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})
@@ -366,7 +366,9 @@ func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data 
 	}
 	data = v.([]byte)
 	if hot != nil {
-		hot.Admit(&shard.Item{Path: key, ETag: e.Item.ETag, Size: int64(len(data)), Body: data})
+		c := &shard.Item{Path: key, Size: int64(len(data)), Body: data}
+		c.SetETagOf(e.Item)
+		hot.Admit(c)
 	}
 	return data, false, nil
 }
@@ -407,7 +409,7 @@ func (g *Group) fetchPeer(e *Entry, enc string, off, length int64) ([]byte, erro
 			Offset:   off,
 			Length:   length,
 		})
-		if err == nil && meta.Version != e.Item.Version() {
+		if err == nil && !e.Item.HasVersion(meta.Version) {
 			err = fmt.Errorf("%s answered version %s, want %s", holder, meta.Version, e.Item.Version())
 		}
 		if err == nil {

@@ -208,8 +208,8 @@ func fetchItem(ctx context.Context, n *peering.Node, holder, group, path string,
 			body = data
 		}
 	}
-	it := &shard.Item{Path: path, Size: size, ModTime: m.ModTime, ContentType: m.ContentType,
-		ETag: m.ETag, Body: body}
+	it := &shard.Item{Path: path, Size: size, ModTime: m.ModTime, ContentType: m.ContentType, Body: body}
+	it.SetETag(m.ETag)
 	it.SetChunks(chunks)
 	if size <= shard.ChunkSize && int64(len(body)) != size {
 		return nil, fmt.Errorf("%d bytes, want %d", len(body), size)

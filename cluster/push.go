@@ -303,9 +303,10 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 		if !ok {
 			continue
 		}
+		version := e.Item.Version()
 		h := g.hot.Load()
 		if h == nil || e.Item.Size > shard.ChunkSize {
-			return e.Item.Version(), false, nil
+			return version, false, nil
 		}
 		encs := []string{""}
 		for _, v := range e.Item.Variants() {
@@ -315,14 +316,14 @@ func (c *Cluster) carryState(path string) (version string, held bool, fetch func
 		}
 		var want []string
 		for _, enc := range encs {
-			if !h.Contains(hotKey(path, enc), e.Item.Version()) {
+			if !h.Contains(hotKey(path, enc), version) {
 				want = append(want, enc)
 			}
 		}
 		if len(want) == 0 {
-			return e.Item.Version(), true, nil
+			return version, true, nil
 		}
-		return e.Item.Version(), false, func() { g.carry(e, want) }
+		return version, false, func() { g.carry(e, want) }
 	}
 	return "", false, nil
 }
@@ -347,7 +348,9 @@ func (g *Group) carry(e *Entry, encs []string) {
 			return
 		}
 		data := v.([]byte)
-		if h.Push(&shard.Item{Path: key, ETag: e.Item.ETag, Size: int64(len(data)), Body: data}) {
+		c := &shard.Item{Path: key, Size: int64(len(data)), Body: data}
+		c.SetETagOf(e.Item)
+		if h.Push(c) {
 			g.c.push.items.Add(1)
 			g.c.push.bytes.Add(int64(len(data)))
 		}

@@ -41,10 +41,10 @@ import (
 type tocSlot struct {
 	key    uint64 // hash of the path; 0: empty slot
 	size   int64
-	mtime  int64    // unix nanoseconds; 0 for the zero time
-	digest [16]byte // the content hash: Version is its hex, ETag that quoted
-	fp     uint32   // an independent hash of the path
-	ctype  uint16   // index into the group's content types
+	mtime  int64     // unix nanoseconds; 0 for the zero time
+	digest shard.Tag // the content hash: Version is its hex, ETag that quoted
+	fp     uint32    // an independent hash of the path
+	ctype  uint16    // index into the group's content types
 	flags  uint8
 	_      uint8
 }
@@ -354,11 +354,7 @@ func (tt *typeTable) slotFor(meta *peering.Meta, key uint64, fp uint32) (tocSlot
 
 // item builds the Item a slot describes for path, without variants.
 func (tt *typeTable) item(path string, s *tocSlot) *shard.Item {
-	var b [34]byte
-	b[0], b[33] = '"', '"'
-	hex.Encode(b[1:33], s.digest[:])
-	etag := string(b[:])
-	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), ETag: etag}
+	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), Tag: s.digest}
 	if s.mtime != 0 {
 		it.ModTime = time.Unix(0, s.mtime)
 	}

@@ -38,7 +38,7 @@ const maxPresize = 1 << 20
 
 // metaWeight is what an entry kept whole takes: its strings.
 func metaWeight(it *shard.Item) int64 {
-	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag)) // the Version is in the ETag
+	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag())) // the Version is in the ETag
 	for _, v := range it.Variants() {
 		w += int64(len(v.Encoding) + len(v.ETag))
 	}
@@ -111,7 +111,7 @@ func (g *Group) entryFor(key uint64, owner, path string, s *tocSlot) (e *Entry, 
 	meta, err := g.fetchMeta(owner, path)
 	collided := s.flags&slotCollided != 0
 	switch {
-	case err == nil && (collided || meta.Version == g.types.item(path, s).Version()):
+	case err == nil && (collided || g.types.item(path, s).HasVersion(meta.Version)):
 		it := fromMeta(meta)
 		it.Path = path
 		return g.items.put(key, owner, s, it), true, true

@@ -343,7 +343,7 @@ func TestArenaStress(t *testing.T) {
 			v := hex.EncodeToString(sum[:16])
 			hot.Get(k, v)
 			hot.Get(k, v)
-			hot.Admit(&Item{Path: k, ETag: `"` + v + `"`, Size: int64(len(b)), Body: b})
+			hot.Admit(withETag(&Item{Path: k, Size: int64(len(b)), Body: b}, `"`+v+`"`))
 		}
 	}()
 	// The collector, all the time.

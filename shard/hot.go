@@ -73,7 +73,7 @@ func (h *Hot) Get(path, version string) (*Item, bool) {
 	el, ok := h.items[path]
 	if ok {
 		e := el.Value.(*hotEntry)
-		if e.it.Version() == version {
+		if e.it.HasVersion(version) {
 			h.ll.MoveToFront(el)
 			h.mu.Unlock()
 			h.hits.Add(1)
@@ -93,7 +93,7 @@ func (h *Hot) Contains(path, version string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	el, ok := h.items[path]
-	return ok && el.Value.(*hotEntry).it.Version() == version
+	return ok && el.Value.(*hotEntry).it.HasVersion(version)
 }
 
 // Admit offers a copy fetched from a peer. It is kept when it is requested
@@ -128,7 +128,7 @@ func (h *Hot) Admit(it *Item) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if el, ok := h.items[it.Path]; ok {
-		if el.Value.(*hotEntry).it.Version() == it.Version() {
+		if SameVersion(el.Value.(*hotEntry).it, it) {
 			return true // a concurrent fetch got here first
 		}
 		h.removeLocked(el)

@@ -7,7 +7,7 @@ import (
 )
 
 func hotItem(path, version string, size int) *Item {
-	return &Item{Path: path, ETag: `"` + version + `"`, Size: int64(size), Body: make([]byte, size)}
+	return withETag(&Item{Path: path, Size: int64(size), Body: make([]byte, size)}, `"`+version+`"`)
 }
 
 // ask simulates a request on a non-owner: look in the hot cache, and on a
@@ -184,4 +184,10 @@ func TestSketchAging(t *testing.T) {
 	if e := s.estimate("/k"); e < 2 || e > 8 {
 		t.Fatalf("after a reset and one more request, estimate = %d, want the halved count", e)
 	}
+}
+
+// withETag sets it's ETag (SetETag) and returns it.
+func withETag(it *Item, etag string) *Item {
+	it.SetETag(etag)
+	return it
 }

@@ -2,7 +2,6 @@ package shard
 
 import (
 	"crypto/sha256"
-	"encoding/hex"
 	"hash"
 	"mime"
 	"net/http"
@@ -26,7 +25,7 @@ func held(it *Item) int64 {
 // same bytes with the same metadata and residency, so that b can be dropped
 // in favour of a.
 func sameContent(a, b *Item) bool {
-	return a != nil && b != nil && a.Version() == b.Version() && a.Size == b.Size &&
+	return a != nil && b != nil && SameVersion(a, b) && a.Size == b.Size &&
 		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
 }
 
@@ -49,15 +48,11 @@ func contentType(p string, head []byte) string {
 // accelerated (SHA-NI, ARMv8 crypto) on the machines this runs on.
 func newHash() hash.Hash { return sha256.New() }
 
-// etag turns a finished content hash into the item's ETag: the first 16
-// bytes in hex (128 bits are plenty to tell versions apart), quoted. The
-// Version is the same string without the quotes.
-func etag(h hash.Hash) string {
+// tagSum turns a finished content hash into the item's Tag: its first 16
+// bytes.
+func tagSum(h hash.Hash) Tag {
 	var sum [sha256.Size]byte
-	var b [2 + 2*16]byte
-	b[0], b[len(b)-1] = '"', '"'
-	hex.Encode(b[1:], h.Sum(sum[:0])[:16])
-	return string(b[:])
+	return Tag(h.Sum(sum[:0]))
 }
 
 // encoding is a precompressed variant's Content-Encoding and file suffix.
@@ -103,7 +98,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			Encoding: encs[i].name,
 			Size:     v.Size,
 			ModTime:  v.ModTime,
-			ETag:     v.ETag,
+			ETag:     v.ETag(),
 			Body:     v.Body,
 			Chunks:   v.Chunks(),
 			mem:      v.mem,
@@ -121,7 +116,7 @@ func (it *Item) copyFields() *Item {
 		Size:        it.Size,
 		ModTime:     it.ModTime,
 		ContentType: it.ContentType,
-		ETag:        it.ETag,
+		Tag:         it.Tag,
 		Body:        it.Body,
 		more:        it.more,
 		mem:         it.mem,
@@ -139,7 +134,7 @@ func sameItem(a, b *Item) bool {
 		return a == b
 	}
 	if a.Path != b.Path || a.Size != b.Size || !a.ModTime.Equal(b.ModTime) ||
-		a.ContentType != b.ContentType || a.ETag != b.ETag || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks(), b.Chunks()) ||
+		a.ContentType != b.ContentType || !SameVersion(a, b) || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks(), b.Chunks()) ||
 		len(a.Variants()) != len(b.Variants()) {
 		return false
 	}

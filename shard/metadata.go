@@ -12,8 +12,8 @@ import (
 // against the heap by TestMetadataBytesEstimate.
 //
 // Per file this node holds: its record, its slot in the files table and
-// its entry in its directory's names; per published item: the Item, its
-// ETag and its index slot; per directory (every directory of the tree,
+// its entry in its directory's names; per published item: the Item and
+// its index slot; per directory (every directory of the tree,
 // held or not): its record, its entry in the dirs map and in its parent's
 // names; and the paths themselves. The files of other nodes cost nothing here. Variants
 // (a published copy of the Item and the Variant slice) and what the
@@ -27,10 +27,6 @@ const (
 
 	// stringHeader is the size of a string header (a map key).
 	stringHeader = int64(unsafe.Sizeof(""))
-
-	// etagBytes is the allocation of an ETag: 34 bytes in the 48-byte size
-	// class (the Version shares it).
-	etagBytes = 48
 
 	// indexSlot is an index entry: an 8-byte slot at a load between 3/8
 	// and 3/4.
@@ -49,8 +45,9 @@ var (
 	// (as an index slot) and its entry in its directory's names.
 	metaPerFile = heapSizeClass(int64(unsafe.Sizeof(fileRec{}))) + indexSlot + nameEntry
 
-	// metaPerItem is a published item: the Item, its ETag, its index slot.
-	metaPerItem = itemBytes + etagBytes + indexSlot
+	// metaPerItem is a published item: the Item (its ETag is its Tag, in
+	// it), its index slot.
+	metaPerItem = itemBytes + indexSlot
 
 	// metaPerDir is a directory: its record, its entry in the dirs map and
 	// in its parent's names.

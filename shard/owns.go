@@ -203,8 +203,8 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		sum.Write(body)
 		head = body
 	}
-	tag := etag(sum)
-	if tag[1:len(tag)-1] != h.Version() {
+	tag := tagSum(sum)
+	if tag != h.Tag || h.otherETag() != "" {
 		s.stats.handoffFailed.Add(1)
 		return nil
 	}
@@ -216,7 +216,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		Size:        h.Size,
 		ModTime:     fi.ModTime(),
 		ContentType: contentType(j.path, head),
-		ETag:        tag,
+		Tag:         tag,
 		Body:        body,
 	}
 	c.SetChunks(chunks)

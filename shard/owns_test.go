@@ -307,8 +307,8 @@ func TestSetOwnsHandoff(t *testing.T) {
 			t.Errorf("Handoff asked %d times; want %d", d, len(onlyB))
 		}
 		for p := range onlyB {
-			if it := pub[p]; !it.Resident() || it.ETag == "" || it.ContentType != "text/plain; charset=utf-8" {
-				t.Errorf("%s: resident %v, ETag %q, type %q", p, it.Resident(), it.ETag, it.ContentType)
+			if it := pub[p]; !it.Resident() || it.Tag == (Tag{}) || it.ContentType != "text/plain; charset=utf-8" {
+				t.Errorf("%s: resident %v, ETag %q, type %q", p, it.Resident(), it.ETag(), it.ContentType)
 			}
 		}
 		t.Logf("%d files taken from the previous holder (%d bytes), 0 read", st.HandoffItems, st.HandoffBytes)
@@ -318,19 +318,19 @@ func TestSetOwnsHandoff(t *testing.T) {
 		"altered bytes": func(it *Item) *Item {
 			body := bytes.Clone(it.Body)
 			body[len(body)/2]++
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: it.ETag, Body: body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: it.Tag, Body: body}
 		},
 		"wrong version": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: `"` + strings.Repeat("0", 32) + `"`, Body: it.Body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: Tag{}, Body: it.Body}
 		},
 		"wrong mtime": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime.Add(time.Second), ETag: it.ETag, Body: it.Body}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime.Add(time.Second), Tag: it.Tag, Body: it.Body}
 		},
 		"wrong size": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size - 1, ModTime: it.ModTime, ETag: it.ETag, Body: it.Body[1:]}
+			return &Item{Path: it.Path, Size: it.Size - 1, ModTime: it.ModTime, Tag: it.Tag, Body: it.Body[1:]}
 		},
 		"short body": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, ETag: it.ETag, Body: it.Body[1:]}
+			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: it.Tag, Body: it.Body[1:]}
 		},
 	}
 	for name, spoil := range bad {

@@ -23,7 +23,7 @@ func (h *Hot) Push(it *Item) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if el, ok := h.items[it.Path]; ok {
-		if el.Value.(*hotEntry).it.Version() == it.Version() {
+		if SameVersion(el.Value.(*hotEntry).it, it) {
 			h.ll.MoveToFront(el)
 			return true
 		}

@@ -127,7 +127,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		return nil, err
 	}
 	c.ContentType = contentType(p, head)
-	c.ETag = etag(h)
+	c.Tag = tagSum(h)
 	return c, nil
 }
 

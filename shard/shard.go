@@ -32,6 +32,7 @@ package shard
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -62,9 +63,11 @@ type Item struct {
 	// the first 512 bytes (as http.DetectContentType does).
 	ContentType string
 
-	// ETag is a strong entity tag, quoted, derived from a hash of the
-	// content only: the same on every machine that holds the same bytes.
-	ETag string
+	// Tag is the hash of the content the ETag and Version are made of: the
+	// same on every machine that holds the same bytes. 16 bytes in the
+	// Item where the quoted ETag took 16 plus a 48-byte string. Set it with
+	// SetETag for an ETag from elsewhere.
+	Tag Tag
 
 	// Body holds the content when the item is resident in memory and at
 	// most ChunkSize bytes long; nil when it is not resident (over the
@@ -111,6 +114,7 @@ func (m *Memo) Store(v any) { m.p.Store(&v) }
 type itemMore struct {
 	chunks   Chunks
 	variants []Variant
+	etag     string // an ETag that is not a quoted Tag (SetETag); "" if none
 }
 
 // Chunks holds the content of a resident item larger than ChunkSize, in
@@ -145,18 +149,26 @@ func (it *Item) Variant(enc string) *Variant {
 
 // SetChunks sets the chunks of an Item being built, before anyone else
 // sees it.
-func (it *Item) SetChunks(c Chunks) { it.setMore(c, it.Variants()) }
+func (it *Item) SetChunks(c Chunks) { it.setMore(c, it.Variants(), it.otherETag()) }
 
 // SetVariants sets the variants of an Item being built, before anyone else
 // sees it.
-func (it *Item) SetVariants(vs []Variant) { it.setMore(it.Chunks(), vs) }
+func (it *Item) SetVariants(vs []Variant) { it.setMore(it.Chunks(), vs, it.otherETag()) }
 
-func (it *Item) setMore(c Chunks, vs []Variant) {
-	if c == nil && vs == nil {
+func (it *Item) setMore(c Chunks, vs []Variant, etag string) {
+	if c == nil && vs == nil && etag == "" {
 		it.more = nil
 		return
 	}
-	it.more = &itemMore{chunks: c, variants: vs} // a copy may share the old one
+	it.more = &itemMore{chunks: c, variants: vs, etag: etag} // a copy may share the old one
+}
+
+// otherETag is the ETag set by SetETag that is not a quoted Tag, "" if none.
+func (it *Item) otherETag() string {
+	if it.more == nil {
+		return ""
+	}
+	return it.more.etag
 }
 
 // noCopy makes go vet's copylocks check flag copies of the struct that
@@ -192,16 +204,106 @@ type Variant struct {
 	mem *bodyMem // as Item's
 }
 
+// Tag is a content hash: the first 16 bytes of the content's SHA-256 (128
+// bits are plenty to tell versions apart).
+type Tag [16]byte
+
+// tagOf parses a Version: 32 lower-case hex digits.
+func tagOf(v string) (t Tag, ok bool) {
+	if len(v) != 2*len(t) {
+		return t, false
+	}
+	for i := range v {
+		c := v[i]
+		var d byte
+		switch {
+		case '0' <= c && c <= '9':
+			d = c - '0'
+		case 'a' <= c && c <= 'f':
+			d = c - 'a' + 10
+		default:
+			return Tag{}, false
+		}
+		t[i/2] |= d << (4 * (1 - i%2))
+	}
+	return t, true
+}
+
+// appendHex appends t in lower-case hex.
+func (t Tag) appendHex(b []byte) []byte { return hex.AppendEncode(b, t[:]) }
+
+// ETag is the item's strong entity tag: its Tag in hex, quoted (or what
+// SetETag was given, if that was not one).
+func (it *Item) ETag() string {
+	if e := it.otherETag(); e != "" {
+		return e
+	}
+	var b [2 + 2*len(Tag{})]byte
+	return string(it.AppendETag(b[:0]))
+}
+
+// AppendETag appends the item's ETag to b: with room for 34 bytes in b,
+// without allocating.
+func (it *Item) AppendETag(b []byte) []byte {
+	if e := it.otherETag(); e != "" {
+		return append(b, e...)
+	}
+	b = append(b, '"')
+	b = it.Tag.appendHex(b)
+	return append(b, '"')
+}
+
+// SetETag sets the ETag of an Item being built, before anyone else sees
+// it: a quoted Version goes into Tag; anything else (an item built
+// elsewhere, a test's "v1") is kept as given, and Tag is zero.
+func (it *Item) SetETag(etag string) {
+	if len(etag) >= 2 && etag[0] == '"' && etag[len(etag)-1] == '"' {
+		if t, ok := tagOf(etag[1 : len(etag)-1]); ok {
+			it.Tag = t
+			if it.otherETag() != "" {
+				it.setMore(it.Chunks(), it.Variants(), "")
+			}
+			return
+		}
+	}
+	it.Tag = Tag{}
+	it.setMore(it.Chunks(), it.Variants(), etag)
+}
+
+// SetETagOf gives an Item being built the ETag of src (an item of the same
+// version: a chunk or hot copy of it).
+func (it *Item) SetETagOf(src *Item) {
+	it.Tag = src.Tag
+	if e := src.otherETag(); e != it.otherETag() {
+		it.setMore(it.Chunks(), it.Variants(), e)
+	}
+}
+
 // Version is the hex content hash the ETag is built from (the ETag without
 // its quotes); it names this version of the item in versioned keys
-// ("path@version"). An item built elsewhere sets its ETag to a version,
-// quoted.
+// ("path@version"). It allocates: compare versions with HasVersion and
+// SameVersion.
 func (it *Item) Version() string {
-	if len(it.ETag) < 2 {
-		return ""
+	if e := it.otherETag(); e != "" {
+		if len(e) < 2 {
+			return ""
+		}
+		return e[1 : len(e)-1]
 	}
-	return it.ETag[1 : len(it.ETag)-1]
+	return string(it.Tag.appendHex(make([]byte, 0, 2*len(Tag{}))))
 }
+
+// HasVersion reports whether v is the item's Version, without allocating.
+func (it *Item) HasVersion(v string) bool {
+	if e := it.otherETag(); e != "" {
+		return len(e) >= 2 && e[1:len(e)-1] == v
+	}
+	t, ok := tagOf(v)
+	return ok && t == it.Tag
+}
+
+// SameVersion reports whether a and b have the same Version.
+func SameVersion(a, b *Item) bool { return a.Tag == b.Tag && a.otherETag() == b.otherETag() }
 
 // Resident reports whether the item's bytes are held in memory.
 func (it *Item) Resident() bool { return it.Body != nil || it.Chunks() != nil || it.Size == 0 }

@@ -102,8 +102,8 @@ func mustLookup(t testing.TB, s *Store, p, want string) *Item {
 	if it.Size != int64(len(want)) {
 		t.Fatalf("Lookup(%s).Size = %d; want %d", p, it.Size, len(want))
 	}
-	if it.ETag != etagOf(want) {
-		t.Fatalf("Lookup(%s).ETag = %s; want %s", p, it.ETag, etagOf(want))
+	if it.ETag() != etagOf(want) {
+		t.Fatalf("Lookup(%s).ETag = %s; want %s", p, it.ETag(), etagOf(want))
 	}
 	return it
 }
@@ -172,8 +172,8 @@ func testPrime(t *testing.T, setup func(*Store)) {
 		if !it.Resident() {
 			t.Errorf("%s not resident with no budget", p)
 		}
-		if it.Version() != strings.Trim(it.ETag, `"`) || len(it.Version()) != 32 {
-			t.Errorf("%s: Version %q does not match ETag %s", p, it.Version(), it.ETag)
+		if it.Version() != strings.Trim(it.ETag(), `"`) || len(it.Version()) != 32 {
+			t.Errorf("%s: Version %q does not match ETag %s", p, it.Version(), it.ETag())
 		}
 		if it.Path != "/"+p {
 			t.Errorf("Path = %q; want /%s", it.Path, p)
@@ -233,17 +233,17 @@ func TestETagStable(t *testing.T) {
 	bx, _, _ := b.Lookup("/x")
 	ay, _, _ := a.Lookup("/y")
 	by, _, _ := b.Lookup("/y")
-	if ax.ETag != bx.ETag {
-		t.Errorf("same bytes, different ETags: %s %s", ax.ETag, bx.ETag)
+	if ax.ETag() != bx.ETag() {
+		t.Errorf("same bytes, different ETags: %s %s", ax.ETag(), bx.ETag())
 	}
-	if ay.ETag == by.ETag {
-		t.Errorf("different bytes, same ETag %s", ay.ETag)
+	if ay.ETag() == by.ETag() {
+		t.Errorf("different bytes, same ETag %s", ay.ETag())
 	}
 	// And a transient item (not primed) agrees with a primed one.
 	c := newStore(t, Config{}, map[string]string{"x": "same bytes"})
 	cx, _, err := c.Lookup("/x")
-	if err != nil || cx.ETag != ax.ETag {
-		t.Errorf("transient ETag %v, %v; want %s", cx, err, ax.ETag)
+	if err != nil || cx.ETag() != ax.ETag() {
+		t.Errorf("transient ETag %v, %v; want %s", cx, err, ax.ETag())
 	}
 }
 

@@ -48,14 +48,14 @@ func reflect(t *testing.T, s *Store, log *changeLog, p, want string) {
 		if want == "-" {
 			return errors.Is(err, ErrNotFound)
 		}
-		return err == nil && it.ETag == etagOf(want)
+		return err == nil && it.ETag() == etagOf(want)
 	})
 	waitFor(t, 2*time.Second-time.Since(start), p+" reported to OnChange", func() bool {
 		it, ok := log.last(p)
 		if want == "-" {
 			return ok && it == nil
 		}
-		return ok && it != nil && it.ETag == etagOf(want)
+		return ok && it != nil && it.ETag() == etagOf(want)
 	})
 	if want != "-" {
 		mustLookup(t, s, p, want)
@@ -82,8 +82,8 @@ func testChanges(t *testing.T, cfg Config) {
 
 	write(t, s, "change.txt", "new and longer")
 	reflect(t, s, &log, "/change.txt", "new and longer")
-	if string(old.Body) != "old" || old.ETag != etagOf("old") {
-		t.Errorf("an old Item changed under its holder: %q %s", old.Body, old.ETag)
+	if string(old.Body) != "old" || old.ETag() != etagOf("old") {
+		t.Errorf("an old Item changed under its holder: %q %s", old.Body, old.ETag())
 	}
 
 	write(t, s, "created.txt", "fresh")

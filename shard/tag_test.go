@@ -1,0 +1,78 @@
+package shard
+
+import (
+	"testing"
+)
+
+// An Item keeps an ETag made of a content hash as its 16-byte Tag, and any
+// other ETag as given: either way ETag, Version, HasVersion and SameVersion
+// give back what was set, and setting chunks or variants afterwards keeps it.
+func TestItemETag(t *testing.T) {
+	const hexTag = "0123456789abcdef0011223344556677"
+	for _, c := range []struct {
+		etag    string
+		tagged  bool // kept as a Tag
+		version string
+	}{
+		{`"` + hexTag + `"`, true, hexTag},
+		{`"v1"`, false, "v1"},
+		{`"` + "0123456789ABCDEF0011223344556677" + `"`, false, "0123456789ABCDEF0011223344556677"}, // upper case: given back as is
+		{hexTag, false, "123456789abcdef001122334455667"},                                                // unquoted: as Version did, the quotes are assumed
+		{`"` + hexTag + `0"`, false, hexTag + "0"},
+	} {
+		it := &Item{Path: "/x"}
+		it.SetETag(c.etag)
+		it.SetVariants([]Variant{{Encoding: "gzip", ETag: `"gz"`}})
+		it.SetChunks(Chunks{[]byte("a")})
+		if got := it.ETag(); got != c.etag {
+			t.Errorf("SetETag(%s): ETag %s", c.etag, got)
+		}
+		if got := string(it.AppendETag([]byte("x"))); got != "x"+c.etag {
+			t.Errorf("SetETag(%s): AppendETag %s", c.etag, got)
+		}
+		if got := it.Version(); got != c.version {
+			t.Errorf("SetETag(%s): Version %s; want %s", c.etag, got, c.version)
+		}
+		if (it.Tag != Tag{}) != c.tagged {
+			t.Errorf("SetETag(%s): Tag %x", c.etag, it.Tag)
+		}
+		if !it.HasVersion(c.version) || it.HasVersion(c.version+"0") || it.HasVersion("") {
+			t.Errorf("SetETag(%s): HasVersion wrong", c.etag)
+		}
+		if len(it.Variants()) != 1 || len(it.Chunks()) != 1 {
+			t.Errorf("SetETag(%s): variants %d, chunks %d", c.etag, len(it.Variants()), len(it.Chunks()))
+		}
+		cp := &Item{Path: "/x/0"}
+		cp.SetETagOf(it)
+		if !SameVersion(cp, it) || cp.ETag() != c.etag {
+			t.Errorf("SetETagOf(%s): ETag %s", c.etag, cp.ETag())
+		}
+	}
+
+	a, b := &Item{}, &Item{}
+	a.SetETag(`"v1"`)
+	b.SetETag(`"v2"`)
+	if SameVersion(a, b) {
+		t.Error("v1 and v2 have the same version")
+	}
+	b.SetETag(`"` + "00000000000000000000000000000000" + `"`) // a zero Tag, not "other"
+	if SameVersion(a, b) || b.ETag() != `"00000000000000000000000000000000"` {
+		t.Errorf("a zero Tag: %s", b.ETag())
+	}
+	a.SetETag(b.ETag()) // from other back to a Tag
+	if !SameVersion(a, b) || a.otherETag() != "" {
+		t.Errorf("set again: %s", a.ETag())
+	}
+}
+
+// A hit reads the ETag without allocating when given room.
+func TestAppendETagAllocs(t *testing.T) {
+	it := &Item{Tag: Tag{1, 2, 3}}
+	var room [34]byte
+	if n := testing.AllocsPerRun(100, func() { it.AppendETag(room[:0]) }); n != 0 {
+		t.Errorf("AppendETag allocates %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { it.HasVersion("01020300000000000000000000000000") }); n != 0 {
+		t.Errorf("HasVersion allocates %v times", n)
+	}
+}
