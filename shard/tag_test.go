@@ -17,7 +17,7 @@ func TestItemETag(t *testing.T) {
 		{`"` + hexTag + `"`, true, hexTag},
 		{`"v1"`, false, "v1"},
 		{`"` + "0123456789ABCDEF0011223344556677" + `"`, false, "0123456789ABCDEF0011223344556677"}, // upper case: given back as is
-		{hexTag, false, "123456789abcdef001122334455667"},                                                // unquoted: as Version did, the quotes are assumed
+		{hexTag, false, "123456789abcdef001122334455667"},                                           // unquoted: as Version did, the quotes are assumed
 		{`"` + hexTag + `0"`, false, hexTag + "0"},
 	} {
 		it := &Item{Path: "/x"}
