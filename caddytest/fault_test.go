@@ -646,7 +646,7 @@ func ftLoadConfig(t *testing.T, n *clusterNode, caddyfile string) (int, string) 
 	defer resp.Body.Close()
 	var b bytes.Buffer
 	_, _ = b.ReadFrom(resp.Body)
-	afterReload()
+	n.afterReload()
 	return resp.StatusCode, b.String()
 }
 

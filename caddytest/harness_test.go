@@ -495,17 +495,81 @@ func (n *node) reload(caddyfile string) {
 	if resp.StatusCode != http.StatusOK {
 		n.t.Fatalf("reload: %s: %s", resp.Status, body)
 	}
-	afterReload()
+	n.afterReload()
 }
 
-// afterReload drops the test client's kept-alive connections once a reload
-// returned. The replaced server closed them as it stopped, and a request
-// sent on one before the client has read that close meets a reset: HTTP/1.1's
-// keep-alive race, which net/http's client does not retry for every request.
-// The tests' own requests after a reload go on new connections to the new
-// server; load generators keep their own clients and count the race.
-func afterReload() {
+// afterReload waits, once a reload returned, until the replaced servers'
+// listening sockets are closed, then drops the test client's kept-alive
+// connections:
+//   - Caddy binds the new servers' sockets beside the old ones
+//     (SO_REUSEPORT) and closes the old ones as the old servers shut down,
+//     which may be just after /load answered. Meanwhile the kernel still
+//     hands new connections to an old socket; the old server, shutting
+//     down, closes such a connection once it has read a request, without
+//     answering (net/http's conn.serve): the client reads EOF.
+//   - The old server closed its idle kept-alive connections too, and a
+//     request sent on one before the client has read that close meets a
+//     reset: HTTP/1.1's keep-alive race, which net/http's client does not
+//     retry for every request.
+//
+// The tests' own requests after a reload then go on new connections to the
+// new server; load generators keep their own clients and count the races.
+func (n *node) afterReload() {
+	start := time.Now()
+	deadline := start.Add(5 * time.Second)
+	for {
+		dup, err := sharedListeners(n.cmd.Process.Pid)
+		if err != nil {
+			n.t.Logf("after the reload: %v; not waiting for the old listeners to close", err)
+			break
+		}
+		if dup == "" {
+			if waited := time.Since(start); waited > 5*time.Millisecond {
+				n.t.Logf("after the reload: the old listeners closed %v after /load answered", waited.Round(time.Millisecond))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			n.t.Logf("after the reload: %s still has two listening sockets after 5 s", dup)
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	client.CloseIdleConnections()
+}
+
+// sharedListeners returns an address on which process pid has more than one
+// listening TCP socket ("" if none), from /proc: the inodes of the
+// process's sockets, looked up in /proc/net/tcp.
+func sharedListeners(pid int) (string, error) {
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return "", err
+	}
+	mine := make(map[string]bool, len(fds))
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); err == nil && ok {
+			mine[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	tab, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", pid))
+	if err != nil {
+		return "", err
+	}
+	seen := make(map[string]bool)
+	for _, line := range strings.Split(string(tab), "\n")[1:] {
+		// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+		f := strings.Fields(line)
+		if len(f) < 10 || f[3] != "0A" || !mine[f[9]] {
+			continue
+		}
+		if seen[f[1]] {
+			return f[1], nil
+		}
+		seen[f[1]] = true
+	}
+	return "", nil
 }
 
 var goroutinesRe = regexp.MustCompile(`goroutine profile: total (\d+)`)
