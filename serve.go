@@ -602,10 +602,11 @@ type variantsMemo struct {
 // usefulModTime is it's modification time as a validator: zero when it is
 // not a useful one (as file_server: the Unix epoch, or a second past it).
 func usefulModTime(it *shard.Item) time.Time {
-	if u := it.ModTime.Unix(); u == 0 || u == 1 {
+	mt := it.ModTime()
+	if u := mt.Unix(); u == 0 || u == 1 {
 		return time.Time{}
 	}
-	return it.ModTime
+	return mt
 }
 
 // headersOf returns the header values of it in encoding enc ("" identity,

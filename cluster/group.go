@@ -216,9 +216,9 @@ func fromMeta(m peering.Meta) *shard.Item {
 	it := &shard.Item{
 		Path:        m.Path,
 		Size:        m.Size,
-		ModTime:     m.ModTime,
 		ContentType: m.ContentType,
 	}
+	it.SetModTime(m.ModTime)
 	it.SetETag(m.ETag)
 	if len(m.Variants) > 0 {
 		vs := make([]shard.Variant, 0, len(m.Variants))
@@ -236,7 +236,7 @@ func toMeta(it *shard.Item) peering.Meta {
 		Version:     it.Version(),
 		Size:        it.Size,
 		ContentType: it.ContentType,
-		ModTime:     it.ModTime,
+		ModTime:     it.ModTime(),
 		ETag:        it.ETag(),
 	}
 	for _, v := range it.Variants() {

@@ -87,7 +87,7 @@ func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, m
 			}
 			continue
 		}
-		if it.Size != size || !it.ModTime.Equal(modTime) {
+		if it.Size != size || !it.ModTime().Equal(modTime) {
 			continue // another version than storage's: read storage
 		}
 		if g := c.lookupGroup(group); g != nil {
@@ -208,7 +208,8 @@ func fetchItem(ctx context.Context, n *peering.Node, holder, group, path string,
 			body = data
 		}
 	}
-	it := &shard.Item{Path: path, Size: size, ModTime: m.ModTime, ContentType: m.ContentType, Body: body}
+	it := &shard.Item{Path: path, Size: size, ContentType: m.ContentType, Body: body}
+	it.SetModTime(m.ModTime)
 	it.SetETag(m.ETag)
 	it.SetChunks(chunks)
 	if size <= shard.ChunkSize && int64(len(body)) != size {

@@ -356,7 +356,7 @@ func (tt *typeTable) slotFor(meta *peering.Meta, key uint64, fp uint32) (tocSlot
 func (tt *typeTable) item(path string, s *tocSlot) *shard.Item {
 	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), Tag: s.digest}
 	if s.mtime != 0 {
-		it.ModTime = time.Unix(0, s.mtime)
+		it.SetModTime(time.Unix(0, s.mtime))
 	}
 	return it
 }

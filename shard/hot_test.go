@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 func hotItem(path, version string, size int) *Item {
@@ -189,5 +190,11 @@ func TestSketchAging(t *testing.T) {
 // withETag sets it's ETag (SetETag) and returns it.
 func withETag(it *Item, etag string) *Item {
 	it.SetETag(etag)
+	return it
+}
+
+// withModTime sets it's ModTime (SetModTime) and returns it.
+func withModTime(it *Item, t time.Time) *Item {
+	it.SetModTime(t)
 	return it
 }

@@ -26,7 +26,7 @@ func held(it *Item) int64 {
 // in favour of a.
 func sameContent(a, b *Item) bool {
 	return a != nil && b != nil && SameVersion(a, b) && a.Size == b.Size &&
-		a.ModTime.Equal(b.ModTime) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
+		SameModTime(a, b) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
 }
 
 // sniffLen is how many leading bytes http.DetectContentType looks at.
@@ -97,7 +97,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 		vs = append(vs, Variant{
 			Encoding: encs[i].name,
 			Size:     v.Size,
-			ModTime:  v.ModTime,
+			ModTime:  v.ModTime(),
 			ETag:     v.ETag(),
 			Body:     v.Body,
 			Chunks:   v.Chunks(),
@@ -114,7 +114,7 @@ func (it *Item) copyFields() *Item {
 	return &Item{
 		Path:        it.Path,
 		Size:        it.Size,
-		ModTime:     it.ModTime,
+		mtime:       it.mtime,
 		ContentType: it.ContentType,
 		Tag:         it.Tag,
 		Body:        it.Body,
@@ -133,7 +133,7 @@ func sameItem(a, b *Item) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	if a.Path != b.Path || a.Size != b.Size || !a.ModTime.Equal(b.ModTime) ||
+	if a.Path != b.Path || a.Size != b.Size || !SameModTime(a, b) ||
 		a.ContentType != b.ContentType || !SameVersion(a, b) || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks(), b.Chunks()) ||
 		len(a.Variants()) != len(b.Variants()) {
 		return false

@@ -105,7 +105,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	} else {
 		c.mem.release() // the same bytes are held already; nobody saw these
 	}
-	if rec.is(recDirty) || rec.size != c.Size || !rec.mtimeIs(c.ModTime) {
+	if rec.is(recDirty) || rec.size != c.Size || !rec.mtimeIs(c.ModTime()) {
 		// Storage was seen to change after this load began: look again.
 		s.kick(j.path, rec.is(recDirty), 0)
 	}

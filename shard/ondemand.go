@@ -32,7 +32,7 @@ func (m *memo) get(p string, fi fs.FileInfo) *Item {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c := m.m[p]
-	if c == nil || c.Size != fi.Size() || !c.ModTime.Equal(fi.ModTime()) {
+	if c == nil || c.Size != fi.Size() || !c.ModTime().Equal(fi.ModTime()) {
 		return nil
 	}
 	return c

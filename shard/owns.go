@@ -188,7 +188,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		}
 	}
 	body, chunks, ok := handoffBytes(h)
-	if !ok || h.Size != fi.Size() || !h.ModTime.Equal(fi.ModTime()) {
+	if !ok || h.Size != fi.Size() || !h.ModTime().Equal(fi.ModTime()) {
 		s.stats.handoffFailed.Add(1)
 		return nil
 	}
@@ -214,11 +214,11 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	c := &Item{
 		Path:        j.path,
 		Size:        h.Size,
-		ModTime:     fi.ModTime(),
 		ContentType: contentType(j.path, head),
 		Tag:         tag,
 		Body:        body,
 	}
+	c.SetModTime(fi.ModTime())
 	c.SetChunks(chunks)
 	s.stats.handoffItems.Add(1)
 	s.stats.handoffBytes.Add(c.Size)

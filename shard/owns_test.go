@@ -318,19 +318,19 @@ func TestSetOwnsHandoff(t *testing.T) {
 		"altered bytes": func(it *Item) *Item {
 			body := bytes.Clone(it.Body)
 			body[len(body)/2]++
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: it.Tag, Body: body}
+			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: body}, it.ModTime())
 		},
 		"wrong version": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: Tag{}, Body: it.Body}
+			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: Tag{}, Body: it.Body}, it.ModTime())
 		},
 		"wrong mtime": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime.Add(time.Second), Tag: it.Tag, Body: it.Body}
+			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: it.Body}, it.ModTime().Add(time.Second))
 		},
 		"wrong size": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size - 1, ModTime: it.ModTime, Tag: it.Tag, Body: it.Body[1:]}
+			return withModTime(&Item{Path: it.Path, Size: it.Size - 1, Tag: it.Tag, Body: it.Body[1:]}, it.ModTime())
 		},
 		"short body": func(it *Item) *Item {
-			return &Item{Path: it.Path, Size: it.Size, ModTime: it.ModTime, Tag: it.Tag, Body: it.Body[1:]}
+			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: it.Body[1:]}, it.ModTime())
 		},
 	}
 	for name, spoil := range bad {

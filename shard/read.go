@@ -55,7 +55,8 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 	if !regular {
 		return nil, errNotRegular
 	}
-	c := &Item{Path: p, Size: size, ModTime: mtime}
+	c := &Item{Path: p, Size: size}
+	c.SetModTime(mtime)
 	h := newHash()
 	var head []byte
 	if wantBody(c.Size) {
@@ -119,7 +120,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		}
 	}
 	size, mtime, _, err = f.stat()
-	if err == nil && (size != c.Size || !mtime.Equal(c.ModTime)) {
+	if err == nil && (size != c.Size || !mtime.Equal(c.ModTime())) {
 		err = errChanging
 	}
 	if err != nil {

@@ -34,6 +34,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -56,8 +57,9 @@ type Item struct {
 	// Size is the length of the content in bytes.
 	Size int64
 
-	// ModTime is the file's modification time on storage.
-	ModTime time.Time
+	// mtime is the file's modification time on storage (ModTime,
+	// SetModTime), in 8 bytes where a time.Time takes 24.
+	mtime modTime
 
 	// ContentType is the MIME type: from the extension, else sniffed from
 	// the first 512 bytes (as http.DetectContentType does).
@@ -92,7 +94,7 @@ type Item struct {
 }
 
 // Memo is Item.Memo: a value set and read atomically, like atomic.Value,
-// in 8 bytes where atomic.Value takes 16 (an Item is 128 bytes, not 144).
+// in 8 bytes where atomic.Value takes 16 (an Item is 112 bytes, not 128).
 // Storing allocates a box for the value, once per item that is ever served.
 type Memo struct {
 	p atomic.Pointer[any]
@@ -114,7 +116,25 @@ func (m *Memo) Store(v any) { m.p.Store(&v) }
 type itemMore struct {
 	chunks   Chunks
 	variants []Variant
-	etag     string // an ETag that is not a quoted Tag (SetETag); "" if none
+	etag     string    // an ETag that is not a quoted Tag (SetETag); "" if none
+	mtime    time.Time // a ModTime that int64 nanoseconds cannot hold (farTime)
+}
+
+// ext returns a copy of it's extension, to change and set with setExt.
+func (it *Item) ext() itemMore {
+	if it.more == nil {
+		return itemMore{}
+	}
+	return *it.more
+}
+
+// setExt sets it's extension to m: a new one, as a copy may share the old.
+func (it *Item) setExt(m itemMore) {
+	if m.chunks == nil && m.variants == nil && m.etag == "" && m.mtime.IsZero() {
+		it.more = nil
+		return
+	}
+	it.more = &m
 }
 
 // Chunks holds the content of a resident item larger than ChunkSize, in
@@ -149,18 +169,18 @@ func (it *Item) Variant(enc string) *Variant {
 
 // SetChunks sets the chunks of an Item being built, before anyone else
 // sees it.
-func (it *Item) SetChunks(c Chunks) { it.setMore(c, it.Variants(), it.otherETag()) }
+func (it *Item) SetChunks(c Chunks) {
+	m := it.ext()
+	m.chunks = c
+	it.setExt(m)
+}
 
 // SetVariants sets the variants of an Item being built, before anyone else
 // sees it.
-func (it *Item) SetVariants(vs []Variant) { it.setMore(it.Chunks(), vs, it.otherETag()) }
-
-func (it *Item) setMore(c Chunks, vs []Variant, etag string) {
-	if c == nil && vs == nil && etag == "" {
-		it.more = nil
-		return
-	}
-	it.more = &itemMore{chunks: c, variants: vs, etag: etag} // a copy may share the old one
+func (it *Item) SetVariants(vs []Variant) {
+	m := it.ext()
+	m.variants = vs
+	it.setExt(m)
 }
 
 // otherETag is the ETag set by SetETag that is not a quoted Tag, "" if none.
@@ -260,14 +280,17 @@ func (it *Item) SetETag(etag string) {
 	if len(etag) >= 2 && etag[0] == '"' && etag[len(etag)-1] == '"' {
 		if t, ok := tagOf(etag[1 : len(etag)-1]); ok {
 			it.Tag = t
-			if it.otherETag() != "" {
-				it.setMore(it.Chunks(), it.Variants(), "")
-			}
-			return
+			etag = ""
 		}
 	}
-	it.Tag = Tag{}
-	it.setMore(it.Chunks(), it.Variants(), etag)
+	if etag != "" {
+		it.Tag = Tag{}
+	}
+	if etag != it.otherETag() {
+		m := it.ext()
+		m.etag = etag
+		it.setExt(m)
+	}
 }
 
 // SetETagOf gives an Item being built the ETag of src (an item of the same
@@ -275,7 +298,9 @@ func (it *Item) SetETag(etag string) {
 func (it *Item) SetETagOf(src *Item) {
 	it.Tag = src.Tag
 	if e := src.otherETag(); e != it.otherETag() {
-		it.setMore(it.Chunks(), it.Variants(), e)
+		m := it.ext()
+		m.etag = e
+		it.setExt(m)
 	}
 }
 
@@ -304,6 +329,59 @@ func (it *Item) HasVersion(v string) bool {
 
 // SameVersion reports whether a and b have the same Version.
 func SameVersion(a, b *Item) bool { return a.Tag == b.Tag && a.otherETag() == b.otherETag() }
+
+// modTime is a modification time in unix nanoseconds, 0 for the zero time.
+type modTime int64
+
+const (
+	epochTime = modTime(math.MinInt64)     // the Unix epoch itself
+	farTime   = modTime(math.MinInt64 + 1) // before 1678 or after 2262: in the extension
+)
+
+// ModTime is the file's modification time on storage.
+func (it *Item) ModTime() time.Time {
+	switch it.mtime {
+	case 0:
+		return time.Time{}
+	case epochTime:
+		return time.Unix(0, 0)
+	case farTime:
+		if it.more != nil {
+			return it.more.mtime
+		}
+		return time.Time{}
+	}
+	return time.Unix(0, int64(it.mtime))
+}
+
+// SetModTime sets the ModTime of an Item being built, before anyone else
+// sees it.
+func (it *Item) SetModTime(t time.Time) {
+	far := time.Time{}
+	switch n := t.UnixNano(); {
+	case t.IsZero():
+		it.mtime = 0
+	case n == 0:
+		it.mtime = epochTime
+	case n == int64(epochTime) || n == int64(farTime) || !time.Unix(0, n).Equal(t):
+		it.mtime, far = farTime, t
+	default:
+		it.mtime = modTime(n)
+	}
+	if !far.Equal(it.ext().mtime) {
+		m := it.ext()
+		m.mtime = far
+		it.setExt(m)
+	}
+}
+
+// SameModTime reports whether a and b have the same ModTime.
+func SameModTime(a, b *Item) bool {
+	if a.mtime != farTime || b.mtime != farTime {
+		return a.mtime == b.mtime
+	}
+	return a.ModTime().Equal(b.ModTime())
+}
 
 // Resident reports whether the item's bytes are held in memory.
 func (it *Item) Resident() bool { return it.Body != nil || it.Chunks() != nil || it.Size == 0 }

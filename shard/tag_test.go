@@ -1,7 +1,9 @@
 package shard
 
 import (
+	"math"
 	"testing"
+	"time"
 )
 
 // An Item keeps an ETag made of a content hash as its 16-byte Tag, and any
@@ -74,5 +76,50 @@ func TestAppendETagAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { it.HasVersion("01020300000000000000000000000000") }); n != 0 {
 		t.Errorf("HasVersion allocates %v times", n)
+	}
+}
+
+// An Item keeps its ModTime in 8 bytes, and gives back exactly the time it
+// was given: the zero time, the epoch, times int64 nanoseconds cannot hold
+// (kept in its extension) and the two values that stand for those.
+func TestItemModTime(t *testing.T) {
+	now := time.Now()
+	for _, mt := range []time.Time{
+		{},
+		time.Unix(0, 0),
+		time.Unix(1, 0),
+		time.Unix(0, 1),
+		now,
+		time.Unix(0, math.MinInt64),   // 1677: the epoch's stand-in
+		time.Unix(0, math.MinInt64+1), // and the far times'
+		time.Date(1600, 1, 2, 3, 4, 5, 6, time.UTC),
+		time.Date(2500, 1, 2, 3, 4, 5, 6, time.UTC),
+	} {
+		it := &Item{Path: "/x"}
+		it.SetChunks(Chunks{[]byte("a")})
+		it.SetModTime(mt)
+		it.SetETag(`"v1"`)
+		if got := it.ModTime(); !got.Equal(mt) || got.IsZero() != mt.IsZero() {
+			t.Errorf("SetModTime(%v): ModTime %v", mt, got)
+		}
+		if len(it.Chunks()) != 1 || it.ETag() != `"v1"` {
+			t.Errorf("SetModTime(%v) lost the chunks or the ETag", mt)
+		}
+		other := &Item{}
+		other.SetModTime(mt)
+		if !SameModTime(it, other) {
+			t.Errorf("SetModTime(%v): not the same as itself", mt)
+		}
+		other.SetModTime(mt.Add(time.Nanosecond))
+		if SameModTime(it, other) {
+			t.Errorf("SetModTime(%v): the same as a nanosecond later", mt)
+		}
+		it.SetModTime(now) // a far time's extension goes
+		if !it.ModTime().Equal(now) || !it.ext().mtime.IsZero() {
+			t.Errorf("SetModTime(%v), then now: %v, extension %v", mt, it.ModTime(), it.ext().mtime)
+		}
+	}
+	if it := (&Item{}); !it.ModTime().IsZero() {
+		t.Errorf("an Item's zero ModTime is %v", it.ModTime())
 	}
 }

@@ -57,7 +57,7 @@ func (rec *fileRec) seqIs(seq uint64) bool { return rec.st&recSeqMask == recStat
 
 // stale reports whether rec needs (re)loading to match storage.
 func (rec *fileRec) stale() bool {
-	return rec.is(recDirty) || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime)
+	return rec.is(recDirty) || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime())
 }
 
 // dirRec is one directory under the root (or a path to one through
