@@ -109,7 +109,11 @@ func newHotHandler(tb testing.TB, size int, modTime ...time.Time) (*Handler, str
 	hot := g.Hot()
 	hot.Get(p, "v1") // two requests seen: admissible
 	hot.Get(p, "v1")
-	if !hot.Admit(withETag(&shard.Item{Path: p, Size: int64(size), Body: make([]byte, size)}, `"v1"`)) {
+	hc := withETag(&shard.Item{Path: p, Size: int64(size)}, `"v1"`)
+	if err := hc.SetBody(make([]byte, size)); err != nil {
+		tb.Fatal(err)
+	}
+	if !hot.Admit(hc) {
 		tb.Fatal("not admitted")
 	}
 	h.grp, h.stats = g, g.Stats()

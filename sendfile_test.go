@@ -96,7 +96,7 @@ func TestWriteBodySendfile(t *testing.T) {
 				}
 				return
 			}
-			_ = writeBody(w, r, it.Body)
+			_ = writeBody(w, r, it.Body())
 		}))
 		for i, n := range sizes {
 			before := shard.Arenas().Sendfiles
@@ -143,7 +143,7 @@ func TestWriteBodySendfile(t *testing.T) {
 	// TLS: written from memory, same bytes.
 	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.FormatInt(items[1].Size, 10))
-		_ = writeBody(w, r, items[1].Body)
+		_ = writeBody(w, r, items[1].Body())
 	}))
 	defer srv.Close()
 	before := shard.Arenas().Sendfiles
@@ -153,7 +153,7 @@ func TestWriteBodySendfile(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !bytes.Equal(b, items[1].Body) {
+	if !bytes.Equal(b, items[1].Body()) {
 		t.Fatalf("TLS: %d bytes, or wrong ones", len(b))
 	}
 	if shard.Arenas().Sendfiles != before {

@@ -49,7 +49,7 @@ func SizeOf(it *shard.Item, enc string) int64 {
 // false when it has no such encoding.
 func HeldBytes(it *shard.Item, enc string) (data []byte, chunks shard.Chunks, size int64, ok bool) {
 	if enc == "" {
-		return it.Body, it.Chunks(), it.Size, true
+		return it.Body(), it.Chunks(), it.Size, true
 	}
 	v := it.Variant(enc)
 	if v == nil {

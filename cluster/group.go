@@ -343,7 +343,7 @@ func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data 
 	hot := g.hot.Load()
 	if hot != nil {
 		if c, ok := hot.Get(key, version); ok {
-			return c.Body, true, nil
+			return c.Body(), true, nil
 		}
 	}
 	v, err, _ := g.flight.Do(key+"@"+version, func() (any, error) {
@@ -366,7 +366,8 @@ func (g *Group) fetchCached(e *Entry, enc, key string, off, length int64) (data 
 	}
 	data = v.([]byte)
 	if hot != nil {
-		c := &shard.Item{Path: key, Size: int64(len(data)), Body: data}
+		c := &shard.Item{Path: key, Size: int64(len(data))}
+		_ = c.SetBody(data) // Size bytes
 		c.SetETagOf(e.Item)
 		hot.Admit(c)
 	}

@@ -208,12 +208,15 @@ func fetchItem(ctx context.Context, n *peering.Node, holder, group, path string,
 			body = data
 		}
 	}
-	it := &shard.Item{Path: path, Size: size, ContentType: m.ContentType, Body: body}
-	it.SetModTime(m.ModTime)
-	it.SetETag(m.ETag)
-	it.SetChunks(chunks)
 	if size <= shard.ChunkSize && int64(len(body)) != size {
 		return nil, fmt.Errorf("%d bytes, want %d", len(body), size)
 	}
+	it := &shard.Item{Path: path, Size: size, ContentType: m.ContentType}
+	if err := it.SetBody(body); err != nil {
+		return nil, err
+	}
+	it.SetModTime(m.ModTime)
+	it.SetETag(m.ETag)
+	it.SetChunks(chunks)
 	return it, nil
 }

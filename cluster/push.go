@@ -348,7 +348,8 @@ func (g *Group) carry(e *Entry, encs []string) {
 			return
 		}
 		data := v.([]byte)
-		c := &shard.Item{Path: key, Size: int64(len(data)), Body: data}
+		c := &shard.Item{Path: key, Size: int64(len(data))}
+		_ = c.SetBody(data) // Size bytes
 		c.SetETagOf(e.Item)
 		if h.Push(c) {
 			g.c.push.items.Add(1)

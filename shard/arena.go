@@ -589,9 +589,9 @@ func (it *Item) toArena(grace bool) {
 		}
 		it.mem = m
 		it.SetChunks(c)
-	case it.Body != nil:
-		b, m := allocBody(int64(len(it.Body)), grace)
-		copy(b, it.Body)
-		it.Body, it.mem = b, m
+	case it.body != nil:
+		b, m := allocBody(it.Size, grace)
+		copy(b, it.Body())
+		it.body, it.mem = unsafe.SliceData(b), m
 	}
 }

@@ -222,10 +222,10 @@ func TestArenaReuseWaitsForReaders(t *testing.T) {
 	for i := range b {
 		b[i] = 0xA5
 	}
-	it := &Item{Size: n, Body: b, mem: m}
+	it := withBody(&Item{Size: n, mem: m}, b)
 	rd := BeginRead()
 	before := Arenas().Reclaimed
-	body := it.Body
+	body := it.Body()
 	it, m = nil, nil
 	collect(t, "the item's memory to be retired", func() bool { return Arenas().Retired >= n })
 
@@ -343,7 +343,7 @@ func TestArenaStress(t *testing.T) {
 			v := hex.EncodeToString(sum[:16])
 			hot.Get(k, v)
 			hot.Get(k, v)
-			hot.Admit(withETag(&Item{Path: k, Size: int64(len(b)), Body: b}, `"`+v+`"`))
+			hot.Admit(withETag(withBody(&Item{Path: k, Size: int64(len(b))}, b), `"`+v+`"`))
 		}
 	}()
 	// The collector, all the time.
@@ -382,14 +382,14 @@ func TestArenaStress(t *testing.T) {
 					el, ok := hot.items[what]
 					if ok {
 						it := el.Value.(*hotEntry).it
-						chunks, version = [][]byte{it.Body}, it.Version()
+						chunks, version = [][]byte{it.Body()}, it.Version()
 					}
 					hot.mu.Unlock()
 				} else {
 					what = fmt.Sprintf("/f%d", rng.IntN(nfiles))
 					if it, _, err := s.Lookup(what); err == nil && it.Resident() {
 						version = it.Version()
-						chunks = append(chunks, it.Body)
+						chunks = append(chunks, it.Body())
 						if it.Chunks() != nil {
 							chunks = it.Chunks()
 						}

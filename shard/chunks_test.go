@@ -118,8 +118,8 @@ func TestPrimeLargeInChunks(t *testing.T) {
 	startReady(t, s)
 
 	it := mustLookup(t, s, "/big.bin", string(big))
-	if it.Body != nil || len(it.Chunks()) != 3 || it.Chunks().Len() != int64(len(big)) {
-		t.Fatalf("big item: Body %d bytes, %d chunks of %d bytes; want none, 3 of %d", len(it.Body), len(it.Chunks()), it.Chunks().Len(), len(big))
+	if it.Body() != nil || len(it.Chunks()) != 3 || it.Chunks().Len() != int64(len(big)) {
+		t.Fatalf("big item: Body %d bytes, %d chunks of %d bytes; want none, 3 of %d", len(it.Body()), len(it.Chunks()), it.Chunks().Len(), len(big))
 	}
 	for i, ch := range it.Chunks() {
 		if cap(ch) > ChunkSize {
@@ -130,8 +130,8 @@ func TestPrimeLargeInChunks(t *testing.T) {
 		t.Error("chunked item not Resident")
 	}
 	ex := mustLookup(t, s, "/exact.bin", string(exact))
-	if ex.Chunks() != nil || len(ex.Body) != ChunkSize {
-		t.Errorf("item of exactly ChunkSize: %d chunks, Body %d; want one Body", len(ex.Chunks()), len(ex.Body))
+	if ex.Chunks() != nil || len(ex.Body()) != ChunkSize {
+		t.Errorf("item of exactly ChunkSize: %d chunks, Body %d; want one Body", len(ex.Chunks()), len(ex.Body()))
 	}
 	if got, want := s.Stats().ResidentBytes, int64(len(big)+len(exact)+2); got != want {
 		t.Errorf("ResidentBytes = %d; want %d", got, want)

@@ -8,7 +8,7 @@ import (
 )
 
 func hotItem(path, version string, size int) *Item {
-	return withETag(&Item{Path: path, Size: int64(size), Body: make([]byte, size)}, `"`+version+`"`)
+	return withETag(withBody(&Item{Path: path, Size: int64(size)}, make([]byte, size)), `"`+version+`"`)
 }
 
 // ask simulates a request on a non-owner: look in the hot cache, and on a
@@ -196,5 +196,13 @@ func withETag(it *Item, etag string) *Item {
 // withModTime sets it's ModTime (SetModTime) and returns it.
 func withModTime(it *Item, t time.Time) *Item {
 	it.SetModTime(t)
+	return it
+}
+
+// withBody sets it's Body (SetBody) and returns it; b must be it.Size bytes.
+func withBody(it *Item, b []byte) *Item {
+	if err := it.SetBody(b); err != nil {
+		panic(err)
+	}
 	return it
 }

@@ -18,7 +18,7 @@ func held(it *Item) int64 {
 	if it == nil {
 		return 0
 	}
-	return int64(len(it.Body)) + it.Chunks().Len()
+	return int64(len(it.Body())) + it.Chunks().Len()
 }
 
 // sameContent reports whether a and b (file data, no Variants) describe the
@@ -99,7 +99,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			Size:     v.Size,
 			ModTime:  v.ModTime(),
 			ETag:     v.ETag(),
-			Body:     v.Body,
+			Body:     v.Body(),
 			Chunks:   v.Chunks(),
 			mem:      v.mem,
 		})
@@ -117,7 +117,7 @@ func (it *Item) copyFields() *Item {
 		mtime:       it.mtime,
 		ContentType: it.ContentType,
 		Tag:         it.Tag,
-		Body:        it.Body,
+		body:        it.body,
 		more:        it.more,
 		mem:         it.mem,
 	}
@@ -134,7 +134,7 @@ func sameItem(a, b *Item) bool {
 		return a == b
 	}
 	if a.Path != b.Path || a.Size != b.Size || !SameModTime(a, b) ||
-		a.ContentType != b.ContentType || !SameVersion(a, b) || !sameBytes(a.Body, b.Body) || !sameChunks(a.Chunks(), b.Chunks()) ||
+		a.ContentType != b.ContentType || !SameVersion(a, b) || !sameBytes(a.Body(), b.Body()) || !sameChunks(a.Chunks(), b.Chunks()) ||
 		len(a.Variants()) != len(b.Variants()) {
 		return false
 	}

@@ -95,7 +95,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	old := rec.data
 	if !sameContent(old, c) {
 		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
-			c.Body = nil
+			c.body = nil
 			c.SetChunks(nil) // the hard limit wins over any plan
 			c.mem.release()  // nobody saw them
 			c.mem = nil

@@ -31,7 +31,7 @@ func (s *Store) Open(it *Item, encoding string) (File, error) {
 	if it == nil {
 		return nil, ErrNotFound
 	}
-	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime(), it.Body, it.Chunks()
+	p, size, mtime, body, chunks := it.Path, it.Size, it.ModTime(), it.Body(), it.Chunks()
 	if encoding != "" {
 		v := it.Variant(encoding)
 		ext, ok := encodingExt[encoding]

@@ -3,6 +3,7 @@ package shard
 import (
 	"io/fs"
 	"sync"
+	"unsafe"
 )
 
 // Changing which paths this node owns (a ring change) without rebuilding
@@ -216,7 +217,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		Size:        h.Size,
 		ContentType: contentType(j.path, head),
 		Tag:         tag,
-		Body:        body,
+		body:        unsafe.SliceData(body), // Size bytes, or nil (handoffBytes)
 	}
 	c.SetModTime(fi.ModTime())
 	c.SetChunks(chunks)
@@ -230,14 +231,14 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 // Body is cut into chunks without copying). ok is false when it does not
 // hold exactly Size bytes in either form.
 func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
-	size, cs := it.Size, it.Chunks()
+	size, cs, b := it.Size, it.Chunks(), it.Body()
 	switch {
 	case size < 0:
 		return nil, nil, false
 	case size == 0:
-		return nil, nil, len(it.Body) == 0 && cs.Len() == 0
+		return nil, nil, len(b) == 0 && cs.Len() == 0
 	case cs != nil:
-		if it.Body != nil || len(cs) != NumChunks(size) {
+		if b != nil || len(cs) != NumChunks(size) {
 			return nil, nil, false
 		}
 		for i, c := range cs {
@@ -249,15 +250,15 @@ func handoffBytes(it *Item) (body []byte, chunks Chunks, ok bool) {
 			return cs[0], nil, true
 		}
 		return nil, cs, true
-	case int64(len(it.Body)) != size:
+	case int64(len(b)) != size:
 		return nil, nil, false
 	case size <= ChunkSize:
-		return it.Body, nil, true
+		return b, nil, true
 	default:
 		chunks = make(Chunks, NumChunks(size))
 		for i := range chunks {
 			off, n := ChunkRange(size, i)
-			chunks[i] = it.Body[off : off+n : off+n]
+			chunks[i] = b[off : off+n : off+n]
 		}
 		return nil, chunks, true
 	}

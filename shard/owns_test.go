@@ -207,8 +207,8 @@ func TestSetOwnsMovesOnlyWhatChanged(t *testing.T) {
 			t.Errorf("OnDrop(%s): %p; want the published item %p", p, it, before[p])
 			continue
 		}
-		if !bytes.Equal(it.Body, []byte(files[p[1:]])) {
-			t.Errorf("OnDrop(%s): %d bytes held; want %d", p, len(it.Body), len(files[p[1:]]))
+		if !bytes.Equal(it.Body(), []byte(files[p[1:]])) {
+			t.Errorf("OnDrop(%s): %d bytes held; want %d", p, len(it.Body()), len(files[p[1:]]))
 		}
 	}
 
@@ -316,22 +316,20 @@ func TestSetOwnsHandoff(t *testing.T) {
 
 	bad := map[string]func(it *Item) *Item{
 		"altered bytes": func(it *Item) *Item {
-			body := bytes.Clone(it.Body)
+			body := bytes.Clone(it.Body())
 			body[len(body)/2]++
-			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: body}, it.ModTime())
+			return withModTime(withBody(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag}, body), it.ModTime())
 		},
 		"wrong version": func(it *Item) *Item {
-			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: Tag{}, Body: it.Body}, it.ModTime())
+			return withModTime(withBody(&Item{Path: it.Path, Size: it.Size, Tag: Tag{}}, it.Body()), it.ModTime())
 		},
 		"wrong mtime": func(it *Item) *Item {
-			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: it.Body}, it.ModTime().Add(time.Second))
+			return withModTime(withBody(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag}, it.Body()), it.ModTime().Add(time.Second))
 		},
 		"wrong size": func(it *Item) *Item {
-			return withModTime(&Item{Path: it.Path, Size: it.Size - 1, Tag: it.Tag, Body: it.Body[1:]}, it.ModTime())
+			return withModTime(withBody(&Item{Path: it.Path, Size: it.Size - 1, Tag: it.Tag}, it.Body()[1:]), it.ModTime())
 		},
-		"short body": func(it *Item) *Item {
-			return withModTime(&Item{Path: it.Path, Size: it.Size, Tag: it.Tag, Body: it.Body[1:]}, it.ModTime())
-		},
+		// A body shorter than Size cannot be set (TestItemBody).
 	}
 	for name, spoil := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -372,13 +370,13 @@ func TestSetOwnsHandoffLayout(t *testing.T) {
 		ok   bool
 		n    int // chunks; 0: a Body
 	}{
-		{"small body", &Item{Size: 3, Body: []byte("abc")}, true, 0},
+		{"small body", withBody(&Item{Size: 3}, []byte("abc")), true, 0},
 		{"small as a chunk", withChunks(&Item{Size: 3}, Chunks{[]byte("abc")}), true, 0},
 		{"empty", &Item{Size: 0}, true, 0},
-		{"big body", &Item{Size: int64(len(big)), Body: big}, true, 2},
+		{"big body", withBody(&Item{Size: int64(len(big))}, big), true, 2},
 		{"big chunks", withChunks(&Item{Size: int64(len(big))}, Chunks{big[:ChunkSize], big[ChunkSize:]}), true, 2},
 		{"bad chunks", withChunks(&Item{Size: int64(len(big))}, Chunks{big[:10], big[10:]}), false, 0},
-		{"both", withChunks(&Item{Size: 3, Body: []byte("abc")}, Chunks{[]byte("abc")}), false, 0},
+		{"both", withChunks(withBody(&Item{Size: 3}, []byte("abc")), Chunks{[]byte("abc")}), false, 0},
 		{"none", &Item{Size: 3}, false, 0},
 	} {
 		body, chunks, ok := handoffBytes(c.it)

@@ -6,7 +6,7 @@ import (
 )
 
 func pushItem(path, version string, n int) *Item {
-	return withETag(&Item{Path: path, Size: int64(n), Body: bytes.Repeat([]byte{'x'}, n)}, `"`+version+`"`)
+	return withETag(withBody(&Item{Path: path, Size: int64(n)}, bytes.Repeat([]byte{'x'}, n)), `"`+version+`"`)
 }
 
 // TestHotPush: a pushed copy is held without any request, served at its

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"strings"
 	"sync"
+	"unsafe"
 )
 
 // errChanging means the file changed while it was being read: its size or
@@ -89,7 +90,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 			head = chunks[0]
 			c.SetChunks(chunks)
 		default:
-			head, c.Body = chunks[0], chunks[0]
+			head, c.body = chunks[0], unsafe.SliceData(chunks[0])
 		}
 	} else {
 		bp := chunkPool.Get().(*[]byte)

@@ -47,8 +47,8 @@ func TestRefreshRereadsUnchangedLooking(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(it.Body) != "new!" || SameVersion(it, old) {
-		t.Fatalf("after Refresh: body %q etag %s (old %s)", it.Body, it.ETag(), old.ETag())
+	if string(it.Body()) != "new!" || SameVersion(it, old) {
+		t.Fatalf("after Refresh: body %q etag %s (old %s)", it.Body(), it.ETag(), old.ETag())
 	}
 	if n := s.Refresh("/nope", false); n != 1 {
 		t.Fatalf("Refresh of one path looked at %d", n)

@@ -34,9 +34,11 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"math"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -71,11 +73,9 @@ type Item struct {
 	// SetETag for an ETag from elsewhere.
 	Tag Tag
 
-	// Body holds the content when the item is resident in memory and at
-	// most ChunkSize bytes long; nil when it is not resident (over the
-	// memory budget, or a transient item of a file over 1 MiB read on
-	// demand: read it with Store.Open) or held in Chunks. Never modify it.
-	Body []byte
+	// body is the first byte of Body (nil when there is none): Body is
+	// Size bytes from there, 8 bytes in the Item where a slice took 24.
+	body *byte
 
 	// Memo is a slot for the layer above to keep what it derives from the
 	// item, computed once (the HTTP handler keeps the item's response
@@ -383,8 +383,30 @@ func SameModTime(a, b *Item) bool {
 	return a.ModTime().Equal(b.ModTime())
 }
 
+// Body holds the content when the item is resident in memory and at most
+// ChunkSize bytes long; nil when it is not resident (over the memory budget,
+// or a transient item of a file over 1 MiB read on demand: read it with
+// Store.Open) or held in Chunks. Never modify it.
+func (it *Item) Body() []byte {
+	if it.body == nil {
+		return nil
+	}
+	return unsafe.Slice(it.body, it.Size)
+}
+
+// SetBody sets the Body of an Item being built, before anyone else sees
+// it: b (nil for none) must be Size bytes long; else SetBody reports an
+// error and leaves the Item as it was.
+func (it *Item) SetBody(b []byte) error {
+	if b != nil && int64(len(b)) != it.Size {
+		return fmt.Errorf("a body of %d bytes for an item of %d", len(b), it.Size)
+	}
+	it.body = unsafe.SliceData(b)
+	return nil
+}
+
 // Resident reports whether the item's bytes are held in memory.
-func (it *Item) Resident() bool { return it.Body != nil || it.Chunks() != nil || it.Size == 0 }
+func (it *Item) Resident() bool { return it.body != nil || it.Chunks() != nil || it.Size == 0 }
 
 // Config configures a Store.
 type Config struct {

@@ -286,7 +286,7 @@ func TestSymlinkWatch(t *testing.T) {
 		mustNotFound(t, s, p)
 	}
 	s.Each(func(it *Item) bool {
-		if strings.Contains(string(it.Body), "SECRET") {
+		if strings.Contains(string(it.Body()), "SECRET") {
 			t.Errorf("%s serves the file outside the root", it.Path)
 		}
 		return true

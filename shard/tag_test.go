@@ -123,3 +123,23 @@ func TestItemModTime(t *testing.T) {
 		t.Errorf("an Item's zero ModTime is %v", it.ModTime())
 	}
 }
+
+// An Item's Body is Size bytes or none: SetBody refuses any other length
+// and leaves the Item as it was.
+func TestItemBody(t *testing.T) {
+	b := []byte("abcd")
+	it := &Item{Size: 4}
+	if err := it.SetBody(b[1:]); err == nil || it.Body() != nil || it.Resident() {
+		t.Fatalf("a 3-byte body for a 4-byte item: %v, Body %q", err, it.Body())
+	}
+	if err := it.SetBody(b); err != nil || &it.Body()[0] != &b[0] || len(it.Body()) != 4 || !it.Resident() {
+		t.Fatalf("SetBody(4 bytes): %v, Body %q", err, it.Body())
+	}
+	if err := it.SetBody(nil); err != nil || it.Body() != nil {
+		t.Fatalf("SetBody(nil): %v, Body %q", err, it.Body())
+	}
+	empty := &Item{}
+	if err := empty.SetBody([]byte{}); err != nil || empty.Body() == nil || len(empty.Body()) != 0 {
+		t.Fatalf("an empty body: %v, %v", err, empty.Body() == nil)
+	}
+}

@@ -82,8 +82,8 @@ func testChanges(t *testing.T, cfg Config) {
 
 	write(t, s, "change.txt", "new and longer")
 	reflect(t, s, &log, "/change.txt", "new and longer")
-	if string(old.Body) != "old" || old.ETag() != etagOf("old") {
-		t.Errorf("an old Item changed under its holder: %q %s", old.Body, old.ETag())
+	if string(old.Body()) != "old" || old.ETag() != etagOf("old") {
+		t.Errorf("an old Item changed under its holder: %q %s", old.Body(), old.ETag())
 	}
 
 	write(t, s, "created.txt", "fresh")
