@@ -4,7 +4,6 @@ import (
 	"hash/maphash"
 	"iter"
 	"slices"
-	"time"
 )
 
 // fileTable is the store's records of the files it holds, by path: open
@@ -130,17 +129,6 @@ func (t *fileTable) all() iter.Seq2[string, *fileRec] {
 			}
 		}
 	}
-}
-
-// setMtime records t as the file's last observed modification time.
-func (rec *fileRec) setMtime(t time.Time) { rec.sec, rec.nsec = t.Unix(), int32(t.Nanosecond()) }
-
-// mtime is the file's last observed modification time.
-func (rec *fileRec) mtime() time.Time { return time.Unix(rec.sec, int64(rec.nsec)) }
-
-// mtimeIs reports whether t is the last observed modification time.
-func (rec *fileRec) mtimeIs(t time.Time) bool {
-	return rec.sec == t.Unix() && rec.nsec == int32(t.Nanosecond())
 }
 
 // names is the set of names a directory's record tracks (the files this

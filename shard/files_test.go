@@ -51,7 +51,7 @@ func TestFileTable(t *testing.T) {
 		// Grow.
 		for i := range 5000 {
 			p := fmt.Sprintf("/d%d/f%d-%d", i%97, round, i)
-			r := &fileRec{path: p, size: int64(i)}
+			r := &fileRec{path: p}
 			tab.put(r)
 			model[p] = r
 		}
@@ -82,10 +82,12 @@ func TestFileTable(t *testing.T) {
 	check("reused")
 }
 
-// TestFileRecMtime: a record keeps a modification time exactly, the zero
-// time included (a path only listed), and a record stays in the 48-byte
-// size class.
-func TestFileRecMtime(t *testing.T) {
+// TestSeen: what storage was last seen to hold at a path is its record's
+// data's size and modification time, or else kept in Store.seen, exactly
+// (the zero time included: a path only listed); a record stays in the
+// 32-byte size class, and seen empties and shrinks as loads catch up.
+func TestSeen(t *testing.T) {
+	s := &Store{}
 	for _, tm := range []time.Time{
 		{},
 		time.Unix(0, 0),
@@ -94,17 +96,46 @@ func TestFileRecMtime(t *testing.T) {
 		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
 		time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
 	} {
-		var rec fileRec
-		rec.setMtime(tm)
-		if !rec.mtime().Equal(tm) || !rec.mtimeIs(tm) || rec.mtime().IsZero() != tm.IsZero() {
-			t.Errorf("setMtime(%v): mtime %v (zero %v), mtimeIs %v", tm, rec.mtime(), rec.mtime().IsZero(), rec.mtimeIs(tm))
+		rec := &fileRec{path: "/x"}
+		s.setSeenLocked(rec, 7, tm)
+		if v := s.seenLocked(rec); v.size != 7 || !v.mtime().Equal(tm) || v.mtime().IsZero() != tm.IsZero() || !s.staleLocked(rec) {
+			t.Errorf("seen %v, not loaded: %d bytes of %v (zero %v), stale %v", tm, v.size, v.mtime(), v.mtime().IsZero(), s.staleLocked(rec))
 		}
-		if rec.mtimeIs(tm.Add(time.Nanosecond)) {
-			t.Errorf("setMtime(%v): mtimeIs a nanosecond later", tm)
+		rec.data = withModTime(&Item{Path: "/x", Size: 7}, tm) // loaded
+		s.setSeenLocked(rec, 7, tm)
+		if len(s.seen) != 0 || s.staleLocked(rec) || s.seenLocked(rec) != seenOf(7, tm) {
+			t.Errorf("seen %v, loaded: %d entries, stale %v", tm, len(s.seen), s.staleLocked(rec))
 		}
+		s.setSeenLocked(rec, 7, tm.Add(time.Nanosecond)) // changed on storage
+		if len(s.seen) != 1 || !s.staleLocked(rec) || s.seenLocked(rec) != seenOf(7, tm.Add(time.Nanosecond)) {
+			t.Errorf("seen %v, then a nanosecond later: %d entries, stale %v", tm, len(s.seen), s.staleLocked(rec))
+		}
+		s.forgetSeenLocked(rec)
 	}
-	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 48 {
-		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 48", unsafe.Sizeof(fileRec{}), n)
+
+	recs := make([]*fileRec, 4000)
+	for i := range recs {
+		recs[i] = &fileRec{path: fmt.Sprint("/f", i)}
+		s.setSeenLocked(recs[i], int64(i), time.Unix(int64(i), 0))
+	}
+	for _, rec := range recs[:3500] {
+		s.forgetSeenLocked(rec)
+	}
+	if len(s.seen) != 500 || s.seenPeak >= 4000/4 {
+		t.Errorf("after 3500 of 4000 were forgotten: %d entries, peak %d; want 500, in a map built anew under a quarter of 4000", len(s.seen), s.seenPeak)
+	}
+	for i, rec := range recs[3500:] {
+		if v := s.seenLocked(rec); v.size != int64(3500+i) {
+			t.Fatalf("%s: %d bytes after the map was built anew", rec.path, v.size)
+		}
+		s.forgetSeenLocked(rec)
+	}
+	if s.seen != nil {
+		t.Errorf("seen is %d entries once all were forgotten; want nil", len(s.seen))
+	}
+
+	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 32 {
+		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 32", unsafe.Sizeof(fileRec{}), n)
 	}
 }
 

@@ -102,10 +102,13 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 		}
 		s.held.Add(held(c) - held(old))
 		rec.data = c
+		if v, ok := s.seen[rec]; ok && v == seenOf(c.Size, c.ModTime()) {
+			s.forgetSeenLocked(rec)
+		}
 	} else {
 		c.mem.release() // the same bytes are held already; nobody saw these
 	}
-	if rec.is(recDirty) || rec.size != c.Size || !rec.mtimeIs(c.ModTime()) {
+	if rec.is(recDirty) || s.seenLocked(rec) != seenOf(c.Size, c.ModTime()) {
 		// Storage was seen to change after this load began: look again.
 		s.kick(j.path, rec.is(recDirty), 0)
 	}

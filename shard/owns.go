@@ -168,7 +168,8 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		return nil
 	}
 	s.mu.RLock()
-	size, mtime := j.rec.size, j.rec.mtime()
+	seen := s.seenLocked(j.rec)
+	size, mtime := seen.size, seen.mtime()
 	s.mu.RUnlock()
 	var fi fs.FileInfo
 	if mtime.IsZero() {

@@ -66,7 +66,7 @@ func (s *Store) prime() {
 	for p, rec := range s.files.all() {
 		if s.needLocked(p) {
 			rec.set(recQueued, true)
-			plan = append(plan, item{p, rec.size})
+			plan = append(plan, item{p, s.seenLocked(rec).size})
 		}
 	}
 	s.planned = true
@@ -140,8 +140,8 @@ dispatch:
 		j := s.startLoadLocked(it.path)
 		switch {
 		case s.budget == 0:
-		case holding && s.reserveLocked(rec.size, 0):
-			j.res = rec.size
+		case holding && s.reserveLocked(s.seenLocked(rec).size, 0):
+			j.res = s.seenLocked(rec).size
 		default:
 			holding = false
 			j.hold = false

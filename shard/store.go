@@ -40,6 +40,8 @@ type Store struct {
 	// Lookups take it only on a miss.
 	mu       sync.RWMutex
 	files    fileTable
+	seen     map[*fileRec]seenAs // what storage holds where a record's data is not that (tree.go)
+	seenPeak int                 // the most entries seen has had since it was made
 	dirs     map[string]*dirRec
 	seq      uint64                 // last load sequence number handed out
 	planned  bool                   // the priming queue is built; later files are the updater's
@@ -185,6 +187,7 @@ func (s *Store) Close() error {
 	s.mu.Lock()
 	s.index.clear()
 	s.files = fileTable{}
+	s.seen, s.seenPeak = nil, 0
 	s.dirs = make(map[string]*dirRec)
 	s.held.Store(0)
 	s.stats.items.Store(0)

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"maps"
 	"path"
 	"time"
 )
@@ -18,14 +19,69 @@ import (
 
 // fileRec is one regular file under the root that this node holds, or a
 // symbolic link to one (its size and modification time are the target's).
-// 48 bytes (files.go keeps it in a table by its path).
+// 32 bytes (files.go keeps it in a table by its path; what storage was
+// last seen to hold there is its data, or in Store.seen).
 type fileRec struct {
 	path string   // its key in Store.files
-	size int64    // last observed (walk, rescan, event)
-	sec  int64    // last observed modification time (setMtime, mtime)
 	data *Item    // last loaded data (no Variants); nil if not loaded (or not ours)
-	nsec int32    // with sec
 	st   recState // the latest load's number and the flags below
+}
+
+// What storage was last seen to hold at a record's path (walk, rescan,
+// event): its data's size and modification time, nearly always, so only
+// the records seen otherwise (not loaded yet, changed since their load)
+// keep theirs, in Store.seen. A record takes 32 bytes where it took 48.
+
+// seenAs is a file's size and modification time as last seen on storage.
+type seenAs struct {
+	size int64
+	sec  int64
+	nsec int32
+}
+
+func seenOf(size int64, mtime time.Time) seenAs {
+	return seenAs{size: size, sec: mtime.Unix(), nsec: int32(mtime.Nanosecond())}
+}
+
+func (v seenAs) mtime() time.Time { return time.Unix(v.sec, int64(v.nsec)) }
+
+// seenLocked is what storage was last seen to hold at rec's path.
+func (s *Store) seenLocked(rec *fileRec) seenAs {
+	if v, ok := s.seen[rec]; ok {
+		return v
+	}
+	return seenOf(rec.data.Size, rec.data.ModTime())
+}
+
+// setSeenLocked records that storage holds size bytes of mtime at rec's
+// path.
+func (s *Store) setSeenLocked(rec *fileRec, size int64, mtime time.Time) {
+	if v := seenOf(size, mtime); rec.data == nil || v != seenOf(rec.data.Size, rec.data.ModTime()) {
+		if s.seen == nil {
+			s.seen = make(map[*fileRec]seenAs)
+		}
+		s.seen[rec] = v
+		s.seenPeak = max(s.seenPeak, len(s.seen))
+		return
+	}
+	s.forgetSeenLocked(rec)
+}
+
+// forgetSeenLocked drops rec's entry in s.seen, if any: its data is what
+// storage holds, or it is gone. The map is built anew once it has shrunk
+// to a quarter of its peak (priming fills it with every file this node
+// holds, and a Go map keeps its size), and dropped once empty.
+func (s *Store) forgetSeenLocked(rec *fileRec) {
+	if _, ok := s.seen[rec]; !ok {
+		return
+	}
+	delete(s.seen, rec)
+	switch n := len(s.seen); {
+	case n == 0:
+		s.seen, s.seenPeak = nil, 0
+	case n < s.seenPeak/4 && s.seenPeak > 1024:
+		s.seen, s.seenPeak = maps.Clone(s.seen), n
+	}
 }
 
 // recState is a fileRec's flags, and the low bits of the number of the
@@ -55,9 +111,10 @@ func (rec *fileRec) setSeq(seq uint64) { rec.st = rec.st&^recSeqMask | recState(
 
 func (rec *fileRec) seqIs(seq uint64) bool { return rec.st&recSeqMask == recState(seq)&recSeqMask }
 
-// stale reports whether rec needs (re)loading to match storage.
-func (rec *fileRec) stale() bool {
-	return rec.is(recDirty) || rec.data == nil || rec.data.Size != rec.size || !rec.mtimeIs(rec.data.ModTime())
+// staleLocked reports whether rec needs (re)loading to match storage.
+func (s *Store) staleLocked(rec *fileRec) bool {
+	_, other := s.seen[rec]
+	return rec.is(recDirty) || rec.data == nil || other
 }
 
 // dirRec is one directory under the root (or a path to one through
@@ -220,6 +277,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 		return
 	}
 	s.held.Add(-held(rec.data))
+	s.forgetSeenLocked(rec)
 	s.files.remove(p)
 	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
@@ -245,8 +303,8 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 	}
 	rec := s.files.get(p)
 	if rec == nil {
-		rec = &fileRec{path: p, size: size}
-		rec.setMtime(mtime)
+		rec = &fileRec{path: p}
+		s.setSeenLocked(rec, size, mtime)
 		s.files.put(rec)
 		s.stats.pathBytes.Add(int64(len(p)))
 		if s.setOwn.gaining != nil {
@@ -256,9 +314,8 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 			pd.kids.add(path.Base(p))
 		}
 		aff.add(p)
-	} else if rec.size != size || !rec.mtimeIs(mtime) {
-		rec.size = size
-		rec.setMtime(mtime)
+	} else if s.seenLocked(rec) != seenOf(size, mtime) {
+		s.setSeenLocked(rec, size, mtime)
 		rec.set(recFailed, false)
 		aff.add(p)
 	}
@@ -387,7 +444,7 @@ func (s *Store) wantsLoadLocked(p string) bool {
 	if !s.planned || rec.is(recQueued) || rec.is(recLoading) || rec.is(recFailed) {
 		return false
 	}
-	return rec.stale()
+	return s.staleLocked(rec)
 }
 
 // takeChangesLocked returns and resets the changes recorded for OnChange.
