@@ -90,7 +90,7 @@ func prepare(resp *response, w http.ResponseWriter, r *http.Request, it *shard.I
 	// Let an ETag or Content-Type set by an earlier handler win, as
 	// file_server does.
 	_, haveEtag := hdr["Etag"]
-	if !haveEtag {
+	if !haveEtag && hv.etag != "" { // "": an item from elsewhere without one
 		hdr["Etag"] = own(1, hv.etag)
 	}
 	_, haveType := hdr["Content-Type"]

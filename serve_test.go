@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -200,4 +201,25 @@ func withETag(it *shard.Item, etag string) *shard.Item {
 func withModTime(it *shard.Item, t time.Time) *shard.Item {
 	it.SetModTime(t)
 	return it
+}
+
+// An item without an ETag (one from elsewhere that came with none) gets no
+// Etag header, not an empty one; an item with one gets it.
+func TestPrepareETagHeader(t *testing.T) {
+	for _, c := range []struct {
+		etag string
+		want []string
+	}{
+		{"", nil},
+		{`"0123456789abcdef0011223344556677"`, []string{`"0123456789abcdef0011223344556677"`}},
+		{`"v1"`, []string{`"v1"`}},
+	} {
+		it := withETag(&shard.Item{Path: "/x", Size: 3}, c.etag)
+		w := httptest.NewRecorder()
+		var resp response
+		prepare(&resp, w, httptest.NewRequest(http.MethodGet, "/x", nil), it, "")
+		if got := w.Header()["Etag"]; !slices.Equal(got, c.want) {
+			t.Errorf("ETag %q: header %q; want %q", c.etag, got, c.want)
+		}
+	}
 }

@@ -334,8 +334,8 @@ func (tt *typeTable) slotFor(meta *peering.Meta, key uint64, fp uint32) (tocSlot
 			return s, false
 		}
 	}
-	if _, err := hex.Decode(s.digest[:], []byte(v)); err != nil {
-		return s, false
+	if _, err := hex.Decode(s.digest[:], []byte(v)); err != nil || s.digest == (shard.Tag{}) {
+		return s, false // a zero Tag is an Item's "no ETag"
 	}
 	for _, vr := range meta.Variants {
 		f, ok := encodingFlag[vr.Encoding]

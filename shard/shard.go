@@ -69,8 +69,8 @@ type Item struct {
 
 	// Tag is the hash of the content the ETag and Version are made of: the
 	// same on every machine that holds the same bytes. 16 bytes in the
-	// Item where the quoted ETag took 16 plus a 48-byte string. Set it with
-	// SetETag for an ETag from elsewhere.
+	// Item where the quoted ETag took 16 plus a 48-byte string. Zero: no
+	// ETag. Set it with SetETag for an ETag from elsewhere.
 	Tag Tag
 
 	// body is the first byte of Body (nil when there is none): Body is
@@ -255,7 +255,7 @@ func (t Tag) appendHex(b []byte) []byte { return hex.AppendEncode(b, t[:]) }
 // ETag is the item's strong entity tag: its Tag in hex, quoted (or what
 // SetETag was given, if that was not one).
 func (it *Item) ETag() string {
-	if e := it.otherETag(); e != "" {
+	if e := it.otherETag(); e != "" || it.Tag == (Tag{}) {
 		return e
 	}
 	var b [2 + 2*len(Tag{})]byte
@@ -265,7 +265,7 @@ func (it *Item) ETag() string {
 // AppendETag appends the item's ETag to b: with room for 34 bytes in b,
 // without allocating.
 func (it *Item) AppendETag(b []byte) []byte {
-	if e := it.otherETag(); e != "" {
+	if e := it.otherETag(); e != "" || it.Tag == (Tag{}) {
 		return append(b, e...)
 	}
 	b = append(b, '"')
@@ -275,10 +275,12 @@ func (it *Item) AppendETag(b []byte) []byte {
 
 // SetETag sets the ETag of an Item being built, before anyone else sees
 // it: a quoted Version goes into Tag; anything else (an item built
-// elsewhere, a test's "v1") is kept as given, and Tag is zero.
+// elsewhere, a test's "v1", none: "") is kept as given, and Tag is zero. A
+// zero Tag stands for no ETag, so the (never seen) hash of 16 zero bytes is
+// kept as given too.
 func (it *Item) SetETag(etag string) {
 	if len(etag) >= 2 && etag[0] == '"' && etag[len(etag)-1] == '"' {
-		if t, ok := tagOf(etag[1 : len(etag)-1]); ok {
+		if t, ok := tagOf(etag[1 : len(etag)-1]); ok && t != (Tag{}) {
 			it.Tag = t
 			etag = ""
 		}
@@ -315,6 +317,9 @@ func (it *Item) Version() string {
 		}
 		return e[1 : len(e)-1]
 	}
+	if it.Tag == (Tag{}) {
+		return "" // no ETag
+	}
 	return string(it.Tag.appendHex(make([]byte, 0, 2*len(Tag{}))))
 }
 
@@ -322,6 +327,9 @@ func (it *Item) Version() string {
 func (it *Item) HasVersion(v string) bool {
 	if e := it.otherETag(); e != "" {
 		return len(e) >= 2 && e[1:len(e)-1] == v
+	}
+	if it.Tag == (Tag{}) {
+		return v == "" // no ETag
 	}
 	t, ok := tagOf(v)
 	return ok && t == it.Tag

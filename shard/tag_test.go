@@ -57,13 +57,28 @@ func TestItemETag(t *testing.T) {
 	if SameVersion(a, b) {
 		t.Error("v1 and v2 have the same version")
 	}
-	b.SetETag(`"` + "00000000000000000000000000000000" + `"`) // a zero Tag, not "other"
-	if SameVersion(a, b) || b.ETag() != `"00000000000000000000000000000000"` {
-		t.Errorf("a zero Tag: %s", b.ETag())
-	}
+	b.SetETag(`"0123456789abcdef0011223344556677"`)
 	a.SetETag(b.ETag()) // from other back to a Tag
 	if !SameVersion(a, b) || a.otherETag() != "" {
 		t.Errorf("set again: %s", a.ETag())
+	}
+
+	// A zero Tag is no ETag; the hash of 16 zero bytes is kept as given.
+	none, zero := &Item{}, &Item{}
+	zero.SetETag(`"00000000000000000000000000000000"`)
+	if none.ETag() != "" || none.Version() != "" || !none.HasVersion("") || string(none.AppendETag([]byte("x"))) != "x" {
+		t.Errorf("no ETag: ETag %q, Version %q, HasVersion(\"\") %v", none.ETag(), none.Version(), none.HasVersion(""))
+	}
+	if zero.ETag() != `"00000000000000000000000000000000"` || zero.Version() != "00000000000000000000000000000000" ||
+		zero.HasVersion("") || !zero.HasVersion("00000000000000000000000000000000") {
+		t.Errorf("the zero hash: ETag %q, Version %q", zero.ETag(), zero.Version())
+	}
+	if SameVersion(none, zero) || !SameVersion(none, &Item{}) {
+		t.Error("no ETag and the zero hash compare wrong")
+	}
+	none.SetETag("")
+	if none.ETag() != "" || none.more != nil {
+		t.Errorf("SetETag(\"\"): ETag %q, extension %v", none.ETag(), none.more)
 	}
 }
 
