@@ -183,8 +183,8 @@ func TestHeadersOf(t *testing.T) {
 			}
 		}
 	}
-	if _, ok := plain.Memo.Load().(*itemMemo); !ok {
-		t.Errorf("an item without variants keeps a %T; want *itemMemo", plain.Memo.Load())
+	if m := plain.Memo.Load(); m != nil {
+		t.Errorf("an item without variants keeps a %T; want nothing", m)
 	}
 	if _, ok := withVars.Memo.Load().(*variantsMemo); !ok {
 		t.Errorf("an item with variants keeps a %T; want *variantsMemo", withVars.Memo.Load())
@@ -220,6 +220,29 @@ func TestPrepareETagHeader(t *testing.T) {
 		prepare(&resp, w, httptest.NewRequest(http.MethodGet, "/x", nil), it, "")
 		if got := w.Header()["Etag"]; !slices.Equal(got, c.want) {
 			t.Errorf("ETag %q: header %q; want %q", c.etag, got, c.want)
+		}
+	}
+}
+
+// appendHTTPDate writes what AppendFormat(http.TimeFormat) writes, in UTC,
+// for any time: a sweep of a few thousand, edges and zones.
+func TestAppendHTTPDate(t *testing.T) {
+	times := []time.Time{
+		{}, time.Unix(0, 0), time.Unix(1, 0), time.Now(),
+		time.Date(999, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(1000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
+		time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(2024, 2, 29, 12, 0, 0, 0, time.FixedZone("x", -7*3600)),
+		time.Date(2000, 3, 1, 0, 30, 0, 0, time.FixedZone("y", 5*3600+1800)),
+	}
+	for s := int64(-5e9); s < 8e9; s += 3_700_021 {
+		times = append(times, time.Unix(s, 0))
+	}
+	for _, tm := range times {
+		want := tm.UTC().Format(http.TimeFormat)
+		if got := string(appendHTTPDate([]byte("x"), tm)); got != "x"+want {
+			t.Errorf("%v: %q; want %q", tm, got, "x"+want)
 		}
 	}
 }

@@ -78,9 +78,9 @@ type Item struct {
 	body *byte
 
 	// Memo is a slot for the layer above to keep what it derives from the
-	// item, computed once (the HTTP handler keeps the item's response
-	// header values here, so a hit allocates nothing). The store never
-	// reads it. An Item must not be copied once in use (go vet says so).
+	// item, computed once (the HTTP handler keeps the response header
+	// values of an item with variants here). The store never reads it. An
+	// Item must not be copied once in use (go vet says so).
 	Memo Memo
 
 	// more holds the chunks and variants of the few items that have any
@@ -95,7 +95,7 @@ type Item struct {
 
 // Memo is Item.Memo: a value set and read atomically, like atomic.Value,
 // in 8 bytes where atomic.Value takes 16 (an Item is 112 bytes, not 128).
-// Storing allocates a box for the value, once per item that is ever served.
+// Storing allocates a box for the value.
 type Memo struct {
 	p atomic.Pointer[any]
 }
