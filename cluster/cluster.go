@@ -512,13 +512,19 @@ func (c *Cluster) publishStateLocked() {
 	}
 }
 
-// state is what this node advertises: its ring and its groups.
+// state is what this node advertises: its ring and its groups. A group is
+// ready only when its store's share is for that very ring: SetMembers
+// swaps the membership before it has the stores take their new share
+// (settleLocked), and a state published in between (watchReady's tick)
+// would otherwise call a table ready for a ring it lacks the gained files
+// of, and the peers would answer 404 for them (TestStateReadyOnlyForTheStoresRing).
 func (c *Cluster) state() peering.State {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	st := peering.State{Epoch: c.members.Load().Epoch()}
 	for name, og := range c.own {
-		st.Groups = append(st.Groups, peering.GroupState{Name: name, Ready: og.sent})
+		ready := og.sent && og.store != nil && c.epochs[og.store] == st.Epoch
+		st.Groups = append(st.Groups, peering.GroupState{Name: name, Ready: ready})
 	}
 	sort.Slice(st.Groups, func(i, j int) bool { return st.Groups[i].Name < st.Groups[j].Name })
 	return st

@@ -577,3 +577,40 @@ func (c *Cluster) settled() bool {
 	}
 	return true
 }
+
+// A group is advertised ready only for the ring its store holds its share
+// for. SetMembers swaps the membership first and has the stores take their
+// new share after; a state published in between (the readiness ticker runs
+// every 50 ms) called the table ready for the new ring, and peers answered
+// 404 for the files the node had just gained (TestDynamicMemberRemovedByReload
+// saw one).
+func TestStateReadyOnlyForTheStoresRing(t *testing.T) {
+	root, paths := site(t, 10)
+	nodes := newNodes(t, "n1", "n2")
+	for _, n := range nodes {
+		n.start(t, "www", copySite(t, root, paths))
+	}
+	for _, n := range nodes {
+		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
+	}
+	c := nodes[0].c
+	ready := func() bool {
+		for _, g := range c.state().Groups {
+			if g.Name == "www" {
+				return g.Ready
+			}
+		}
+		return false
+	}
+	if !ready() {
+		t.Fatal("www is not advertised ready once primed")
+	}
+	old := c.members.Swap(NewMembership("n1", false, nil, 1)) // as SetMembers does first
+	if ready() {
+		t.Error("www advertised ready for a ring its store has not taken its share of")
+	}
+	c.members.Store(old)
+	if !ready() {
+		t.Error("www not advertised ready once the ring is its store's again")
+	}
+}
