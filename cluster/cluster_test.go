@@ -333,12 +333,7 @@ func TestGroupAddedByCommitIsPublished(t *testing.T) {
 	root, paths := site(t, 20)
 	root2, paths2 := site(t, 20)
 	nodes := newNodes(t, "n1", "n2")
-	for _, n := range nodes {
-		n.start(t, "www", copySite(t, root, paths))
-	}
-	for _, n := range nodes {
-		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
-	}
+	startTrusting(t, nodes, "www", root, paths)
 	// Reload: both nodes add group "two".
 	for _, n := range nodes {
 		st2 := n.newStore(t, "two", copySite(t, root2, paths2), n.m)
@@ -380,12 +375,7 @@ func pathOf(t *testing.T, m *Membership, owner, pattern string) string {
 func TestMemberRemovedByCommit(t *testing.T) {
 	root, paths := site(t, 40)
 	nodes := newNodes(t, "n1", "n2", "n3")
-	for _, n := range nodes {
-		n.start(t, "www", copySite(t, root, paths))
-	}
-	for _, n := range nodes {
-		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
-	}
+	startTrusting(t, nodes, "www", root, paths)
 	left := nodes[:2]
 	for _, n := range left {
 		var peers []peering.Peer
@@ -587,12 +577,7 @@ func (c *Cluster) settled() bool {
 func TestStateReadyOnlyForTheStoresRing(t *testing.T) {
 	root, paths := site(t, 10)
 	nodes := newNodes(t, "n1", "n2")
-	for _, n := range nodes {
-		n.start(t, "www", copySite(t, root, paths))
-	}
-	for _, n := range nodes {
-		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
-	}
+	startTrusting(t, nodes, "www", root, paths)
 	c := nodes[0].c
 	ready := func() bool {
 		for _, g := range c.state().Groups {
@@ -612,5 +597,17 @@ func TestStateReadyOnlyForTheStoresRing(t *testing.T) {
 	c.members.Store(old)
 	if !ready() {
 		t.Error("www not advertised ready once the ring is its store's again")
+	}
+}
+
+// startTrusting starts every node on its own copy of root's paths as group,
+// and waits until each trusts all the others for it.
+func startTrusting(t *testing.T, nodes []*tnode, group, root string, paths []string) {
+	t.Helper()
+	for _, n := range nodes {
+		n.start(t, group, copySite(t, root, paths))
+	}
+	for _, n := range nodes {
+		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, group) })
 	}
 }

@@ -167,12 +167,7 @@ func TestTOCCollisionsAndVariantsAskTheOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	paths := append(append([]string{}, same...), near...)
-	for _, n := range nodes {
-		n.start(t, "www", copySite(t, root, append(paths, near[0]+".gz")))
-	}
-	for _, n := range nodes {
-		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
-	}
+	startTrusting(t, nodes, "www", root, append(paths, near[0]+".gz"))
 	before := g.metaFetches.Load()
 	for _, p := range paths {
 		res, err := g.Resolve(n1.store, p)
@@ -214,12 +209,7 @@ func TestReconnectResumesTheTable(t *testing.T) {
 	root, paths := site(t, 200)
 	nodes := newNodes(t, "n1", "n2")
 	n1, n2 := nodes[0], nodes[1]
-	for _, n := range nodes {
-		n.start(t, "www", copySite(t, root, paths))
-	}
-	for _, n := range nodes {
-		waitFor(t, "trust", func() bool { return n.trustsAll(nodes, "www") })
-	}
+	startTrusting(t, nodes, "www", root, paths)
 	full := n2.c.Node().TOCBytesSent()
 	var theirs []string
 	for _, p := range paths {
