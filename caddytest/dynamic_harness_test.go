@@ -72,7 +72,7 @@ type dynNodeSpec struct {
 func (s dynNodeSpec) caddyfile() string {
 	var b strings.Builder
 	// grace_period 1s: at SIGTERM, Caddy 2.11.9's HTTP shutdown was seen
-	// waiting its whole grace period (5 s, the harness's limit) for a
+	// waiting its whole grace period (5 s, then the harness's limit) for a
 	// connection the tests' clients left, with a goroutine dump showing no
 	// request in progress in our handler; these tests are not about
 	// shutdown.
