@@ -114,11 +114,12 @@ func (x *index) delete(p string) {
 }
 
 // grow publishes a table sized for the live entries (a load of at most
-// 3/8), without tombstones: larger when the slots fill up, smaller when
-// most entries are gone. The caller is the writer.
+// 1/2), without tombstones: twice as large when the slots fill up (from
+// just over 3/4 to just over 3/8), smaller when most entries are gone. The
+// caller is the writer.
 func (x *index) grow() {
 	n := minSlots
-	for 8*x.live > 3*n { // a load of at most 3/8 after growing
+	for 2*x.live > n { // "at most 3/8" quadrupled a table filled just over 3/4
 		n *= 2
 	}
 	old, t := x.tab.Load(), newTable(n)
