@@ -695,7 +695,7 @@ func lastModifiedOf(modTime time.Time) string {
 	if modTime.IsZero() {
 		return ""
 	}
-	return modTime.UTC().Format(http.TimeFormat)
+	return string(appendHTTPDate(nil, modTime))
 }
 
 // noBody stands for bytes of a known size that are never read: it lets
