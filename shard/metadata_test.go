@@ -8,8 +8,6 @@ import (
 	"runtime"
 	"testing"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 )
 
 // heapInUse is the live heap after two collections.
@@ -45,8 +43,8 @@ func TestMetadataBytesEstimate(t *testing.T) {
 	var perFile [2]float64
 	third := func(p string) bool { return !rule(0)(p) }
 	for k, own := range []func(string) bool{nil, third} {
-		newWatcher = func() (*fsnotify.Watcher, error) { return nil, errors.New("not in this test") }
-		t.Cleanup(func() { newWatcher = fsnotify.NewWatcher })
+		newWatcher = func(string) (dirWatcher, error) { return nil, errors.New("not in this test") }
+		t.Cleanup(func() { newWatcher = newDirWatcher })
 		before := heapInUse()
 		s, err := New(Config{Root: root, Owns: own, Rescan: 1 << 40})
 		if err != nil {

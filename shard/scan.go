@@ -314,9 +314,10 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 				links++
 			}
 		}
-		added, addErr := false, error(nil)
+		added, wd, addErr := false, int32(0), error(nil)
 		if links == 0 && (mode == watchNew || mode == watchFailed) {
-			added, addErr = true, s.addWatch(dir)
+			added = true
+			wd, addErr = s.addWatch(dir)
 		}
 		var l listing
 		if links > maxDirLinks {
@@ -357,13 +358,14 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 		d := s.dirs[dir]
 		switch {
 		case d != nil && added:
-			s.noteWatchLocked(d, addErr)
+			s.noteWatchLocked(d, wd, addErr)
 		case added && addErr == nil:
-			s.unwatchLocked(dir) // gone meanwhile
+			s.unwatchLocked(dir, wd) // gone meanwhile
 		case d != nil && links == 0 && d.watch == watchOn && d.hasID && d.id != oldID:
 			// Another directory under the same path (removed and made
 			// again): the kernel dropped the old one's watch.
-			s.noteWatchLocked(d, s.addWatch(dir))
+			wd, err := s.addWatch(dir)
+			s.noteWatchLocked(d, wd, err)
 		}
 		s.mu.Unlock()
 		return subs

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 )
@@ -53,10 +52,8 @@ func watched(s *Store) map[string]bool {
 	if s.watch.w == nil {
 		return m
 	}
-	for _, name := range s.watch.w.WatchList() {
-		if p, ok := s.eventPath(name); ok {
-			m[p] = true
-		}
+	for _, p := range s.watch.w.list() {
+		m[p] = true
 	}
 	return m
 }
@@ -228,16 +225,16 @@ func TestWatchLimit(t *testing.T) {
 	var mu sync.Mutex
 	full := true
 	var adds int
-	watchAdd = func(w *fsnotify.Watcher, name string) error {
+	watchFault = func(name string) error {
 		mu.Lock()
 		defer mu.Unlock()
 		adds++
 		if full && strings.Contains(name, "sub") {
 			return enospc
 		}
-		return w.Add(name)
+		return nil
 	}
-	t.Cleanup(func() { watchAdd = func(w *fsnotify.Watcher, name string) error { return w.Add(name) } })
+	t.Cleanup(func() { watchFault = nil })
 	core, logs := observer.New(zap.InfoLevel)
 	var log changeLog
 	const every = 50 * time.Millisecond
@@ -300,8 +297,8 @@ func TestRescanIntervalFollowsWalk(t *testing.T) {
 	if iv := s.rescanInterval(); iv != time.Second {
 		t.Errorf("after a 1 ms walk: %v; want the configured 1s", iv)
 	}
-	newWatcher = func() (*fsnotify.Watcher, error) { return nil, errors.New("no watcher in this test") }
-	t.Cleanup(func() { newWatcher = fsnotify.NewWatcher })
+	newWatcher = func(string) (dirWatcher, error) { return nil, errors.New("no watcher in this test") }
+	t.Cleanup(func() { newWatcher = newDirWatcher })
 	s2 := newStore(t, Config{}, nil)
 	s2.watch.lastWalk.Store(int64(2 * time.Second))
 	if iv := s2.rescanInterval(); iv != 40*time.Second {

@@ -237,9 +237,9 @@ func TestSymlinkWatch(t *testing.T) {
 	if s.watch.w == nil {
 		t.Skip("no file watcher")
 	}
-	for _, w := range s.watch.w.WatchList() {
+	for _, w := range s.watch.w.list() {
 		for _, l := range []string{"subdir-link", "abs-dir", "self", "sub/back"} {
-			if strings.HasPrefix(w, filepath.Join(lt.alias, l)) {
+			if strings.HasPrefix(w, "/"+l) {
 				t.Errorf("watching %s: a path through a directory link", w)
 			}
 		}

@@ -125,6 +125,7 @@ type dirRec struct {
 	id    fileID // its identity, from its last listing, to cut cycles
 	hasID bool
 	watch watchMode // whether the watcher watches it (links 0 only)
+	wd    int32     // its watch descriptor, when watched (watchOn)
 }
 
 // obs is one entry of a directory as observed on storage: a regular file or
@@ -265,7 +266,7 @@ func (s *Store) removeDirLocked(p string, aff affected) {
 	}
 	s.stats.dirs.Add(-1)
 	if d.watch == watchOn {
-		s.unwatchLocked(p)
+		s.unwatchLocked(p, d.wd)
 	}
 	s.setWatchLocked(d, watchOff)
 }

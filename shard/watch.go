@@ -3,18 +3,17 @@ package shard
 import (
 	"errors"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"go.uber.org/zap"
 )
 
-// Watching storage for changes: fsnotify on every directory (it does not
-// watch recursively; inotify watches directories, and a file created in any
+// Watching storage for changes: a watch on every directory (inotify does
+// not watch recursively: on Linux inotify(7) itself, watch_linux.go;
+// elsewhere fsnotify, watch_other.go; and a file created in any
 // of them may be this node's to publish: its owner must see it at once),
 // events collected for a short debounce window and then applied as one
 // batch, plus a periodic rescan as the safety net for what notifications
@@ -56,11 +55,33 @@ const (
 	rescanFactor = 20
 )
 
-// newWatcher makes the file watcher; tests swap it to run without one.
-var newWatcher = fsnotify.NewWatcher
+// A dirWatcher watches directories for changes to their entries.
+type dirWatcher interface {
+	// add watches the directory at store path p (abs on the file system)
+	// and returns its watch descriptor (0 where there is none). Adding a
+	// directory twice is harmless.
+	add(p, abs string) (wd int32, err error)
+	// remove stops watching p, added with descriptor wd.
+	remove(p, abs string, wd int32)
+	// run reports events until close: ev for a change at store path p
+	// (create: it was created or moved in; write: written), overflow when
+	// events were lost, fail for other errors. The callbacks must not block.
+	run(ev func(p string, create, write bool), overflow func(), fail func(error))
+	// list returns the store paths watched (tests).
+	list() []string
+	close() error
+}
 
-// watchAdd adds a watch; tests swap it to inject errors (a watch limit).
-var watchAdd = func(w *fsnotify.Watcher, name string) error { return w.Add(name) }
+// errWatcherClosed is add's error once the watcher is closed.
+var errWatcherClosed = errors.New("shard: watcher closed")
+
+// newWatcher makes the file watcher for a root; tests swap it to run
+// without one.
+var newWatcher = newDirWatcher
+
+// watchFault, when set, is asked first by each watch added (the file-system
+// path), and an error from it fails the add: tests inject a watch limit.
+var watchFault func(abs string) error
 
 // watchMode is whether a directory is watched.
 type watchMode uint8
@@ -74,12 +95,12 @@ const (
 
 // watchState is the Store's watcher and the queue of paths to look at again.
 type watchState struct {
-	w        *fsnotify.Watcher // nil: no watcher
-	degraded atomic.Bool       // some directory could not be watched
-	warned   atomic.Bool       // that was logged, and not cleared since
-	failed   atomic.Int64      // directories in watchFailed
-	running  atomic.Bool       // the updater takes kicks
-	lastWalk atomic.Int64      // how long the last walk of the tree took, in nanoseconds
+	w        dirWatcher   // nil: no watcher
+	degraded atomic.Bool  // some directory could not be watched
+	warned   atomic.Bool  // that was logged, and not cleared since
+	failed   atomic.Int64 // directories in watchFailed
+	running  atomic.Bool  // the updater takes kicks
+	lastWalk atomic.Int64 // how long the last walk of the tree took, in nanoseconds
 
 	kickMu sync.Mutex
 	kicked map[string]pending
@@ -96,7 +117,7 @@ type pending struct {
 // changes until Close.
 func (s *Store) run() {
 	defer s.wg.Done()
-	w, err := newWatcher()
+	w, err := newWatcher(s.root)
 	if err != nil {
 		s.log.Warn("file watcher unavailable; changes are found by rescanning only", zap.Error(err))
 	} else {
@@ -105,10 +126,15 @@ func (s *Store) run() {
 	s.watch.running.Store(true)
 	var bg sync.WaitGroup
 	if w != nil {
-		bg.Add(1)
+		bg.Add(2)
 		go func() {
 			defer bg.Done()
 			s.pump(w)
+		}()
+		go func() {
+			defer bg.Done()
+			<-s.ctx.Done()
+			w.close() // ends pump
 		}()
 	}
 	bg.Add(1)
@@ -117,54 +143,46 @@ func (s *Store) run() {
 		s.update()
 	}()
 	s.prime()
-	bg.Wait() // both return when the store is closed
+	bg.Wait() // they all return when the store is closed
 	s.watch.running.Store(false)
-	if w != nil {
-		w.Close()
-	}
 }
 
-// pump moves the watcher's events into the kick queue as they come. It
-// never waits for the updater: fsnotify sends some errors while holding the
-// lock that Add and Remove (called by the updater) need, so the updater
-// must not be the one draining its channels.
-func (s *Store) pump(w *fsnotify.Watcher) {
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			s.stats.events.Add(1)
-			if p, ok := s.eventPath(ev.Name); ok {
-				create := ev.Has(fsnotify.Create)
-				s.kickLook(p, look{force: create || ev.Has(fsnotify.Write), create: create}, debounce)
-			}
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			s.log.Warn("file watcher", zap.Error(err))
-			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				s.kick("/", false, debounce) // events were lost: scan everything
-			}
-		}
-	}
+// pump moves the watcher's events into the kick queue as they come, until
+// the watcher is closed. It never waits for the updater (fsnotify sends some
+// errors while holding the lock that adding and removing watches, which the
+// updater does, need).
+func (s *Store) pump(w dirWatcher) {
+	w.run(func(p string, create, write bool) {
+		s.stats.events.Add(1)
+		s.kickLook(p, look{force: create || write, create: create}, debounce)
+	}, func() {
+		s.log.Warn("file watcher: events were lost (the kernel's queue overflowed); rescanning the tree")
+		s.kick("/", false, debounce)
+	}, func(err error) {
+		s.log.Warn("file watcher", zap.Error(err))
+	})
 }
 
 // addWatch watches directory p (called with s.scanMu held, before listing
-// it). Watching a directory twice is harmless. The first failure is logged
-// (once until every directory is watched again, see watchSettled).
-func (s *Store) addWatch(p string) error {
+// it) and returns its watch descriptor. Watching a directory twice is
+// harmless. The first failure is logged (once until every directory is
+// watched again, see watchSettled).
+func (s *Store) addWatch(p string) (int32, error) {
 	w := s.watch.w
 	if w == nil {
-		return nil
+		return 0, nil
 	}
-	err := watchAdd(w, s.abs(p))
-	if err == nil || errors.Is(err, fsnotify.ErrClosed) {
-		return nil
+	abs := s.abs(p)
+	var wd int32
+	err := error(nil)
+	if watchFault != nil {
+		err = watchFault(abs)
+	}
+	if err == nil {
+		wd, err = w.add(p, abs)
+	}
+	if err == nil || errors.Is(err, errWatcherClosed) {
+		return wd, nil
 	}
 	if !s.watch.warned.Swap(true) {
 		if errors.Is(err, syscall.ENOSPC) {
@@ -180,7 +198,7 @@ func (s *Store) addWatch(p string) error {
 				zap.Duration("rescan_at_least", s.rescanInterval()))
 		}
 	}
-	return err
+	return 0, err
 }
 
 // setWatchLocked records directory d's watch mode, counting the
@@ -200,9 +218,11 @@ func (s *Store) setWatchLocked(d *dirRec, m watchMode) {
 }
 
 // noteWatchLocked records the outcome of scanDir's watch of directory d
-// (addErr: the error adding it, nil when it is watched now).
-func (s *Store) noteWatchLocked(d *dirRec, addErr error) {
+// (wd its descriptor; addErr the error adding it, nil when it is watched
+// now).
+func (s *Store) noteWatchLocked(d *dirRec, wd int32, addErr error) {
 	if addErr == nil {
+		d.wd = wd
 		s.setWatchLocked(d, watchOn)
 	} else {
 		s.setWatchLocked(d, watchFailed)
@@ -222,11 +242,11 @@ func (s *Store) watchSettled() {
 	}
 }
 
-// unwatchLocked stops watching directory p (gone). The kernel may have
-// dropped the watch already.
-func (s *Store) unwatchLocked(p string) {
+// unwatchLocked stops watching directory p (gone), added with descriptor
+// wd. The kernel may have dropped the watch already.
+func (s *Store) unwatchLocked(p string, wd int32) {
 	if w := s.watch.w; w != nil {
-		_ = w.Remove(s.abs(p))
+		w.remove(p, s.abs(p), wd)
 	}
 }
 
@@ -236,22 +256,6 @@ func (s *Store) abs(p string) string {
 		return s.root
 	}
 	return filepath.Join(s.root, filepath.FromSlash(p[1:]))
-}
-
-// eventPath returns the slash-rooted path of an event's file-system path.
-func (s *Store) eventPath(name string) (string, bool) {
-	if name == s.root {
-		return "/", true
-	}
-	prefix := s.root
-	if !strings.HasSuffix(prefix, string(filepath.Separator)) {
-		prefix += string(filepath.Separator)
-	}
-	rest, ok := strings.CutPrefix(name, prefix)
-	if !ok || rest == "" {
-		return "", false
-	}
-	return "/" + filepath.ToSlash(rest), true
 }
 
 // kick asks the updater to look at p again after delay (force: reload it

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 )
 
 // changeLog records OnChange calls.
@@ -130,8 +128,8 @@ func TestWatchChanges(t *testing.T) {
 }
 
 func TestRescanWithoutWatcher(t *testing.T) {
-	newWatcher = func() (*fsnotify.Watcher, error) { return nil, errors.New("no watcher in this test") }
-	t.Cleanup(func() { newWatcher = fsnotify.NewWatcher })
+	newWatcher = func(string) (dirWatcher, error) { return nil, errors.New("no watcher in this test") }
+	t.Cleanup(func() { newWatcher = newDirWatcher })
 	testChanges(t, Config{Rescan: 100 * time.Millisecond})
 }
 
