@@ -99,13 +99,13 @@ func newHotHandler(tb testing.TB, size int, modTime ...time.Time) (*Handler, str
 			p = q
 		}
 	}
-	it := withETag(&shard.Item{Path: p, Size: int64(size), ContentType: "text/css"}, `"v1"`)
+	it := withETag(withType(&shard.Item{Path: p, Size: int64(size)}, "text/css"), `"v1"`)
 	it.SetModTime(time.Now())
 	if len(modTime) > 0 {
 		it.SetModTime(modTime[0])
 	}
 	g.Learn("n2", peering.Delta{Group: "site", Upserts: []peering.Meta{{Path: it.Path, Size: it.Size,
-		ContentType: it.ContentType, ETag: it.ETag(), Version: it.Version(), ModTime: it.ModTime()}}})
+		ContentType: it.ContentType(), ETag: it.ETag(), Version: it.Version(), ModTime: it.ModTime()}}})
 	hot := g.Hot()
 	hot.Get(p, "v1") // two requests seen: admissible
 	hot.Get(p, "v1")

@@ -617,7 +617,7 @@ func usefulModTime(it *shard.Item) time.Time {
 // first use into its Memo.
 func headersOf(it *shard.Item, enc string, text []byte) itemHeaders {
 	modTime := usefulModTime(it)
-	h := itemHeaders{contentType: it.ContentType, size: it.Size, modTime: modTime}
+	h := itemHeaders{contentType: it.ContentType(), size: it.Size, modTime: modTime}
 	vs := it.Variants()
 	if len(vs) == 0 {
 		text, h.etag = formatted(text, it.AppendETag(text))

@@ -60,7 +60,7 @@ func TestPreconditionsMatchServeContent(t *testing.T) {
 	body := bytes.Repeat([]byte("0123456789"), 10)
 	n := 0
 	for mname, mt := range mtimes {
-		it := withModTime(withETag(&shard.Item{Path: "/x.txt", Size: int64(len(body)), ContentType: "text/plain"}, etag), mt)
+		it := withModTime(withETag(withType(&shard.Item{Path: "/x.txt", Size: int64(len(body))}, "text/plain"), etag), mt)
 		hv := headersOf(it, "", nil)
 		for _, method := range []string{http.MethodGet, http.MethodHead} {
 			for _, h := range headers {
@@ -149,8 +149,8 @@ func TestBadGatewayCarriesNoItemHeaders(t *testing.T) {
 // the identity's; the Unix epoch is no validator.
 func TestHeadersOf(t *testing.T) {
 	mt := time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
-	plain := withModTime(withETag(&shard.Item{Path: "/a.txt", Size: 12345, ContentType: "text/plain"}, `"p"`), mt)
-	withVars := withModTime(withETag(&shard.Item{Path: "/b.css", Size: 2000, ContentType: "text/css"}, `"b"`), mt)
+	plain := withModTime(withETag(withType(&shard.Item{Path: "/a.txt", Size: 12345}, "text/plain"), `"p"`), mt)
+	withVars := withModTime(withETag(withType(&shard.Item{Path: "/b.css", Size: 2000}, "text/css"), `"b"`), mt)
 	withVars.SetVariants([]shard.Variant{{Encoding: "br", Size: 300, ETag: `"b-br"`}, {Encoding: "gzip", Size: 400, ETag: `"b-gz"`}})
 	epoch := withModTime(withETag(&shard.Item{Path: "/c", Size: 7}, `"c"`), time.Unix(0, 0))
 	lm := mt.Format(http.TimeFormat)
@@ -192,6 +192,11 @@ func TestHeadersOf(t *testing.T) {
 }
 
 // withETag sets it's ETag (shard.Item.SetETag) and returns it.
+func withType(it *shard.Item, t string) *shard.Item {
+	it.SetContentType(t)
+	return it
+}
+
 func withETag(it *shard.Item, etag string) *shard.Item {
 	it.SetETag(etag)
 	return it

@@ -713,7 +713,7 @@ func metaInto(m *peering.Meta, it *shard.Item, vs []peering.Variant, etag *etagS
 	if len(e) >= 2 {
 		v = e[1 : len(e)-1]
 	}
-	*m = peering.Meta{Path: it.Path, Version: v, Size: it.Size, ContentType: it.ContentType,
+	*m = peering.Meta{Path: it.Path, Version: v, Size: it.Size, ContentType: it.ContentType(),
 		ModTime: it.ModTime(), ETag: e}
 	for _, v := range it.Variants() {
 		vs = append(vs, peering.Variant{Encoding: v.Encoding, Size: v.Size, ETag: v.ETag})

@@ -213,11 +213,8 @@ func (g *Group) warnNoTable(path string, m *Membership) {
 // fromMeta is the Item a peer's entry describes. Its Version is its ETag's
 // (shard.Item.Version); the entry's Version field repeats it.
 func fromMeta(m peering.Meta) *shard.Item {
-	it := &shard.Item{
-		Path:        m.Path,
-		Size:        m.Size,
-		ContentType: m.ContentType,
-	}
+	it := &shard.Item{Path: m.Path, Size: m.Size}
+	it.SetContentType(m.ContentType)
 	it.SetModTime(m.ModTime)
 	it.SetETag(m.ETag)
 	if len(m.Variants) > 0 {
@@ -235,7 +232,7 @@ func toMeta(it *shard.Item) peering.Meta {
 		Path:        it.Path,
 		Version:     it.Version(),
 		Size:        it.Size,
-		ContentType: it.ContentType,
+		ContentType: it.ContentType(),
 		ModTime:     it.ModTime(),
 		ETag:        it.ETag(),
 	}

@@ -211,7 +211,8 @@ func fetchItem(ctx context.Context, n *peering.Node, holder, group, path string,
 	if size <= shard.ChunkSize && int64(len(body)) != size {
 		return nil, fmt.Errorf("%d bytes, want %d", len(body), size)
 	}
-	it := &shard.Item{Path: path, Size: size, ContentType: m.ContentType}
+	it := &shard.Item{Path: path, Size: size}
+	it.SetContentType(m.ContentType)
 	if err := it.SetBody(body); err != nil {
 		return nil, err
 	}

@@ -354,7 +354,8 @@ func (tt *typeTable) slotFor(meta *peering.Meta, key uint64, fp uint32) (tocSlot
 
 // item builds the Item a slot describes for path, without variants.
 func (tt *typeTable) item(path string, s *tocSlot) *shard.Item {
-	it := &shard.Item{Path: path, Size: s.size, ContentType: tt.name(s.ctype), Tag: s.digest}
+	it := &shard.Item{Path: path, Size: s.size, Tag: s.digest}
+	it.SetContentType(tt.name(s.ctype))
 	if s.mtime != 0 {
 		it.SetModTime(time.Unix(0, s.mtime))
 	}

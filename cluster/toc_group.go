@@ -38,7 +38,7 @@ const maxPresize = 1 << 20
 
 // metaWeight is what an entry kept whole takes: its strings.
 func metaWeight(it *shard.Item) int64 {
-	w := int64(len(it.Path) + len(it.ContentType) + len(it.ETag())) // the Version is in the ETag
+	w := int64(len(it.Path) + len(it.ContentType()) + len(it.ETag())) // the Version is in the ETag
 	for _, v := range it.Variants() {
 		w += int64(len(v.Encoding) + len(v.ETag))
 	}

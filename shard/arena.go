@@ -20,11 +20,15 @@ import (
 // collector cannot see, so the store decides when its memory may be reused,
 // in three steps:
 //
-//  1. Every arena body has an anchor (*bodyMem) that each Item and Variant
-//     holding the bytes points to. While any of them is reachable (the
-//     index, the hot cache, an item kept for handoff, a request holding
-//     it), the memory is in use. When the last is collected, a cleanup
-//     retires the memory.
+//  1. Every arena body has an anchor that each Item and Variant holding the
+//     bytes keeps reachable. A body in one piece (nearly every one) is
+//     anchored by the Item it was allocated for (ownsBody): its finalizer
+//     retires the memory, and copies of it (a published Item with
+//     variants, a Variant) point to it. A chunked body, or one given to an
+//     Item built elsewhere, has an anchor of its own (*bodyMem). While any
+//     of them is reachable (the index, the hot cache, an item kept for
+//     handoff, a request holding it), the memory is in use. When the last
+//     is collected, the finalizer retires the memory.
 //  2. A retired extent is not reused while any reader that began before it
 //     was retired is still running (BeginRead/End, which the HTTP handler
 //     brackets every request with): a request may hold a body slice after
@@ -73,12 +77,112 @@ const (
 	_ = uint32(ChunkSize)
 )
 
-// bodyMem is the anchor of one body's arena memory (one extent, or one per
-// chunk): Items and Variants holding the bytes point to it, and its
-// finalizer retires the extents once none does. A body of up to ChunkSize
-// (nearly every one) keeps its extent inline: 24 bytes, where a slice of
-// one extent cost another 24-byte object per body and a cleanup handle 16
-// bytes more (release has no need of it).
+// keeper is what keeps an arena body in use, in an Item's extension or a
+// Variant: the Item that owns the body (ownsBody), or the anchor of one
+// that no Item owns (a chunked body). Zero: the body is in the Go heap, or
+// the Item holding it owns it.
+type keeper struct {
+	owner *Item
+	mem   *bodyMem
+}
+
+// keeper returns what keeps it's body in use, for a copy of it to hold.
+func (it *Item) keeper() keeper {
+	if it.flags&ownsBody != 0 {
+		return keeper{owner: it}
+	}
+	if it.more != nil {
+		return it.more.keep
+	}
+	return keeper{}
+}
+
+// inArena reports whether it's Body or Chunks are arena memory (that it
+// owns or keeps).
+func (it *Item) inArena() bool { return it.keeper() != keeper{} }
+
+// ownBody makes it the anchor of its Body, arena memory allocated for it
+// by allocBody: its finalizer retires the memory (after the readers, and
+// the grace period unless grace is false). A finalizer on the Item itself,
+// where an anchor object of its own took 24 bytes per body besides the
+// finalizer's record. None of a finalizer's pitfalls applies: an Item
+// points to nothing that points back to it (its copies point to it, it
+// never to them), and nothing else sets one on it.
+func (it *Item) ownBody(grace bool) {
+	it.flags |= ownsBody
+	if grace {
+		runtime.SetFinalizer(it, (*Item).retireBody)
+	} else {
+		runtime.SetFinalizer(it, (*Item).retireHotBody)
+	}
+}
+
+// bodyExtent is the extent of it's owned Body.
+func (it *Item) bodyExtent() (extent, bool) {
+	a, off, ok := arenaOf(it.Body())
+	if !ok {
+		return extent{}, false
+	}
+	return extent{a: a, at: uint32(off), size: uint32(it.Size)}, true
+}
+
+// retireBody is the finalizer of an Item that owns its Body.
+func (it *Item) retireBody() {
+	if e, ok := it.bodyExtent(); ok {
+		retireExtents([]extent{e}, true)
+	}
+}
+
+// retireHotBody is retireBody for hot copies: peers never fetch from the
+// hot cache, so only the readers need waiting for.
+func (it *Item) retireHotBody() {
+	if e, ok := it.bodyExtent(); ok {
+		retireExtents([]extent{e}, false)
+	}
+}
+
+// setChunksKept sets it's Chunks, kept in use by anchor m (nil: heap).
+func (it *Item) setChunksKept(c Chunks, m *bodyMem) {
+	x := it.ext()
+	x.chunks, x.keep = c, keeper{mem: m}
+	it.setExt(x)
+}
+
+// dropOwnBody frees the Body it owns, if it owns one, at once: for a body
+// nobody else ever saw (a failed read, a copy not kept). it no longer has
+// a Body then.
+func (it *Item) dropOwnBody() {
+	if it.flags&ownsBody == 0 {
+		return
+	}
+	runtime.SetFinalizer(it, nil)
+	if e, ok := it.bodyExtent(); ok {
+		arenas.mu.Lock()
+		e.a.freeExtent(e)
+		arenas.mu.Unlock()
+	}
+	it.flags &^= ownsBody
+	it.body = nil
+}
+
+// releaseBody gives up the arena memory of a Body or Chunks nobody else
+// ever saw: a Body it owns is freed at once (it has none after), the
+// extents of an anchor as soon as the collector finds the anchor
+// unreachable. Never for an Item others may hold.
+func (it *Item) releaseBody() {
+	if it.flags&ownsBody != 0 {
+		it.dropOwnBody()
+		return
+	}
+	if it.more != nil {
+		it.more.keep.mem.release()
+	}
+}
+
+// bodyMem is the anchor of a chunked body's arena memory (one extent per
+// chunk), or of a body given to an Item that does not own it: Items and
+// Variants holding the bytes point to it, and its finalizer retires the
+// extents once none does.
 type bodyMem struct {
 	one    extent    // the extent of a body in one piece
 	chunks *[]extent // the extents of a chunked body, one per chunk; nil for one piece
@@ -116,10 +220,10 @@ func (m *bodyMem) release() {
 //
 // A finalizer, not runtime.AddCleanup: a cleanup takes two heap objects
 // besides its record (a box for its argument, and the closure that calls
-// the function with it), 32 bytes per held body, where a finalizer that is
-// a method of m takes none. None of a finalizer's pitfalls applies here: m
-// points to nothing that points back to it (no cycle keeps it alive), the
-// finalizer does not keep m, and nothing else sets one on m.
+// the function with it), where a finalizer that is a method of m takes
+// none. None of a finalizer's pitfalls applies here: m points to nothing
+// that points back to it (no cycle keeps it alive), the finalizer does not
+// keep m, and nothing else sets one on m.
 func (m *bodyMem) watch(grace bool) {
 	if grace {
 		runtime.SetFinalizer(m, (*bodyMem).retire)
@@ -294,21 +398,24 @@ type retired struct {
 	at     time.Time
 }
 
-// allocBody returns n bytes of arena memory and their anchor, or heap
-// memory and nil where arenas are not available. Without grace, the memory
-// is reused once no reader may hold it, without the grace period (a hot
-// copy: peers never fetch those).
-func allocBody(n int64, grace bool) ([]byte, *bodyMem) {
-	if n == 0 || !arenasOn {
-		return make([]byte, n), nil
+// allocBody sets it's Body to it.Size bytes of arena memory that it owns
+// (ownBody), or of heap memory where arenas are not available, and returns
+// them to fill. Without grace, the memory is reused once no reader may hold
+// it, without the grace period (a hot copy: peers never fetch those). it
+// must not own a Body yet.
+func (it *Item) allocBody(grace bool) []byte {
+	n := it.Size
+	if n > 0 && arenasOn {
+		if e, ok := arenas.alloc(n); ok {
+			b := e.bytes()
+			it.body = unsafe.SliceData(b)
+			it.ownBody(grace)
+			return b
+		}
 	}
-	e, ok := arenas.alloc(n)
-	if !ok {
-		return make([]byte, n), nil
-	}
-	m := &bodyMem{one: e}
-	m.watch(grace)
-	return e.bytes(), m
+	b := make([]byte, n)
+	it.body = unsafe.SliceData(b)
+	return b
 }
 
 // allocChunks returns chunks for size bytes (see newChunks) and their
@@ -578,7 +685,7 @@ func uintptrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceDat
 // toArena moves it's bytes (not its Variants') into arena memory when they
 // are in the Go heap (grace as allocBody's). it must not be shared yet.
 func (it *Item) toArena(grace bool) {
-	if !arenasOn || it.mem != nil || it.Size <= 0 {
+	if !arenasOn || it.inArena() || it.Size <= 0 {
 		return
 	}
 	switch old := it.Chunks(); {
@@ -587,11 +694,9 @@ func (it *Item) toArena(grace bool) {
 		for i := range c {
 			copy(c[i], old[i])
 		}
-		it.mem = m
-		it.SetChunks(c)
+		it.setChunksKept(c, m)
 	case it.body != nil:
-		b, m := allocBody(it.Size, grace)
-		copy(b, it.Body())
-		it.body, it.mem = unsafe.SliceData(b), m
+		old := it.Body()
+		copy(it.allocBody(grace), old)
 	}
 }

@@ -135,77 +135,143 @@ func collect(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// TestArenaRelease: a body nobody saw, given up with release, stays
-// allocated while its anchor is reachable, and is freed as soon as the
-// collector finds the anchor unreachable: without waiting for a Reading or
-// the grace period, and never counted as retired. A chunked body too.
+// isFree reports whether e is in its arena's free space.
+func isFree(e extent) bool {
+	arenas.mu.Lock()
+	defer arenas.mu.Unlock()
+	if _, ok := arenas.released[e]; ok {
+		return false
+	}
+	at := int64(e.at)
+	if at >= e.a.top {
+		return true
+	}
+	for off, l := range e.a.frees {
+		if off <= at && at < off+l {
+			return true
+		}
+	}
+	return false
+}
+
+// TestArenaRelease: a chunked body nobody saw, given up with release,
+// stays allocated while its anchor is reachable, and is freed as soon as
+// the collector finds the anchor unreachable: without waiting for a
+// Reading or the grace period, and never counted as retired. A body an
+// Item owns is freed at once, and its finalizer cleared.
 func TestArenaRelease(t *testing.T) {
 	if !arenasOn {
 		t.Skip("no arenas on this platform")
 	}
 	rd := BeginRead() // would hold back anything retired
 	defer rd.End()
-	isFree := func(e extent) bool {
+
+	it := &Item{Size: 100 << 10}
+	it.allocBody(true)
+	e, ok := it.bodyExtent()
+	if !ok || it.flags&ownsBody == 0 {
+		t.Fatal("heap memory, not an arena's")
+	}
+	it.releaseBody()
+	if !isFree(e) {
+		t.Fatal("an owned body released is not free at once")
+	}
+	if it.Body() != nil || it.flags&ownsBody != 0 || it.inArena() {
+		t.Fatalf("after release: body %v, flags %b", it.Body() != nil, it.flags)
+	}
+	retired := Arenas().Retired
+	it = nil
+	runtime.GC()
+	runtime.GC()
+	if got := Arenas().Retired; got > retired {
 		arenas.mu.Lock()
-		defer arenas.mu.Unlock()
-		if _, ok := arenas.released[e]; ok {
-			return false
-		}
-		at := int64(e.at)
-		if at >= e.a.top {
-			return true
-		}
-		for off, l := range e.a.frees {
-			if off <= at && at < off+l {
-				return true
+		for _, r := range arenas.pending {
+			if r.ext == e {
+				t.Error("an owned body released was retired again by the Item's finalizer")
 			}
 		}
-		return false
+		arenas.mu.Unlock()
 	}
-	for _, size := range []int64{100 << 10, ChunkSize + 1000} {
-		var m *bodyMem
-		if size > ChunkSize {
-			_, m = allocChunks(size, true)
-		} else {
-			_, m = allocBody(size, true)
+
+	const size = ChunkSize + 1000
+	_, m := allocChunks(size, true)
+	if m == nil {
+		t.Fatal("heap memory, not an arena's")
+	}
+	exts := *m.chunks
+	m.release()
+	runtime.GC()
+	for _, e := range exts {
+		if isFree(e) {
+			t.Fatalf("%d bytes: freed while their anchor is reachable", size)
 		}
-		if m == nil {
+	}
+	retired = Arenas().Retired
+	runtime.KeepAlive(m)
+	m = nil
+	collect(t, "the released memory to be freed", func() bool {
+		for _, e := range exts {
+			if !isFree(e) {
+				return false
+			}
+		}
+		return true
+	})
+	if got := Arenas().Retired; got > retired {
+		// Other tests' items may be retired meanwhile, but not these.
+		arenas.mu.Lock()
+		for _, r := range arenas.pending {
+			for _, e := range exts {
+				if r.ext == e {
+					t.Errorf("%d bytes: a released extent was retired (it waits for readers)", size)
+				}
+			}
+		}
+		arenas.mu.Unlock()
+	}
+}
+
+// TestArenaCopiesKeepTheOwner: a body an Item owns stays in use while a
+// copy of the Item (a published item with variants) or a Variant made of
+// it is reachable, though the Item itself is not; it is retired once none
+// is.
+func TestArenaCopiesKeepTheOwner(t *testing.T) {
+	lowGrace(t)
+	for _, via := range []string{"copy", "variant"} {
+		const n = 10 << 10
+		it := &Item{Path: "/a.css", Size: n}
+		it.allocBody(true)
+		e, ok := it.bodyExtent()
+		if !ok {
 			t.Fatal("heap memory, not an arena's")
 		}
-		exts := []extent{m.one}
-		if m.chunks != nil {
-			exts = *m.chunks
+		var holder *Item
+		if via == "copy" {
+			holder = it.copyFields()
+		} else {
+			holder = withVariants(&Item{Path: "/a.css"}, []encoding{{name: "br"}}, []*Item{it})
 		}
-		m.release()
-		runtime.GC()
-		for _, e := range exts {
-			if isFree(e) {
-				t.Fatalf("%d bytes: freed while their anchor is reachable", size)
+		if holder.inArena() != (via == "copy") {
+			t.Errorf("%s: inArena %v", via, holder.inArena())
+		}
+		it = nil
+		for range 5 {
+			runtime.GC()
+			time.Sleep(time.Millisecond)
+		}
+		arenas.mu.Lock()
+		for _, r := range arenas.pending {
+			if r.ext == e {
+				t.Errorf("%s: the body was retired while the %s holds it", via, via)
 			}
 		}
-		retired := Arenas().Retired
-		runtime.KeepAlive(m)
-		m = nil
-		collect(t, "the released memory to be freed", func() bool {
-			for _, e := range exts {
-				if !isFree(e) {
-					return false
-				}
-			}
-			return true
-		})
-		if got := Arenas().Retired; got > retired {
-			// Other tests' items may be retired meanwhile, but not these.
-			arenas.mu.Lock()
-			for _, r := range arenas.pending {
-				for _, e := range exts {
-					if r.ext == e {
-						t.Errorf("%d bytes: a released extent was retired (it waits for readers)", size)
-					}
-				}
-			}
-			arenas.mu.Unlock()
+		arenas.mu.Unlock()
+		if isFree(e) {
+			t.Fatalf("%s: the body was freed while the %s holds it", via, via)
 		}
+		runtime.KeepAlive(holder)
+		holder = nil
+		collect(t, via+": the body to be freed once nothing holds it", func() bool { return isFree(e) })
 	}
 }
 
@@ -215,29 +281,30 @@ func TestArenaRelease(t *testing.T) {
 func TestArenaReuseWaitsForReaders(t *testing.T) {
 	lowGrace(t)
 	const n = 100 << 10
-	b, m := allocBody(n, true)
-	if m == nil {
+	it := &Item{Size: n}
+	b := it.allocBody(true)
+	if !it.inArena() {
 		t.Fatal("allocBody gave heap memory")
 	}
 	for i := range b {
 		b[i] = 0xA5
 	}
-	it := withBody(&Item{Size: n, mem: m}, b)
 	rd := BeginRead()
 	before := Arenas().Reclaimed
 	body := it.Body()
-	it, m = nil, nil
+	it = nil
 	collect(t, "the item's memory to be retired", func() bool { return Arenas().Retired >= n })
 
 	// Allocate and scribble until well past the retired extent: none of it
 	// may land on body.
-	var keep [][]byte
+	var keep []*Item
 	for range 64 {
-		c, _ := allocBody(n, true)
+		k := &Item{Size: n}
+		c := k.allocBody(true)
 		for i := range c {
 			c[i] = 0x5A
 		}
-		keep = append(keep, c)
+		keep = append(keep, k)
 	}
 	for i, x := range body {
 		if x != 0xA5 {
@@ -248,7 +315,8 @@ func TestArenaReuseWaitsForReaders(t *testing.T) {
 		t.Fatalf("reclaimed %d bytes while a Reading held them", got-before)
 	}
 	rd.End()
-	c, _ := allocBody(n, true) // reclaims on the way
+	c := &Item{Size: n}
+	c.allocBody(true) // reclaims on the way
 	if Arenas().Reclaimed == before {
 		t.Fatal("the retired memory was not reclaimed after the Reading ended")
 	}

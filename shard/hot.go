@@ -117,11 +117,12 @@ func (h *Hot) Admit(it *Item) bool {
 	// The copy kept lives in the same arenas as the store's items (a hot
 	// hit is sent like a local one); it is made outside the lock, and
 	// dropped at once if it is not kept after all.
+	orig := it
 	it = arenaCopy(it)
 	kept := false
 	defer func() {
-		if !kept {
-			it.mem.release()
+		if !kept && it != orig {
+			it.releaseBody() // the copy nobody saw
 		}
 	}()
 
@@ -159,7 +160,7 @@ func (h *Hot) Admit(it *Item) bool {
 // arenaCopy returns it, or a copy of it whose bytes are in arena memory
 // when its own are in the Go heap (a fetch from a peer).
 func arenaCopy(it *Item) *Item {
-	if !arenasOn || it.mem != nil || it.Size <= 0 {
+	if !arenasOn || it.inArena() || it.Size <= 0 {
 		return it
 	}
 	c := it.copyFields()

@@ -26,7 +26,7 @@ func held(it *Item) int64 {
 // in favour of a.
 func sameContent(a, b *Item) bool {
 	return a != nil && b != nil && SameVersion(a, b) && a.Size == b.Size &&
-		SameModTime(a, b) && a.ContentType == b.ContentType && a.Resident() == b.Resident()
+		SameModTime(a, b) && a.ContentType() == b.ContentType() && a.Resident() == b.Resident()
 }
 
 // sniffLen is how many leading bytes http.DetectContentType looks at.
@@ -101,7 +101,7 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 			ETag:     v.ETag(),
 			Body:     v.Body(),
 			Chunks:   v.Chunks(),
-			mem:      v.mem,
+			keep:     v.keeper(),
 		})
 	}
 	it.SetVariants(vs)
@@ -111,16 +111,22 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 // copyFields returns a new Item with every field of it but Memo, field by
 // field: an Item is never copied (its Memo belongs to it).
 func (it *Item) copyFields() *Item {
-	return &Item{
-		Path:        it.Path,
-		Size:        it.Size,
-		mtime:       it.mtime,
-		ContentType: it.ContentType,
-		Tag:         it.Tag,
-		body:        it.body,
-		more:        it.more,
-		mem:         it.mem,
+	c := &Item{
+		Path:  it.Path,
+		Size:  it.Size,
+		mtime: it.mtime,
+		ctype: it.ctype,
+		Tag:   it.Tag,
+		body:  it.body,
+		more:  it.more,
 	}
+	if it.flags&ownsBody != 0 {
+		// The copy keeps it, the anchor of the body (it does not own it).
+		x := it.ext()
+		x.keep = keeper{owner: it}
+		c.setExt(x)
+	}
+	return c
 }
 
 // sameItem reports whether a and b are interchangeable: same metadata and
@@ -134,7 +140,7 @@ func sameItem(a, b *Item) bool {
 		return a == b
 	}
 	if a.Path != b.Path || a.Size != b.Size || !SameModTime(a, b) ||
-		a.ContentType != b.ContentType || !SameVersion(a, b) || !sameBytes(a.Body(), b.Body()) || !sameChunks(a.Chunks(), b.Chunks()) ||
+		a.ContentType() != b.ContentType() || !SameVersion(a, b) || !sameBytes(a.Body(), b.Body()) || !sameChunks(a.Chunks(), b.Chunks()) ||
 		len(a.Variants()) != len(b.Variants()) {
 		return false
 	}

@@ -95,10 +95,9 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	old := rec.data
 	if !sameContent(old, c) {
 		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
+			c.releaseBody() // the hard limit wins over any plan; nobody saw them
 			c.body = nil
-			c.SetChunks(nil) // the hard limit wins over any plan
-			c.mem.release()  // nobody saw them
-			c.mem = nil
+			c.setChunksKept(nil, nil)
 		}
 		s.held.Add(held(c) - held(old))
 		rec.data = c
@@ -106,7 +105,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 			s.forgetSeenLocked(rec)
 		}
 	} else {
-		c.mem.release() // the same bytes are held already; nobody saw these
+		c.releaseBody() // the same bytes are held already; nobody saw these
 	}
 	if rec.is(recDirty) || s.seenLocked(rec) != seenOf(c.Size, c.ModTime()) {
 		// Storage was seen to change after this load began: look again.

@@ -214,12 +214,12 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		return nil // the budget cannot hold it: storage, hashed only
 	}
 	c := &Item{
-		Path:        j.path,
-		Size:        h.Size,
-		ContentType: contentType(j.path, head),
-		Tag:         tag,
-		body:        unsafe.SliceData(body), // Size bytes, or nil (handoffBytes)
+		Path: j.path,
+		Size: h.Size,
+		Tag:  tag,
+		body: unsafe.SliceData(body), // Size bytes, or nil (handoffBytes)
 	}
+	c.SetContentType(contentType(j.path, head))
 	c.SetModTime(fi.ModTime())
 	c.SetChunks(chunks)
 	s.stats.handoffItems.Add(1)

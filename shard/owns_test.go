@@ -307,8 +307,8 @@ func TestSetOwnsHandoff(t *testing.T) {
 			t.Errorf("Handoff asked %d times; want %d", d, len(onlyB))
 		}
 		for p := range onlyB {
-			if it := pub[p]; !it.Resident() || it.Tag == (Tag{}) || it.ContentType != "text/plain; charset=utf-8" {
-				t.Errorf("%s: resident %v, ETag %q, type %q", p, it.Resident(), it.ETag(), it.ContentType)
+			if it := pub[p]; !it.Resident() || it.Tag == (Tag{}) || it.ContentType() != "text/plain; charset=utf-8" {
+				t.Errorf("%s: resident %v, ETag %q, type %q", p, it.Resident(), it.ETag(), it.ContentType())
 			}
 		}
 		t.Logf("%d files taken from the previous holder (%d bytes), 0 read", st.HandoffItems, st.HandoffBytes)

@@ -67,20 +67,20 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		// (arena.go); it is freed at once if the read fails.
 		var one [1][]byte
 		chunks := one[:0]
+		var mem *bodyMem // a chunked body's anchor
 		switch {
 		case c.Size > ChunkSize && arena:
-			chunks, c.mem = allocChunks(c.Size, true)
+			chunks, mem = allocChunks(c.Size, true)
 		case c.Size > ChunkSize:
 			chunks = newChunks(c.Size)
 		case c.Size > 0 && arena:
-			var b []byte
-			b, c.mem = allocBody(c.Size, true)
-			chunks = append(chunks, b)
+			chunks = append(chunks, c.allocBody(true))
 		case c.Size > 0:
 			chunks = append(chunks, make([]byte, c.Size))
 		}
 		if err := fill(ctx, f, h, chunks); err != nil {
-			c.mem.release()
+			c.dropOwnBody()
+			mem.release()
 			return nil, err
 		}
 		switch {
@@ -88,7 +88,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 			head = []byte{}
 		case c.Size > ChunkSize:
 			head = chunks[0]
-			c.SetChunks(chunks)
+			c.setChunksKept(chunks, mem)
 		default:
 			head, c.body = chunks[0], unsafe.SliceData(chunks[0])
 		}
@@ -125,10 +125,10 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		err = errChanging
 	}
 	if err != nil {
-		c.mem.release()
+		c.releaseBody()
 		return nil, err
 	}
-	c.ContentType = contentType(p, head)
+	c.SetContentType(contentType(p, head))
 	c.Tag = tagSum(h)
 	return c, nil
 }

@@ -63,10 +63,6 @@ type Item struct {
 	// SetModTime), in 8 bytes where a time.Time takes 24.
 	mtime modTime
 
-	// ContentType is the MIME type: from the extension, else sniffed from
-	// the first 512 bytes (as http.DetectContentType does).
-	ContentType string
-
 	// Tag is the hash of the content the ETag and Version are made of: the
 	// same on every machine that holds the same bytes. 16 bytes in the
 	// Item where the quoted ETag took 16 plus a 48-byte string. Zero: no
@@ -88,10 +84,23 @@ type Item struct {
 	// Shared by copies (copyFields): replaced, never modified.
 	more *itemMore
 
-	// mem anchors the arena memory of Body or Chunks (arena.go); nil when
-	// they are in the Go heap.
-	mem *bodyMem
+	// ctype is the MIME type (ContentType), as its number in the process's
+	// table of the types seen (ctype.go): 2 bytes where a string took 16.
+	ctype ctypeID
+
+	// flags: ownsBody, the Item is the anchor of its Body's arena memory
+	// (arena.go): its finalizer retires the memory. An Item is 80 bytes.
+	flags itemFlags
 }
+
+// itemFlags are an Item's flags.
+type itemFlags uint8
+
+const (
+	// ownsBody: the Item's Body is arena memory allocated for it, retired
+	// by the Item's finalizer (Item.ownBody). Copies keep the Item.
+	ownsBody itemFlags = 1 << iota
+)
 
 // Memo is Item.Memo: a value set and read atomically, like atomic.Value,
 // in 8 bytes where atomic.Value takes 16 (an Item is 112 bytes, not 128).
@@ -118,6 +127,8 @@ type itemMore struct {
 	variants []Variant
 	etag     string    // an ETag that is not a quoted Tag (SetETag); "" if none
 	mtime    time.Time // a ModTime that int64 nanoseconds cannot hold (farTime)
+	ctype    string    // a ContentType past the table's room (ctypeOther)
+	keep     keeper    // what keeps the arena memory of Body or Chunks in use, unless the Item owns its Body
 }
 
 // ext returns a copy of it's extension, to change and set with setExt.
@@ -130,7 +141,7 @@ func (it *Item) ext() itemMore {
 
 // setExt sets it's extension to m: a new one, as a copy may share the old.
 func (it *Item) setExt(m itemMore) {
-	if m.chunks == nil && m.variants == nil && m.etag == "" && m.mtime.IsZero() {
+	if m.chunks == nil && m.variants == nil && m.etag == "" && m.mtime.IsZero() && m.ctype == "" && m.keep == (keeper{}) {
 		it.more = nil
 		return
 	}
@@ -221,7 +232,7 @@ type Variant struct {
 	// ChunkSize; nil otherwise.
 	Chunks Chunks
 
-	mem *bodyMem // as Item's
+	keep keeper // what keeps the arena memory of Body or Chunks in use
 }
 
 // Tag is a content hash: the first 16 bytes of the content's SHA-256 (128
@@ -409,6 +420,7 @@ func (it *Item) SetBody(b []byte) error {
 	if b != nil && int64(len(b)) != it.Size {
 		return fmt.Errorf("a body of %d bytes for an item of %d", len(b), it.Size)
 	}
+	it.dropOwnBody() // an arena body it owned: nobody saw it
 	it.body = unsafe.SliceData(b)
 	return nil
 }

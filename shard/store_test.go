@@ -188,8 +188,8 @@ func testPrime(t *testing.T, setup func(*Store)) {
 	}
 	for p, want := range types {
 		it, _, _ := s.Lookup(p)
-		if it.ContentType != want {
-			t.Errorf("ContentType(%s) = %q; want %q", p, it.ContentType, want)
+		if it.ContentType() != want {
+			t.Errorf("ContentType(%s) = %q; want %q", p, it.ContentType(), want)
 		}
 	}
 	for _, d := range []string{"/", "/css", "/a", "/a/b", "/a/b/c", "/.well-known"} {
