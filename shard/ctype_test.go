@@ -7,10 +7,14 @@ import (
 	"unsafe"
 )
 
-// TestItemSize: an Item stays in the 80-byte size class.
+// TestItemSize: an Item stays in the 80-byte size class, a directory's
+// record (where a file's identity is 16 bytes) in the 48-byte one.
 func TestItemSize(t *testing.T) {
 	if n := unsafe.Sizeof(Item{}); n > 80 {
 		t.Errorf("Item is %d bytes, want at most 80", n)
+	}
+	if n := unsafe.Sizeof(dirRec{}); n > 48 && unsafe.Sizeof(fileID{}) == 16 {
+		t.Errorf("dirRec is %d bytes, want at most 48", n)
 	}
 }
 

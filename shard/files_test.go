@@ -169,7 +169,7 @@ func TestFileRecState(t *testing.T) {
 }
 
 // TestNames: a directory's names against a map, across the switch from a
-// slice to a map, with the loop over them removing the name it was given
+// packed string to a map, with the loop over them removing the name it was given
 // (as a rescan and a directory's removal do) and seeing every name once.
 func TestNames(t *testing.T) {
 	for _, total := range []int{0, 1, 5, namesFew, namesFew + 1, 3 * namesFew} {

@@ -32,10 +32,12 @@ const (
 	// and 3/4.
 	indexSlot = 14
 
-	// nameEntry is a name in a directory's names: a string header in a
-	// slice grown by doubling (a map past namesFew names costs about as
-	// much: the key and mapSlack).
-	nameEntry = stringHeader + 8
+	// nameEntry is a name in a directory's names: its bytes and a NUL in
+	// the directory's packed string, for a name of about a dozen bytes,
+	// and the string's rounding to its size class (a map past namesFew
+	// names costs more per name, the key's header and mapSlack, but few
+	// directories have one).
+	nameEntry = 16
 )
 
 var (

@@ -302,7 +302,7 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 		if known != nil {
 			mode, oldID = known.watch, known.id
 			if viaParent {
-				links = known.links
+				links = int(known.links)
 			}
 		}
 		s.mu.RUnlock()
@@ -340,7 +340,7 @@ func (s *Store) scanDir(dir string, aff affected, shared, viaParent bool) []stri
 		case err != nil:
 			s.log.Warn("listing directory", zap.String("path", dir), zap.Error(err))
 		default:
-			if d := s.dirs[dir]; d != nil && d.links != links && dir != "/" {
+			if d := s.dirs[dir]; d != nil && int(d.links) != links && dir != "/" {
 				// A directory replaced by a link to one, or the other way round.
 				s.removeDirLocked(dir, aff)
 			}
@@ -391,7 +391,7 @@ func (s *Store) placeLocked(dir string) (links int, anc []fileID, placed bool) {
 			break
 		}
 	}
-	return parent.links, anc, true
+	return int(parent.links), anc, true
 }
 
 // look is why a path is looked at again.

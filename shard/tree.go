@@ -120,12 +120,12 @@ func (s *Store) staleLocked(rec *fileRec) bool {
 // dirRec is one directory under the root (or a path to one through
 // directory links).
 type dirRec struct {
-	kids  names  // names of the files and directories in it we track
-	links int    // directory links its path crosses; 0: a real path, maybe watched
-	id    fileID // its identity, from its last listing, to cut cycles
-	hasID bool
+	kids  names     // names of the files and directories in it we track
+	links uint8     // directory links its path crosses (≤ maxDirLinks+1); 0: a real path, maybe watched
 	watch watchMode // whether the watcher watches it (links 0 only)
-	wd    int32     // its watch descriptor, when watched (watchOn)
+	hasID bool
+	wd    int32  // its watch descriptor, when watched (watchOn)
+	id    fileID // its identity, from its last listing, to cut cycles
 }
 
 // obs is one entry of a directory as observed on storage: a regular file or
@@ -240,7 +240,7 @@ func (s *Store) addDirLocked(p string, links int) {
 	if s.dirs[p] != nil {
 		return
 	}
-	s.dirs[p] = &dirRec{links: links}
+	s.dirs[p] = &dirRec{links: uint8(links)}
 	s.stats.pathBytes.Add(int64(len(p)))
 	if p != "/" {
 		if pd := s.dirs[path.Dir(p)]; pd != nil {
@@ -348,11 +348,11 @@ func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs 
 			if s.files.get(p) != nil {
 				s.removeFileLocked(p, aff)
 			}
-			links := dr.links
+			links := int(dr.links)
 			if e.link {
 				links++
 			}
-			if old := s.dirs[p]; old != nil && old.links != links {
+			if old := s.dirs[p]; old != nil && int(old.links) != links {
 				s.removeDirLocked(p, aff) // a directory replaced by a link to one, or back
 			}
 			s.addDirLocked(p, links)
