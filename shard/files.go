@@ -21,7 +21,7 @@ type fileTable struct {
 }
 
 // removedRec marks a slot whose record was removed: probes go on past it.
-var removedRec = &fileRec{path: "\x00(removed)"}
+var removedRec = newFileRec("\x00(removed)")
 
 const minFileSlots = 16
 
@@ -36,7 +36,7 @@ func (t *fileTable) get(p string) *fileRec {
 		if r == nil {
 			return nil
 		}
-		if r != removedRec && r.path == p {
+		if r != removedRec && r.path() == p {
 			return r
 		}
 	}
@@ -51,7 +51,7 @@ func (t *fileTable) put(r *fileRec) {
 		t.rebuild()
 	}
 	mask := uint64(len(t.slots) - 1)
-	for i := maphash.String(t.seed, r.path) & mask; ; i = (i + 1) & mask {
+	for i := maphash.String(t.seed, r.path()) & mask; ; i = (i + 1) & mask {
 		switch t.slots[i] {
 		case nil:
 			t.slots[i] = r
@@ -77,7 +77,7 @@ func (t *fileTable) remove(p string) {
 		if r == nil {
 			return
 		}
-		if r != removedRec && r.path == p {
+		if r != removedRec && r.path() == p {
 			t.slots[i] = removedRec
 			t.live--
 			t.tombs++
@@ -104,7 +104,7 @@ func (t *fileTable) rebuild() {
 		if r == nil || r == removedRec {
 			continue
 		}
-		i := maphash.String(t.seed, r.path) & mask
+		i := maphash.String(t.seed, r.path()) & mask
 		for t.slots[i] != nil {
 			i = (i + 1) & mask
 		}
@@ -124,7 +124,7 @@ func (t *fileTable) all() iter.Seq2[string, *fileRec] {
 			if r == nil || r == removedRec {
 				continue
 			}
-			if !yield(r.path, r) {
+			if !yield(r.path(), r) {
 				return
 			}
 		}

@@ -26,8 +26,8 @@ func TestFileTable(t *testing.T) {
 				t.Fatalf("%s: %s yielded twice", round, p)
 			}
 			seen[p] = true
-			if model[p] != r || r.path != p {
-				t.Fatalf("%s: %s yielded %p (path %q), want %p", round, p, r, r.path, model[p])
+			if model[p] != r || r.path() != p {
+				t.Fatalf("%s: %s yielded %p (path %q), want %p", round, p, r, r.path(), model[p])
 			}
 		}
 		if len(seen) != len(model) {
@@ -51,7 +51,7 @@ func TestFileTable(t *testing.T) {
 		// Grow.
 		for i := range 5000 {
 			p := fmt.Sprintf("/d%d/f%d-%d", i%97, round, i)
-			r := &fileRec{path: p}
+			r := newFileRec(p)
 			tab.put(r)
 			model[p] = r
 		}
@@ -76,7 +76,7 @@ func TestFileTable(t *testing.T) {
 	if len(tab.slots) > minFileSlots {
 		t.Errorf("an empty table kept %d slots", len(tab.slots))
 	}
-	r := &fileRec{path: "/again"}
+	r := newFileRec("/again")
 	tab.put(r)
 	model["/again"] = r
 	check("reused")
@@ -96,12 +96,12 @@ func TestSeen(t *testing.T) {
 		time.Date(9999, 12, 31, 23, 59, 59, 999999999, time.UTC),
 		time.Date(1, 1, 1, 0, 0, 0, 1, time.UTC),
 	} {
-		rec := &fileRec{path: "/x"}
+		rec := newFileRec("/x")
 		s.setSeenLocked(rec, 7, tm)
 		if v := s.seenLocked(rec); v.size != 7 || !v.mtime().Equal(tm) || v.mtime().IsZero() != tm.IsZero() || !s.staleLocked(rec) {
 			t.Errorf("seen %v, not loaded: %d bytes of %v (zero %v), stale %v", tm, v.size, v.mtime(), v.mtime().IsZero(), s.staleLocked(rec))
 		}
-		rec.data = withModTime(&Item{Path: "/x", Size: 7}, tm) // loaded
+		rec.setData(withModTime(&Item{Path: "/x", Size: 7}, tm)) // loaded
 		s.setSeenLocked(rec, 7, tm)
 		if len(s.seen) != 0 || s.staleLocked(rec) || s.seenLocked(rec) != seenOf(7, tm) {
 			t.Errorf("seen %v, loaded: %d entries, stale %v", tm, len(s.seen), s.staleLocked(rec))
@@ -115,7 +115,7 @@ func TestSeen(t *testing.T) {
 
 	recs := make([]*fileRec, 4000)
 	for i := range recs {
-		recs[i] = &fileRec{path: fmt.Sprint("/f", i)}
+		recs[i] = newFileRec(fmt.Sprint("/f", i))
 		s.setSeenLocked(recs[i], int64(i), time.Unix(int64(i), 0))
 	}
 	for _, rec := range recs[:3500] {
@@ -126,7 +126,7 @@ func TestSeen(t *testing.T) {
 	}
 	for i, rec := range recs[3500:] {
 		if v := s.seenLocked(rec); v.size != int64(3500+i) {
-			t.Fatalf("%s: %d bytes after the map was built anew", rec.path, v.size)
+			t.Fatalf("%s: %d bytes after the map was built anew", rec.path(), v.size)
 		}
 		s.forgetSeenLocked(rec)
 	}
@@ -134,8 +134,8 @@ func TestSeen(t *testing.T) {
 		t.Errorf("seen is %d entries once all were forgotten; want nil", len(s.seen))
 	}
 
-	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 32 {
-		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 32", unsafe.Sizeof(fileRec{}), n)
+	if n := heapSizeClass(int64(unsafe.Sizeof(fileRec{}))); n != 16 {
+		t.Errorf("a fileRec takes %d bytes (%d as allocated); want 16", unsafe.Sizeof(fileRec{}), n)
 	}
 }
 
@@ -221,5 +221,30 @@ func TestNames(t *testing.T) {
 		if n.len() != 0 {
 			t.Errorf("%d names: %d left after removing all", total, n.len())
 		}
+	}
+}
+
+// TestFileRecPathAndData: a record's path is its own until it is loaded,
+// then its data's; flags and the load number survive loading, and neither
+// setting them nor the number touches whether it is loaded.
+func TestFileRecPathAndData(t *testing.T) {
+	rec := newFileRec("/dir/a.txt")
+	if rec.path() != "/dir/a.txt" || rec.data() != nil {
+		t.Fatalf("new: path %q, data %v", rec.path(), rec.data())
+	}
+	rec.set(recQueued, true)
+	rec.setSeq(uint64(recSeqMask))
+	it := &Item{Path: "/dir/a.txt", Size: 3}
+	rec.setData(it)
+	if rec.path() != "/dir/a.txt" || rec.data() != it || !rec.is(recQueued) || !rec.seqIs(uint64(recSeqMask)) {
+		t.Fatalf("loaded: path %q, data %p (want %p), queued %v, seq kept %v", rec.path(), rec.data(), it, rec.is(recQueued), rec.seqIs(uint64(recSeqMask)))
+	}
+	rec.setSeq(uint64(recSeqMask) + 1) // wraps to 0 in the record's bits
+	for _, f := range []recState{recQueued, recLoading, recDirty, recFailed} {
+		rec.set(f, true)
+		rec.set(f, false)
+	}
+	if rec.data() != it || rec.path() != "/dir/a.txt" {
+		t.Fatalf("after flags and a wrapped number: data %p, path %q", rec.data(), rec.path())
 	}
 }

@@ -30,7 +30,7 @@ func (s *Store) startLoadLocked(p string) *job {
 	rec.set(recLoading, true)
 	rec.set(recQueued, false)
 	rec.set(recDirty, false)
-	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: held(rec.data)}
+	return &job{path: p, rec: rec, seq: s.seq, hold: true, old: held(rec.data())}
 }
 
 // reserveLocked reserves n body bytes against the budget, counting the
@@ -92,7 +92,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	if !s.needLocked(j.path) {
 		return // no longer ours (a sibling whose base changed owner)
 	}
-	old := rec.data
+	old := rec.data()
 	if !sameContent(old, c) {
 		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
 			c.releaseBody() // the hard limit wins over any plan; nobody saw them
@@ -100,7 +100,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 			c.setChunksKept(nil, nil)
 		}
 		s.held.Add(held(c) - held(old))
-		rec.data = c
+		rec.setData(c)
 		if v, ok := s.seen[rec]; ok && v == seenOf(c.Size, c.ModTime()) {
 			s.forgetSeenLocked(rec)
 		}

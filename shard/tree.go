@@ -4,6 +4,7 @@ import (
 	"maps"
 	"path"
 	"time"
+	"unsafe"
 )
 
 // The writer side of a Store: what storage was last seen to hold (every
@@ -19,12 +20,38 @@ import (
 
 // fileRec is one regular file under the root that this node holds, or a
 // symbolic link to one (its size and modification time are the target's).
-// 32 bytes (files.go keeps it in a table by its path; what storage was
-// last seen to hold there is its data, or in Store.seen).
+// 16 bytes (files.go keeps it in a table by its path; what storage was
+// last seen to hold there is its data, or in Store.seen): a loaded record
+// points to its data, whose Path is the record's; one not loaded yet to its
+// path. Where it kept both, and the path's string header, it took 32.
 type fileRec struct {
-	path string   // its key in Store.files
-	data *Item    // last loaded data (no Variants); nil if not loaded (or not ours)
-	st   recState // the latest load's number and the flags below
+	ref unsafe.Pointer // its data (*Item) once loaded (recLoaded), else its path (*string)
+	st  recState       // the latest load's number and the flags below
+}
+
+// newFileRec returns a record, not loaded, of the file at p.
+func newFileRec(p string) *fileRec { return &fileRec{ref: unsafe.Pointer(&p)} }
+
+// path is the record's path: its key in Store.files.
+func (rec *fileRec) path() string {
+	if rec.st&recLoaded != 0 {
+		return (*Item)(rec.ref).Path
+	}
+	return *(*string)(rec.ref)
+}
+
+// data is the last loaded data (no Variants); nil if not loaded.
+func (rec *fileRec) data() *Item {
+	if rec.st&recLoaded != 0 {
+		return (*Item)(rec.ref)
+	}
+	return nil
+}
+
+// setData sets the record's data, an Item of the record's path.
+func (rec *fileRec) setData(it *Item) {
+	rec.ref = unsafe.Pointer(it)
+	rec.st |= recLoaded
 }
 
 // What storage was last seen to hold at a record's path (walk, rescan,
@@ -50,13 +77,13 @@ func (s *Store) seenLocked(rec *fileRec) seenAs {
 	if v, ok := s.seen[rec]; ok {
 		return v
 	}
-	return seenOf(rec.data.Size, rec.data.ModTime())
+	return seenOf(rec.data().Size, rec.data().ModTime())
 }
 
 // setSeenLocked records that storage holds size bytes of mtime at rec's
 // path.
 func (s *Store) setSeenLocked(rec *fileRec, size int64, mtime time.Time) {
-	if v := seenOf(size, mtime); rec.data == nil || v != seenOf(rec.data.Size, rec.data.ModTime()) {
+	if v := seenOf(size, mtime); rec.data() == nil || v != seenOf(rec.data().Size, rec.data().ModTime()) {
 		if s.seen == nil {
 			s.seen = make(map[*fileRec]seenAs)
 		}
@@ -86,7 +113,7 @@ func (s *Store) forgetSeenLocked(rec *fileRec) {
 
 // recState is a fileRec's flags, and the low bits of the number of the
 // latest load started (setSeq, seqIs): a load that finds a newer one
-// started is dropped. Loads of one file are never 2^28 apart.
+// started is dropped. Loads of one file are never 2^27 apart.
 type recState uint32
 
 const (
@@ -94,7 +121,8 @@ const (
 	recLoading recState = 1 << 30 // a load is in flight
 	recDirty   recState = 1 << 29 // an event says reload even if size and mtime look the same
 	recFailed  recState = 1 << 28 // the last load failed for good; retried when the file changes
-	recSeqMask recState = 1<<28 - 1
+	recLoaded  recState = 1 << 27 // ref is the data (else the path)
+	recSeqMask recState = 1<<27 - 1
 )
 
 func (rec *fileRec) is(f recState) bool { return rec.st&f != 0 }
@@ -114,7 +142,7 @@ func (rec *fileRec) seqIs(seq uint64) bool { return rec.st&recSeqMask == recStat
 // staleLocked reports whether rec needs (re)loading to match storage.
 func (s *Store) staleLocked(rec *fileRec) bool {
 	_, other := s.seen[rec]
-	return rec.is(recDirty) || rec.data == nil || other
+	return rec.is(recDirty) || rec.data() == nil || other
 }
 
 // dirRec is one directory under the root (or a path to one through
@@ -277,7 +305,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 	if rec == nil {
 		return
 	}
-	s.held.Add(-held(rec.data))
+	s.held.Add(-held(rec.data()))
 	s.forgetSeenLocked(rec)
 	s.files.remove(p)
 	s.stats.pathBytes.Add(-int64(len(p)))
@@ -304,7 +332,7 @@ func (s *Store) observeFileLocked(p string, size int64, mtime time.Time, force b
 	}
 	rec := s.files.get(p)
 	if rec == nil {
-		rec = &fileRec{path: p}
+		rec = newFileRec(p)
 		s.setSeenLocked(rec, size, mtime)
 		s.files.put(rec)
 		s.stats.pathBytes.Add(int64(len(p)))
@@ -367,19 +395,19 @@ func (s *Store) applyListingLocked(d string, ents []obs, aff affected) (subdirs 
 // desiredLocked returns the Item that should be published at p now, or nil.
 func (s *Store) desiredLocked(p string) *Item {
 	rec := s.files.get(p)
-	if rec == nil || rec.data == nil || s.hiddenLocked(p) || !s.owns(p) {
+	if rec == nil || rec.data() == nil || s.hiddenLocked(p) || !s.owns(p) {
 		return nil
 	}
 	var sibs []*Item
 	for i, e := range s.encs {
-		if v := s.files.get(p + e.ext); v != nil && v.data != nil {
+		if v := s.files.get(p + e.ext); v != nil && v.data() != nil {
 			if sibs == nil {
 				sibs = make([]*Item, len(s.encs))
 			}
-			sibs[i] = v.data
+			sibs[i] = v.data()
 		}
 	}
-	return withVariants(rec.data, s.encs, sibs)
+	return withVariants(rec.data(), s.encs, sibs)
 }
 
 // republishLocked makes the index entry for p match desiredLocked(p) and,
