@@ -580,24 +580,15 @@ var slabs = sync.Pool{New: func() any { return new(valSlab) }}
 
 // itemHeaders are the response header values of one encoding of an item.
 // The strings are the item's own, or formatted for the response into the
-// shared arrays of headerVals, or (for an item with variants) formatted once
-// and kept in its Memo (variantsMemo): a hit allocates nothing.
+// shared arrays of headerVals: a hit allocates nothing. Nothing is kept in
+// the item: a memo of its formatted values cost every file ever served
+// about 90 bytes for as long as it is held, where formatting them takes a
+// hundred-odd nanoseconds per response.
 type itemHeaders struct {
 	etag, contentType, contentLength, lastModified string
 
 	size    int64
 	modTime time.Time // zero when not a useful validator
-}
-
-// variantsMemo is what the handler keeps in the Memo of an Item with
-// precompressed variants: the header values it formats, built on the item's
-// first response (a concurrent first use builds the same). An item without
-// variants keeps none: its values are formatted for each response (a
-// hundred-odd nanoseconds), where a memo cost every file ever served about
-// 90 bytes for as long as it is held.
-type variantsMemo struct {
-	lastModified string
-	lengths      []string // the identity's Content-Length, then each variant's, in it.Variants' order
 }
 
 // usefulModTime is it's modification time as a validator: zero when it is
@@ -611,41 +602,25 @@ func usefulModTime(it *shard.Item) time.Time {
 }
 
 // headersOf returns the header values of it in encoding enc ("" identity,
-// else one of it.Variants). What it formats it writes into text (empty, with
-// room for textLen bytes: from headerVals), each part once, before its
-// string exists, and never again; or, for an item with variants, on its
-// first use into its Memo.
+// else one of it.Variants; an encoding it has not is the identity). What it
+// formats it writes into text (empty, with room for textLen bytes: from
+// headerVals), each part once, before its string exists, and never again.
+// The Last-Modified of a variant is its item's.
 func headersOf(it *shard.Item, enc string, text []byte) itemHeaders {
 	modTime := usefulModTime(it)
 	h := itemHeaders{contentType: it.ContentType(), size: it.Size, modTime: modTime}
-	vs := it.Variants()
-	if len(vs) == 0 {
-		text, h.etag = formatted(text, it.AppendETag(text))
-		if !modTime.IsZero() {
-			text, h.lastModified = formatted(text, appendHTTPDate(text, modTime))
-		}
-		_, h.contentLength = formatted(text, strconv.AppendInt(text, it.Size, 10))
-		return h
+	if !modTime.IsZero() {
+		text, h.lastModified = formatted(text, appendHTTPDate(text, modTime))
 	}
-	m, _ := it.Memo.Load().(*variantsMemo)
-	if m == nil || len(m.lengths) != 1+len(vs) {
-		m = &variantsMemo{lastModified: lastModifiedOf(modTime), lengths: make([]string, 1+len(vs))}
-		m.lengths[0] = strconv.FormatInt(it.Size, 10)
-		for i, v := range vs {
-			m.lengths[i+1] = strconv.FormatInt(v.Size, 10)
-		}
-		it.Memo.Store(m)
-	}
-	h.lastModified, h.contentLength = m.lastModified, m.lengths[0]
 	if enc != "" {
-		for i := range vs {
-			if vs[i].Encoding == enc {
-				h.etag, h.size, h.contentLength = vs[i].ETag, vs[i].Size, m.lengths[i+1]
-				return h
-			}
+		if v := it.Variant(enc); v != nil {
+			h.etag, h.size = v.ETag, v.Size
+			_, h.contentLength = formatted(text, strconv.AppendInt(text, v.Size, 10))
+			return h
 		}
 	}
-	_, h.etag = formatted(text, it.AppendETag(text)) // the Tag, in 16 bytes in the Item
+	text, h.etag = formatted(text, it.AppendETag(text))
+	_, h.contentLength = formatted(text, strconv.AppendInt(text, it.Size, 10))
 	return h
 }
 
@@ -688,14 +663,6 @@ func appendHTTPDate(b []byte, t time.Time) []byte {
 	b = append(b, ':')
 	b = two(b, sec)
 	return append(b, " GMT"...)
-}
-
-// lastModifiedOf formats a validator for Last-Modified ("" for none).
-func lastModifiedOf(modTime time.Time) string {
-	if modTime.IsZero() {
-		return ""
-	}
-	return string(appendHTTPDate(nil, modTime))
 }
 
 // noBody stands for bytes of a known size that are never read: it lets

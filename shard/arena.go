@@ -91,8 +91,8 @@ func (it *Item) keeper() keeper {
 	if it.flags&ownsBody != 0 {
 		return keeper{owner: it}
 	}
-	if it.more != nil {
-		return it.more.keep
+	if it.more() != nil {
+		return it.more().keep
 	}
 	return keeper{}
 }
@@ -162,7 +162,7 @@ func (it *Item) dropOwnBody() {
 		arenas.mu.Unlock()
 	}
 	it.flags &^= ownsBody
-	it.body = nil
+	it.setBodyPtr(nil)
 }
 
 // releaseBody gives up the arena memory of a Body or Chunks nobody else
@@ -174,8 +174,8 @@ func (it *Item) releaseBody() {
 		it.dropOwnBody()
 		return
 	}
-	if it.more != nil {
-		it.more.keep.mem.release()
+	if it.more() != nil {
+		it.more().keep.mem.release()
 	}
 }
 
@@ -408,13 +408,13 @@ func (it *Item) allocBody(grace bool) []byte {
 	if n > 0 && arenasOn {
 		if e, ok := arenas.alloc(n); ok {
 			b := e.bytes()
-			it.body = unsafe.SliceData(b)
+			it.setBodyPtr(unsafe.SliceData(b))
 			it.ownBody(grace)
 			return b
 		}
 	}
 	b := make([]byte, n)
-	it.body = unsafe.SliceData(b)
+	it.setBodyPtr(unsafe.SliceData(b))
 	return b
 }
 
@@ -695,7 +695,7 @@ func (it *Item) toArena(grace bool) {
 			copy(c[i], old[i])
 		}
 		it.setChunksKept(c, m)
-	case it.body != nil:
+	case it.bodyPtr() != nil:
 		old := it.Body()
 		copy(it.allocBody(grace), old)
 	}

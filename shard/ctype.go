@@ -63,7 +63,7 @@ func ctypeFor(t string) (id ctypeID, ok bool) {
 // first 512 bytes (as http.DetectContentType does); "" if unknown.
 func (it *Item) ContentType() string {
 	if it.ctype == ctypeOther {
-		return it.more.ctype
+		return it.more().ctype
 	}
 	return (*ctypes.names.Load())[it.ctype]
 }

@@ -108,8 +108,8 @@ func withVariants(base *Item, encs []encoding, sibs []*Item) *Item {
 	return it
 }
 
-// copyFields returns a new Item with every field of it but Memo, field by
-// field: an Item is never copied (its Memo belongs to it).
+// copyFields returns a new Item with the fields of it, field by field: an
+// Item is never copied (its finalizer, if it owns its body, is its own).
 func (it *Item) copyFields() *Item {
 	c := &Item{
 		Path:  it.Path,
@@ -117,8 +117,8 @@ func (it *Item) copyFields() *Item {
 		mtime: it.mtime,
 		ctype: it.ctype,
 		Tag:   it.Tag,
-		body:  it.body,
-		more:  it.more,
+		ref:   it.ref, // the body pointer, or the extension (shared)
+		flags: it.flags &^ ownsBody,
 	}
 	if it.flags&ownsBody != 0 {
 		// The copy keeps it, the anchor of the body (it does not own it).

@@ -96,7 +96,7 @@ func (s *Store) finishLocked(j *job, c *Item, err error) {
 	if !sameContent(old, c) {
 		if held(c) > 0 && s.budget > 0 && s.held.Load()-held(old)+held(c) > s.budget {
 			c.releaseBody() // the hard limit wins over any plan; nobody saw them
-			c.body = nil
+			c.setBodyPtr(nil)
 			c.setChunksKept(nil, nil)
 		}
 		s.held.Add(held(c) - held(old))

@@ -16,8 +16,7 @@ import (
 // its index slot; per directory (every directory of the tree,
 // held or not): its record, its entry in the dirs map and in its parent's
 // names; and the paths themselves. The files of other nodes cost nothing here. Variants
-// (a published copy of the Item and the Variant slice) and what the
-// handler memoizes in Item.Memo are not counted.
+// (a published copy of the Item and the Variant slice) are not counted.
 
 const (
 	// mapSlack is what a Go map entry costs beyond its key and value: the

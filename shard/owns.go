@@ -213,12 +213,8 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	if !want(h.Size) {
 		return nil // the budget cannot hold it: storage, hashed only
 	}
-	c := &Item{
-		Path: j.path,
-		Size: h.Size,
-		Tag:  tag,
-		body: unsafe.SliceData(body), // Size bytes, or nil (handoffBytes)
-	}
+	c := &Item{Path: j.path, Size: h.Size, Tag: tag}
+	c.setBodyPtr(unsafe.SliceData(body)) // Size bytes, or nil (handoffBytes)
 	c.SetContentType(contentType(j.path, head))
 	c.SetModTime(fi.ModTime())
 	c.SetChunks(chunks)

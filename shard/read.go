@@ -90,7 +90,8 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 			head = chunks[0]
 			c.setChunksKept(chunks, mem)
 		default:
-			head, c.body = chunks[0], unsafe.SliceData(chunks[0])
+			head = chunks[0]
+			c.setBodyPtr(unsafe.SliceData(chunks[0]))
 		}
 	} else {
 		bp := chunkPool.Get().(*[]byte)

@@ -36,7 +36,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -69,27 +68,20 @@ type Item struct {
 	// ETag. Set it with SetETag for an ETag from elsewhere.
 	Tag Tag
 
-	// body is the first byte of Body (nil when there is none): Body is
-	// Size bytes from there, 8 bytes in the Item where a slice took 24.
-	body *byte
-
-	// Memo is a slot for the layer above to keep what it derives from the
-	// item, computed once (the HTTP handler keeps the response header
-	// values of an item with variants here). The store never reads it. An
-	// Item must not be copied once in use (go vet says so).
-	Memo Memo
-
-	// more holds the chunks and variants of the few items that have any
-	// (Chunks, Variants): 8 bytes in every Item where two slices took 48.
-	// Shared by copies (copyFields): replaced, never modified.
-	more *itemMore
+	// ref is the first byte of Body (nil when there is none: Body is Size
+	// bytes from there, 8 bytes in the Item where a slice took 24); or, in
+	// the few items that have chunks, variants or anything else unusual
+	// (hasMore), their extension, which holds the body pointer then. 8
+	// bytes in every Item where two slices took 48, and a second pointer
+	// 8 more. An extension is shared by copies (copyFields): replaced,
+	// never modified.
+	ref unsafe.Pointer
 
 	// ctype is the MIME type (ContentType), as its number in the process's
 	// table of the types seen (ctype.go): 2 bytes where a string took 16.
 	ctype ctypeID
 
-	// flags: ownsBody, the Item is the anchor of its Body's arena memory
-	// (arena.go): its finalizer retires the memory. An Item is 80 bytes.
+	// flags: ownsBody, hasMore. An Item is 64 bytes.
 	flags itemFlags
 }
 
@@ -100,29 +92,42 @@ const (
 	// ownsBody: the Item's Body is arena memory allocated for it, retired
 	// by the Item's finalizer (Item.ownBody). Copies keep the Item.
 	ownsBody itemFlags = 1 << iota
+
+	// hasMore: ref is the Item's extension (*itemMore).
+	hasMore
 )
 
-// Memo is Item.Memo: a value set and read atomically, like atomic.Value,
-// in 8 bytes where atomic.Value takes 16 (an Item is 112 bytes, not 128).
-// Storing allocates a box for the value.
-type Memo struct {
-	p atomic.Pointer[any]
-}
-
-// Load returns the value last stored, nil if none was.
-func (m *Memo) Load() any {
-	if p := m.p.Load(); p != nil {
-		return *p
+// more is it's extension, nil if it has none.
+func (it *Item) more() *itemMore {
+	if it.flags&hasMore != 0 {
+		return (*itemMore)(it.ref)
 	}
 	return nil
 }
 
-// Store sets the value.
-func (m *Memo) Store(v any) { m.p.Store(&v) }
+// bodyPtr is the first byte of it's Body, nil if it has none.
+func (it *Item) bodyPtr() *byte {
+	if m := it.more(); m != nil {
+		return m.body
+	}
+	return (*byte)(it.ref)
+}
+
+// setBodyPtr sets the first byte of it's Body (an Item being built).
+func (it *Item) setBodyPtr(p *byte) {
+	if it.flags&hasMore == 0 {
+		it.ref = unsafe.Pointer(p)
+		return
+	}
+	m := it.ext()
+	m.body = p
+	it.setExt(m)
+}
 
 // itemMore is what an Item larger than ChunkSize, or with precompressed
 // siblings, holds besides the common fields.
 type itemMore struct {
+	body     *byte // the first byte of Body, as Item.ref in an Item without an extension
 	chunks   Chunks
 	variants []Variant
 	etag     string    // an ETag that is not a quoted Tag (SetETag); "" if none
@@ -133,38 +138,40 @@ type itemMore struct {
 
 // ext returns a copy of it's extension, to change and set with setExt.
 func (it *Item) ext() itemMore {
-	if it.more == nil {
-		return itemMore{}
+	if m := it.more(); m != nil {
+		return *m
 	}
-	return *it.more
+	return itemMore{body: (*byte)(it.ref)}
 }
 
 // setExt sets it's extension to m: a new one, as a copy may share the old.
 func (it *Item) setExt(m itemMore) {
 	if m.chunks == nil && m.variants == nil && m.etag == "" && m.mtime.IsZero() && m.ctype == "" && m.keep == (keeper{}) {
-		it.more = nil
+		it.ref = unsafe.Pointer(m.body)
+		it.flags &^= hasMore
 		return
 	}
-	it.more = &m
+	it.ref = unsafe.Pointer(&m)
+	it.flags |= hasMore
 }
 
 // Chunks holds the content of a resident item larger than ChunkSize, in
 // ChunkSize pieces; nil otherwise. Never modify it.
 func (it *Item) Chunks() Chunks {
-	if it.more == nil {
+	if it.more() == nil {
 		return nil
 	}
-	return it.more.chunks
+	return it.more().chunks
 }
 
 // Variants are the precompressed siblings (x.css.br, x.css.gz, x.css.zst)
 // of this item, in the Store's preference order. They are never items of
 // their own. Never modify them.
 func (it *Item) Variants() []Variant {
-	if it.more == nil {
+	if it.more() == nil {
 		return nil
 	}
-	return it.more.variants
+	return it.more().variants
 }
 
 // Variant returns the variant in encoding enc, nil if there is none.
@@ -196,10 +203,10 @@ func (it *Item) SetVariants(vs []Variant) {
 
 // otherETag is the ETag set by SetETag that is not a quoted Tag, "" if none.
 func (it *Item) otherETag() string {
-	if it.more == nil {
+	if it.more() == nil {
 		return ""
 	}
-	return it.more.etag
+	return it.more().etag
 }
 
 // noCopy makes go vet's copylocks check flag copies of the struct that
@@ -365,8 +372,8 @@ func (it *Item) ModTime() time.Time {
 	case epochTime:
 		return time.Unix(0, 0)
 	case farTime:
-		if it.more != nil {
-			return it.more.mtime
+		if it.more() != nil {
+			return it.more().mtime
 		}
 		return time.Time{}
 	}
@@ -407,10 +414,11 @@ func SameModTime(a, b *Item) bool {
 // or a transient item of a file over 1 MiB read on demand: read it with
 // Store.Open) or held in Chunks. Never modify it.
 func (it *Item) Body() []byte {
-	if it.body == nil {
+	p := it.bodyPtr()
+	if p == nil {
 		return nil
 	}
-	return unsafe.Slice(it.body, it.Size)
+	return unsafe.Slice(p, it.Size)
 }
 
 // SetBody sets the Body of an Item being built, before anyone else sees
@@ -421,12 +429,12 @@ func (it *Item) SetBody(b []byte) error {
 		return fmt.Errorf("a body of %d bytes for an item of %d", len(b), it.Size)
 	}
 	it.dropOwnBody() // an arena body it owned: nobody saw it
-	it.body = unsafe.SliceData(b)
+	it.setBodyPtr(unsafe.SliceData(b))
 	return nil
 }
 
 // Resident reports whether the item's bytes are held in memory.
-func (it *Item) Resident() bool { return it.body != nil || it.Chunks() != nil || it.Size == 0 }
+func (it *Item) Resident() bool { return it.bodyPtr() != nil || it.Chunks() != nil || it.Size == 0 }
 
 // Config configures a Store.
 type Config struct {

@@ -77,8 +77,8 @@ func TestItemETag(t *testing.T) {
 		t.Error("no ETag and the zero hash compare wrong")
 	}
 	none.SetETag("")
-	if none.ETag() != "" || none.more != nil {
-		t.Errorf("SetETag(\"\"): ETag %q, extension %v", none.ETag(), none.more)
+	if none.ETag() != "" || none.more() != nil {
+		t.Errorf("SetETag(\"\"): ETag %q, extension %v", none.ETag(), none.more())
 	}
 }
 
