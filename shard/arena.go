@@ -24,8 +24,8 @@ import (
 //     bytes keeps reachable. A body in one piece (nearly every one) is
 //     anchored by the Item it was allocated for (ownsBody): its finalizer
 //     retires the memory, and copies of it (a published Item with
-//     variants, a Variant) point to it. A chunked body, or one given to an
-//     Item built elsewhere, has an anchor of its own (*bodyMem). While any
+//     variants, a Variant) point to it. A chunked body has an anchor of
+//     its own (*bodyMem). While any
 //     of them is reachable (the index, the hot cache, an item kept for
 //     handoff, a request holding it), the memory is in use. When the last
 //     is collected, the finalizer retires the memory.
@@ -182,24 +182,14 @@ func (it *Item) releaseBody() {
 }
 
 // bodyMem is the anchor of a chunked body's arena memory (one extent per
-// chunk), or of a body given to an Item that does not own it: Items and
-// Variants holding the bytes point to it, and its finalizer retires the
-// extents once none does.
+// chunk): Items and Variants holding the chunks point to it, and its
+// finalizer retires the extents once none does.
 type bodyMem struct {
-	one    extent    // the extent of a body in one piece
-	chunks *[]extent // the extents of a chunked body, one per chunk; nil for one piece
+	chunks []extent // the extents of the chunks, in order
 }
 
 // extents are m's extents.
-func (m *bodyMem) extents() []extent {
-	switch {
-	case m.chunks != nil:
-		return *m.chunks
-	case m.one.a != nil:
-		return []extent{m.one}
-	}
-	return nil
-}
+func (m *bodyMem) extents() []extent { return m.chunks }
 
 // release gives up m's extents, for a body nobody else ever saw: they are
 // freed as soon as the collector finds m unreachable (its finalizer runs),
@@ -421,14 +411,13 @@ func (it *Item) allocBody(grace bool) []byte {
 }
 
 // allocChunks returns chunks for size bytes (see newChunks) and their
-// anchor, as allocBody.
+// anchor (nil: heap memory, where arenas are not available).
 func allocChunks(size int64, grace bool) (Chunks, *bodyMem) {
 	if !arenasOn {
 		return newChunks(size), nil
 	}
 	c := make(Chunks, 0, NumChunks(size))
 	ext := make([]extent, 0, NumChunks(size))
-	m := &bodyMem{chunks: &ext}
 	for size > 0 {
 		n := min(size, ChunkSize)
 		e, ok := arenas.alloc(n)
@@ -444,6 +433,7 @@ func allocChunks(size int64, grace bool) (Chunks, *bodyMem) {
 		c = append(c, e.bytes())
 		size -= n
 	}
+	m := &bodyMem{chunks: ext}
 	m.watch(grace)
 	return c, m
 }

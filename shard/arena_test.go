@@ -198,7 +198,7 @@ func TestArenaRelease(t *testing.T) {
 	if m == nil {
 		t.Fatal("heap memory, not an arena's")
 	}
-	exts := *m.chunks
+	exts := m.chunks
 	m.release()
 	runtime.GC()
 	for _, e := range exts {
