@@ -93,8 +93,8 @@ func (it *Item) keeper() keeper {
 	if it.flags&ownsBody != 0 {
 		return keeper{owner: it}
 	}
-	if it.more() != nil {
-		return it.more().keep
+	if m := it.more(); m != nil {
+		return m.keep
 	}
 	return keeper{}
 }
@@ -176,8 +176,8 @@ func (it *Item) releaseBody() {
 		it.dropOwnBody()
 		return
 	}
-	if it.more() != nil {
-		it.more().keep.mem.release()
+	if m := it.more(); m != nil {
+		m.keep.mem.release()
 	}
 }
 

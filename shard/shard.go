@@ -69,12 +69,11 @@ type Item struct {
 	Tag Tag
 
 	// ref is the first byte of Body (nil when there is none: Body is Size
-	// bytes from there, 8 bytes in the Item where a slice took 24); or, in
-	// the few items that have chunks, variants or anything else unusual
-	// (hasMore), their extension, which holds the body pointer then. 8
-	// bytes in every Item where two slices took 48, and a second pointer
-	// 8 more. An extension is shared by copies (copyFields): replaced,
-	// never modified.
+	// bytes from there); or, in the few items that have chunks, variants
+	// or anything else unusual (hasMore), their extension, which holds the
+	// body pointer then. One 8-byte field for both, where a body slice and
+	// a pointer to the extension took 32. An extension is shared by copies
+	// (copyFields): replaced, never modified.
 	ref unsafe.Pointer
 
 	// ctype is the MIME type (ContentType), as its number in the process's
@@ -158,20 +157,20 @@ func (it *Item) setExt(m itemMore) {
 // Chunks holds the content of a resident item larger than ChunkSize, in
 // ChunkSize pieces; nil otherwise. Never modify it.
 func (it *Item) Chunks() Chunks {
-	if it.more() == nil {
-		return nil
+	if m := it.more(); m != nil {
+		return m.chunks
 	}
-	return it.more().chunks
+	return nil
 }
 
 // Variants are the precompressed siblings (x.css.br, x.css.gz, x.css.zst)
 // of this item, in the Store's preference order. They are never items of
 // their own. Never modify them.
 func (it *Item) Variants() []Variant {
-	if it.more() == nil {
-		return nil
+	if m := it.more(); m != nil {
+		return m.variants
 	}
-	return it.more().variants
+	return nil
 }
 
 // Variant returns the variant in encoding enc, nil if there is none.
@@ -203,10 +202,10 @@ func (it *Item) SetVariants(vs []Variant) {
 
 // otherETag is the ETag set by SetETag that is not a quoted Tag, "" if none.
 func (it *Item) otherETag() string {
-	if it.more() == nil {
-		return ""
+	if m := it.more(); m != nil {
+		return m.etag
 	}
-	return it.more().etag
+	return ""
 }
 
 // noCopy makes go vet's copylocks check flag copies of the struct that
@@ -372,8 +371,8 @@ func (it *Item) ModTime() time.Time {
 	case epochTime:
 		return time.Unix(0, 0)
 	case farTime:
-		if it.more() != nil {
-			return it.more().mtime
+		if m := it.more(); m != nil {
+			return m.mtime
 		}
 		return time.Time{}
 	}
