@@ -22,31 +22,30 @@ const ctypeOther ctypeID = 1<<16 - 1
 var ctypeRoom = int(ctypeOther)
 
 var ctypes struct {
-	mu    sync.Mutex
-	ids   map[string]ctypeID
-	names atomic.Pointer[[]string] // by ctypeID; replaced (copied) on growth
+	ids   sync.Map                 // type → ctypeID: lock-free for the types already in
+	mu    sync.Mutex               // adds a type
+	names atomic.Pointer[[]string] // by ctypeID; grown by the adder, under mu
 }
 
 func init() {
-	ctypes.ids = map[string]ctypeID{"": 0}
+	ctypes.ids.Store("", ctypeID(0))
 	ctypes.names.Store(&[]string{""})
 }
 
 // ctypeFor returns t's number, adding it to the table if it has room (ok
-// false when it has none).
+// false when it has none). A type already in costs a lookup without a lock:
+// every Item built for a request from a table of content gets its type
+// here.
 func ctypeFor(t string) (id ctypeID, ok bool) {
-	names := *ctypes.names.Load()
-	for i, n := range names[:min(len(names), 8)] { // the common types come first
-		if n == t {
-			return ctypeID(i), true
-		}
+	if v, ok := ctypes.ids.Load(t); ok {
+		return v.(ctypeID), true
 	}
 	ctypes.mu.Lock()
 	defer ctypes.mu.Unlock()
-	if id, ok := ctypes.ids[t]; ok {
-		return id, true
+	if v, ok := ctypes.ids.Load(t); ok {
+		return v.(ctypeID), true
 	}
-	names = *ctypes.names.Load()
+	names := *ctypes.names.Load()
 	if len(names) >= ctypeRoom {
 		return 0, false
 	}
@@ -54,8 +53,8 @@ func ctypeFor(t string) (id ctypeID, ok bool) {
 	// Readers of the old header read only below its length: appending in
 	// place past it is safe, and a new array when full leaves them the old.
 	grown := append(names, t)
-	ctypes.ids[t] = id
 	ctypes.names.Store(&grown)
+	ctypes.ids.Store(t, id)
 	return id, true
 }
 
