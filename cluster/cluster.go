@@ -915,12 +915,7 @@ func (c *Cluster) peerUp(name string) (up, ready bool) {
 	if n == nil {
 		return false, false
 	}
-	for _, p := range n.Peers() {
-		if p.Name == name {
-			return p.Up, p.Ready
-		}
-	}
-	return false, false
+	return n.PeerUp(name)
 }
 
 // peerReady reports whether the peer named name is connected and primed,

@@ -70,8 +70,7 @@ func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, m
 		return nil, false
 	}
 	holders := c.prevHolders(path)
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(c.fetchTimeout.Load())+time.Duration(shard.NumChunks(size))*time.Second)
-	defer cancel()
+	var fctx context.Context // made for the first holder asked: a cluster that starts asks none
 	for _, h := range holders {
 		if !c.handoffWorth(h) {
 			continue
@@ -79,7 +78,12 @@ func (c *Cluster) Handoff(ctx context.Context, group, path string, size int64, m
 		if !c.waitUp(ctx, h) {
 			continue // not worth waiting for: storage is the fallback
 		}
-		it, err := fetchItem(ctx, n, h, group, path, size, c.members.Load().Epoch())
+		if fctx == nil {
+			var cancel context.CancelFunc
+			fctx, cancel = context.WithTimeout(ctx, time.Duration(c.fetchTimeout.Load())+time.Duration(shard.NumChunks(size))*time.Second)
+			defer cancel()
+		}
+		it, err := fetchItem(fctx, n, h, group, path, size, c.members.Load().Epoch())
 		c.handoffResult(h, err == nil)
 		if err != nil {
 			if c := c.log.Check(zap.DebugLevel, "handoff fetch failed"); c != nil {

@@ -154,6 +154,14 @@ func TestByAddr(t *testing.T) {
 		if p.Name != want.name || p.Addr != want.addr || p.Up != want.up || p.Discovered != (want.name != "") {
 			t.Errorf("peer %d: %+v, want %+v", i, p, want)
 		}
+		if want.name != "" {
+			if up, ready := n1.PeerUp(want.name); up != p.Up || ready != p.Ready {
+				t.Errorf("PeerUp(%q) = %v, %v; Peers says %v, %v", want.name, up, ready, p.Up, p.Ready)
+			}
+		}
+	}
+	if up, ready := n1.PeerUp(""); up || ready {
+		t.Errorf("PeerUp(\"\") = %v, %v", up, ready)
 	}
 	if _, _, err := n1.Fetch(context.Background(), "", Request{Group: "g", Path: "/2"}); !errors.Is(err, ErrPeerDown) {
 		t.Errorf("fetch from the name \"\": %v", err)
@@ -329,6 +337,9 @@ func TestByAddrRestartOtherName(t *testing.T) {
 	if p := n1.Peers()[0]; p.Name != "n3" || p.Up || !p.Discovered {
 		t.Fatalf("n3 down: %+v", p)
 	}
+	if up, _ := n1.PeerUp("n3"); up {
+		t.Fatal("PeerUp: n3 up after it stopped")
+	}
 	pc, err := net.ListenPacket("udp", n3.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -343,6 +354,12 @@ func TestByAddrRestartOtherName(t *testing.T) {
 	}
 	if p := n1.Peers()[0]; p.Name != "n4" || !p.Up || !p.Discovered || p.Addr != n3.addr {
 		t.Fatalf("n4 up: %+v", p)
+	}
+	if up, _ := n1.PeerUp("n4"); !up {
+		t.Fatal("PeerUp: n4 not up")
+	}
+	if up, _ := n1.PeerUp("n3"); up {
+		t.Fatal("PeerUp: n3 up, its address taken by n4")
 	}
 	if _, b, err := n1.Fetch(context.Background(), "n4", Request{Group: "g", Path: "/x"}); err != nil || string(b) != "n4" {
 		t.Fatalf("fetch from n4: %q %v", b, err)

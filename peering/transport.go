@@ -1037,6 +1037,17 @@ func (n *Node) Peers() []PeerState {
 	return out
 }
 
+// PeerUp reports whether the peer Fetch reaches under name is connected
+// (up) and primed (ready), as Peers reports them, without building every
+// peer's state: the cluster asks it per request and per file it primes.
+func (n *Node) PeerUp(name string) (up, ready bool) {
+	p := n.lookup(name)
+	if p == nil {
+		return false, false
+	}
+	return p.conn.Load() != nil, p.ready.Load()
+}
+
 // Close closes every connection with CloseShutdown (peers see this node
 // down at once), stops the background goroutines and releases the socket.
 func (n *Node) Close() error {
