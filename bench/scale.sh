@@ -28,7 +28,7 @@
 # All three Caddys run on SERVER_CPU, the generator and the GETs on
 # CLIENT_CPU. The machine may be shared: the load average is printed.
 #
-#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-g secs] [-w] [-h]
+#   bench/scale.sh [-n files] [-d dirs] [-b caddy] [-l label] [-t tree] [-m mem] [-i secs] [-g secs] [-w | -c] [-h]
 #   -n files: files in the tree (default 1000000; e.g. -n 200000 for a quick run)
 #   -d dirs: directories (default files/10)
 #   -b caddy: run this binary instead of building ./cmd/caddy (to measure
@@ -44,6 +44,10 @@
 #      thread, timed: a floor for what reading the tree costs here), so
 #      that the nodes start with the tree in the page cache, as after a
 #      restart; without it they find whatever the cache holds
+#   -c: drop the page cache (and the kernel's caches of directory entries
+#      and inodes) just before starting the nodes, so that they read the
+#      whole tree from the disk: a cold start, the worst case, the same
+#      in every run (needs root: writes /proc/sys/vm/drop_caches)
 # Environment: SAN_PORT (default 17960), PORT_WAIT (default 60),
 # CADDY_CPUS (the CPUs of the three Caddys, default SERVER_CPU: e.g. 0,1),
 # PROFILE_SECS (CPU profiles of n1 over its first seconds and over the
@@ -60,7 +64,8 @@ MEM=2GiB
 IDLE=60
 GETCAP=0
 WARMUP=0
-while getopts "n:d:b:l:t:m:i:g:wh" opt; do
+COLD=0
+while getopts "n:d:b:l:t:m:i:g:wch" opt; do
 	case $opt in
 	n) N=$OPTARG ;;
 	d) DIRS=$OPTARG ;;
@@ -71,11 +76,16 @@ while getopts "n:d:b:l:t:m:i:g:wh" opt; do
 	i) IDLE=$OPTARG ;;
 	g) GETCAP=$OPTARG ;;
 	w) WARMUP=1 ;;
+	c) COLD=1 ;;
 	h) usage; exit 0 ;;
 	*) usage >&2; exit 2 ;;
 	esac
 done
 DIRS=${DIRS:-$((N / 10))}
+if [ "$WARMUP" = 1 ] && [ "$COLD" = 1 ]; then
+	echo "scale.sh: -w and -c exclude each other" >&2
+	exit 2
+fi
 
 SERVER_CPU=1 # the three Caddys
 CLIENT_CPU=0 # gensmall, scaleget
@@ -186,6 +196,15 @@ case "${GODEBUG:-}" in
 *memprofilerate=*) ;;
 *) export GODEBUG="${GODEBUG:+$GODEBUG,}memprofilerate=4096" ;;
 esac
+
+if [ "$COLD" = 1 ]; then
+	sync
+	if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+		log "scale.sh -c: cannot write /proc/sys/vm/drop_caches (not root?)"
+		exit 1
+	fi
+	say "page cache dropped (echo 3 > /proc/sys/vm/drop_caches): the nodes read the tree from the disk"
+fi
 
 declare -A RSS0=() HEAP0=() RSS1=() HEAP1=() LIVE1=()
 for i in 1 2 3; do
@@ -333,7 +352,18 @@ if [ -n "${PROFILE_SECS:-}" ]; then
 fi
 for i in 1 2 3; do wait "${GETPID[$i]}" || true; done
 [ -z "${GETPROF:-}" ] || wait "$GETPROF" || true
-for i in 1 2 3; do RSS2[$i]=$(procmib "${NPID[$i]}" VmRSS); done
+declare -A SPLIT2=()
+for i in 1 2 3; do
+	RSS2[$i]=$(procmib "${NPID[$i]}" VmRSS)
+	# Where the RSS is: the Go runtime's memory (MemStats.Sys less what it
+	# returned to the OS), the arenas (shared memory: memfd), the rest of
+	# the anonymous memory and the binary's pages (file).
+	gosys=$(heapval "${ADMIN[$i]}" Sys)
+	goreleased=$(heapval "${ADMIN[$i]}" HeapReleased)
+	SPLIT2[$i]=$(awk -v s="$gosys" -v r="$goreleased" '
+		$1 == "RssAnon:" {a = $2 / 1024} $1 == "RssFile:" {f = $2 / 1024} $1 == "RssShmem:" {m = $2 / 1024}
+		END {printf "%.1f / %.1f / %.1f / %.1f", s - r, m, a - (s - r), f}' "/proc/${NPID[$i]}/status")
+done
 say ""
 # The RSS target again once the node has settled (the memory governor keeps
 # priming's room for garbage for 30 s after ready).
@@ -342,12 +372,12 @@ say ""
 # issue's words, 1.1 x held + the metadata target + 64 MiB, the metadata
 # target being 200 B per file held and 64 B per file of another node (an
 # entry of the tables of content).
-say "| node | GETs: requests (complete?), errors, s, req/s | RSS after GETs MiB | RSS / (1.1 held + 200 B/item + 64 MiB) | RSS / (1.1 held + 200 B/item + 64 B/toc entry + 64 MiB) |"
-say "| --- | --- | --- | --- | --- |"
+say "| node | GETs: requests (complete?), errors, s, req/s | RSS after GETs MiB | of which Go runtime / arenas / other anonymous / binary MiB | RSS / (1.1 held + 200 B/item + 64 MiB) | RSS / (1.1 held + 200 B/item + 64 B/toc entry + 64 MiB) |"
+say "| --- | --- | --- | --- | --- | --- |"
 for i in 1 2 3; do
 	rsstarget=$(awk -v r="${RSS2[$i]}" -v h="${HELD[$i]}" -v n="${ITEMS[$i]}" 'BEGIN {printf "%.2f", r * 1048576 / (1.1 * h + 200 * n + 64 * 1048576)}')
 	rssfull=$(awk -v r="${RSS2[$i]}" -v h="${HELD[$i]}" -v n="${ITEMS[$i]}" -v t="${TOC[$i]}" 'BEGIN {printf "%.2f", r * 1048576 / (1.1 * h + 200 * n + 64 * t + 64 * 1048576)}')
-	say "| n$i | $(jq -r '"\(.requests) (\(.complete)), \(.errors), \(.seconds | floor), \(.rps | floor)"' "$TMP/gets$i.json") | ${RSS2[$i]} | $rsstarget | $rssfull |"
+	say "| n$i | $(jq -r '"\(.requests) (\(.complete)), \(.errors), \(.seconds | floor), \(.rps | floor)"' "$TMP/gets$i.json") | ${RSS2[$i]} | ${SPLIT2[$i]} | $rsstarget | $rssfull |"
 	if [ "$(jq .errors "$TMP/gets$i.json")" != 0 ]; then say "n$i GET errors: $(jq -c .samples "$TMP/gets$i.json")"; fi
 done
 say ""
