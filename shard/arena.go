@@ -119,6 +119,34 @@ func (it *Item) ownBody(grace bool) {
 	}
 }
 
+// keep is for the store's record that now holds it (Store.keepLocked):
+// if it owns its Body, its finalizer is turned off until the record lets
+// go of it (letGo). While a record holds an Item the Item is reachable, so
+// the finalizer could not run anyway, and its record in the runtime (56
+// bytes outside the heap per body, 18 MiB on a node priming a third of a
+// million files) would be kept, and scanned at every collection, for
+// nothing. A record that never let go of its Item would leak the body's
+// memory (never retire it); it could not free memory still in use.
+func (it *Item) keep() {
+	if it == nil || it.flags&ownsBody == 0 || it.kept {
+		return
+	}
+	runtime.SetFinalizer(it, nil)
+	it.kept = true
+}
+
+// letGo is for the record that held it and no longer does: its finalizer
+// is on again, and retires the Body once nothing else holds it (requests,
+// copies, the index, a hot cache). Store items' bodies are allocated with
+// the grace period (retireBody).
+func (it *Item) letGo() {
+	if it == nil || !it.kept {
+		return
+	}
+	it.kept = false
+	runtime.SetFinalizer(it, (*Item).retireBody)
+}
+
 // bodyExtent is the extent of it's owned Body.
 func (it *Item) bodyExtent() (extent, bool) {
 	a, off, ok := arenaOf(it.Body())

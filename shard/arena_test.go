@@ -4,11 +4,13 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	weakrand "math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -494,4 +496,75 @@ func TestArenaStress(t *testing.T) {
 	if st.Reclaimed == 0 {
 		t.Error("no memory was reclaimed: the test did not exercise reuse")
 	}
+}
+
+// TestStoreLetsGoOfBodies: a body the store's record holds has no
+// finalizer meanwhile (Item.keep), so the record must let go of it when it
+// replaces the Item (the file changed), forgets it (the file went) or the
+// store closes: each of those bodies is freed once nothing else holds it.
+// A path that forgot to would leak the body's memory for good.
+func TestStoreLetsGoOfBodies(t *testing.T) {
+	lowGrace(t)
+	dir := t.TempDir()
+	s := newStore(t, Config{Root: dir, Rescan: 50 * time.Millisecond}, map[string]string{
+		"a": strings.Repeat("a", 3000), "b": strings.Repeat("b", 5000), "c": strings.Repeat("c", 7000),
+	})
+	startReady(t, s)
+	kept := func(p string) (extent, *Item) {
+		t.Helper()
+		s.mu.RLock()
+		defer s.mu.RUnlock()
+		rec := s.files.get(p)
+		if rec == nil || rec.data() == nil {
+			t.Fatalf("%s: not loaded", p)
+		}
+		it := rec.data()
+		e, ok := it.bodyExtent()
+		if !ok || it.flags&ownsBody == 0 || !it.kept {
+			t.Fatalf("%s: owns an arena body %v, kept %v", p, ok && it.flags&ownsBody != 0, it.kept)
+		}
+		return e, it
+	}
+	ea, olda := kept("/a")
+	eb, _ := kept("/b")
+	ec, _ := kept("/c")
+	oldTag := olda.Tag
+	olda = nil
+	for range 3 {
+		runtime.GC()
+		time.Sleep(time.Millisecond)
+	}
+	for p, e := range map[string]extent{"/a": ea, "/b": eb, "/c": ec} {
+		if isFree(e) {
+			t.Fatalf("%s: freed while its record holds it", p)
+		}
+	}
+
+	// Replaced: the old body goes once nothing holds it.
+	if err := os.WriteFile(filepath.Join(dir, "a"), []byte(strings.Repeat("A", 3000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the new /a", func() bool {
+		it, _, err := s.Lookup("/a")
+		return err == nil && it.Tag != oldTag && it.Resident()
+	})
+	collect(t, "the replaced body of /a to be freed", func() bool { return isFree(ea) })
+	ea2, _ := kept("/a")
+
+	// Removed.
+	if err := os.Remove(filepath.Join(dir, "b")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "/b gone", func() bool {
+		_, _, err := s.Lookup("/b")
+		return errors.Is(err, ErrNotFound)
+	})
+	collect(t, "the body of the removed /b to be freed", func() bool { return isFree(eb) })
+	if isFree(ec) || isFree(ea2) {
+		t.Fatal("a body still held was freed")
+	}
+
+	// Closed.
+	s.Close()
+	collect(t, "the bodies of a closed store to be freed", func() bool { return isFree(ea2) && isFree(ec) })
 }

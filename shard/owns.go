@@ -218,6 +218,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 	c.SetContentType(contentType(j.path, head))
 	c.SetModTime(fi.ModTime())
 	c.SetChunks(chunks)
+	c.toArena(true) // the peer's bytes arrived in the Go heap: held bytes live outside it
 	s.stats.handoffItems.Add(1)
 	s.stats.handoffBytes.Add(c.Size)
 	return c

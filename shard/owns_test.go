@@ -309,6 +309,8 @@ func TestSetOwnsHandoff(t *testing.T) {
 		for p := range onlyB {
 			if it := pub[p]; !it.Resident() || it.Tag == (Tag{}) || it.ContentType() != "text/plain; charset=utf-8" {
 				t.Errorf("%s: resident %v, ETag %q, type %q", p, it.Resident(), it.ETag(), it.ContentType())
+			} else if it.inArena() != arenasOn {
+				t.Errorf("%s: bytes in an arena %v; want %v (outside the Go heap where arenas are on)", p, it.inArena(), arenasOn)
 			}
 		}
 		t.Logf("%d files taken from the previous holder (%d bytes), 0 read", st.HandoffItems, st.HandoffBytes)

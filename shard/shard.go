@@ -80,8 +80,13 @@ type Item struct {
 	// table of the types seen (ctype.go): 2 bytes where a string took 16.
 	ctype ctypeID
 
-	// flags: ownsBody, hasMore. An Item is 64 bytes.
+	// flags: ownsBody, hasMore.
 	flags itemFlags
+
+	// kept: a store's record holds it, and its finalizer is off meanwhile
+	// (Item.keep). Read and written under that store's mu only. An Item is
+	// 64 bytes.
+	kept bool
 }
 
 // itemFlags are an Item's flags.

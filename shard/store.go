@@ -186,6 +186,9 @@ func (s *Store) Close() error {
 
 	s.mu.Lock()
 	s.index.clear()
+	for _, rec := range s.files.all() {
+		rec.drop() // the bodies go once nothing else holds them
+	}
 	s.files = fileTable{}
 	s.seen, s.seenPeak = nil, 0
 	s.dirs = make(map[string]*dirRec)

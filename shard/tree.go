@@ -48,11 +48,23 @@ func (rec *fileRec) data() *Item {
 	return nil
 }
 
-// setData sets the record's data, an Item of the record's path.
+// setData sets the record's data, an Item of the record's path: the
+// record keeps it (Item.keep) and lets go of its previous data
+// (Item.letGo). Under the store's mu.
 func (rec *fileRec) setData(it *Item) {
+	old := rec.data()
+	if old == it {
+		return
+	}
+	it.keep()
+	old.letGo()
 	rec.ref = unsafe.Pointer(it)
 	rec.st |= recLoaded
 }
+
+// drop lets go of the record's data: the store forgets the record. Under
+// the store's mu.
+func (rec *fileRec) drop() { rec.data().letGo() }
 
 // What storage was last seen to hold at a record's path (walk, rescan,
 // event): its data's size and modification time, nearly always, so only
@@ -308,6 +320,7 @@ func (s *Store) removeFileLocked(p string, aff affected) {
 	s.held.Add(-held(rec.data()))
 	s.forgetSeenLocked(rec)
 	s.files.remove(p)
+	rec.drop()
 	s.stats.pathBytes.Add(-int64(len(p)))
 	if pd := s.dirs[path.Dir(p)]; pd != nil {
 		pd.kids.remove(path.Base(p))
