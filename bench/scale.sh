@@ -206,7 +206,13 @@ if [ "$COLD" = 1 ]; then
 	say "page cache dropped (echo 3 > /proc/sys/vm/drop_caches): the nodes read the tree from the disk"
 fi
 
-declare -A RSS0=() HEAP0=() RSS1=() HEAP1=() LIVE1=()
+# The machine's CPU time (user, nice, system, idle, iowait, irq, softirq,
+# steal; in clock ticks) from /proc/stat: how busy both CPUs were until
+# the nodes were ready, the kernel's work for the disk included.
+cpustat() { awk '$1 == "cpu" {print $2 + $3, $4 + $7 + $8, $5 + $6, $9}' /proc/stat; }
+read -r MUSR0 MSYS0 MIDLE0 MSTEAL0 < <(cpustat)
+
+declare -A RSS0=() HEAP0=() RSS1=() HEAP1=() LIVE1=() CPUREADY=()
 for i in 1 2 3; do
 	nodecf "$i" >"$TMP/n$i.caddy"
 	startnode "$i" "$TMP/n$i.caddy"
@@ -231,11 +237,15 @@ while :; do
 		st=$(status "$i" 2>/dev/null || true)
 		if [ -n "$st" ] && jq -e '.ready and (.members | length == 2) and all(.members[]; .up and .ready)' <<<"$st" >/dev/null; then
 			READY[$i]=$(awk -v a="${T0[$i]}" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+			CPUREADY[$i]=$(awk -v t="$(cputicks "${NPID[$i]}")" -v hz="$HZ" 'BEGIN {printf "%.1f", t / hz}')
 		else
 			waiting=1
 		fi
 	done
-	[ "$waiting" = 0 ] && break
+	if [ "$waiting" = 0 ]; then
+		read -r MUSR1 MSYS1 MIDLE1 MSTEAL1 < <(cpustat)
+		break
+	fi
 	if [ "$(date +%s)" -gt "$deadline" ]; then
 		log "scale.sh: not ready after 30 min"
 		exit 1
@@ -297,6 +307,9 @@ for i in 1 2 3; do
 	rsstarget=$(awk -v r="${RSS1[$i]}" -v h="${HELD[$i]}" -v n="${ITEMS[$i]}" 'BEGIN {printf "%.2f", r * 1048576 / (1.1 * h + 200 * n + 64 * 1048576)}')
 	say "| n$i | ${RSS0[$i]} / ${HEAP0[$i]} | ${RSS1[$i]} / ${HEAP1[$i]} / ${LIVE1[$i]} | ${READY[$i]} | ${ITEMS[$i]} / ${TOC[$i]} | $(mib "${HELD[$i]}") | $(per "$storemeta" "${ITEMS[$i]}") / $(per "$storemeta" "$N") | $(per "${TOCB[$i]}" "${TOC[$i]}") | $(mib "${OTHERB[$i]}") | ${TOCBYTES0[$i]} | $rsstarget |"
 done
+
+say ""
+say "until all were ready: the nodes used $(for i in 1 2 3; do printf '%s ' "${CPUREADY[$i]}"; done)s of CPU (user and system); the machine's CPUs were $(awk -v u=$((MUSR1 - MUSR0)) -v s=$((MSYS1 - MSYS0)) -v i=$((MIDLE1 - MIDLE0)) -v st=$((MSTEAL1 - MSTEAL0)) 'BEGIN {t = u + s + i + st; printf "%.0f%% user, %.0f%% system (interrupts included), %.0f%% idle or waiting for the disk, %.0f%% stolen", 100 * u / t, 100 * s / t, 100 * i / t, 100 * st / t}')"
 
 # --- table of content at a 10 s reconnect ----------------------------------------------------
 
