@@ -119,7 +119,7 @@ func (it *Item) ownBody(grace bool) {
 	}
 }
 
-// keep is for the store's record that now holds it (Store.keepLocked):
+// keep is for the store's record that now holds it (fileRec.setData):
 // if it owns its Body, its finalizer is turned off until the record lets
 // go of it (letGo). While a record holds an Item the Item is reachable, so
 // the finalizer could not run anyway, and its record in the runtime (56
