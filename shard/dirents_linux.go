@@ -73,11 +73,10 @@ func (d *dirReader) ident(rel string) (fileID, bool, error) {
 // entries returns the directory's entries ("." and ".." left out), with
 // their kind from getdents64 (entUnknown where the file system does not
 // say).
-func (d *dirReader) entries(rel string) ([]dirent, error) {
+func (d *dirReader) entries(rel string, out []dirent) ([]dirent, error) {
 	bp := direntBufs.Get().(*[]byte)
 	defer direntBufs.Put(bp)
 	buf := *bp
-	var out []dirent
 	for {
 		n, err := unix.Getdents(d.fd, buf)
 		if err == unix.EINTR {

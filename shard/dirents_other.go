@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"syscall"
 )
 
@@ -41,13 +42,13 @@ func (d *dirReader) ident(rel string) (fileID, bool, error) {
 	return id, ok, nil
 }
 
-func (d *dirReader) entries(rel string) ([]dirent, error) {
+func (d *dirReader) entries(rel string, out []dirent) ([]dirent, error) {
 	ents, err := d.f.ReadDir(-1)
 	if err != nil {
 		return nil, err
 	}
 	d.infos = make(map[string]fs.FileInfo, len(ents))
-	out := make([]dirent, 0, len(ents))
+	out = slices.Grow(out, len(ents))
 	for _, e := range ents {
 		if fi, err := e.Info(); err == nil {
 			d.infos[e.Name()] = fi

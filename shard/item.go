@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"path"
 	"strings"
+	"sync"
 )
 
 // The store keeps, for every file it loaded, an Item with no Variants: the
@@ -44,9 +45,21 @@ func contentType(p string, head []byte) string {
 	return http.DetectContentType(head)
 }
 
-// newHash returns the content hash. SHA-256: strong, the same everywhere, and
-// accelerated (SHA-NI, ARMv8 crypto) on the machines this runs on.
-func newHash() hash.Hash { return sha256.New() }
+// newHash returns the content hash, reset: give it back with freeHash.
+// SHA-256: strong, the same everywhere, and accelerated (SHA-NI, ARMv8
+// crypto) on the machines this runs on.
+func newHash() hash.Hash {
+	h := hashes.Get().(hash.Hash)
+	h.Reset()
+	return h
+}
+
+// freeHash gives back a hash from newHash, once its sum is taken.
+func freeHash(h hash.Hash) { hashes.Put(h) }
+
+// hashes are content hashes for reuse: one per file read took 41 MB of
+// garbage to prime 335,000 files.
+var hashes = sync.Pool{New: func() any { return sha256.New() }}
 
 // tagSum turns a finished content hash into the item's Tag: its first 16
 // bytes.

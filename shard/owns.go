@@ -195,6 +195,7 @@ func (s *Store) tryHandoff(j *job, want func(int64) bool) *Item {
 		return nil
 	}
 	sum := newHash()
+	defer freeHash(sum)
 	var head []byte
 	if chunks != nil {
 		for _, c := range chunks {

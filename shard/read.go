@@ -59,6 +59,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 	c := &Item{Path: p, Size: size}
 	c.SetModTime(mtime)
 	h := newHash()
+	defer freeHash(h)
 	var head []byte
 	if wantBody(c.Size) {
 		// A body of up to ChunkSize is one slice; a larger one is held in

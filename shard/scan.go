@@ -70,6 +70,14 @@ type dirent struct {
 // entry listDir stats. Tests count them.
 var onEntryStat func(p string)
 
+// direntLists are listDir's lists of entries, reused: a walk lists every
+// directory of the tree, and a list grown one entry at a time for each
+// took 300 MB of garbage for a tree of 100,000 directories of ten files.
+// Lists longer than maxPooledDirents are left to the collector.
+var direntLists = sync.Pool{New: func() any { return new([]dirent) }}
+
+const maxPooledDirents = 1024
+
 // listing is what listDir saw of a directory.
 type listing struct {
 	ents  []obs  // the files this node holds, and the directories
@@ -108,7 +116,15 @@ func (s *Store) listDir(r *os.Root, dir, rel string, anc []fileID, links int) (l
 		}
 		anc = append(anc[:len(anc):len(anc)], l.id)
 	}
-	ents, err := d.entries(rel)
+	sp := direntLists.Get().(*[]dirent)
+	ents, err := d.entries(rel, (*sp)[:0])
+	defer func() {
+		if cap(ents) <= maxPooledDirents {
+			clear(ents) // no names kept alive
+			*sp = ents[:0]
+			direntLists.Put(sp)
+		}
+	}()
 	if err != nil {
 		return l, err
 	}
