@@ -62,7 +62,7 @@ func (s *Store) prime() {
 		size int64
 	}
 	s.mu.Lock()
-	var plan []item
+	plan := make([]item, 0, s.files.len())
 	for p, rec := range s.files.all() {
 		if s.needLocked(p) {
 			rec.set(recQueued, true)
