@@ -77,7 +77,9 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 		case c.Size > 0 && arena:
 			chunks = append(chunks, c.allocBody(true))
 		case c.Size > 0:
-			chunks = append(chunks, make([]byte, c.Size))
+			b := make([]byte, c.Size)
+			c.setBodyPtr(unsafe.SliceData(b))
+			chunks = append(chunks, b)
 		}
 		if err := fill(ctx, f, h, chunks); err != nil {
 			c.dropOwnBody()
@@ -91,8 +93,7 @@ func (s *Store) read(ctx context.Context, p string, wantBody func(size int64) bo
 			head = chunks[0]
 			c.setChunksKept(chunks, mem)
 		default:
-			head = chunks[0]
-			c.setBodyPtr(unsafe.SliceData(chunks[0]))
+			head = chunks[0] // the Body, set by allocBody or above
 		}
 	} else {
 		bp := chunkPool.Get().(*[]byte)

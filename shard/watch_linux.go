@@ -128,11 +128,7 @@ func (w *inotify) run(ev func(p string, create, write bool), overflow func(), fa
 				continue
 			}
 			if len(name) > 0 {
-				if p == "/" {
-					p = "/" + string(name)
-				} else {
-					p = p + "/" + string(name)
-				}
+				p = join(p, string(name))
 			}
 			ev(p, mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0, mask&unix.IN_MODIFY != 0)
 		}
